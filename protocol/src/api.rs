@@ -1,0 +1,48 @@
+//! API keys, their supported versions, and the trait that ties a request type to its response.
+
+use serde::{Serialize, de::DeserializeOwned};
+
+/// Identifies a request kind in the frame header. Numbers are stable forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ApiKey {
+    ApiVersions = 0,
+    Produce = 1,
+    Fetch = 2,
+    ListOffsets = 3,
+    CreateTopic = 4,
+    DeleteTopic = 5,
+    ListTopics = 6,
+    DescribeTopic = 7,
+}
+
+impl ApiKey {
+    pub const ALL: [ApiKey; 8] = [
+        ApiKey::ApiVersions,
+        ApiKey::Produce,
+        ApiKey::Fetch,
+        ApiKey::ListOffsets,
+        ApiKey::CreateTopic,
+        ApiKey::DeleteTopic,
+        ApiKey::ListTopics,
+        ApiKey::DescribeTopic,
+    ];
+
+    pub fn from_u16(v: u16) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| *k as u16 == v)
+    }
+
+    /// The versions of this API this build speaks, inclusive.
+    pub fn versions(self) -> (u16, u16) {
+        (0, 0)
+    }
+}
+
+/// A request body type: which API it belongs to and what it is answered with.
+///
+/// Produce and fetch also carry raw record batches beside this control part; see
+/// [`crate::frame`].
+pub trait Message: Serialize + DeserializeOwned {
+    const API_KEY: ApiKey;
+    type Response: Serialize + DeserializeOwned;
+}

@@ -1,0 +1,220 @@
+//! The record batch: Kafka's RecordBatch v2 layout (magic 2), byte-identical on the wire and on
+//! disk.
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  base_offset          assigned by the broker (rewritten in place; not under CRC)
+//!      8     4  batch_length         bytes after this field
+//!     12     4  partition_leader_epoch
+//!     16     1  magic = 2
+//!     17     4  crc                  CRC-32C of bytes 21..end
+//!     21     2  attributes           bits 0-2 compression (only 0 = none is accepted)
+//!     23     4  last_offset_delta    record_count - 1
+//!     27     8  base_timestamp       ms since the epoch
+//!     35     8  max_timestamp
+//!     43     8  producer_id
+//!     51     2  producer_epoch
+//!     53     4  base_sequence
+//!     57     4  record_count
+//!     61     -  records, each: length varint, attributes i8, timestamp_delta varlong,
+//!               offset_delta varint, key (varint length, -1 = null), value (likewise),
+//!               header_count varint, headers (key: varint length + UTF-8, value: like value)
+//! ```
+//!
+//! Because the CRC starts after `base_offset`, the broker assigns offsets by writing 8 bytes and
+//! never recomputes the CRC, and a fetch response is a plain slice of the segment file.
+//! [`validate`] is the gate every produced batch passes before it may touch a log.
+
+mod builder;
+mod record;
+
+pub use builder::BatchBuilder;
+pub use record::{Header, Record, RecordIter};
+
+use crate::cursor::Cursor;
+use crate::error::DecodeError;
+
+pub const MAGIC: i8 = 2;
+/// Bytes before `batch_length`'s coverage starts: base offset and the length itself.
+pub const LOG_OVERHEAD: usize = 12;
+/// Size of the fixed header, up to and including `record_count`.
+pub const HEADER_LEN: usize = 61;
+/// Where the CRC-covered region starts.
+pub const CRC_START: usize = 21;
+const CRC_AT: usize = 17;
+
+/// The fixed header of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: u64,
+    pub batch_length: u32,
+    pub leader_epoch: i32,
+    pub magic: i8,
+    pub crc: u32,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub record_count: i32,
+}
+
+impl BatchHeader {
+    /// Parses the fixed header from the start of `buf` (which may hold more).
+    pub fn parse(buf: &[u8]) -> Result<Self, DecodeError> {
+        let mut c = Cursor::new(buf);
+        Ok(BatchHeader {
+            base_offset: c.u64("batch base offset")?,
+            batch_length: c.u32("batch length")?,
+            leader_epoch: c.i32("partition leader epoch")?,
+            magic: c.i8("magic")?,
+            crc: c.u32("crc")?,
+            attributes: c.i16("attributes")?,
+            last_offset_delta: c.i32("last offset delta")?,
+            base_timestamp: c.i64("base timestamp")?,
+            max_timestamp: c.i64("max timestamp")?,
+            producer_id: c.i64("producer id")?,
+            producer_epoch: c.i16("producer epoch")?,
+            base_sequence: c.i32("base sequence")?,
+            record_count: c.i32("record count")?,
+        })
+    }
+
+    /// Size of the whole batch including base offset and length fields.
+    pub fn total_len(&self) -> usize {
+        (self.batch_length as usize).saturating_add(LOG_OVERHEAD)
+    }
+
+    /// Offset of the batch's last record.
+    pub fn last_offset(&self) -> u64 {
+        self.base_offset
+            .saturating_add(u64::from(self.last_offset_delta.max(0) as u32))
+    }
+
+    /// Number of records (validated batches have at least one).
+    pub fn records(&self) -> u32 {
+        self.record_count.max(0) as u32
+    }
+
+    pub fn compression(&self) -> u8 {
+        (self.attributes & 0x7) as u8
+    }
+}
+
+/// Reads `(base_offset, total_len)` from the first 12 bytes of a batch, if they are present.
+pub fn peek(buf: &[u8]) -> Option<(u64, usize)> {
+    let mut c = Cursor::new(buf);
+    let base = c.u64("base offset").ok()?;
+    let len = c.u32("batch length").ok()?;
+    Some((base, (len as usize).saturating_add(LOG_OVERHEAD)))
+}
+
+/// Checks that `buf` holds exactly one well-formed, uncompressed batch: bounds, magic, CRC,
+/// record count and every record's layout. Allocates nothing.
+pub fn validate(buf: &[u8]) -> Result<BatchHeader, DecodeError> {
+    let header = BatchHeader::parse(buf)?;
+    if header.total_len() != buf.len() {
+        return Err(DecodeError::InvalidDetail {
+            what: "batch length",
+            detail: format!(
+                "header says {} bytes, buffer holds {}",
+                header.total_len(),
+                buf.len()
+            ),
+        });
+    }
+    if header.magic != MAGIC {
+        return Err(DecodeError::InvalidDetail {
+            what: "magic",
+            detail: format!("expected 2, got {}", header.magic),
+        });
+    }
+    let covered = buf.get(CRC_START..).unwrap_or_default();
+    let computed = crc32c::crc32c(covered);
+    if computed != header.crc {
+        return Err(DecodeError::Crc {
+            stored: header.crc,
+            computed,
+        });
+    }
+    if header.compression() != 0 {
+        return Err(DecodeError::Compression(header.compression()));
+    }
+    if header.record_count < 1 {
+        return Err(DecodeError::Invalid {
+            what: "record count",
+            reason: "a batch must hold at least one record",
+        });
+    }
+    if header.last_offset_delta != header.record_count.wrapping_sub(1) {
+        return Err(DecodeError::Invalid {
+            what: "last offset delta",
+            reason: "must equal record count - 1",
+        });
+    }
+    let mut c = Cursor::new(buf.get(HEADER_LEN..).unwrap_or_default());
+    for i in 0..header.record_count {
+        let rec = record::skim(&mut c)?;
+        if rec.offset_delta != i {
+            return Err(DecodeError::Invalid {
+                what: "record offset delta",
+                reason: "records must be numbered 0, 1, 2, ...",
+            });
+        }
+    }
+    if !c.is_empty() {
+        return Err(DecodeError::Invalid {
+            what: "record batch",
+            reason: "bytes after the last record",
+        });
+    }
+    Ok(header)
+}
+
+/// Verifies only the CRC of a batch that already passed [`validate`] once (used when reading
+/// back from disk to catch corruption at rest).
+pub fn crc_matches(buf: &[u8]) -> bool {
+    let stored = buf
+        .get(CRC_AT..CRC_START)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_be_bytes);
+    match (stored, buf.get(CRC_START..)) {
+        (Some(stored), Some(covered)) => crc32c::crc32c(covered) == stored,
+        _ => false,
+    }
+}
+
+/// Splits a buffer of back-to-back batches (a fetch payload) into one `Bytes` per batch,
+/// without copying. A trailing partial batch is not yielded; [`Batches::rest`] tells its size.
+#[derive(Debug, Clone)]
+pub struct Batches {
+    buf: bytes::Bytes,
+}
+
+impl Batches {
+    pub fn new(buf: bytes::Bytes) -> Self {
+        Batches { buf }
+    }
+
+    /// Bytes not yet yielded (a partial batch, once iteration has ended).
+    pub fn rest(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+impl Iterator for Batches {
+    type Item = bytes::Bytes;
+
+    fn next(&mut self) -> Option<bytes::Bytes> {
+        let (_, len) = peek(&self.buf)?;
+        if len > self.buf.len() || len < HEADER_LEN {
+            return None;
+        }
+        Some(self.buf.split_to(len))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,194 @@
+use super::*;
+use bytes::Bytes;
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+struct Rec {
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+    headers: Vec<(String, Vec<u8>)>,
+    ts: i64,
+}
+
+fn rec() -> impl Strategy<Value = Rec> {
+    (
+        proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
+        proptest::collection::vec(any::<u8>(), 0..200),
+        proptest::collection::vec(
+            ("[a-z]{0,8}", proptest::collection::vec(any::<u8>(), 0..16)),
+            0..3,
+        ),
+        any::<i64>(),
+    )
+        .prop_map(|(key, value, headers, ts)| Rec {
+            key,
+            value,
+            headers,
+            ts,
+        })
+}
+
+fn build(recs: &[Rec]) -> Bytes {
+    let mut b = BatchBuilder::with_capacity(1024);
+    for r in recs {
+        let headers: Vec<(&str, &[u8])> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        let before = b.size();
+        let predicted = b.record_size(r.key.as_deref(), &r.value, &headers, r.ts);
+        b.push(r.key.as_deref(), &r.value, &headers, r.ts);
+        assert_eq!(b.size() - before, predicted, "record_size predicts push");
+    }
+    b.finish()
+}
+
+fn with_base_offset(batch: &Bytes, base: u64) -> Bytes {
+    let mut v = batch.to_vec();
+    v[..8].copy_from_slice(&base.to_be_bytes());
+    Bytes::from(v)
+}
+
+proptest! {
+    #[test]
+    fn batches_round_trip(recs in proptest::collection::vec(rec(), 1..20), base in 0u64..u64::MAX / 2) {
+        let batch = with_base_offset(&build(&recs), base);
+        let header = validate(&batch).expect("a built batch validates");
+        prop_assert_eq!(header.records() as usize, recs.len());
+        prop_assert_eq!(header.last_offset(), base + recs.len() as u64 - 1);
+        prop_assert_eq!(header.max_timestamp, recs.iter().map(|r| r.ts).max().unwrap());
+        let got: Vec<Record> = RecordIter::new(batch).unwrap().collect::<Result<_, _>>().unwrap();
+        prop_assert_eq!(got.len(), recs.len());
+        for (i, (g, r)) in got.iter().zip(&recs).enumerate() {
+            prop_assert_eq!(g.offset, base + i as u64);
+            prop_assert_eq!(g.timestamp, r.ts);
+            prop_assert_eq!(g.key.as_deref(), r.key.as_deref());
+            prop_assert_eq!(&g.value[..], &r.value[..]);
+            prop_assert_eq!(g.headers.len(), r.headers.len());
+            for (gh, (k, v)) in g.headers.iter().zip(&r.headers) {
+                prop_assert_eq!(&gh.key, k);
+                prop_assert_eq!(gh.value.as_deref(), Some(v.as_slice()));
+            }
+        }
+    }
+
+    #[test]
+    fn any_single_bit_flip_is_rejected(recs in proptest::collection::vec(rec(), 1..5), bit in any::<prop::sample::Index>()) {
+        let batch = build(&recs);
+        let mut v = batch.to_vec();
+        // Flip a bit in the validated region (everything but the base offset and leader epoch,
+        // which the CRC deliberately does not cover).
+        let covered: Vec<usize> = (8..12).chain(16..v.len()).collect();
+        let at = covered[bit.index(covered.len() * 8) / 8];
+        v[at] ^= 1 << (bit.index(8));
+        prop_assert!(validate(&v).is_err());
+    }
+
+    #[test]
+    fn validate_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let _ = validate(&bytes);
+        let _ = RecordIter::new(Bytes::from(bytes.clone())).map(|it| it.count());
+        let _ = Batches::new(Bytes::from(bytes)).count();
+    }
+
+    #[test]
+    fn truncation_is_rejected(recs in proptest::collection::vec(rec(), 1..5), cut in any::<prop::sample::Index>()) {
+        let batch = build(&recs);
+        let n = cut.index(batch.len());
+        prop_assert!(validate(&batch[..n]).is_err());
+    }
+}
+
+#[test]
+fn records_with_wrong_count_are_rejected_even_with_a_valid_crc() {
+    let one = build(&[Rec {
+        key: None,
+        value: b"a".to_vec(),
+        headers: vec![],
+        ts: 1,
+    }]);
+    let mut v = one.to_vec();
+    // Claim two records (and last offset delta 1), then re-seal the CRC as a liar would.
+    v[57..61].copy_from_slice(&2i32.to_be_bytes());
+    v[23..27].copy_from_slice(&1i32.to_be_bytes());
+    let crc = crc32c::crc32c(&v[CRC_START..]);
+    v[17..21].copy_from_slice(&crc.to_be_bytes());
+    assert!(matches!(validate(&v), Err(DecodeError::Truncated { .. })));
+}
+
+#[test]
+fn compressed_batches_are_refused() {
+    let one = build(&[Rec {
+        key: None,
+        value: b"a".to_vec(),
+        headers: vec![],
+        ts: 1,
+    }]);
+    let mut v = one.to_vec();
+    v[22] |= 1; // gzip
+    let crc = crc32c::crc32c(&v[CRC_START..]);
+    v[17..21].copy_from_slice(&crc.to_be_bytes());
+    assert!(matches!(validate(&v), Err(DecodeError::Compression(1))));
+}
+
+#[test]
+fn batches_splits_back_to_back_batches_and_keeps_partial_tail() {
+    let a = build(&[Rec {
+        key: None,
+        value: b"a".to_vec(),
+        headers: vec![],
+        ts: 1,
+    }]);
+    let b = build(&[Rec {
+        key: Some(b"k".to_vec()),
+        value: b"bb".to_vec(),
+        headers: vec![],
+        ts: 2,
+    }]);
+    let mut all = a.to_vec();
+    all.extend_from_slice(&b);
+    all.extend_from_slice(&a[..20]);
+    let mut it = Batches::new(Bytes::from(all));
+    assert_eq!(it.next().as_deref(), Some(&a[..]));
+    assert_eq!(it.next().as_deref(), Some(&b[..]));
+    assert_eq!(it.next(), None);
+    assert_eq!(it.rest(), 20);
+}
+
+#[test]
+fn matches_a_batch_encoded_by_kafka_layout_rules() {
+    // A one-record batch, key "k", value "v", timestamp 1000, laid out by hand from the
+    // RecordBatch v2 specification; the builder must produce exactly these bytes.
+    let mut expect: Vec<u8> = Vec::new();
+    let record: Vec<u8> = vec![
+        0, // attributes
+        0, // timestamp delta 0
+        0, // offset delta 0
+        2, b'k', // key length 1 (zig-zag 2)
+        2, b'v', // value length 1
+        0,    // no headers
+    ];
+    let mut records = vec![(record.len() as u8) * 2];
+    records.extend_from_slice(&record);
+    expect.extend_from_slice(&0u64.to_be_bytes());
+    expect.extend_from_slice(&((HEADER_LEN - LOG_OVERHEAD + records.len()) as u32).to_be_bytes());
+    expect.extend_from_slice(&(-1i32).to_be_bytes());
+    expect.push(2);
+    expect.extend_from_slice(&[0; 4]);
+    expect.extend_from_slice(&0i16.to_be_bytes());
+    expect.extend_from_slice(&0i32.to_be_bytes());
+    expect.extend_from_slice(&1000i64.to_be_bytes());
+    expect.extend_from_slice(&1000i64.to_be_bytes());
+    expect.extend_from_slice(&(-1i64).to_be_bytes());
+    expect.extend_from_slice(&(-1i16).to_be_bytes());
+    expect.extend_from_slice(&(-1i32).to_be_bytes());
+    expect.extend_from_slice(&1i32.to_be_bytes());
+    expect.extend_from_slice(&records);
+    let crc = crc32c::crc32c(&expect[CRC_START..]);
+    expect[17..21].copy_from_slice(&crc.to_be_bytes());
+
+    let mut b = BatchBuilder::with_capacity(64);
+    b.push(Some(b"k"), b"v", &[], 1000);
+    assert_eq!(&b.finish()[..], &expect[..]);
+}

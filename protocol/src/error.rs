@@ -1,0 +1,115 @@
+//! Wire error codes and decode errors.
+//!
+//! [`ErrorCode`] is the small, stable, `Copy` vocabulary the broker uses to tell a client what
+//! went wrong; every error response carries one plus a human-readable message. Codes are never
+//! renumbered: a new failure gets a new number. [`DecodeError`] is what any decoder in this crate
+//! returns; it names the field it was reading.
+
+use thiserror::Error;
+
+/// A typed error on the wire. `None` (0) means success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ErrorCode {
+    None = 0,
+    /// The broker hit an error it has no better code for; the message says more.
+    Unknown = 1,
+    /// The frame could not be parsed; the connection is closed after this response.
+    MalformedFrame = 2,
+    /// The frame is larger than the broker's `max_frame_bytes`; the connection is closed.
+    FrameTooLarge = 3,
+    UnsupportedApiKey = 4,
+    UnsupportedVersion = 5,
+    /// The frame was whole but its body did not decode as the named request.
+    MalformedRequest = 6,
+    UnknownTopic = 7,
+    UnknownPartition = 8,
+    TopicAlreadyExists = 9,
+    InvalidTopicName = 10,
+    InvalidConfig = 11,
+    /// A produced record batch failed validation (bounds, CRC, record count, layout).
+    CorruptBatch = 12,
+    UnsupportedCompression = 13,
+    /// The requested offset is before the log start or after the log end.
+    OffsetOutOfRange = 14,
+    /// The broker could not write or read its storage; the message says why.
+    StorageError = 15,
+    /// The disk is full; the write was not applied and can be retried once space is freed.
+    DiskFull = 16,
+    /// The partition stopped accepting writes after a failed fsync (fail-stop).
+    PartitionFailed = 17,
+    /// The broker is shutting down; retry against it once it is back.
+    ShuttingDown = 18,
+    /// The partition is being created or deleted; retry shortly.
+    TopicBusy = 19,
+}
+
+impl ErrorCode {
+    pub fn from_u16(v: u16) -> Option<Self> {
+        use ErrorCode::*;
+        Some(match v {
+            0 => None,
+            1 => Unknown,
+            2 => MalformedFrame,
+            3 => FrameTooLarge,
+            4 => UnsupportedApiKey,
+            5 => UnsupportedVersion,
+            6 => MalformedRequest,
+            7 => UnknownTopic,
+            8 => UnknownPartition,
+            9 => TopicAlreadyExists,
+            10 => InvalidTopicName,
+            11 => InvalidConfig,
+            12 => CorruptBatch,
+            13 => UnsupportedCompression,
+            14 => OffsetOutOfRange,
+            15 => StorageError,
+            16 => DiskFull,
+            17 => PartitionFailed,
+            18 => ShuttingDown,
+            19 => TopicBusy,
+            _ => return Option::None,
+        })
+    }
+
+    pub fn as_u16(self) -> u16 {
+        self as u16
+    }
+
+    /// Whether sending the same request again, later, may succeed.
+    pub fn is_retriable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::DiskFull | ErrorCode::ShuttingDown | ErrorCode::TopicBusy
+        )
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Why a byte sequence could not be decoded. Never caused by a bug in the decoder: a decoder
+/// that meets bytes it cannot understand returns one of these instead of panicking.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DecodeError {
+    #[error("truncated {what}: needed {needed} bytes, {remaining} left")]
+    Truncated {
+        what: &'static str,
+        needed: usize,
+        remaining: usize,
+    },
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        what: &'static str,
+        reason: &'static str,
+    },
+    #[error("invalid {what}: {detail}")]
+    InvalidDetail { what: &'static str, detail: String },
+    #[error("record batch CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    Crc { stored: u32, computed: u32 },
+    #[error("unsupported compression codec {0}")]
+    Compression(u8),
+}

@@ -1,0 +1,34 @@
+//! Fetch: read record batches from an offset, long-polling until data arrives.
+//! The response's payload is zero or more whole record batches, back to back.
+use crate::api::{ApiKey, Message};
+use crate::topic::TopicName;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchRequest {
+    pub topic: TopicName,
+    pub partition: u32,
+    /// First offset wanted. The first returned batch may start earlier (it contains this offset);
+    /// readers skip records before it.
+    pub offset: u64,
+    /// Soft cap on payload size. At least one whole batch is returned if any is available, even
+    /// one larger than this, so a reader can always make progress.
+    pub max_bytes: u32,
+    /// Wait until at least this many bytes are available (or `max_wait_ms` passes).
+    pub min_bytes: u32,
+    /// Longest time to wait for `min_bytes`; 0 returns at once.
+    pub max_wait_ms: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchResponse {
+    /// Offset after the last record readers may see (durable under the topic's fsync policy).
+    pub high_watermark: u64,
+    /// First offset still in the log.
+    pub log_start_offset: u64,
+}
+
+impl Message for FetchRequest {
+    const API_KEY: ApiKey = ApiKey::Fetch;
+    type Response = FetchResponse;
+}

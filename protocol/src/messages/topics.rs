@@ -1,0 +1,76 @@
+//! Topic administration: create, delete, list, describe.
+use crate::api::{ApiKey, Message};
+use crate::topic::{TopicConfig, TopicName};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateTopicRequest {
+    pub name: TopicName,
+    pub partitions: u32,
+    pub config: TopicConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateTopicResponse {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteTopicRequest {
+    pub name: TopicName,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteTopicResponse {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListTopicsRequest {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicSummary {
+    pub name: TopicName,
+    pub partitions: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListTopicsResponse {
+    pub topics: Vec<TopicSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DescribeTopicRequest {
+    pub name: TopicName,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionInfo {
+    pub partition: u32,
+    pub log_start_offset: u64,
+    /// High watermark: offset of the next visible record.
+    pub log_end_offset: u64,
+    pub size_bytes: u64,
+    pub segments: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DescribeTopicResponse {
+    pub name: TopicName,
+    /// The topic's own overrides; unset fields use the broker defaults.
+    pub config: TopicConfig,
+    pub partitions: Vec<PartitionInfo>,
+}
+
+impl Message for CreateTopicRequest {
+    const API_KEY: ApiKey = ApiKey::CreateTopic;
+    type Response = CreateTopicResponse;
+}
+impl Message for DeleteTopicRequest {
+    const API_KEY: ApiKey = ApiKey::DeleteTopic;
+    type Response = DeleteTopicResponse;
+}
+impl Message for ListTopicsRequest {
+    const API_KEY: ApiKey = ApiKey::ListTopics;
+    type Response = ListTopicsResponse;
+}
+impl Message for DescribeTopicRequest {
+    const API_KEY: ApiKey = ApiKey::DescribeTopic;
+    type Response = DescribeTopicResponse;
+}
