@@ -22,6 +22,7 @@ pub mod cursor;
 pub mod error;
 pub mod frame;
 pub mod messages;
+pub mod request;
 pub mod topic;
 
 pub use api::{ApiKey, Message};

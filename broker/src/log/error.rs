@@ -1,0 +1,75 @@
+//! Errors of the storage layer.
+
+use rill_protocol::DecodeError;
+use std::io;
+use std::path::PathBuf;
+
+/// A failure to read or write the partition's files.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("corrupt data in {path} at byte {position}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        position: u64,
+        reason: String,
+    },
+}
+
+impl StorageError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
+        let path = path.into();
+        move |source| StorageError::Io { op, path, source }
+    }
+
+    /// Whether the failure was the disk (or a quota) running out of space.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StorageError::Io { source, .. } => {
+                matches!(
+                    source.kind(),
+                    io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+                ) || source.raw_os_error() == Some(27) // EFBIG: file size limit (RLIMIT_FSIZE)
+            }
+            StorageError::Corrupt { .. } => false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("invalid record batch: {0}")]
+    InvalidBatch(#[source] DecodeError),
+    #[error("disk full, batch not written: {0}")]
+    DiskFull(#[source] StorageError),
+    #[error("write failed, batch not written: {0}")]
+    Storage(#[source] StorageError),
+    #[error("partition accepts no writes after a failed fsync: {0}")]
+    Failed(String),
+    #[error("partition is shutting down")]
+    ShuttingDown,
+}
+
+impl From<StorageError> for AppendError {
+    fn from(e: StorageError) -> Self {
+        if e.is_disk_full() {
+            AppendError::DiskFull(e)
+        } else {
+            AppendError::Storage(e)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("offset {offset} is out of range: the log holds [{start}, {end})")]
+    OffsetOutOfRange { offset: u64, start: u64, end: u64 },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}

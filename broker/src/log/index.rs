@@ -1,0 +1,279 @@
+//! Sparse offset and time indexes of one segment, and their on-disk form.
+//!
+//! An offset entry maps a batch's offset (relative to the segment base) to its byte position;
+//! one is kept for the first batch of a segment and then for the first batch at least
+//! `interval` bytes after the previous entry. A time entry `(ts, rel)` is added with an offset
+//! entry whenever the segment's maximum timestamp has grown, and means "every batch up to and
+//! including the one at `rel` has timestamps <= ts".
+//!
+//! Files (little-endian, see docs/format.md): `.index` is `(rel_offset u32, position u32)*`,
+//! `.timeindex` is `(timestamp i64, rel_offset u32)*`. They are trusted only after [`load`]
+//! checks they are ordered and inside the segment; otherwise the segment is rescanned.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetEntry {
+    pub rel_offset: u32,
+    pub position: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeEntry {
+    pub timestamp: i64,
+    pub rel_offset: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SegmentIndex {
+    pub offsets: Vec<OffsetEntry>,
+    pub times: Vec<TimeEntry>,
+}
+
+impl SegmentIndex {
+    /// Byte position of the last indexed batch at or before `rel_offset` (0 if none).
+    pub fn position_for(&self, rel_offset: u32) -> u32 {
+        let i = self.offsets.partition_point(|e| e.rel_offset <= rel_offset);
+        i.checked_sub(1).map_or(0, |i| self.offsets[i].position)
+    }
+
+    /// Relative offset from which to scan for the first batch with a timestamp >= `ts`.
+    pub fn scan_start_for_time(&self, ts: i64) -> u32 {
+        let i = self.times.partition_point(|e| e.timestamp < ts);
+        i.checked_sub(1).map_or(0, |i| self.times[i].rel_offset)
+    }
+
+    pub fn append(&mut self, more: &mut SegmentIndex) {
+        self.offsets.append(&mut more.offsets);
+        self.times.append(&mut more.times);
+    }
+
+    pub fn write(&self, log_path: &Path) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(self.offsets.len() * 8);
+        for e in &self.offsets {
+            buf.extend_from_slice(&e.rel_offset.to_le_bytes());
+            buf.extend_from_slice(&e.position.to_le_bytes());
+        }
+        write_synced(&log_path.with_extension("index"), &buf)?;
+        let mut buf = Vec::with_capacity(self.times.len() * 12);
+        for e in &self.times {
+            buf.extend_from_slice(&e.timestamp.to_le_bytes());
+            buf.extend_from_slice(&e.rel_offset.to_le_bytes());
+        }
+        write_synced(&log_path.with_extension("timeindex"), &buf)
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let f = fs::File::create(path)?;
+    io::Write::write_all(&mut &f, bytes)?;
+    f.sync_data()
+}
+
+/// Loads a segment's index files if they exist and are consistent with a log of `log_len` bytes.
+pub fn load(log_path: &Path, log_len: u64) -> Option<SegmentIndex> {
+    let raw = fs::read(log_path.with_extension("index")).ok()?;
+    let times = fs::read(log_path.with_extension("timeindex")).ok()?;
+    if raw.len() % 8 != 0 || times.len() % 12 != 0 {
+        return None;
+    }
+    let offsets: Vec<OffsetEntry> = raw
+        .chunks_exact(8)
+        .map(|c| OffsetEntry {
+            rel_offset: u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+            position: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+        })
+        .collect();
+    let times: Vec<TimeEntry> = times
+        .chunks_exact(12)
+        .map(|c| TimeEntry {
+            timestamp: i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
+            rel_offset: u32::from_le_bytes([c[8], c[9], c[10], c[11]]),
+        })
+        .collect();
+    let ordered = offsets
+        .windows(2)
+        .all(|w| w[0].rel_offset < w[1].rel_offset && w[0].position < w[1].position)
+        && times
+            .windows(2)
+            .all(|w| w[0].timestamp < w[1].timestamp && w[0].rel_offset < w[1].rel_offset);
+    let starts_right = match offsets.first() {
+        None => log_len == 0,
+        Some(first) => first.position == 0 && first.rel_offset == 0,
+    };
+    let inside = offsets
+        .last()
+        .is_none_or(|e| u64::from(e.position) < log_len);
+    let times_indexed = times.iter().all(|t| {
+        offsets
+            .binary_search_by_key(&t.rel_offset, |o| o.rel_offset)
+            .is_ok()
+    });
+    (ordered && starts_right && inside && times_indexed).then_some(SegmentIndex { offsets, times })
+}
+
+/// Decides which batches get index entries. Used both by the writer and by recovery, so an
+/// index rebuilt from a scan is identical to the one written live.
+#[derive(Debug, Clone, Copy)]
+pub struct Indexer {
+    interval: u64,
+    last_position: Option<u64>,
+    max_timestamp: i64,
+    last_time_entry: i64,
+}
+
+impl Indexer {
+    pub fn new(interval: u64) -> Self {
+        Indexer {
+            interval,
+            last_position: None,
+            max_timestamp: i64::MIN,
+            last_time_entry: i64::MIN,
+        }
+    }
+
+    /// Continues indexing a segment whose last entry is at `last_position` and whose batches up
+    /// to that entry have timestamps <= `max_timestamp`.
+    pub fn resume(interval: u64, last_position: Option<u64>, max_timestamp: i64) -> Self {
+        Indexer {
+            interval,
+            last_position,
+            max_timestamp,
+            last_time_entry: max_timestamp,
+        }
+    }
+
+    /// Largest timestamp seen in the segment so far.
+    pub fn max_timestamp(&self) -> i64 {
+        self.max_timestamp
+    }
+
+    /// Records a batch at `position` and adds any entries it earns to `out`.
+    pub fn observe(
+        &mut self,
+        rel_offset: u32,
+        position: u64,
+        batch_max_ts: i64,
+        out: &mut SegmentIndex,
+    ) {
+        self.max_timestamp = self.max_timestamp.max(batch_max_ts);
+        let due = self
+            .last_position
+            .is_none_or(|last| position >= last + self.interval);
+        if !due {
+            return;
+        }
+        self.last_position = Some(position);
+        // Positions fit in u32: segments are capped below 4 GiB (LogConfig::validate).
+        out.offsets.push(OffsetEntry {
+            rel_offset,
+            position: position as u32,
+        });
+        if self.max_timestamp > self.last_time_entry {
+            self.last_time_entry = self.max_timestamp;
+            out.times.push(TimeEntry {
+                timestamp: self.max_timestamp,
+                rel_offset,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// For every offset, the looked-up position is that of the last indexed batch at or
+        /// before it, which is the right place to start scanning.
+        #[test]
+        fn lookup_finds_the_batch_to_scan_from(sizes in proptest::collection::vec((1u32..50, 20u64..3000), 1..200), interval in 1u64..10_000) {
+            let mut idx = SegmentIndex::default();
+            let mut ix = Indexer::new(interval);
+            let (mut rel, mut pos) = (0u32, 0u64);
+            let mut batches = Vec::new();
+            for (count, size) in &sizes {
+                ix.observe(rel, pos, 0, &mut idx);
+                batches.push((rel, *count, pos));
+                rel += count;
+                pos += size;
+            }
+            for (base, count, bpos) in &batches {
+                for o in *base..base + count {
+                    let found = u64::from(idx.position_for(o));
+                    prop_assert!(found <= *bpos, "must not skip past the batch holding {}", o);
+                    let entry = idx.offsets.iter().rev().find(|e| e.rel_offset <= o).unwrap();
+                    prop_assert_eq!(found, u64::from(entry.position));
+                    // No indexed batch lies strictly between the found one and the target's batch.
+                    prop_assert!(idx.offsets.iter().all(|e| !(u64::from(e.position) > found && u64::from(e.position) <= *bpos && e.rel_offset > o)));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn files_round_trip_and_bad_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("00000000000000000000.log");
+        let mut idx = SegmentIndex::default();
+        let mut ix = Indexer::new(100);
+        for (i, pos) in [0u64, 50, 120, 260].into_iter().enumerate() {
+            ix.observe(i as u32 * 10, pos, 1000 + i as i64, &mut idx);
+        }
+        assert_eq!(
+            idx.offsets.len(),
+            3,
+            "positions 0, 120 and 260 are due; 50 is not"
+        );
+        idx.write(&log).unwrap();
+        assert_eq!(load(&log, 300), Some(idx.clone()));
+        assert_eq!(
+            load(&log, 200),
+            None,
+            "an entry past the end of the log is refused"
+        );
+        std::fs::write(log.with_extension("index"), [1, 2, 3]).unwrap();
+        assert_eq!(load(&log, 300), None, "a torn index file is refused");
+    }
+
+    #[test]
+    fn time_lookup_starts_after_batches_that_are_all_older() {
+        let idx = SegmentIndex {
+            offsets: vec![
+                OffsetEntry {
+                    rel_offset: 0,
+                    position: 0,
+                },
+                OffsetEntry {
+                    rel_offset: 10,
+                    position: 100,
+                },
+                OffsetEntry {
+                    rel_offset: 20,
+                    position: 200,
+                },
+            ],
+            times: vec![
+                TimeEntry {
+                    timestamp: 5,
+                    rel_offset: 0,
+                },
+                TimeEntry {
+                    timestamp: 9,
+                    rel_offset: 10,
+                },
+                TimeEntry {
+                    timestamp: 20,
+                    rel_offset: 20,
+                },
+            ],
+        };
+        assert_eq!(idx.scan_start_for_time(3), 0);
+        assert_eq!(idx.scan_start_for_time(9), 0);
+        assert_eq!(idx.scan_start_for_time(10), 10);
+        assert_eq!(idx.scan_start_for_time(100), 20);
+    }
+}

@@ -1,0 +1,294 @@
+//! A partition's log as the rest of the broker sees it: append, read, look up offsets.
+
+use super::error::{AppendError, ReadError, StorageError};
+use super::recovery::{self, RecoveryReport};
+use super::segment::{self, Segment};
+use super::writer::{Command, Job, Writer};
+use bytes::Bytes;
+use rill_protocol::FsyncPolicy;
+use rill_protocol::batch::{self, RecordIter};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use tokio::sync::{oneshot, watch};
+
+/// Storage settings of one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Roll the active segment before it would grow past this many bytes.
+    pub segment_bytes: u64,
+    /// Bytes of log between two sparse index entries.
+    pub index_interval_bytes: u64,
+    pub fsync: FsyncPolicy,
+}
+
+impl LogConfig {
+    /// Largest segment size: positions in the index are 32-bit.
+    pub const MAX_SEGMENT_BYTES: u64 = u32::MAX as u64;
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.segment_bytes < 4096 || self.segment_bytes > Self::MAX_SEGMENT_BYTES {
+            return Err(format!(
+                "segment_bytes must be between 4096 and {}, got {}",
+                Self::MAX_SEGMENT_BYTES,
+                self.segment_bytes
+            ));
+        }
+        if self.index_interval_bytes == 0 {
+            return Err("index_interval_bytes must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// State shared between the writer thread and readers.
+#[derive(Debug)]
+pub(super) struct Shared {
+    /// Segments in offset order; the last is the active one. Holds only committed data.
+    pub view: RwLock<Vec<Segment>>,
+    /// The high watermark: offset after the last committed record. Fetches wait on it.
+    pub high_watermark: watch::Sender<u64>,
+    /// Set once an fsync failed; the partition then refuses writes (fail-stop).
+    pub failed: Mutex<Option<String>>,
+}
+
+/// Acknowledgement of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendAck {
+    pub base_offset: u64,
+    pub log_end_offset: u64,
+}
+
+/// An append that has been queued in order and will be answered once committed.
+#[derive(Debug)]
+pub struct PendingAppend(oneshot::Receiver<Result<AppendAck, AppendError>>);
+
+impl PendingAppend {
+    pub async fn wait(self) -> Result<AppendAck, AppendError> {
+        self.0.await.unwrap_or(Err(AppendError::ShuttingDown))
+    }
+
+    /// Blocking wait, for callers outside an async runtime.
+    pub fn wait_blocking(self) -> Result<AppendAck, AppendError> {
+        self.0
+            .blocking_recv()
+            .unwrap_or(Err(AppendError::ShuttingDown))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ReadResult {
+    /// Whole batches; the first contains the requested offset.
+    pub batches: Bytes,
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionStats {
+    pub log_start_offset: u64,
+    pub high_watermark: u64,
+    pub size_bytes: u64,
+    pub segments: u32,
+}
+
+/// One partition's log. Cheap to share behind an `Arc`; all methods take `&self`.
+#[derive(Debug)]
+pub struct PartitionLog {
+    label: String,
+    dir: PathBuf,
+    shared: Arc<Shared>,
+    commands: crossbeam_channel::Sender<Command>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl PartitionLog {
+    /// Opens (recovering if needed) the log in `dir` and starts its writer thread. Blocking.
+    pub fn open(
+        dir: &Path,
+        label: String,
+        config: LogConfig,
+        clean: bool,
+    ) -> Result<(Self, RecoveryReport), StorageError> {
+        let recovered = recovery::recover(dir, &label, config.index_interval_bytes, clean)?;
+        let hw = recovered.segments.last().map_or(0, |s| s.next_offset);
+        let shared = Arc::new(Shared {
+            view: RwLock::new(recovered.segments),
+            high_watermark: watch::Sender::new(hw),
+            failed: Mutex::new(None),
+        });
+        let (tx, rx) = crossbeam_channel::bounded(4096);
+        let writer = Writer::new(
+            label.clone(),
+            dir.to_path_buf(),
+            config,
+            shared.clone(),
+            rx,
+            recovered.tail_indexer,
+        )?;
+        let handle = std::thread::Builder::new()
+            .name(format!("rill-writer-{label}"))
+            .spawn(move || writer.run())
+            .map_err(StorageError::io("spawn writer thread for", dir))?;
+        let log = PartitionLog {
+            label,
+            dir: dir.to_path_buf(),
+            shared,
+            commands: tx,
+            writer: Mutex::new(Some(handle)),
+        };
+        Ok((log, recovered.report))
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Validates `batch` and queues it for the writer. Appends from one caller are committed in
+    /// the order this is called. Cheap and non-blocking unless the writer's queue is full.
+    pub fn append(&self, batch: Bytes) -> Result<PendingAppend, AppendError> {
+        let header = batch::validate(&batch).map_err(AppendError::InvalidBatch)?;
+        if let Some(why) = self
+            .shared
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            return Err(AppendError::Failed(why.clone()));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Append(Job {
+                batch,
+                header,
+                reply,
+            }))
+            .map_err(|_| AppendError::ShuttingDown)?;
+        Ok(PendingAppend(rx))
+    }
+
+    pub fn high_watermark(&self) -> u64 {
+        *self.shared.high_watermark.borrow()
+    }
+
+    /// A receiver that changes whenever the high watermark advances.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.high_watermark.subscribe()
+    }
+
+    fn view(&self) -> std::sync::RwLockReadGuard<'_, Vec<Segment>> {
+        self.shared.view.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn stats(&self) -> PartitionStats {
+        let view = self.view();
+        PartitionStats {
+            log_start_offset: view.first().map_or(0, |s| s.base),
+            high_watermark: view.last().map_or(0, |s| s.next_offset),
+            size_bytes: view.iter().map(|s| s.size).sum(),
+            segments: view.len() as u32,
+        }
+    }
+
+    /// Reads whole batches starting with the one holding `offset`. Blocking (positioned reads).
+    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadResult, ReadError> {
+        let view = self.view();
+        let start = view.first().map_or(0, |s| s.base);
+        let hw = view.last().map_or(0, |s| s.next_offset);
+        if offset < start || offset > hw {
+            return Err(ReadError::OffsetOutOfRange {
+                offset,
+                start,
+                end: hw,
+            });
+        }
+        let result = |batches| ReadResult {
+            batches,
+            high_watermark: hw,
+            log_start_offset: start,
+        };
+        // The segment holding `offset`, or the next one if corruption left a gap.
+        let first = view.partition_point(|s| s.base <= offset).saturating_sub(1);
+        let Some(seg) = view[first..].iter().find(|s| s.next_offset > offset) else {
+            return Ok(result(Bytes::new()));
+        };
+        let pos = match offset.checked_sub(seg.base) {
+            Some(rel) => seg
+                .index
+                .position_for(u32::try_from(rel).unwrap_or(u32::MAX)),
+            None => 0,
+        };
+        let (file, path, end) = (seg.file.clone(), seg.path.clone(), seg.size);
+        drop(view);
+        let batches = segment::read_from(&file, &path, u64::from(pos), end, offset, max_bytes)?;
+        Ok(result(batches))
+    }
+
+    /// The offset of the first record with a timestamp at or after `ts`, if any. Blocking.
+    pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<u64>, ReadError> {
+        let view = self.view();
+        let Some(seg) = view.iter().find(|s| s.max_timestamp >= ts && s.size > 0) else {
+            return Ok(None);
+        };
+        let rel = seg.index.scan_start_for_time(ts);
+        let mut pos = u64::from(seg.index.position_for(rel));
+        let (file, path, end) = (seg.file.clone(), seg.path.clone(), seg.size);
+        drop(view);
+        while pos < end {
+            let h = segment::read_header(&file, &path, pos, end)?;
+            if h.max_timestamp >= ts {
+                let batch = segment::read_from(&file, &path, pos, end, h.base_offset, 0)?;
+                let first = batch::Batches::new(batch).next().unwrap_or_default();
+                let records = RecordIter::new(first).map_err(|e| corrupt(&path, pos, e))?;
+                for r in records {
+                    let r = r.map_err(|e| corrupt(&path, pos, e))?;
+                    if r.timestamp >= ts {
+                        return Ok(Some(r.offset));
+                    }
+                }
+            }
+            pos += h.total_len() as u64;
+        }
+        Ok(None)
+    }
+
+    /// Stops the writer after it has committed everything queued, fsynced and written the
+    /// active segment's index. Blocking; later appends fail with `ShuttingDown`.
+    pub fn close(&self) {
+        let _ = self.commands.send(Command::Close);
+        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle
+            && handle.join().is_err()
+        {
+            tracing::error!(partition = %self.label, "writer thread panicked");
+        }
+    }
+
+    /// Whether the partition went fail-stop after an fsync error.
+    pub fn failed(&self) -> Option<String> {
+        self.shared
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+fn corrupt(path: &Path, position: u64, e: rill_protocol::DecodeError) -> StorageError {
+    StorageError::Corrupt {
+        path: path.to_path_buf(),
+        position,
+        reason: e.to_string(),
+    }
+}
+
+impl Drop for PartitionLog {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

@@ -1,0 +1,181 @@
+//! Opening a partition directory: find its segments, trust or rebuild their indexes, and cut
+//! a torn or corrupt tail.
+//!
+//! After a clean shutdown every segment's index files were written, so opening checks them and
+//! validates only the batches after each segment's last index entry. After an unclean stop the
+//! tail segment's index is stale or missing, so the whole tail segment is scanned, every batch's
+//! length, CRC and layout checked, and the file truncated at the first bad batch. A bad batch in
+//! a sealed segment cannot be a torn write; it is corruption and is logged as an error.
+
+use super::error::StorageError;
+use super::index::{self, Indexer, SegmentIndex};
+use super::segment::{self, Segment};
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What recovery did to one partition.
+#[derive(Debug, Default, Clone)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    /// Segments whose index was rebuilt by scanning.
+    pub rebuilt_indexes: usize,
+    /// `(file, position, bytes removed, reason)` for every truncation.
+    pub truncated: Vec<(PathBuf, u64, u64, String)>,
+}
+
+pub(super) struct Recovered {
+    pub segments: Vec<Segment>,
+    /// Indexing state of the tail segment, so the writer continues where the scan stopped.
+    pub tail_indexer: Indexer,
+    pub report: RecoveryReport,
+}
+
+pub(super) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StorageError::io("fsync directory", dir))
+}
+
+pub(super) fn create_segment(dir: &Path, base: u64) -> Result<Segment, StorageError> {
+    let path = dir.join(segment::file_name(base));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(StorageError::io("create segment", &path))?;
+    sync_dir(dir)?;
+    Ok(Segment {
+        base,
+        path,
+        file: Arc::new(file),
+        size: 0,
+        next_offset: base,
+        max_timestamp: i64::MIN,
+        index: SegmentIndex::default(),
+    })
+}
+
+pub(super) fn recover(
+    dir: &Path,
+    label: &str,
+    interval: u64,
+    clean: bool,
+) -> Result<Recovered, StorageError> {
+    fs::create_dir_all(dir).map_err(StorageError::io("create directory", dir))?;
+    let mut bases = Vec::new();
+    for entry in fs::read_dir(dir).map_err(StorageError::io("list", dir))? {
+        let entry = entry.map_err(StorageError::io("list", dir))?;
+        if let Some(base) = entry
+            .file_name()
+            .to_str()
+            .and_then(segment::parse_file_name)
+        {
+            bases.push(base);
+        }
+    }
+    bases.sort_unstable();
+    let mut report = RecoveryReport::default();
+    if bases.is_empty() {
+        let seg = create_segment(dir, 0)?;
+        report.segments = 1;
+        return Ok(Recovered {
+            segments: vec![seg],
+            tail_indexer: Indexer::new(interval),
+            report,
+        });
+    }
+    let mut segments = Vec::with_capacity(bases.len());
+    let mut tail_indexer = Indexer::new(interval);
+    let last = bases.len() - 1;
+    for (i, base) in bases.into_iter().enumerate() {
+        let is_tail = i == last;
+        let path = dir.join(segment::file_name(base));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(StorageError::io("open segment", &path))?;
+        let len = file
+            .metadata()
+            .map_err(StorageError::io("stat", &path))?
+            .len();
+        let trusted = if clean || !is_tail {
+            index::load(&path, len)
+        } else {
+            None
+        };
+        let rebuilt = trusted.is_none();
+        let (mut idx, mut indexer, start_pos, start_offset) = match trusted {
+            Some(idx) => {
+                let last_entry = idx.offsets.last().copied();
+                let max_ts = idx.times.last().map_or(i64::MIN, |t| t.timestamp);
+                let indexer =
+                    Indexer::resume(interval, last_entry.map(|e| u64::from(e.position)), max_ts);
+                let (pos, off) = last_entry.map_or((0, base), |e| {
+                    (u64::from(e.position), base + u64::from(e.rel_offset))
+                });
+                (idx, indexer, pos, off)
+            }
+            None => {
+                report.rebuilt_indexes += 1;
+                (SegmentIndex::default(), Indexer::new(interval), 0, base)
+            }
+        };
+        let mut found = SegmentIndex::default();
+        let outcome = segment::scan(
+            &file,
+            &path,
+            start_pos,
+            start_offset,
+            len,
+            base,
+            &mut indexer,
+            &mut found,
+        )?;
+        idx.append(&mut found);
+        if let Some((position, reason)) = outcome.invalid {
+            let cut = len - outcome.valid_len;
+            if is_tail {
+                tracing::warn!(partition = label, file = %path.display(), position, bytes = cut, %reason, "truncating torn or corrupt tail of the log");
+            } else {
+                tracing::error!(partition = label, file = %path.display(), position, bytes = cut, %reason, "corruption in a sealed segment: dropping the rest of it");
+            }
+            file.set_len(outcome.valid_len)
+                .map_err(StorageError::io("truncate", &path))?;
+            file.sync_all().map_err(StorageError::io("fsync", &path))?;
+            report.truncated.push((path.clone(), position, cut, reason));
+        }
+        if !is_tail && (rebuilt || !report.truncated.is_empty()) {
+            // Save the rebuilt index so the next start does not scan this sealed segment again.
+            if let Err(e) = idx.write(&path) {
+                tracing::warn!(file = %path.display(), error = %e, "could not write rebuilt index");
+            }
+        }
+        if let Some(prev) = segments.last() {
+            let prev: &Segment = prev;
+            if prev.next_offset != base {
+                tracing::error!(partition = label, file = %path.display(), expected = prev.next_offset, base, "segments do not follow each other; offsets in between are lost");
+            }
+        }
+        if is_tail {
+            tail_indexer = indexer;
+        }
+        segments.push(Segment {
+            base,
+            path,
+            file: Arc::new(file),
+            size: outcome.valid_len,
+            next_offset: outcome.next_offset,
+            max_timestamp: outcome.max_timestamp,
+            index: idx,
+        });
+    }
+    report.segments = segments.len();
+    Ok(Recovered {
+        segments,
+        tail_indexer,
+        report,
+    })
+}

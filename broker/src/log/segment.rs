@@ -1,0 +1,210 @@
+//! One segment file: naming, positioned reads of whole batches, and the validating scan that
+//! recovery uses to find where the valid data ends.
+
+use super::error::StorageError;
+use super::index::{Indexer, SegmentIndex};
+use bytes::{Bytes, BytesMut};
+use rill_protocol::batch::{self, BatchHeader, HEADER_LEN, LOG_OVERHEAD};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A segment as readers see it: only bytes and offsets below `size`/`next_offset` are committed.
+#[derive(Debug)]
+pub struct Segment {
+    pub base: u64,
+    pub path: PathBuf,
+    pub file: Arc<File>,
+    pub size: u64,
+    pub next_offset: u64,
+    pub max_timestamp: i64,
+    pub index: SegmentIndex,
+}
+
+pub fn file_name(base: u64) -> String {
+    format!("{base:020}.log")
+}
+
+/// The base offset of a segment file name, or `None` for other files.
+pub fn parse_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".log")?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())?
+}
+
+fn read_exact_at(file: &File, path: &Path, buf: &mut [u8], pos: u64) -> Result<(), StorageError> {
+    file.read_exact_at(buf, pos)
+        .map_err(StorageError::io("read", path))
+}
+
+fn corrupt(path: &Path, position: u64, reason: impl Into<String>) -> StorageError {
+    StorageError::Corrupt {
+        path: path.to_path_buf(),
+        position,
+        reason: reason.into(),
+    }
+}
+
+/// Reads the header of the batch at `pos`.
+pub fn read_header(
+    file: &File,
+    path: &Path,
+    pos: u64,
+    end: u64,
+) -> Result<BatchHeader, StorageError> {
+    if end.saturating_sub(pos) < HEADER_LEN as u64 {
+        return Err(corrupt(
+            path,
+            pos,
+            "batch header runs past the committed end",
+        ));
+    }
+    let mut hdr = [0u8; HEADER_LEN];
+    read_exact_at(file, path, &mut hdr, pos)?;
+    BatchHeader::parse(&hdr).map_err(|e| corrupt(path, pos, e.to_string()))
+}
+
+/// Whole batches starting with the one that holds `target`, scanning from `pos` (a position
+/// from the sparse index at or before it) and stopping at `end`. Returns at most about
+/// `max_bytes`, but always the first batch whole.
+pub fn read_from(
+    file: &File,
+    path: &Path,
+    mut pos: u64,
+    end: u64,
+    target: u64,
+    max_bytes: usize,
+) -> Result<Bytes, StorageError> {
+    let first = loop {
+        if pos >= end {
+            return Ok(Bytes::new());
+        }
+        let h = read_header(file, path, pos, end)?;
+        if h.total_len() < HEADER_LEN {
+            return Err(corrupt(path, pos, "batch length below the header size"));
+        }
+        if h.last_offset() >= target {
+            break h;
+        }
+        pos += h.total_len() as u64;
+    };
+    let avail = end - pos;
+    let first_len = first.total_len() as u64;
+    if first_len > avail {
+        return Err(corrupt(path, pos, "batch runs past the committed end"));
+    }
+    let want = (max_bytes as u64).min(avail).max(first_len);
+    let mut buf = BytesMut::zeroed(want as usize);
+    read_exact_at(file, path, &mut buf, pos)?;
+    let mut used = 0;
+    while let Some((_, len)) = batch::peek(&buf[used..]) {
+        if len < HEADER_LEN || used + len > buf.len() {
+            break;
+        }
+        used += len;
+    }
+    buf.truncate(used);
+    Ok(buf.freeze())
+}
+
+/// Where a scan stopped and what it found.
+#[derive(Debug)]
+pub struct ScanOutcome {
+    /// Length of the valid prefix, in bytes.
+    pub valid_len: u64,
+    /// Offset after the last valid batch.
+    pub next_offset: u64,
+    pub max_timestamp: i64,
+    /// The first invalid byte position and why, if the scan stopped before the file's end.
+    pub invalid: Option<(u64, String)>,
+}
+
+/// The stretch of a segment file a scan covers.
+#[derive(Debug, Clone, Copy)]
+pub struct Span {
+    /// Byte position of the first batch to check.
+    pub start: u64,
+    /// The base offset that batch must have.
+    pub expected: u64,
+    /// Length of the file.
+    pub file_len: u64,
+}
+
+/// Validates batches from `span.start` to the end of the file, adding index entries for them,
+/// and stops at the first torn or corrupt batch.
+pub fn scan(
+    file: &File,
+    path: &Path,
+    seg_base: u64,
+    span: Span,
+    indexer: &mut Indexer,
+    index: &mut SegmentIndex,
+) -> Result<ScanOutcome, StorageError> {
+    let Span {
+        start: mut pos,
+        mut expected,
+        file_len,
+    } = span;
+    let mut buf = Vec::new();
+    let invalid = loop {
+        if pos == file_len {
+            break None;
+        }
+        if file_len - pos < LOG_OVERHEAD as u64 {
+            break Some((
+                pos,
+                format!("torn batch: {} trailing bytes", file_len - pos),
+            ));
+        }
+        let mut head = [0u8; LOG_OVERHEAD];
+        read_exact_at(file, path, &mut head, pos)?;
+        let Some((base, len)) = batch::peek(&head) else {
+            break Some((pos, "unreadable header".into()));
+        };
+        if len < HEADER_LEN {
+            break Some((pos, format!("batch length {len} is below the header size")));
+        }
+        if (len as u64) > file_len - pos {
+            break Some((
+                pos,
+                format!("torn batch: needs {len} bytes, {} remain", file_len - pos),
+            ));
+        }
+        buf.resize(len, 0);
+        read_exact_at(file, path, &mut buf, pos)?;
+        let header = match batch::validate(&buf) {
+            Ok(h) => h,
+            Err(e) => break Some((pos, e.to_string())),
+        };
+        if base != expected {
+            break Some((
+                pos,
+                format!("batch base offset {base}, expected {expected}"),
+            ));
+        }
+        let rel = u32::try_from(base - seg_base).unwrap_or(u32::MAX);
+        indexer.observe(rel, pos, header.max_timestamp, index);
+        expected = header.last_offset() + 1;
+        pos += len as u64;
+    };
+    Ok(ScanOutcome {
+        valid_len: pos,
+        next_offset: expected,
+        max_timestamp: indexer.max_timestamp(),
+        invalid,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_round_trip() {
+        assert_eq!(file_name(42), "00000000000000000042.log");
+        assert_eq!(parse_file_name(&file_name(u64::MAX)), Some(u64::MAX));
+        assert_eq!(parse_file_name("00000000000000000042.index"), None);
+        assert_eq!(parse_file_name("42.log"), None);
+    }
+}

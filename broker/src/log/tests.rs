@@ -1,0 +1,280 @@
+//! Partition log behaviour against real files in a temporary directory.
+
+use super::*;
+use bytes::Bytes;
+use rill_protocol::FsyncPolicy;
+use rill_protocol::batch::{BatchBuilder, Batches, RecordIter};
+use std::fs::OpenOptions;
+use std::path::Path;
+
+fn config(segment_bytes: u64) -> LogConfig {
+    LogConfig {
+        segment_bytes,
+        index_interval_bytes: 256,
+        fsync: FsyncPolicy::Always,
+    }
+}
+
+/// A batch of `n` records whose values are `"{tag}-{i}"` and timestamps `ts0 + i`.
+fn batch(tag: u64, n: usize, ts0: i64) -> Bytes {
+    let mut b = BatchBuilder::with_capacity(64 * n);
+    for i in 0..n {
+        b.push(None, format!("{tag}-{i}").as_bytes(), &[], ts0 + i as i64);
+    }
+    b.finish()
+}
+
+fn open(dir: &Path, cfg: LogConfig, clean: bool) -> (PartitionLog, RecoveryReport) {
+    PartitionLog::open(dir, "t-0".into(), cfg, clean).expect("opens")
+}
+
+/// Every record from `from` on, as (offset, value), read the way a consumer would.
+fn read_all(log: &PartitionLog, from: u64) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    let mut next = from;
+    loop {
+        let r = log.read(next, 1000).expect("reads");
+        if r.batches.is_empty() {
+            return out;
+        }
+        for b in Batches::new(r.batches) {
+            for rec in RecordIter::new(b).expect("valid batch") {
+                let rec = rec.unwrap();
+                if rec.offset >= next {
+                    out.push((rec.offset, String::from_utf8(rec.value.to_vec()).unwrap()));
+                }
+            }
+        }
+        next = out.last().map_or(next, |(o, _)| o + 1);
+    }
+}
+
+fn append_batches(log: &PartitionLog, count: u64, per_batch: usize) -> Vec<u64> {
+    let pending: Vec<_> = (0..count)
+        .map(|t| log.append(batch(t, per_batch, t as i64 * 100)).unwrap())
+        .collect();
+    pending
+        .into_iter()
+        .map(|p| p.wait_blocking().unwrap().base_offset)
+        .collect()
+}
+
+#[test]
+fn appends_get_dense_offsets_and_read_back_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), config(4096), true);
+    let bases = append_batches(&log, 200, 3);
+    assert_eq!(bases, (0..200).map(|t| t * 3).collect::<Vec<_>>());
+    assert_eq!(log.high_watermark(), 600);
+    let stats = log.stats();
+    assert!(
+        stats.segments >= 4,
+        "small segments must roll, got {}",
+        stats.segments
+    );
+    let all = read_all(&log, 0);
+    assert_eq!(all.len(), 600);
+    for (i, (off, v)) in all.iter().enumerate() {
+        assert_eq!(*off, i as u64);
+        assert_eq!(v, &format!("{}-{}", i / 3, i % 3));
+    }
+}
+
+#[test]
+fn a_read_at_any_offset_starts_with_the_batch_holding_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), config(8192), true);
+    append_batches(&log, 120, 5);
+    for offset in 0..600 {
+        let r = log.read(offset, 1).unwrap();
+        let first = Batches::new(r.batches).next().expect("one batch");
+        let h = rill_protocol::batch::validate(&first).unwrap();
+        assert!(
+            h.base_offset <= offset && offset <= h.last_offset(),
+            "offset {offset} not in [{}, {}]",
+            h.base_offset,
+            h.last_offset()
+        );
+    }
+    assert!(
+        log.read(600, 100).unwrap().batches.is_empty(),
+        "reading at the end returns nothing"
+    );
+    assert!(matches!(
+        log.read(601, 100),
+        Err(ReadError::OffsetOutOfRange {
+            offset: 601,
+            end: 600,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn reopening_after_a_clean_close_trusts_the_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), config(4096), true);
+    append_batches(&log, 100, 2);
+    let before = read_all(&log, 0);
+    log.close();
+    drop(log);
+    let (log, report) = open(dir.path(), config(4096), true);
+    assert_eq!(report.rebuilt_indexes, 0);
+    assert!(report.truncated.is_empty());
+    assert_eq!(read_all(&log, 0), before);
+    assert_eq!(
+        append_batches(&log, 1, 1),
+        vec![200],
+        "appends continue after the old end"
+    );
+}
+
+fn tail_segment(dir: &Path) -> std::path::PathBuf {
+    let mut logs: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    logs.pop().unwrap()
+}
+
+#[test]
+fn a_torn_tail_is_truncated_to_the_last_whole_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), config(1 << 20), true);
+    append_batches(&log, 10, 4);
+    log.close();
+    drop(log);
+    // Simulate a crash in the middle of writing batch 10: half of it reached the file.
+    let tail = tail_segment(dir.path());
+    let half = batch(10, 4, 0);
+    let mut f = OpenOptions::new().append(true).open(&tail).unwrap();
+    std::io::Write::write_all(&mut f, &half[..half.len() / 2]).unwrap();
+    let len_before = std::fs::metadata(&tail).unwrap().len();
+
+    let (log, report) = open(dir.path(), config(1 << 20), false);
+    assert_eq!(report.truncated.len(), 1);
+    assert_eq!(
+        report.truncated[0].2,
+        (half.len() / 2) as u64,
+        "exactly the torn bytes are cut"
+    );
+    assert_eq!(
+        std::fs::metadata(&tail).unwrap().len(),
+        len_before - (half.len() / 2) as u64
+    );
+    assert_eq!(log.high_watermark(), 40);
+    assert_eq!(read_all(&log, 0).len(), 40);
+    assert_eq!(append_batches(&log, 1, 1), vec![40]);
+}
+
+#[test]
+fn a_bit_flip_in_the_last_batch_cuts_that_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), config(1 << 20), true);
+    append_batches(&log, 10, 4);
+    log.close();
+    drop(log);
+    let tail = tail_segment(dir.path());
+    let mut bytes = std::fs::read(&tail).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x10;
+    std::fs::write(&tail, &bytes).unwrap();
+
+    let (log, report) = open(dir.path(), config(1 << 20), false);
+    assert_eq!(report.truncated.len(), 1);
+    assert!(
+        report.truncated[0].3.contains("CRC"),
+        "reason names the CRC: {}",
+        report.truncated[0].3
+    );
+    assert_eq!(log.high_watermark(), 36, "the nine intact batches survive");
+    let all = read_all(&log, 0);
+    assert_eq!(all.last().unwrap(), &(35, "8-3".to_string()));
+}
+
+#[test]
+fn an_unclean_start_rebuilds_the_tail_index_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), config(1 << 20), true);
+    append_batches(&log, 50, 3);
+    log.close();
+    drop(log);
+    let tail = tail_segment(dir.path());
+    let written = std::fs::read(tail.with_extension("index")).unwrap();
+    std::fs::remove_file(tail.with_extension("index")).unwrap();
+    let (log, report) = open(dir.path(), config(1 << 20), false);
+    assert_eq!(report.rebuilt_indexes, 1);
+    log.close();
+    assert_eq!(
+        std::fs::read(tail.with_extension("index")).unwrap(),
+        written
+    );
+}
+
+#[test]
+fn offsets_are_found_by_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), config(4096), true);
+    // Batch t holds timestamps t*100 .. t*100+4.
+    append_batches(&log, 60, 5);
+    assert_eq!(log.offset_for_timestamp(i64::MIN).unwrap(), Some(0));
+    assert_eq!(log.offset_for_timestamp(0).unwrap(), Some(0));
+    assert_eq!(log.offset_for_timestamp(103).unwrap(), Some(8));
+    assert_eq!(
+        log.offset_for_timestamp(150).unwrap(),
+        Some(10),
+        "between batches: the next batch's first record"
+    );
+    assert_eq!(log.offset_for_timestamp(5904).unwrap(), Some(299));
+    assert_eq!(log.offset_for_timestamp(5905).unwrap(), None);
+}
+
+#[test]
+fn interval_mode_acknowledges_and_serves_before_syncing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        fsync: FsyncPolicy::Interval { ms: 60_000 },
+        ..config(1 << 20)
+    };
+    let (log, _) = open(dir.path(), cfg.clone(), true);
+    assert_eq!(append_batches(&log, 3, 2), vec![0, 2, 4]);
+    assert_eq!(read_all(&log, 0).len(), 6);
+    log.close();
+    drop(log);
+    let (log, _) = open(dir.path(), cfg, false);
+    assert_eq!(
+        log.high_watermark(),
+        6,
+        "close syncs what the interval had not yet"
+    );
+}
+
+#[test]
+fn invalid_batches_are_refused_before_touching_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), config(1 << 20), true);
+    let good = batch(1, 2, 0);
+    let mut bad = good.to_vec();
+    bad[40] ^= 1;
+    assert!(matches!(
+        log.append(Bytes::from(bad)),
+        Err(AppendError::InvalidBatch(_))
+    ));
+    assert!(matches!(
+        log.append(good.slice(..good.len() - 1)),
+        Err(AppendError::InvalidBatch(_))
+    ));
+    assert_eq!(log.high_watermark(), 0);
+    assert_eq!(log.stats().size_bytes, 0);
+}
+
+#[test]
+fn appends_after_close_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), config(1 << 20), true);
+    log.close();
+    let result = log.append(batch(0, 1, 0)).and_then(|p| p.wait_blocking());
+    assert!(matches!(result, Err(AppendError::ShuttingDown)));
+}

@@ -1,0 +1,440 @@
+//! The partition writer: the one thread that appends to, rolls, syncs and truncates a
+//! partition's active segment.
+//!
+//! It takes every append queued since its last round, writes them with one vectored write
+//! (rewriting only each batch's 8-byte base offset, never copying the batch), and then:
+//! - `fsync=always`: one `fdatasync` for the whole round (group commit), then publishes the new
+//!   end to readers and acknowledges every append in the round;
+//! - `fsync=interval:MS`: publishes and acknowledges at once, and syncs once the oldest
+//!   unsynced write is MS old.
+//!
+//! A failed write (a full disk, say) is rolled back by truncating to the round's start, and only
+//! the appends in it fail; the partition keeps serving. A failed fsync leaves the file's state
+//! unknown, so the partition turns fail-stop: every later append is refused.
+
+use super::error::{AppendError, StorageError};
+use super::index::{Indexer, SegmentIndex};
+use super::partition::{AppendAck, LogConfig, Shared};
+use super::recovery;
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use rill_protocol::batch::BatchHeader;
+use std::fs::File;
+use std::io::{self, IoSlice, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+/// Appends handled in one round at most, bounding a round's latency.
+const MAX_ROUND: usize = 1024;
+/// Batches per vectored write (two slices each, below the usual IOV_MAX of 1024).
+const MAX_WRITE: usize = 500;
+
+pub(super) enum Command {
+    Append(Job),
+    Close,
+}
+
+pub(super) struct Job {
+    pub batch: Bytes,
+    pub header: BatchHeader,
+    pub reply: oneshot::Sender<Result<AppendAck, AppendError>>,
+}
+
+/// Where the active segment stood before a write, to roll back to if it fails.
+#[derive(Clone, Copy)]
+struct Mark {
+    written: u64,
+    next_offset: u64,
+    indexer: Indexer,
+    offsets: usize,
+    times: usize,
+}
+
+pub(super) struct Writer {
+    label: String,
+    dir: PathBuf,
+    config: LogConfig,
+    shared: Arc<Shared>,
+    rx: Receiver<Command>,
+    file: Arc<File>,
+    path: PathBuf,
+    seg_base: u64,
+    /// Bytes written to the active segment (committed or not).
+    written: u64,
+    next_offset: u64,
+    indexer: Indexer,
+    /// Index entries for written batches not yet published to readers.
+    pending: SegmentIndex,
+    /// When the oldest write not yet fsynced happened.
+    unsynced_since: Option<Instant>,
+}
+
+impl Writer {
+    pub fn new(
+        label: String,
+        dir: PathBuf,
+        config: LogConfig,
+        shared: Arc<Shared>,
+        rx: Receiver<Command>,
+        indexer: Indexer,
+    ) -> Result<Self, StorageError> {
+        let (file, path, seg_base, written, next_offset) = {
+            let view = shared.view.read().unwrap_or_else(|p| p.into_inner());
+            let active = view.last().ok_or_else(|| StorageError::Corrupt {
+                path: dir.clone(),
+                position: 0,
+                reason: "partition has no segment".into(),
+            })?;
+            (
+                active.file.clone(),
+                active.path.clone(),
+                active.base,
+                active.size,
+                active.next_offset,
+            )
+        };
+        (&*file)
+            .seek(SeekFrom::Start(written))
+            .map_err(StorageError::io("seek", &path))?;
+        Ok(Writer {
+            label,
+            dir,
+            config,
+            shared,
+            rx,
+            file,
+            path,
+            seg_base,
+            written,
+            next_offset,
+            indexer,
+            pending: SegmentIndex::default(),
+            unsynced_since: None,
+        })
+    }
+
+    pub fn run(mut self) {
+        let mut jobs = Vec::with_capacity(MAX_ROUND);
+        loop {
+            let Some(first) = self.next_command() else {
+                break;
+            };
+            let mut closing = false;
+            let mut cmd = Some(first);
+            while let Some(c) = cmd.take() {
+                match c {
+                    Command::Append(job) => jobs.push(job),
+                    Command::Close => {
+                        closing = true;
+                        break;
+                    }
+                }
+                if jobs.len() < MAX_ROUND {
+                    cmd = self.rx.try_recv().ok();
+                }
+            }
+            self.round(&mut jobs);
+            if closing {
+                self.finish();
+                break;
+            }
+        }
+        // Anything still queued arrived after Close: refuse it.
+        while let Ok(cmd) = self.rx.try_recv() {
+            if let Command::Append(job) = cmd {
+                let _ = job.reply.send(Err(AppendError::ShuttingDown));
+            }
+        }
+    }
+
+    /// Waits for the next command, syncing on time in interval mode while idle.
+    fn next_command(&mut self) -> Option<Command> {
+        loop {
+            let deadline = self
+                .unsynced_since
+                .zip(self.config.fsync.interval())
+                .map(|(t, iv)| t + iv);
+            let Some(deadline) = deadline else {
+                return self.rx.recv().ok();
+            };
+            match self.rx.recv_deadline(deadline) {
+                Ok(cmd) => return Some(cmd),
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Err(e) = self.sync() {
+                        self.fail_stop(&e);
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    fn failed(&self) -> Option<String> {
+        self.shared
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn mark(&self) -> Mark {
+        Mark {
+            written: self.written,
+            next_offset: self.next_offset,
+            indexer: self.indexer,
+            offsets: self.pending.offsets.len(),
+            times: self.pending.times.len(),
+        }
+    }
+
+    fn round(&mut self, jobs: &mut Vec<Job>) {
+        if let Some(why) = self.failed() {
+            for job in jobs.drain(..) {
+                let _ = job.reply.send(Err(AppendError::Failed(why.clone())));
+            }
+            return;
+        }
+        // Appends written in this round: (reply, base offset).
+        let mut written: Vec<(oneshot::Sender<Result<AppendAck, AppendError>>, u64)> =
+            Vec::with_capacity(jobs.len());
+        let mut chunk: Vec<([u8; 8], Bytes)> = Vec::with_capacity(jobs.len().min(MAX_WRITE));
+        let mut chunk_start = written.len();
+        let mut mark = self.mark();
+        let mut error: Option<AppendError> = None;
+        for job in jobs.drain(..) {
+            if let Some(e) = &error {
+                let _ = job.reply.send(Err(duplicate(e)));
+                continue;
+            }
+            let len = job.batch.len() as u64;
+            let roll = self.written > 0 && self.written + len > self.config.segment_bytes;
+            if roll || chunk.len() == MAX_WRITE {
+                if let Err(e) = self.flush(&mut chunk, mark) {
+                    let e = AppendError::from(e);
+                    for (reply, _) in written.drain(chunk_start..) {
+                        let _ = reply.send(Err(duplicate(&e)));
+                    }
+                    let _ = job.reply.send(Err(duplicate(&e)));
+                    error = Some(e);
+                    continue;
+                }
+                // Appends flushed so far stay written even if the roll fails.
+                if roll && let Err(e) = self.roll() {
+                    let e = AppendError::from(e);
+                    let _ = job.reply.send(Err(duplicate(&e)));
+                    error = Some(e);
+                    continue;
+                }
+                chunk_start = written.len();
+                mark = self.mark();
+            }
+            let base = self.next_offset;
+            let rel = u32::try_from(base - self.seg_base).unwrap_or(u32::MAX);
+            self.indexer.observe(
+                rel,
+                self.written,
+                job.header.max_timestamp,
+                &mut self.pending,
+            );
+            self.written += len;
+            self.next_offset = job.header.last_offset_delta as u64 + base + 1;
+            chunk.push((base.to_be_bytes(), job.batch));
+            written.push((job.reply, base));
+        }
+        if error.is_none()
+            && let Err(e) = self.flush(&mut chunk, mark)
+        {
+            let e = AppendError::from(e);
+            for (reply, _) in written.drain(chunk_start..) {
+                let _ = reply.send(Err(duplicate(&e)));
+            }
+        }
+        if written.is_empty() {
+            return;
+        }
+        if let Some(why) = self.failed() {
+            // An fsync failed during this round (at a roll): nothing in it may be acknowledged.
+            for (reply, _) in written {
+                let _ = reply.send(Err(AppendError::Failed(why.clone())));
+            }
+            return;
+        }
+        self.unsynced_since.get_or_insert_with(Instant::now);
+        let due = match self.config.fsync.interval() {
+            None => true,
+            Some(iv) => self.unsynced_since.is_some_and(|t| t.elapsed() >= iv),
+        };
+        if due && let Err(e) = self.sync() {
+            self.fail_stop(&e);
+            let why = self.failed().unwrap_or_default();
+            for (reply, _) in written {
+                let _ = reply.send(Err(AppendError::Failed(why.clone())));
+            }
+            return;
+        }
+        self.publish();
+        for (reply, base) in written {
+            let _ = reply.send(Ok(AppendAck {
+                base_offset: base,
+                log_end_offset: self.next_offset,
+            }));
+        }
+    }
+
+    /// Writes `chunk` at the end of the active segment; on failure truncates back to `mark`.
+    fn flush(&mut self, chunk: &mut Vec<([u8; 8], Bytes)>, mark: Mark) -> Result<(), StorageError> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(chunk.len() * 2);
+        for (offset, batch) in chunk.iter() {
+            slices.push(IoSlice::new(offset));
+            slices.push(IoSlice::new(batch.get(8..).unwrap_or_default()));
+        }
+        let result = write_all_vectored(&self.file, &mut slices)
+            .map_err(StorageError::io("write", &self.path));
+        drop(slices);
+        chunk.clear();
+        if let Err(e) = result {
+            self.rollback(mark);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn rollback(&mut self, mark: Mark) {
+        let undo = self
+            .file
+            .set_len(mark.written)
+            .and_then(|()| (&*self.file).seek(SeekFrom::Start(mark.written)).map(drop));
+        if let Err(e) = undo {
+            self.fail_stop(&StorageError::Io {
+                op: "truncate after a failed write",
+                path: self.path.clone(),
+                source: e,
+            });
+        }
+        self.written = mark.written;
+        self.next_offset = mark.next_offset;
+        self.indexer = mark.indexer;
+        self.pending.offsets.truncate(mark.offsets);
+        self.pending.times.truncate(mark.times);
+    }
+
+    fn sync(&mut self) -> Result<(), StorageError> {
+        if self.unsynced_since.is_none() {
+            return Ok(());
+        }
+        self.file
+            .sync_data()
+            .map_err(StorageError::io("fsync", &self.path))?;
+        self.unsynced_since = None;
+        // In interval mode readers already see this data; publishing again is harmless.
+        Ok(())
+    }
+
+    /// Makes everything written so far visible to readers and wakes waiting fetches.
+    fn publish(&mut self) {
+        {
+            let mut view = self.shared.view.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(active) = view.last_mut() {
+                active.size = self.written;
+                active.next_offset = self.next_offset;
+                active.max_timestamp = self.indexer.max_timestamp();
+                active.index.append(&mut self.pending);
+            }
+        }
+        self.shared.high_watermark.send_replace(self.next_offset);
+    }
+
+    /// Seals the active segment (synced, published, index written) and starts a new one.
+    fn roll(&mut self) -> Result<(), StorageError> {
+        self.unsynced_since.get_or_insert_with(Instant::now);
+        if let Err(e) = self.sync() {
+            self.fail_stop(&e);
+            return Err(e);
+        }
+        self.publish();
+        self.write_active_index();
+        let segment = recovery::create_segment(&self.dir, self.next_offset)?;
+        self.file = segment.file.clone();
+        self.path = segment.path.clone();
+        self.seg_base = segment.base;
+        self.written = 0;
+        self.indexer = Indexer::new(self.config.index_interval_bytes);
+        self.shared
+            .view
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(segment);
+        tracing::debug!(partition = %self.label, base = self.seg_base, "rolled to a new segment");
+        Ok(())
+    }
+
+    fn write_active_index(&self) {
+        let view = self.shared.view.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(active) = view.last()
+            && let Err(e) = active.index.write(&active.path)
+        {
+            tracing::warn!(partition = %self.label, file = %active.path.display(), error = %e, "could not write segment index; it will be rebuilt at the next start");
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Err(e) = self.sync() {
+            self.fail_stop(&e);
+            return;
+        }
+        self.publish();
+        self.write_active_index();
+    }
+
+    fn fail_stop(&self, e: &StorageError) {
+        let mut failed = self.shared.failed.lock().unwrap_or_else(|p| p.into_inner());
+        if failed.is_none() {
+            tracing::error!(partition = %self.label, error = %e, "fsync failed; the partition refuses further writes until the broker restarts");
+            *failed = Some(e.to_string());
+        }
+    }
+}
+
+/// The same error again, for the next append it fails (`io::Error` is not `Clone`).
+fn duplicate(e: &AppendError) -> AppendError {
+    let copy = |s: &StorageError| match s {
+        StorageError::Io { op, path, source } => StorageError::Io {
+            op,
+            path: path.clone(),
+            source: io::Error::new(source.kind(), source.to_string()),
+        },
+        StorageError::Corrupt {
+            path,
+            position,
+            reason,
+        } => StorageError::Corrupt {
+            path: path.clone(),
+            position: *position,
+            reason: reason.clone(),
+        },
+    };
+    match e {
+        AppendError::InvalidBatch(d) => AppendError::InvalidBatch(d.clone()),
+        AppendError::DiskFull(s) => AppendError::DiskFull(copy(s)),
+        AppendError::Storage(s) => AppendError::Storage(copy(s)),
+        AppendError::Failed(w) => AppendError::Failed(w.clone()),
+        AppendError::ShuttingDown => AppendError::ShuttingDown,
+    }
+}
+
+fn write_all_vectored(mut file: &File, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "wrote nothing")),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
