@@ -127,10 +127,12 @@ pub(super) fn recover(
         let outcome = segment::scan(
             &file,
             &path,
-            start_pos,
-            start_offset,
-            len,
             base,
+            segment::Span {
+                start: start_pos,
+                expected: start_offset,
+                file_len: len,
+            },
             &mut indexer,
             &mut found,
         )?;
