@@ -2,4 +2,12 @@
 //!
 //! Dependencies point one way: `server` -> `connection` -> `handlers` -> `topics` -> `log`.
 
+pub mod config;
+pub mod connection;
+pub mod handlers;
 pub mod log;
+pub mod server;
+pub mod topics;
+
+pub use config::Config;
+pub use server::Broker;

@@ -1,0 +1,259 @@
+//! Broker configuration: built-in defaults, then an optional TOML file, then command-line
+//! flags (flags win). `rilld --help` documents every setting; `rilld --print-config` shows the
+//! effective result. Unknown keys in the file are an error naming the key and its line.
+
+use crate::log::LogConfig;
+use clap::Parser;
+use rill_protocol::FsyncPolicy;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The address `rilld` listens on when not told otherwise, and `rill` connects to by default.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7171";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to accept client connections on.
+    pub listen: SocketAddr,
+    /// Where topics, partition logs and metadata are stored.
+    pub data_dir: PathBuf,
+    /// Largest request frame accepted, in bytes; larger ones get an error and the connection closes.
+    pub max_frame_bytes: u32,
+    /// Most client connections served at once; further ones wait to be accepted.
+    pub max_connections: usize,
+    /// Most requests one connection may have in progress; further ones wait to be read.
+    pub max_in_flight: usize,
+    /// Default log level (trace, debug, info, warn, error); RUST_LOG overrides it.
+    pub log_level: String,
+    /// Storage defaults; topics may override some of them.
+    pub storage: StorageConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Roll a partition's active segment before it grows past this many bytes.
+    pub segment_bytes: u64,
+    /// Bytes of log between two entries of the sparse offset index.
+    pub index_interval_bytes: u64,
+    /// "always" (fsync before acknowledging, group-committed) or "interval:MS".
+    #[serde(with = "as_string")]
+    pub fsync: FsyncPolicy,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 7171))),
+            data_dir: PathBuf::from("rill-data"),
+            max_frame_bytes: 16 << 20,
+            max_connections: 1024,
+            max_in_flight: 256,
+            log_level: "info".into(),
+            storage: StorageConfig::default(),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            segment_bytes: 1 << 30,
+            index_interval_bytes: 4096,
+            fsync: FsyncPolicy::Always,
+        }
+    }
+}
+
+mod as_string {
+    use rill_protocol::FsyncPolicy;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &FsyncPolicy, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<FsyncPolicy, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Command-line flags of `rilld`. Each overrides the matching setting of the file.
+#[derive(Debug, Parser)]
+#[command(
+    name = "rilld",
+    version,
+    about = "Rill broker: a persistent, log-structured message broker.",
+    after_help = "With no arguments rilld listens on 127.0.0.1:7171 and stores data in ./rill-data.\n\
+                  Settings come from built-in defaults, then --config FILE, then these flags."
+)]
+pub struct Args {
+    /// TOML configuration file (see rill.toml in the repository for every key).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Address to listen on [default: 127.0.0.1:7171]; port 0 picks a free port.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory [default: ./rill-data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Largest request frame in bytes [default: 16777216].
+    #[arg(long, value_name = "BYTES")]
+    pub max_frame_bytes: Option<u32>,
+    /// Most concurrent client connections [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Most requests in progress per connection [default: 256].
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<usize>,
+    /// Default segment size in bytes [default: 1073741824].
+    #[arg(long, value_name = "BYTES")]
+    pub segment_bytes: Option<u64>,
+    /// Bytes between sparse index entries [default: 4096].
+    #[arg(long, value_name = "BYTES")]
+    pub index_interval_bytes: Option<u64>,
+    /// Default durability: "always" (fsync before ack) or "interval:MS" [default: always].
+    #[arg(long, value_name = "POLICY")]
+    pub fsync: Option<FsyncPolicy>,
+    /// Log level: trace, debug, info, warn or error [default: info]; RUST_LOG overrides it.
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Defaults, then the file named by `--config` (if any), then flags.
+    pub fn load(args: &Args) -> Result<Config, ConfigError> {
+        let mut config = match &args.config {
+            Some(path) => Self::from_file(path)?,
+            None => Config::default(),
+        };
+        let s = &mut config.storage;
+        macro_rules! set {
+            ($($flag:ident => $field:expr),* $(,)?) => { $(if let Some(v) = args.$flag.clone() { $field = v; })* };
+        }
+        set!(segment_bytes => s.segment_bytes, index_interval_bytes => s.index_interval_bytes, fsync => s.fsync);
+        set!(
+            listen => config.listen,
+            data_dir => config.data_dir,
+            max_frame_bytes => config.max_frame_bytes,
+            max_connections => config.max_connections,
+            max_in_flight => config.max_in_flight,
+            log_level => config.log_level,
+        );
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.log_config().validate().map_err(ConfigError::Invalid)?;
+        if self.max_frame_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "max_frame_bytes must be at least 1024".into(),
+            ));
+        }
+        if self.max_connections == 0 || self.max_in_flight == 0 {
+            return Err(ConfigError::Invalid(
+                "max_connections and max_in_flight must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn log_config(&self) -> LogConfig {
+        LogConfig {
+            segment_bytes: self.storage.segment_bytes,
+            index_interval_bytes: self.storage.index_interval_bytes,
+            fsync: self.storage.fsync,
+        }
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Args {
+        Args::parse_from(std::iter::once("rilld").chain(list.iter().copied()))
+    }
+
+    #[test]
+    fn no_arguments_gives_the_documented_defaults() {
+        let c = Config::load(&args(&[])).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.data_dir, PathBuf::from("rill-data"));
+        assert_eq!(c.storage.fsync, FsyncPolicy::Always);
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rill.toml");
+        std::fs::write(
+            &file,
+            "max_in_flight = 7\n[storage]\nfsync = \"interval:50\"\nsegment_bytes = 65536\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let c = Config::load(&args(&["--config", path, "--segment-bytes", "8192"])).unwrap();
+        assert_eq!(c.max_in_flight, 7);
+        assert_eq!(c.storage.fsync, FsyncPolicy::Interval { ms: 50 });
+        assert_eq!(c.storage.segment_bytes, 8192, "the flag wins over the file");
+        assert_eq!(c.max_connections, Config::default().max_connections);
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rill.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:1\"\nsegmnet_bytes = 5\n").unwrap();
+        let err = Config::load(&args(&["--config", file.to_str().unwrap()]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("segmnet_bytes") && err.contains("line 2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn printed_config_parses_back() {
+        let c = Config::default();
+        assert_eq!(toml::from_str::<Config>(&c.to_toml()).unwrap(), c);
+    }
+}

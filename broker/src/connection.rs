@@ -1,0 +1,100 @@
+//! One client connection: read frames, dispatch them, write responses.
+//!
+//! Requests are pipelined: each one read is dispatched at once (up to `max_in_flight`, after
+//! which reading pauses) and its response is written when ready, so responses may leave in a
+//! different order than requests came; clients match them by correlation id. A framing error
+//! (oversize or undersized frame) is answered with a typed error and the connection closed,
+//! because the byte stream's frame boundaries can no longer be trusted. A request error
+//! (unknown api, bad body, unknown topic) is answered and the connection carries on.
+
+use crate::handlers;
+use crate::server::Context;
+use bytes::BytesMut;
+use rill_protocol::ErrorCode;
+use rill_protocol::frame::{self, FrameError, OutFrame};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+pub async fn serve(
+    socket: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<Context>,
+    _slot: OwnedSemaphorePermit,
+) {
+    let _ = socket.set_nodelay(true);
+    tracing::info!(%peer, "connection opened");
+    let (mut reader, writer) = socket.into_split();
+    let max_in_flight = ctx.config.max_in_flight;
+    let (tx, rx) = mpsc::channel::<OutFrame>(max_in_flight);
+    let writing = tokio::spawn(write_loop(writer, rx));
+    let in_flight = Arc::new(Semaphore::new(max_in_flight));
+    let max_frame = ctx.config.max_frame_bytes as usize;
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let reason: String = 'conn: loop {
+        loop {
+            match frame::decode_request(&mut buf, max_frame) {
+                Ok(Some(request)) => {
+                    let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                        break 'conn "closing".into();
+                    };
+                    let response = handlers::dispatch(&ctx, request);
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        let _ = tx.send(response.await).await;
+                        drop(permit);
+                    });
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let (cid, code) = match &e {
+                        FrameError::TooLarge { header, .. } => (
+                            header.map_or(0, |h| h.correlation_id),
+                            ErrorCode::FrameTooLarge,
+                        ),
+                        FrameError::TooShort { .. } => (0, ErrorCode::MalformedFrame),
+                    };
+                    let _ = tx
+                        .send(frame::encode_error_response(cid, code, &e.to_string()))
+                        .await;
+                    break 'conn format!("framing error: {e}");
+                }
+            }
+        }
+        tokio::select! {
+            read = reader.read_buf(&mut buf) => match read {
+                Ok(0) if buf.is_empty() => break "closed by peer".into(),
+                Ok(0) => break format!("closed by peer in the middle of a frame ({} bytes unread)", buf.len()),
+                Ok(_) => {}
+                Err(e) => break format!("read error: {e}"),
+            },
+            _ = ctx.shutdown.cancelled() => break "broker shutting down".into(),
+        }
+    };
+    // The writer ends once every in-flight request has sent its response.
+    drop(tx);
+    let _ = writing.await;
+    tracing::info!(%peer, %reason, "connection closed");
+}
+
+async fn write_loop(writer: OwnedWriteHalf, mut rx: mpsc::Receiver<OutFrame>) {
+    let mut out = BufWriter::with_capacity(64 * 1024, writer);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(frame) = next.take() {
+            if out.write_all(&frame.head).await.is_err()
+                || out.write_all(&frame.payload).await.is_err()
+            {
+                return;
+            }
+            next = rx.try_recv().ok();
+        }
+        if out.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = out.shutdown().await;
+}

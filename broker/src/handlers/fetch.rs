@@ -1,0 +1,56 @@
+//! Fetch: read from an offset, long-polling on the partition's high watermark.
+
+use super::{OpError, blocking};
+use crate::server::Context;
+use bytes::Bytes;
+use rill_protocol::messages::{FetchRequest, FetchResponse};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Longest long-poll a client may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+pub async fn handle(
+    ctx: Arc<Context>,
+    req: FetchRequest,
+) -> Result<(FetchResponse, Bytes), OpError> {
+    let log = ctx.topics.partition(&req.topic, req.partition)?;
+    // Bound the response by the frame limit (a lone larger batch is still sent whole).
+    let max_bytes = (req.max_bytes as usize).clamp(1, ctx.config.max_frame_bytes as usize / 2);
+    let min_bytes = req.min_bytes as usize;
+    let deadline = Instant::now() + Duration::from_millis(u64::from(req.max_wait_ms)).min(MAX_WAIT);
+    let mut watermark = log.subscribe();
+    loop {
+        let hw = *watermark.borrow_and_update();
+        let read = if req.offset == hw {
+            // Nothing to read yet; check the range without touching the files.
+            let start = log.stats().log_start_offset;
+            (
+                Bytes::new(),
+                FetchResponse {
+                    high_watermark: hw,
+                    log_start_offset: start,
+                },
+            )
+        } else {
+            let log = log.clone();
+            let r = blocking(move || log.read(req.offset, max_bytes)).await??;
+            (
+                r.batches,
+                FetchResponse {
+                    high_watermark: r.high_watermark,
+                    log_start_offset: r.log_start_offset,
+                },
+            )
+        };
+        if read.0.len() >= min_bytes.max(1) || min_bytes == 0 || Instant::now() >= deadline {
+            return Ok((read.1, read.0));
+        }
+        tokio::select! {
+            changed = watermark.changed() => if changed.is_err() { return Ok((read.1, read.0)) },
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = ctx.shutdown.cancelled() => return Ok((read.1, read.0)),
+        }
+    }
+}

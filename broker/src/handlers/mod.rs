@@ -1,0 +1,162 @@
+//! Request handlers and the one dispatcher that calls them.
+//!
+//! Handlers are plain functions of `(context, request) -> Result<response, OpError>`: they never
+//! touch the socket or parse bytes, so each can be tested without a network. [`dispatch`] decodes
+//! a frame, calls the handler, and turns its result into a response frame; [`OpError::code`] is
+//! the single place where internal errors become wire error codes.
+
+mod fetch;
+mod offsets;
+mod produce;
+mod topics;
+
+use crate::log::{AppendError, ReadError};
+use crate::server::Context;
+use crate::topics::TopicError;
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use rill_protocol::ErrorCode;
+use rill_protocol::api::ApiKey;
+use rill_protocol::frame::{OutFrame, RequestFrame, encode_error_response, encode_response};
+use rill_protocol::messages::{ApiVersionRange, ApiVersionsResponse};
+use rill_protocol::request::{Request, RequestError};
+use serde::Serialize;
+use std::future::Future;
+use std::sync::Arc;
+
+/// Everything a request can fail with, by the component that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl OpError {
+    /// The wire code for this error. The only mapping from internal errors to codes.
+    pub fn code(&self) -> ErrorCode {
+        use crate::log::StorageError;
+        match self {
+            OpError::Topic(TopicError::UnknownTopic(_)) => ErrorCode::UnknownTopic,
+            OpError::Topic(TopicError::UnknownPartition { .. }) => ErrorCode::UnknownPartition,
+            OpError::Topic(TopicError::AlreadyExists(_)) => ErrorCode::TopicAlreadyExists,
+            OpError::Topic(TopicError::InvalidConfig(_)) => ErrorCode::InvalidConfig,
+            OpError::Topic(TopicError::Storage(e)) | OpError::Read(ReadError::Storage(e)) => {
+                match e {
+                    e if e.is_disk_full() => ErrorCode::DiskFull,
+                    StorageError::Io { .. } | StorageError::Corrupt { .. } => {
+                        ErrorCode::StorageError
+                    }
+                }
+            }
+            OpError::Append(AppendError::InvalidBatch(
+                rill_protocol::DecodeError::Compression(_),
+            )) => ErrorCode::UnsupportedCompression,
+            OpError::Append(AppendError::InvalidBatch(_)) => ErrorCode::CorruptBatch,
+            OpError::Append(AppendError::DiskFull(_)) => ErrorCode::DiskFull,
+            OpError::Append(AppendError::Storage(_)) => ErrorCode::StorageError,
+            OpError::Append(AppendError::Failed(_)) => ErrorCode::PartitionFailed,
+            OpError::Append(AppendError::ShuttingDown) => ErrorCode::ShuttingDown,
+            OpError::Read(ReadError::OffsetOutOfRange { .. }) => ErrorCode::OffsetOutOfRange,
+            OpError::Request(RequestError::UnsupportedApiKey(_)) => ErrorCode::UnsupportedApiKey,
+            OpError::Request(RequestError::UnsupportedVersion { .. }) => {
+                ErrorCode::UnsupportedVersion
+            }
+            OpError::Request(RequestError::Malformed { .. }) => ErrorCode::MalformedRequest,
+            OpError::Internal(_) => ErrorCode::Unknown,
+        }
+    }
+}
+
+/// Runs blocking storage work off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, OpError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| OpError::Internal(format!("storage task failed: {e}")))
+}
+
+fn error_frame(correlation_id: u32, e: &OpError) -> OutFrame {
+    let code = e.code();
+    match code {
+        ErrorCode::StorageError | ErrorCode::PartitionFailed | ErrorCode::Unknown => {
+            tracing::error!(error = %e, ?code, "request failed")
+        }
+        ErrorCode::DiskFull => tracing::warn!(error = %e, "request failed"),
+        _ => tracing::debug!(error = %e, ?code, "request refused"),
+    }
+    encode_error_response(correlation_id, code, &e.to_string())
+}
+
+fn respond<T, F>(correlation_id: u32, handler: F) -> BoxFuture<'static, OutFrame>
+where
+    T: Serialize,
+    F: Future<Output = Result<(T, Bytes), OpError>> + Send + 'static,
+{
+    async move {
+        match handler.await {
+            Ok((response, payload)) => encode_response(correlation_id, &response, payload),
+            Err(e) => error_frame(correlation_id, &e),
+        }
+    }
+    .boxed()
+}
+
+/// No payload beside the control body.
+async fn plain<T>(f: impl Future<Output = Result<T, OpError>>) -> Result<(T, Bytes), OpError> {
+    f.await.map(|r| (r, Bytes::new()))
+}
+
+/// Decodes `frame` and starts its handler. Work that must happen in arrival order (queueing a
+/// produced batch) happens here, before returning; the returned future completes the request
+/// and may run concurrently with later ones.
+pub fn dispatch(ctx: &Arc<Context>, frame: RequestFrame) -> BoxFuture<'static, OutFrame> {
+    let cid = frame.header.correlation_id;
+    let request = match Request::decode(frame) {
+        Ok(r) => r,
+        Err(e) => return futures::future::ready(error_frame(cid, &OpError::Request(e))).boxed(),
+    };
+    let ctx = ctx.clone();
+    match request {
+        Request::ApiVersions(_) => respond(cid, plain(async move { Ok(api_versions(&ctx)) })),
+        Request::Produce(req, batch) => respond(
+            cid,
+            plain(produce::finish(produce::start(&ctx, req, batch))),
+        ),
+        Request::Fetch(req) => respond(cid, fetch::handle(ctx, req)),
+        Request::ListOffsets(req) => respond(cid, plain(offsets::handle(ctx, req))),
+        Request::CreateTopic(req) => respond(cid, plain(topics::create(ctx, req))),
+        Request::DeleteTopic(req) => respond(cid, plain(topics::delete(ctx, req))),
+        Request::ListTopics(req) => respond(cid, plain(async move { Ok(topics::list(&ctx, req)) })),
+        Request::DescribeTopic(req) => {
+            respond(cid, plain(async move { topics::describe(&ctx, req) }))
+        }
+    }
+}
+
+fn api_versions(ctx: &Context) -> ApiVersionsResponse {
+    ApiVersionsResponse {
+        broker: format!("rilld {}", env!("CARGO_PKG_VERSION")),
+        apis: ApiKey::ALL
+            .iter()
+            .map(|k| {
+                let (min, max) = k.versions();
+                ApiVersionRange {
+                    key: *k as u16,
+                    min,
+                    max,
+                }
+            })
+            .collect(),
+        max_frame_bytes: ctx.config.max_frame_bytes,
+    }
+}

@@ -1,0 +1,62 @@
+//! Topic administration.
+
+use super::{OpError, blocking};
+use crate::server::Context;
+use rill_protocol::messages::*;
+use std::sync::Arc;
+
+pub async fn create(
+    ctx: Arc<Context>,
+    req: CreateTopicRequest,
+) -> Result<CreateTopicResponse, OpError> {
+    blocking(move || ctx.topics.create(req.name, req.partitions, req.config)).await??;
+    Ok(CreateTopicResponse {})
+}
+
+pub async fn delete(
+    ctx: Arc<Context>,
+    req: DeleteTopicRequest,
+) -> Result<DeleteTopicResponse, OpError> {
+    blocking(move || ctx.topics.delete(&req.name)).await??;
+    Ok(DeleteTopicResponse {})
+}
+
+pub fn list(ctx: &Context, _req: ListTopicsRequest) -> ListTopicsResponse {
+    let topics = ctx
+        .topics
+        .list()
+        .iter()
+        .map(|t| TopicSummary {
+            name: t.name.clone(),
+            partitions: t.partitions.len() as u32,
+        })
+        .collect();
+    ListTopicsResponse { topics }
+}
+
+pub fn describe(
+    ctx: &Context,
+    req: DescribeTopicRequest,
+) -> Result<DescribeTopicResponse, OpError> {
+    let topic = ctx.topics.get(&req.name)?;
+    let partitions = topic
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(i, log)| {
+            let s = log.stats();
+            PartitionInfo {
+                partition: i as u32,
+                log_start_offset: s.log_start_offset,
+                log_end_offset: s.high_watermark,
+                size_bytes: s.size_bytes,
+                segments: s.segments,
+            }
+        })
+        .collect();
+    Ok(DescribeTopicResponse {
+        name: topic.name.clone(),
+        config: topic.config.clone(),
+        partitions,
+    })
+}

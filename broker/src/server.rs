@@ -1,0 +1,187 @@
+//! The broker's life: open the data directory, accept connections, shut down cleanly.
+//!
+//! Start-up takes an exclusive lock on the data directory, reads and removes the clean-shutdown
+//! marker (so a crash during this run is detected at the next start), recovers every partition,
+//! and only then binds the listener. Shutdown (SIGINT/SIGTERM or a cancelled token) stops
+//! accepting, lets every connection finish the requests it has read, stops every partition
+//! writer after a final fsync, and writes the marker again.
+
+use crate::config::Config;
+use crate::connection;
+use crate::topics::Topics;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What handlers share: the topics, the configuration, the shutdown signal.
+#[derive(Debug)]
+pub struct Context {
+    pub topics: Topics,
+    pub config: Config,
+    pub shutdown: CancellationToken,
+}
+
+const CLEAN_MARKER: &str = "clean-shutdown";
+const LOCK_FILE: &str = "lock";
+
+/// A broker whose storage is open and whose listener is bound, ready to [`Broker::serve`].
+#[derive(Debug)]
+pub struct Broker {
+    ctx: Arc<Context>,
+    listener: TcpListener,
+    _lock: fs::File,
+}
+
+impl Broker {
+    /// Locks and recovers the data directory, then binds the listener.
+    pub async fn open(config: Config, shutdown: CancellationToken) -> anyhow::Result<Broker> {
+        let data_dir = config.data_dir.clone();
+        fs::create_dir_all(&data_dir).map_err(|e| {
+            anyhow::anyhow!("cannot create data directory {}: {e}", data_dir.display())
+        })?;
+        let lock = lock_data_dir(&data_dir)?;
+        let log_config = config.log_config();
+        let dir = data_dir.clone();
+        let (topics, clean) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let clean = take_clean_marker(&dir)?;
+            if !clean {
+                tracing::warn!(data_dir = %dir.display(), "previous run did not shut down cleanly; verifying partition tails");
+            }
+            let (topics, reports) = Topics::open(&dir, log_config, clean)?;
+            for (partition, report) in reports {
+                for (file, position, bytes, reason) in &report.truncated {
+                    tracing::warn!(partition, file = %file.display(), position, bytes, reason, "recovery cut data");
+                }
+                if report.rebuilt_indexes > 0 {
+                    tracing::info!(partition, segments = report.rebuilt_indexes, "rebuilt indexes");
+                }
+            }
+            Ok((topics, clean))
+        })
+        .await??;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        tracing::info!(topics = topics.list().len(), clean, "storage ready");
+        Ok(Broker {
+            ctx: Arc::new(Context {
+                topics,
+                config,
+                shutdown,
+            }),
+            listener,
+            _lock: lock,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.ctx.config.data_dir
+    }
+
+    /// Serves until the shutdown token is cancelled, then shuts down cleanly.
+    pub async fn serve(self) -> anyhow::Result<()> {
+        let Broker {
+            ctx,
+            listener,
+            _lock,
+        } = self;
+        accept_loop(&listener, &ctx).await;
+        drop(listener);
+        let dir = ctx.config.data_dir.clone();
+        let healthy = tokio::task::spawn_blocking(move || {
+            let healthy = ctx.topics.close();
+            (healthy, ctx)
+        })
+        .await?
+        .0;
+        if healthy {
+            mark_clean(&dir)?;
+            tracing::info!("shut down cleanly");
+        } else {
+            tracing::warn!(
+                "a partition failed during this run; the next start will verify every tail"
+            );
+        }
+        Ok(())
+    }
+}
+
+async fn accept_loop(listener: &TcpListener, ctx: &Arc<Context>) {
+    let connections = Arc::new(Semaphore::new(ctx.config.max_connections));
+    let tracker = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            p = connections.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = ctx.shutdown.cancelled() => break,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = ctx.shutdown.cancelled() => break,
+        };
+        match accepted {
+            Ok((socket, peer)) => {
+                tracker.spawn(connection::serve(socket, peer, ctx.clone(), permit));
+            }
+            Err(e) => {
+                // Usually out of file descriptors: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    tracing::info!(
+        connections = tracker.len(),
+        "no longer accepting; finishing in-flight requests"
+    );
+    tracker.close();
+    tracker.wait().await;
+}
+
+fn lock_data_dir(dir: &Path) -> anyhow::Result<fs::File> {
+    let path = dir.join(LOCK_FILE);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => {
+            anyhow::bail!(
+                "data directory {} is in use by another rilld",
+                dir.display()
+            )
+        }
+        Err(fs::TryLockError::Error(e)) => anyhow::bail!("cannot lock {}: {e}", path.display()),
+    }
+}
+
+/// Reads and removes the marker; a crash from here on is an unclean stop.
+fn take_clean_marker(dir: &Path) -> anyhow::Result<bool> {
+    let marker: PathBuf = dir.join(CLEAN_MARKER);
+    if !marker.exists() {
+        // A data directory that never held topics has nothing to recover.
+        return Ok(!dir.join("topics").exists());
+    }
+    fs::remove_file(&marker)?;
+    fs::File::open(dir)?.sync_all()?;
+    Ok(true)
+}
+
+fn mark_clean(dir: &Path) -> anyhow::Result<()> {
+    let marker = dir.join(CLEAN_MARKER);
+    fs::File::create(&marker)?.sync_all()?;
+    fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}

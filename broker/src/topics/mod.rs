@@ -1,0 +1,304 @@
+//! The topic registry: which topics exist, their partitions' logs, and their persisted metadata.
+//!
+//! ```text
+//! <data>/topics/<name>/topic.meta        see metadata.rs
+//! <data>/topics/<name>/<partition>/...   one partition log per directory
+//! <data>/staging/   topics being created; renamed into topics/ when complete
+//! <data>/trash/     deleted topics, renamed out of topics/ before their files are removed
+//! ```
+//!
+//! Creation and deletion are atomic through a directory rename, so a crash never leaves half a
+//! topic visible; leftovers in staging/ and trash/ are removed at the next start. Lookups take a
+//! short read lock on the name map and hand out `Arc`s; a deleted topic's logs stay readable by
+//! whoever still holds them until they let go.
+
+mod metadata;
+
+pub use metadata::TopicMeta;
+
+use crate::log::{LogConfig, PartitionLog, RecoveryReport, StorageError};
+use rill_protocol::{TopicConfig, TopicName};
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Largest partition count one topic may have.
+pub const MAX_PARTITIONS: u32 = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    #[error("unknown topic '{0}'")]
+    UnknownTopic(TopicName),
+    #[error("topic '{topic}' has {count} partitions; there is no partition {partition}")]
+    UnknownPartition {
+        topic: TopicName,
+        partition: u32,
+        count: u32,
+    },
+    #[error("topic '{0}' already exists")]
+    AlreadyExists(TopicName),
+    #[error("invalid topic configuration: {0}")]
+    InvalidConfig(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+#[derive(Debug)]
+pub struct Topic {
+    pub name: TopicName,
+    pub config: TopicConfig,
+    pub partitions: Vec<Arc<PartitionLog>>,
+}
+
+#[derive(Debug)]
+pub struct Topics {
+    root: PathBuf,
+    defaults: LogConfig,
+    map: RwLock<HashMap<TopicName, Arc<Topic>>>,
+    /// Serialises create and delete (blocking file work, run off the async workers).
+    admin: Mutex<()>,
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StorageError::io("fsync directory", dir))
+}
+
+impl Topics {
+    /// Opens every topic under `data_dir`, recovering each partition. Blocking.
+    pub fn open(
+        data_dir: &Path,
+        defaults: LogConfig,
+        clean: bool,
+    ) -> Result<(Self, Vec<(String, RecoveryReport)>), StorageError> {
+        let topics = Topics {
+            root: data_dir.to_path_buf(),
+            defaults,
+            map: RwLock::new(HashMap::new()),
+            admin: Mutex::new(()),
+        };
+        for dir in ["topics", "staging", "trash"] {
+            fs::create_dir_all(data_dir.join(dir))
+                .map_err(StorageError::io("create directory", data_dir.join(dir)))?;
+        }
+        for leftover in ["staging", "trash"] {
+            let dir = data_dir.join(leftover);
+            for entry in fs::read_dir(&dir)
+                .map_err(StorageError::io("list", &dir))?
+                .flatten()
+            {
+                let path = entry.path();
+                tracing::info!(path = %path.display(), "removing an incomplete topic creation or deletion");
+                fs::remove_dir_all(&path).map_err(StorageError::io("remove", &path))?;
+            }
+        }
+        let mut reports = Vec::new();
+        let dir = topics.topics_dir();
+        let mut names: Vec<PathBuf> = fs::read_dir(&dir)
+            .map_err(StorageError::io("list", &dir))?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        names.sort();
+        for path in names {
+            let meta_path = path.join(metadata::FILE_NAME);
+            let bytes = fs::read(&meta_path).map_err(StorageError::io("read", &meta_path))?;
+            let meta = metadata::decode(&bytes, &meta_path)?;
+            let config =
+                topics
+                    .log_config(&meta.config)
+                    .map_err(|reason| StorageError::Corrupt {
+                        path: meta_path.clone(),
+                        position: 0,
+                        reason,
+                    })?;
+            let mut partitions = Vec::with_capacity(meta.partitions as usize);
+            for p in 0..meta.partitions {
+                let label = format!("{}-{p}", meta.name);
+                let (log, report) = PartitionLog::open(
+                    &path.join(p.to_string()),
+                    label.clone(),
+                    config.clone(),
+                    clean,
+                )?;
+                reports.push((label, report));
+                partitions.push(Arc::new(log));
+            }
+            let topic = Topic {
+                name: meta.name.clone(),
+                config: meta.config,
+                partitions,
+            };
+            topics.write_map().insert(meta.name, Arc::new(topic));
+        }
+        Ok((topics, reports))
+    }
+
+    fn topics_dir(&self) -> PathBuf {
+        self.root.join("topics")
+    }
+
+    fn read_map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<TopicName, Arc<Topic>>> {
+        self.map.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_map(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<TopicName, Arc<Topic>>> {
+        self.map.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The storage settings for a topic: its overrides on top of the broker defaults.
+    pub fn log_config(&self, overrides: &TopicConfig) -> Result<LogConfig, String> {
+        let config = LogConfig {
+            segment_bytes: overrides
+                .segment_bytes
+                .unwrap_or(self.defaults.segment_bytes),
+            index_interval_bytes: self.defaults.index_interval_bytes,
+            fsync: overrides.fsync.unwrap_or(self.defaults.fsync),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn get(&self, name: &TopicName) -> Result<Arc<Topic>, TopicError> {
+        self.read_map()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| TopicError::UnknownTopic(name.clone()))
+    }
+
+    pub fn partition(
+        &self,
+        name: &TopicName,
+        partition: u32,
+    ) -> Result<Arc<PartitionLog>, TopicError> {
+        let topic = self.get(name)?;
+        topic
+            .partitions
+            .get(partition as usize)
+            .cloned()
+            .ok_or(TopicError::UnknownPartition {
+                topic: name.clone(),
+                partition,
+                count: topic.partitions.len() as u32,
+            })
+    }
+
+    /// All topics, sorted by name.
+    pub fn list(&self) -> Vec<Arc<Topic>> {
+        let mut all: Vec<_> = self.read_map().values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Creates a topic durably: staged, fsynced, then renamed into place. Blocking.
+    pub fn create(
+        &self,
+        name: TopicName,
+        partitions: u32,
+        config: TopicConfig,
+    ) -> Result<(), TopicError> {
+        if partitions == 0 || partitions > MAX_PARTITIONS {
+            return Err(TopicError::InvalidConfig(format!(
+                "partitions must be between 1 and {MAX_PARTITIONS}, got {partitions}"
+            )));
+        }
+        let log_config = self
+            .log_config(&config)
+            .map_err(TopicError::InvalidConfig)?;
+        let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        if self.read_map().contains_key(&name) {
+            return Err(TopicError::AlreadyExists(name));
+        }
+        let staged = self.root.join("staging").join(name.as_str());
+        let result = self.stage(&staged, &name, partitions, &config);
+        if let Err(e) = result {
+            let _ = fs::remove_dir_all(&staged);
+            return Err(e.into());
+        }
+        let dest = self.topics_dir().join(name.as_str());
+        fs::rename(&staged, &dest).map_err(StorageError::io("rename into place", &dest))?;
+        sync_dir(&self.topics_dir())?;
+        sync_dir(&self.root.join("staging"))?;
+        let mut logs = Vec::with_capacity(partitions as usize);
+        for p in 0..partitions {
+            let (log, _) = PartitionLog::open(
+                &dest.join(p.to_string()),
+                format!("{name}-{p}"),
+                log_config.clone(),
+                true,
+            )?;
+            logs.push(Arc::new(log));
+        }
+        tracing::info!(topic = %name, partitions, "topic created");
+        let topic = Topic {
+            name: name.clone(),
+            config,
+            partitions: logs,
+        };
+        self.write_map().insert(name, Arc::new(topic));
+        Ok(())
+    }
+
+    fn stage(
+        &self,
+        staged: &Path,
+        name: &TopicName,
+        partitions: u32,
+        config: &TopicConfig,
+    ) -> Result<(), StorageError> {
+        fs::create_dir_all(staged).map_err(StorageError::io("create directory", staged))?;
+        for p in 0..partitions {
+            let dir = staged.join(p.to_string());
+            fs::create_dir(&dir).map_err(StorageError::io("create directory", &dir))?;
+            sync_dir(&dir)?;
+        }
+        let meta = TopicMeta {
+            name: name.clone(),
+            partitions,
+            config: config.clone(),
+        };
+        let path = staged.join(metadata::FILE_NAME);
+        let file = fs::File::create(&path).map_err(StorageError::io("create", &path))?;
+        std::io::Write::write_all(&mut &file, &metadata::encode(&meta))
+            .map_err(StorageError::io("write", &path))?;
+        file.sync_all().map_err(StorageError::io("fsync", &path))?;
+        sync_dir(staged)
+    }
+
+    /// Deletes a topic: unlisted at once, its writers stopped, its files removed. Blocking.
+    pub fn delete(&self, name: &TopicName) -> Result<(), TopicError> {
+        let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        let topic = self
+            .write_map()
+            .remove(name)
+            .ok_or_else(|| TopicError::UnknownTopic(name.clone()))?;
+        for log in &topic.partitions {
+            log.close();
+        }
+        let from = self.topics_dir().join(name.as_str());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let to = self.root.join("trash").join(format!("{name}.{nanos}"));
+        fs::rename(&from, &to).map_err(StorageError::io("move to trash", &from))?;
+        sync_dir(&self.topics_dir())?;
+        fs::remove_dir_all(&to).map_err(StorageError::io("remove", &to))?;
+        tracing::info!(topic = %name, "topic deleted");
+        Ok(())
+    }
+
+    /// Stops every writer after it has committed and synced what was queued. Blocking. Returns
+    /// false if any partition is fail-stopped, in which case the shutdown must not count as clean.
+    pub fn close(&self) -> bool {
+        let mut healthy = true;
+        for topic in self.list() {
+            for log in &topic.partitions {
+                log.close();
+                healthy &= log.failed().is_none();
+            }
+        }
+        healthy
+    }
+}
