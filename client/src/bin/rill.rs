@@ -1,0 +1,287 @@
+//! `rill`: the command-line tool for a Rill broker.
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use rill_client::{
+    Admin, Client, FsyncPolicy, PartitionReader, Producer, ProducerConfig, ProducerRecord,
+    StartOffset, TopicConfig,
+};
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+use tokio::sync::mpsc;
+
+const DEFAULT_BROKER: &str = "127.0.0.1:7171";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rill",
+    version,
+    about = "Command-line tool for the Rill message broker."
+)]
+struct Cli {
+    /// Broker address (host:port); also read from RILL_BROKER.
+    #[arg(long, global = true, env = "RILL_BROKER", default_value = DEFAULT_BROKER)]
+    broker: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// Produce one record per line of standard input.
+    #[command(
+        after_help = "Examples:\n  printf 'a\\nb\\n' | rill produce orders\n  echo 'user-7:clicked' | rill produce orders --key-separator :"
+    )]
+    Produce(ProduceArgs),
+    /// Print records, one value per line.
+    #[command(
+        after_help = "Examples:\n  rill consume orders --from-beginning --count 10\n  rill consume orders --partition 2 --offset 500"
+    )]
+    Consume(ConsumeArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicCommand {
+    /// Create a topic.
+    #[command(
+        after_help = "Example:\n  rill topic create orders --partitions 4 --fsync interval:100"
+    )]
+    Create {
+        name: String,
+        /// Number of partitions.
+        #[arg(long, short, default_value_t = 1)]
+        partitions: u32,
+        /// Durability: "always" (fsync before ack) or "interval:MS"; the broker default if unset.
+        #[arg(long)]
+        fsync: Option<FsyncPolicy>,
+        /// Segment size in bytes; the broker default if unset.
+        #[arg(long)]
+        segment_bytes: Option<u64>,
+    },
+    /// List topics and their partition counts.
+    List,
+    /// Show a topic's configuration and each partition's offsets and size.
+    Describe { name: String },
+    /// Delete a topic and all its data.
+    Delete { name: String },
+}
+
+#[derive(Debug, Args)]
+struct ProduceArgs {
+    topic: String,
+    /// Use this key for every record.
+    #[arg(long, conflicts_with = "key_separator")]
+    key: Option<String>,
+    /// Split each line at the first SEP into key and value.
+    #[arg(long, value_name = "SEP")]
+    key_separator: Option<String>,
+    /// Send every record to this partition.
+    #[arg(long)]
+    partition: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+struct ConsumeArgs {
+    topic: String,
+    /// Start at each partition's first record (default: only new records).
+    #[arg(long, conflicts_with = "offset")]
+    from_beginning: bool,
+    /// Start at this offset (in every partition read).
+    #[arg(long)]
+    offset: Option<u64>,
+    /// Read only this partition (default: all).
+    #[arg(long)]
+    partition: Option<u32>,
+    /// Exit after printing this many records.
+    #[arg(long)]
+    count: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rill: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rill: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = Client::connect(&cli.broker)
+        .await
+        .with_context(|| format!("cannot reach the broker at {}", cli.broker))?;
+    match cli.command {
+        Command::Topic(cmd) => topic(client, cmd).await,
+        Command::Produce(args) => produce(client, args).await,
+        Command::Consume(args) => consume(client, args).await,
+    }
+}
+
+async fn topic(client: Client, cmd: TopicCommand) -> anyhow::Result<()> {
+    let admin = Admin::new(client);
+    match cmd {
+        TopicCommand::Create {
+            name,
+            partitions,
+            fsync,
+            segment_bytes,
+        } => {
+            admin
+                .create_topic(
+                    &name,
+                    partitions,
+                    TopicConfig {
+                        fsync,
+                        segment_bytes,
+                    },
+                )
+                .await?;
+            println!("created topic {name} with {partitions} partition(s)");
+        }
+        TopicCommand::List => {
+            for t in admin.list_topics().await? {
+                println!("{}\t{}", t.name, t.partitions);
+            }
+        }
+        TopicCommand::Describe { name } => {
+            let d = admin.describe_topic(&name).await?;
+            let fsync = d
+                .config
+                .fsync
+                .map_or("broker default".to_string(), |f| f.to_string());
+            let segment = d
+                .config
+                .segment_bytes
+                .map_or("broker default".to_string(), |b| b.to_string());
+            println!(
+                "topic {}  partitions {}  fsync {fsync}  segment_bytes {segment}",
+                d.name,
+                d.partitions.len()
+            );
+            println!(
+                "{:>9}  {:>14}  {:>14}  {:>14}  {:>8}",
+                "partition", "start", "end", "bytes", "segments"
+            );
+            for p in d.partitions {
+                println!(
+                    "{:>9}  {:>14}  {:>14}  {:>14}  {:>8}",
+                    p.partition, p.log_start_offset, p.log_end_offset, p.size_bytes, p.segments
+                );
+            }
+        }
+        TopicCommand::Delete { name } => {
+            admin.delete_topic(&name).await?;
+            println!("deleted topic {name}");
+        }
+    }
+    Ok(())
+}
+
+async fn produce(client: Client, args: ProduceArgs) -> anyhow::Result<()> {
+    let producer = Producer::new(client, ProducerConfig::default());
+    // Read stdin on a blocking thread; lines arrive through a bounded channel.
+    let (tx, mut rx) = mpsc::channel::<std::io::Result<String>>(1024);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut deliveries = Vec::new();
+    let mut sent = 0u64;
+    while let Some(line) = rx.recv().await {
+        let line = line.context("reading standard input")?;
+        let (key, value) = match (&args.key, &args.key_separator) {
+            (Some(k), _) => (Some(k.clone()), line),
+            (None, Some(sep)) => match line.split_once(sep.as_str()) {
+                Some((k, v)) => (Some(k.to_string()), v.to_string()),
+                None => bail!("line {} has no key separator {sep:?}: {line:?}", sent + 1),
+            },
+            (None, None) => (None, line),
+        };
+        let mut record = ProducerRecord::new(args.topic.clone(), Bytes::from(value));
+        if let Some(k) = key {
+            record = record.key(Bytes::from(k));
+        }
+        if let Some(p) = args.partition {
+            record = record.partition(p);
+        }
+        deliveries.push(producer.send(record).await?);
+        sent += 1;
+    }
+    producer.flush().await?;
+    for d in deliveries {
+        d.await?;
+    }
+    eprintln!("produced {sent} record(s) to {}", args.topic);
+    Ok(())
+}
+
+async fn consume(client: Client, args: ConsumeArgs) -> anyhow::Result<()> {
+    let start = match (args.from_beginning, args.offset) {
+        (true, _) => StartOffset::Earliest,
+        (false, Some(o)) => StartOffset::Offset(o),
+        (false, None) => StartOffset::Latest,
+    };
+    let partitions: Vec<u32> = match args.partition {
+        Some(p) => vec![p],
+        None => (0..Admin::new(client.clone())
+            .describe_topic(&args.topic)
+            .await?
+            .partitions
+            .len() as u32)
+            .collect(),
+    };
+    let (tx, mut rx) = mpsc::channel(1024);
+    for p in partitions {
+        let mut reader = PartitionReader::new(client.clone(), &args.topic, p, start).await?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                let batch = reader.poll().await;
+                let failed = batch.is_err();
+                if tx.send(batch).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let limit = args.count.unwrap_or(u64::MAX);
+    let mut printed = 0u64;
+    let stdout = std::io::stdout();
+    while printed < limit {
+        let Some(records) = rx.recv().await else {
+            break;
+        };
+        let mut out = stdout.lock();
+        for r in records? {
+            if printed == limit {
+                break;
+            }
+            out.write_all(&r.value)?;
+            out.write_all(b"\n")?;
+            printed += 1;
+        }
+        out.flush()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,219 @@
+//! One TCP connection to the broker, shared by many concurrent requests.
+//!
+//! Requests are written in the order [`Connection::enqueue`] is called and answered in any
+//! order; a reader task matches each response to its request by correlation id. If the
+//! response stream cannot be parsed, the connection is poisoned: every outstanding and future
+//! request on it fails with `Disconnected`, and the client opens a new one. A caller that
+//! drops its request's future simply stops waiting; its entry is removed and a late response is
+//! discarded.
+
+use crate::error::Error;
+use bytes::{Bytes, BytesMut};
+use rill_protocol::frame::{self, OutFrame, RequestHeader};
+use rill_protocol::messages::{ApiVersionsRequest, ApiVersionsResponse};
+use rill_protocol::{ApiKey, Message, codec};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+
+type Reply = Result<Bytes, Error>;
+
+#[derive(Debug, Default)]
+struct Pending {
+    waiting: HashMap<u32, (ApiKey, oneshot::Sender<Reply>)>,
+    /// Why the connection is unusable, once it is.
+    broken: Option<String>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Connection {
+    addr: String,
+    frames: mpsc::Sender<OutFrame>,
+    pending: Arc<Mutex<Pending>>,
+    next_id: AtomicU32,
+    pub(crate) versions: ApiVersionsResponse,
+}
+
+fn lock(p: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn poison(pending: &Mutex<Pending>, why: String) {
+    let mut p = lock(pending);
+    if p.broken.is_none() {
+        p.broken = Some(why.clone());
+    }
+    for (_, (_, tx)) in p.waiting.drain() {
+        let _ = tx.send(Err(Error::Disconnected(why.clone())));
+    }
+}
+
+impl Connection {
+    pub(crate) async fn open(addr: &str, client_name: &str) -> Result<Arc<Connection>, Error> {
+        let connect_err = |e: std::io::Error| Error::Connect {
+            addr: addr.to_string(),
+            message: e.to_string(),
+        };
+        let socket = TcpStream::connect(addr).await.map_err(connect_err)?;
+        socket.set_nodelay(true).map_err(connect_err)?;
+        let (reader, writer) = socket.into_split();
+        let (tx, rx) = mpsc::channel(1024);
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        // Generous: a fetch may return one batch larger than asked for.
+        let max_response = 1 << 30;
+        tokio::spawn(write_loop(writer, rx, pending.clone()));
+        tokio::spawn(read_loop(reader, pending.clone(), max_response));
+        let mut conn = Connection {
+            addr: addr.to_string(),
+            frames: tx,
+            pending,
+            next_id: AtomicU32::new(1),
+            versions: ApiVersionsResponse {
+                broker: String::new(),
+                apis: vec![],
+                max_frame_bytes: 0,
+            },
+        };
+        let hello = ApiVersionsRequest {
+            client: client_name.to_string(),
+        };
+        let (versions, _) = conn.enqueue(&hello, Bytes::new()).await?.await?;
+        for key in ApiKey::ALL {
+            let ours = key.versions();
+            let supported = versions
+                .apis
+                .iter()
+                .any(|a| a.key == key as u16 && a.min <= ours.1 && ours.0 <= a.max);
+            if !supported {
+                return Err(Error::Protocol(format!(
+                    "broker {} does not support {key:?} v{}",
+                    versions.broker, ours.1
+                )));
+            }
+        }
+        conn.versions = versions;
+        Ok(Arc::new(conn))
+    }
+
+    pub(crate) fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub(crate) fn is_broken(&self) -> bool {
+        lock(&self.pending).broken.is_some() || self.frames.is_closed()
+    }
+
+    /// Queues a request for writing (in call order) and returns the future of its response.
+    pub(crate) async fn enqueue<M: Message>(
+        &self,
+        request: &M,
+        payload: Bytes,
+    ) -> Result<impl Future<Output = Result<(M::Response, Bytes), Error>> + use<M>, Error> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut p = lock(&self.pending);
+            if let Some(why) = &p.broken {
+                return Err(Error::Disconnected(why.clone()));
+            }
+            p.waiting.insert(id, (M::API_KEY, tx));
+        }
+        let guard = Waiting {
+            id,
+            pending: self.pending.clone(),
+        };
+        let header = RequestHeader {
+            api_key: M::API_KEY as u16,
+            api_version: M::API_KEY.versions().1,
+            correlation_id: id,
+        };
+        let out = frame::encode_request(header, request, payload);
+        if self.frames.send(out).await.is_err() {
+            return Err(Error::Disconnected("connection closed".into()));
+        }
+        Ok(async move {
+            let reply = rx
+                .await
+                .unwrap_or_else(|_| Err(Error::Disconnected("connection closed".into())));
+            drop(guard);
+            let body = reply?;
+            let (control, payload) =
+                frame::split_body(body).map_err(|e| Error::Protocol(e.to_string()))?;
+            let response =
+                codec::decode(&control, "response").map_err(|e| Error::Protocol(e.to_string()))?;
+            Ok((response, payload))
+        })
+    }
+}
+
+/// Removes a request's entry if its caller stops waiting before the response arrives.
+struct Waiting {
+    id: u32,
+    pending: Arc<Mutex<Pending>>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        lock(&self.pending).waiting.remove(&self.id);
+    }
+}
+
+async fn write_loop(
+    writer: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<OutFrame>,
+    pending: Arc<Mutex<Pending>>,
+) {
+    let mut out = BufWriter::with_capacity(256 * 1024, writer);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        let mut result = Ok(());
+        while let Some(f) = next.take() {
+            result = async {
+                out.write_all(&f.head).await?;
+                out.write_all(&f.payload).await
+            }
+            .await;
+            if result.is_err() {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        if let Err(e) = result.and(out.flush().await) {
+            poison(&pending, format!("write failed: {e}"));
+            return;
+        }
+    }
+}
+
+async fn read_loop(mut reader: OwnedReadHalf, pending: Arc<Mutex<Pending>>, max_response: usize) {
+    let mut buf = BytesMut::with_capacity(256 * 1024);
+    let why = loop {
+        match frame::decode_response(&mut buf, max_response) {
+            Ok(Some(response)) => {
+                let waiter = lock(&pending).waiting.remove(&response.correlation_id);
+                if let Some((api, tx)) = waiter {
+                    let reply = response.result.map_err(|e| Error::Broker {
+                        api,
+                        code: e.code,
+                        message: e.message,
+                    });
+                    let _ = tx.send(reply);
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => break format!("bad response frame: {e}"),
+        }
+        match reader.read_buf(&mut buf).await {
+            Ok(0) => break "broker closed the connection".to_string(),
+            Ok(_) => {}
+            Err(e) => break format!("read failed: {e}"),
+        }
+    };
+    poison(&pending, why);
+}

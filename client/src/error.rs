@@ -1,0 +1,50 @@
+//! The client's error type.
+
+use rill_protocol::{ApiKey, ErrorCode};
+use std::time::Duration;
+
+/// Everything a client call can fail with. `Clone`, so one failure can be handed to every
+/// record of a batch.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The broker answered with an error.
+    #[error("{api:?}: {code}: {message}")]
+    Broker {
+        api: ApiKey,
+        code: ErrorCode,
+        message: String,
+    },
+    #[error("cannot connect to {addr}: {message}")]
+    Connect { addr: String, message: String },
+    /// The connection broke while the request was outstanding; it may or may not have been applied.
+    #[error("connection lost: {0}")]
+    Disconnected(String),
+    /// The broker sent bytes this client cannot understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("gave up after {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("the producer or client was closed")]
+    Closed,
+}
+
+impl Error {
+    /// Whether sending the same request again later may succeed.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Error::Broker { code, .. } => code.is_retriable(),
+            Error::Connect { .. } | Error::Disconnected(_) | Error::Timeout(_) => true,
+            Error::Protocol(_) | Error::InvalidArgument(_) | Error::Closed => false,
+        }
+    }
+
+    /// The broker's error code, when the broker answered.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Broker { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}

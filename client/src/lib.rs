@@ -1,0 +1,42 @@
+//! Async client for the Rill broker.
+//!
+//! - [`Client`]: one reconnecting, pipelined connection to a broker.
+//! - [`Producer`]: per-partition batching, returns each record's offset.
+//! - [`PartitionReader`] and [`Client::fetch`]: read a partition from any offset.
+//! - [`Admin`]: create, list, describe and delete topics.
+//!
+//! ```no_run
+//! use rill_client::{Admin, Client, PartitionReader, Producer, ProducerConfig, ProducerRecord, StartOffset, TopicConfig};
+//!
+//! # async fn example() -> Result<(), rill_client::Error> {
+//! let client = Client::connect("127.0.0.1:7171").await?;
+//! Admin::new(client.clone()).create_topic("orders", 4, TopicConfig::default()).await?;
+//!
+//! let producer = Producer::new(client.clone(), ProducerConfig::default());
+//! let delivery = producer.send(ProducerRecord::new("orders", "hello").key("customer-7")).await?;
+//! let stored = delivery.await?; // acknowledged: on disk under the topic's fsync policy
+//! println!("stored at partition {} offset {}", stored.partition, stored.offset);
+//!
+//! let mut reader = PartitionReader::new(client, "orders", stored.partition, StartOffset::Earliest).await?;
+//! let record = reader.next().await?;
+//! assert_eq!(&record.value[..], b"hello");
+//! # Ok(()) }
+//! ```
+
+mod admin;
+mod client;
+mod connection;
+mod error;
+mod partitioner;
+mod producer;
+mod reader;
+
+pub use admin::Admin;
+pub use client::{Client, ClientConfig};
+pub use error::Error;
+pub use partitioner::{murmur2, partition_for_key};
+pub use producer::{Delivery, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+pub use reader::{FetchOptions, FetchResult, PartitionReader, StartOffset};
+pub use rill_protocol::batch::{Header, Record};
+pub use rill_protocol::messages::{DescribeTopicResponse, OffsetSpec, PartitionInfo, TopicSummary};
+pub use rill_protocol::{ErrorCode, FsyncPolicy, TopicConfig};
