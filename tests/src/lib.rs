@@ -1,0 +1,269 @@
+//! Test harness: build the real binaries once, run `rilld` as a child process, and wait for
+//! it by reading its "listening" line rather than by sleeping.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Paths of the freshly built `rilld` and `rill`.
+#[derive(Debug)]
+pub struct Binaries {
+    pub rilld: PathBuf,
+    pub rill: PathBuf,
+}
+
+/// Builds `rilld` and `rill` with the same profile as the running test, once per test binary,
+/// so the tests always exercise the current code.
+pub fn binaries() -> &'static Binaries {
+    static BINARIES: OnceLock<Binaries> = OnceLock::new();
+    BINARIES.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // <target>/<profile>/deps/<test binary>
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("profile directory")
+            .to_path_buf();
+        let profile = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("debug")
+            .to_string();
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace root");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(workspace).args([
+            "build",
+            "--quiet",
+            "-p",
+            "rill-broker",
+            "-p",
+            "rill-client",
+            "--bins",
+        ]);
+        match profile.as_str() {
+            "debug" => {}
+            "release" => {
+                cmd.arg("--release");
+            }
+            other => {
+                cmd.args(["--profile", other]);
+            }
+        }
+        let out = cmd.stdout(Stdio::null()).output().expect("run cargo build");
+        assert!(
+            out.status.success(),
+            "building rilld and rill failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Binaries {
+            rilld: profile_dir.join("rilld"),
+            rill: profile_dir.join("rill"),
+        }
+    })
+}
+
+/// A running `rilld` child process.
+#[derive(Debug)]
+pub struct Broker {
+    child: Option<Child>,
+    addr: String,
+    data_dir: PathBuf,
+    log: PathBuf,
+    args: Vec<String>,
+}
+
+/// How long start-up may take before the test fails (recovery of a big log in a debug build).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Broker {
+    /// Starts `rilld` on a free loopback port with `data_dir`, plus `extra` flags.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Broker {
+        Self::start_at(
+            data_dir,
+            "127.0.0.1:0",
+            extra.iter().map(|s| s.to_string()).collect(),
+        )
+    }
+
+    fn start_at(data_dir: &Path, listen: &str, args: Vec<String>) -> Broker {
+        let log = data_dir.with_extension("rilld.log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open broker log");
+        let mut child = Command::new(&binaries().rilld)
+            .arg("--listen")
+            .arg(listen)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .expect("spawn rilld");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so rilld never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "rilld did not report listening; its log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        };
+        let addr = line
+            .strip_prefix("rilld listening on ")
+            .and_then(|rest| rest.split(',').next())
+            .unwrap_or_else(|| panic!("unexpected first line from rilld: {line:?}"))
+            .to_string();
+        Broker {
+            child: Some(child),
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            log,
+            args,
+        }
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Everything the broker logged so far (across restarts).
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Sends SIGTERM and waits for a graceful exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("broker is running");
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        child.wait().expect("wait for rilld")
+    }
+
+    /// SIGKILL: no chance to flush or mark anything.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("broker is running");
+        child.kill().expect("kill -9 rilld");
+        let _ = child.wait();
+    }
+
+    /// Starts the broker again on the same address and data directory.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the broker first");
+        let mut next = Self::start_at(&self.data_dir, &self.addr, self.args.clone());
+        self.child = next.child.take();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `rill` with `args` against `broker` (or no `--broker` at all), feeding `stdin`.
+pub fn rill(broker: Option<&str>, args: &[&str], stdin: &str) -> std::process::Output {
+    let mut cmd = Command::new(&binaries().rill);
+    if let Some(addr) = broker {
+        cmd.arg("--broker").arg(addr);
+    }
+    let mut child = cmd
+        .args(args)
+        .env_remove("RILL_BROKER")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rill");
+    let mut input = child.stdin.take().expect("stdin is piped");
+    let data = stdin.to_string();
+    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut input, data.as_bytes()));
+    let out = child.wait_with_output().expect("wait for rill");
+    let _ = writer.join();
+    out
+}
+
+/// Checks every segment file under `data_dir` holds only whole, valid batches with dense
+/// offsets, and returns the number of records in each partition directory.
+pub fn verify_segments(data_dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    let topics = data_dir.join("topics");
+    for topic in std::fs::read_dir(&topics).expect("topics dir").flatten() {
+        for part in std::fs::read_dir(topic.path())
+            .expect("topic dir")
+            .flatten()
+        {
+            if !part.path().is_dir() {
+                continue;
+            }
+            let mut logs: Vec<PathBuf> = std::fs::read_dir(part.path())
+                .expect("partition dir")
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "log"))
+                .collect();
+            logs.sort();
+            let mut next: Option<u64> = None;
+            let mut records = 0;
+            for log in logs {
+                let bytes = bytes::Bytes::from(std::fs::read(&log).expect("read segment"));
+                let mut batches = rill_protocol::batch::Batches::new(bytes);
+                for b in batches.by_ref() {
+                    let h = rill_protocol::batch::validate(&b)
+                        .unwrap_or_else(|e| panic!("{}: invalid batch: {e}", log.display()));
+                    if let Some(n) = next {
+                        assert_eq!(h.base_offset, n, "{}: offsets are not dense", log.display());
+                    }
+                    next = Some(h.last_offset() + 1);
+                    records += u64::from(h.records());
+                }
+                assert_eq!(
+                    batches.rest(),
+                    0,
+                    "{} ends with a partial batch",
+                    log.display()
+                );
+            }
+            out.push((part.path(), records));
+        }
+    }
+    out
+}
