@@ -257,3 +257,16 @@ mod tests {
         assert_eq!(toml::from_str::<Config>(&c.to_toml()).unwrap(), c);
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    /// The example rill.toml in the repository must stay loadable and equal to the defaults.
+    #[test]
+    fn repository_example_matches_the_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rill.toml");
+        assert_eq!(
+            super::Config::from_file(&path).unwrap(),
+            super::Config::default()
+        );
+    }
+}

@@ -40,3 +40,8 @@ pub use reader::{FetchOptions, FetchResult, PartitionReader, StartOffset};
 pub use rill_protocol::batch::{Header, Record};
 pub use rill_protocol::messages::{DescribeTopicResponse, OffsetSpec, PartitionInfo, TopicSummary};
 pub use rill_protocol::{ErrorCode, FsyncPolicy, TopicConfig};
+
+/// The README's Rust examples, compiled as doc tests so they cannot rot.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

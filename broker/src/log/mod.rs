@@ -6,13 +6,13 @@
 //!                 00000000000000000000.timeindex  sparse: max timestamp so far -> relative offset
 //! ```
 //!
-//! Ownership: one writer thread per partition ([`writer`]) owns the active segment: only it
+//! Ownership: one writer thread per partition (`writer.rs`) owns the active segment: only it
 //! appends, rolls, fsyncs or truncates. Readers go through [`PartitionLog::read`], which takes a
 //! short read lock on the segment list to find a file and a byte range, then reads with
 //! positioned reads outside the lock. The shared view only ever advances to data the fsync
 //! policy counts as committed, so readers never see a half-written or (under `fsync=always`)
 //! an unsynced batch. Index files are written when a segment is sealed and at clean shutdown;
-//! after a crash the tail segment's index is rebuilt by [`recovery`].
+//! after a crash the tail segment's index is rebuilt by `recovery.rs`.
 
 mod error;
 mod index;
