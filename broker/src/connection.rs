@@ -14,10 +14,14 @@ use rill_protocol::ErrorCode;
 use rill_protocol::frame::{self, FrameError, OutFrame};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+/// How long a shutting-down broker waits for a connection's pending responses to be written.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 pub async fn serve(
     socket: TcpStream,
@@ -38,8 +42,12 @@ pub async fn serve(
         loop {
             match frame::decode_request(&mut buf, max_frame) {
                 Ok(Some(request)) => {
-                    let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                        break 'conn "closing".into();
+                    let permit = tokio::select! {
+                        p = in_flight.clone().acquire_owned() => match p {
+                            Ok(p) => p,
+                            Err(_) => break 'conn "closing".into(),
+                        },
+                        _ = ctx.shutdown.cancelled() => break 'conn "broker shutting down".into(),
                     };
                     let response = handlers::dispatch(&ctx, request);
                     let tx = tx.clone();
@@ -74,9 +82,18 @@ pub async fn serve(
             _ = ctx.shutdown.cancelled() => break "broker shutting down".into(),
         }
     };
-    // The writer ends once every in-flight request has sent its response.
+    // The writer ends once every in-flight request has sent its response. A peer that stops
+    // reading could hold that up forever, so on shutdown it gets a bounded grace period.
     drop(tx);
-    let _ = writing.await;
+    let writing_abort = writing.abort_handle();
+    let finished = tokio::select! {
+        _ = writing => true,
+        _ = async { ctx.shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => false,
+    };
+    if !finished {
+        writing_abort.abort();
+        tracing::warn!(%peer, "peer did not read its responses within the shutdown grace period; dropped them");
+    }
     tracing::info!(%peer, %reason, "connection closed");
 }
 

@@ -160,6 +160,7 @@ struct Inner {
     linger_wake: Arc<Notify>,
     buffer: Arc<Semaphore>,
     partitions: Mutex<HashMap<TopicName, u32>>,
+    max_frame: tokio::sync::OnceCell<u32>,
 }
 
 /// Sends records in batches. Clones share the same batches and connection.
@@ -196,6 +197,7 @@ impl Producer {
             ready: tx,
             linger_wake: linger_wake.clone(),
             partitions: Mutex::new(HashMap::new()),
+            max_frame: tokio::sync::OnceCell::new(),
         });
         tokio::spawn(dispatch(client, rx, config.max_in_flight.max(1)));
         tokio::spawn(linger(Arc::downgrade(&inner), linger_wake));
@@ -224,6 +226,16 @@ impl Producer {
         Ok(n)
     }
 
+    /// Largest encoded record that fits in one produce frame (learned once from the handshake).
+    async fn record_limit(&self) -> Result<usize, Error> {
+        let max_frame = self
+            .inner
+            .max_frame
+            .get_or_try_init(|| self.inner.client.max_frame_bytes())
+            .await?;
+        Ok((*max_frame as usize).saturating_sub(HEADER_LEN + 1024))
+    }
+
     /// Adds a record to its partition's batch. Waits only when `buffer_bytes` are outstanding.
     pub async fn send(&self, record: ProducerRecord) -> Result<Delivery, Error> {
         let topic = topic_name(&record.topic)?;
@@ -236,8 +248,7 @@ impl Producer {
             .collect();
         let probe = BatchBuilder::with_capacity(0);
         let size = probe.record_size(record.key.as_deref(), &record.value, &headers, timestamp);
-        let limit =
-            (self.inner.client.max_frame_bytes().await? as usize).saturating_sub(HEADER_LEN + 1024);
+        let limit = self.record_limit().await?;
         if size > limit || size > self.inner.config.buffer_bytes {
             return Err(Error::InvalidArgument(format!(
                 "record of {size} bytes exceeds the limit of {limit} bytes"

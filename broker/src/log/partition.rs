@@ -117,7 +117,9 @@ impl PartitionLog {
             high_watermark: watch::Sender::new(hw),
             failed: Mutex::new(None),
         });
-        let (tx, rx) = crossbeam_channel::bounded(4096);
+        // Unbounded on purpose: `append` runs on async workers and must never block. The queue
+        // is bounded in practice by max_connections x max_in_flight requests.
+        let (tx, rx) = crossbeam_channel::unbounded();
         let writer = Writer::new(
             label.clone(),
             dir.to_path_buf(),
@@ -149,7 +151,7 @@ impl PartitionLog {
     }
 
     /// Validates `batch` and queues it for the writer. Appends from one caller are committed in
-    /// the order this is called. Cheap and non-blocking unless the writer's queue is full.
+    /// the order this is called. Never blocks.
     pub fn append(&self, batch: Bytes) -> Result<PendingAppend, AppendError> {
         let header = batch::validate(&batch).map_err(AppendError::InvalidBatch)?;
         if let Some(why) = self
