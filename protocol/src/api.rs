@@ -14,10 +14,19 @@ pub enum ApiKey {
     DeleteTopic = 5,
     ListTopics = 6,
     DescribeTopic = 7,
+    JoinGroup = 8,
+    Heartbeat = 9,
+    LeaveGroup = 10,
+    CommitOffsets = 11,
+    FetchOffsets = 12,
+    ListGroups = 13,
+    DescribeGroup = 14,
+    DeleteGroup = 15,
+    ResetOffsets = 16,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 8] = [
+    pub const ALL: [ApiKey; 17] = [
         ApiKey::ApiVersions,
         ApiKey::Produce,
         ApiKey::Fetch,
@@ -26,6 +35,15 @@ impl ApiKey {
         ApiKey::DeleteTopic,
         ApiKey::ListTopics,
         ApiKey::DescribeTopic,
+        ApiKey::JoinGroup,
+        ApiKey::Heartbeat,
+        ApiKey::LeaveGroup,
+        ApiKey::CommitOffsets,
+        ApiKey::FetchOffsets,
+        ApiKey::ListGroups,
+        ApiKey::DescribeGroup,
+        ApiKey::DeleteGroup,
+        ApiKey::ResetOffsets,
     ];
 
     pub fn from_u16(v: u16) -> Option<Self> {

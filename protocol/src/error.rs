@@ -42,6 +42,20 @@ pub enum ErrorCode {
     ShuttingDown = 18,
     /// The partition is being created or deleted; retry shortly.
     TopicBusy = 19,
+    /// The group does not know this member (it left, timed out, or the broker restarted): rejoin.
+    UnknownMember = 20,
+    /// The request carries an old generation: the group rebalanced since. Nothing was changed.
+    StaleGeneration = 21,
+    /// The group is rebalancing: commit what was processed and rejoin.
+    RebalanceInProgress = 22,
+    /// The member does not own the partition it tried to commit for.
+    NotAssigned = 23,
+    /// The member asked for a different assignment strategy than the group uses.
+    InconsistentStrategy = 24,
+    /// The operation needs a group without members.
+    GroupNotEmpty = 25,
+    UnknownGroup = 26,
+    InvalidGroupName = 27,
 }
 
 impl ErrorCode {
@@ -68,6 +82,14 @@ impl ErrorCode {
             17 => PartitionFailed,
             18 => ShuttingDown,
             19 => TopicBusy,
+            20 => UnknownMember,
+            21 => StaleGeneration,
+            22 => RebalanceInProgress,
+            23 => NotAssigned,
+            24 => InconsistentStrategy,
+            25 => GroupNotEmpty,
+            26 => UnknownGroup,
+            27 => InvalidGroupName,
             _ => return Option::None,
         })
     }

@@ -18,6 +18,15 @@ pub enum Request {
     DeleteTopic(DeleteTopicRequest),
     ListTopics(ListTopicsRequest),
     DescribeTopic(DescribeTopicRequest),
+    JoinGroup(JoinGroupRequest),
+    Heartbeat(HeartbeatRequest),
+    LeaveGroup(LeaveGroupRequest),
+    CommitOffsets(CommitOffsetsRequest),
+    FetchOffsets(FetchOffsetsRequest),
+    ListGroups(ListGroupsRequest),
+    DescribeGroup(DescribeGroupRequest),
+    DeleteGroup(DeleteGroupRequest),
+    ResetOffsets(ResetOffsetsRequest),
 }
 
 /// Why a whole frame is not a request this broker can serve. The frame boundaries are intact,
@@ -62,18 +71,32 @@ impl Request {
         }
         let malformed = |source| RequestError::Malformed { key, source };
         let (c, payload) = split_body(frame.body).map_err(malformed)?;
-        Ok(match key {
-            ApiKey::ApiVersions => Request::ApiVersions(control(&c, &payload).map_err(malformed)?),
-            ApiKey::Produce => Request::Produce(control(&c, &payload).map_err(malformed)?, payload),
-            ApiKey::Fetch => Request::Fetch(control(&c, &payload).map_err(malformed)?),
-            ApiKey::ListOffsets => Request::ListOffsets(control(&c, &payload).map_err(malformed)?),
-            ApiKey::CreateTopic => Request::CreateTopic(control(&c, &payload).map_err(malformed)?),
-            ApiKey::DeleteTopic => Request::DeleteTopic(control(&c, &payload).map_err(malformed)?),
-            ApiKey::ListTopics => Request::ListTopics(control(&c, &payload).map_err(malformed)?),
-            ApiKey::DescribeTopic => {
-                Request::DescribeTopic(control(&c, &payload).map_err(malformed)?)
-            }
-        })
+        macro_rules! decode {
+            ($($api:ident),*) => {
+                match key {
+                    ApiKey::Produce => Request::Produce(control(&c, &payload).map_err(malformed)?, payload),
+                    $(ApiKey::$api => Request::$api(control(&c, &payload).map_err(malformed)?),)*
+                }
+            };
+        }
+        Ok(decode!(
+            ApiVersions,
+            Fetch,
+            ListOffsets,
+            CreateTopic,
+            DeleteTopic,
+            ListTopics,
+            DescribeTopic,
+            JoinGroup,
+            Heartbeat,
+            LeaveGroup,
+            CommitOffsets,
+            FetchOffsets,
+            ListGroups,
+            DescribeGroup,
+            DeleteGroup,
+            ResetOffsets
+        ))
     }
 }
 

@@ -4,12 +4,21 @@
 //! serde: a produce request and a fetch response carry them as the frame's raw payload.
 
 mod fetch;
+mod groups;
 mod offsets;
 mod produce;
 mod topics;
 mod versions;
 
 pub use fetch::{FetchRequest, FetchResponse};
+pub use groups::{
+    AssignmentStrategy, CommitOffsetsRequest, CommitOffsetsResponse, DeleteGroupRequest,
+    DeleteGroupResponse, DescribeGroupRequest, DescribeGroupResponse, FetchOffsetsRequest,
+    FetchOffsetsResponse, GroupSummary, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
+    ListGroupsResponse, MemberInfo, PartitionLag, ResetOffsetsRequest, ResetOffsetsResponse,
+    ResetTo, TopicPartition,
+};
 pub use offsets::{ListOffsetsRequest, ListOffsetsResponse, OffsetSpec};
 pub use produce::{ProduceRequest, ProduceResponse};
 pub use topics::{
@@ -101,11 +110,51 @@ mod round_trip {
         }
 
         #[test]
+        fn groups(
+            g in ".{0,30}", member: Option<String>, t in topic(), p: u32, generation: u32, o: u64,
+            opt: Option<u64>, ts: i64, st in 0..3u8, lag: u64,
+        ) {
+            let strategy = [AssignmentStrategy::Range, AssignmentStrategy::RoundRobin, AssignmentStrategy::Sticky][st as usize];
+            let tp = TopicPartition { topic: t.clone(), partition: p };
+            round_trip(JoinGroupRequest {
+                group: g.clone(), member_id: member.clone(), client: g.clone(), topics: vec![t.clone()],
+                session_timeout_ms: generation, strategy,
+            });
+            round_trip(JoinGroupResponse { member_id: g.clone(), generation, assignment: vec![tp.clone()], heartbeat_interval_ms: p });
+            round_trip(HeartbeatRequest { group: g.clone(), member_id: g.clone(), generation });
+            round_trip(HeartbeatResponse {});
+            round_trip(LeaveGroupRequest { group: g.clone(), member_id: g.clone() });
+            round_trip(LeaveGroupResponse {});
+            round_trip(CommitOffsetsRequest { group: g.clone(), member_id: member, generation: Some(generation), offsets: vec![(tp.clone(), o)] });
+            round_trip(CommitOffsetsResponse {});
+            round_trip(FetchOffsetsRequest { group: g.clone(), partitions: vec![tp.clone()] });
+            round_trip(FetchOffsetsResponse { offsets: vec![(tp.clone(), opt)] });
+            round_trip(ListGroupsRequest {});
+            round_trip(ListGroupsResponse { groups: vec![GroupSummary { group: g.clone(), state: "stable".into(), members: p }] });
+            round_trip(DescribeGroupRequest { group: g.clone() });
+            round_trip(DescribeGroupResponse {
+                group: g.clone(), state: "empty".into(), generation, strategy: Some(strategy),
+                members: vec![MemberInfo { member_id: g.clone(), client: g.clone(), topics: vec![t.clone()], assignment: vec![tp.clone()] }],
+                offsets: vec![PartitionLag { partition: tp.clone(), committed: opt, log_end: o, lag }],
+            });
+            round_trip(DeleteGroupRequest { group: g.clone() });
+            round_trip(DeleteGroupResponse {});
+            for to in [ResetTo::Earliest, ResetTo::Latest, ResetTo::Offset(o), ResetTo::Timestamp(ts)] {
+                round_trip(ResetOffsetsRequest { group: g.clone(), topic: t.clone(), to });
+            }
+            round_trip(ResetOffsetsResponse { offsets: vec![(tp, o)] });
+            prop_assert_eq!(strategy.to_string().parse::<AssignmentStrategy>(), Ok(strategy));
+        }
+
+        #[test]
         fn decoding_garbage_never_panics(bytes: Vec<u8>) {
             let _ = codec::decode::<DescribeTopicResponse>(&bytes, "x");
             let _ = codec::decode::<FetchRequest>(&bytes, "x");
             let _ = codec::decode::<CreateTopicRequest>(&bytes, "x");
             let _ = codec::decode::<ApiVersionsResponse>(&bytes, "x");
+            let _ = codec::decode::<JoinGroupRequest>(&bytes, "x");
+            let _ = codec::decode::<DescribeGroupResponse>(&bytes, "x");
+            let _ = codec::decode::<CommitOffsetsRequest>(&bytes, "x");
         }
     }
 }
