@@ -1,9 +1,10 @@
 //! The Rill broker as a library; `rilld` (src/main.rs) is a thin wrapper around [`server`].
 //!
-//! Dependencies point one way: `server` -> `connection` -> `handlers` -> `topics` -> `log`.
+//! Dependencies point one way: `server` -> `connection` -> `handlers` -> `groups`/`topics` -> `log`.
 
 pub mod config;
 pub mod connection;
+pub mod groups;
 pub mod handlers;
 pub mod log;
 pub mod server;

@@ -8,6 +8,7 @@
 
 use crate::config::Config;
 use crate::connection;
+use crate::groups::{Groups, OffsetStore};
 use crate::topics::Topics;
 use std::fs;
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use tokio_util::task::TaskTracker;
 #[derive(Debug)]
 pub struct Context {
     pub topics: Topics,
+    pub groups: Groups,
     pub config: Config,
     pub shutdown: CancellationToken,
 }
@@ -48,12 +50,14 @@ impl Broker {
         let lock = lock_data_dir(&data_dir)?;
         let log_config = config.log_config();
         let dir = data_dir.clone();
-        let (topics, clean) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let (topics, groups, clean) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let clean = take_clean_marker(&dir)?;
             if !clean {
                 tracing::warn!(data_dir = %dir.display(), "previous run did not shut down cleanly; verifying partition tails");
             }
-            let (topics, reports) = Topics::open(&dir, log_config, clean)?;
+            let (topics, mut reports) = Topics::open(&dir, log_config, clean)?;
+            let (offsets, report) = OffsetStore::open(&dir, clean)?;
+            reports.push(("__group_offsets".into(), report));
             for (partition, report) in reports {
                 for (file, position, bytes, reason) in &report.truncated {
                     tracing::warn!(partition, file = %file.display(), position, bytes, reason, "recovery cut data");
@@ -62,7 +66,7 @@ impl Broker {
                     tracing::info!(partition, segments = report.rebuilt_indexes, "rebuilt indexes");
                 }
             }
-            Ok((topics, clean))
+            Ok((topics, Groups::new(offsets), clean))
         })
         .await??;
         let listener = TcpListener::bind(config.listen)
@@ -72,6 +76,7 @@ impl Broker {
         Ok(Broker {
             ctx: Arc::new(Context {
                 topics,
+                groups,
                 config,
                 shutdown,
             }),
@@ -95,11 +100,13 @@ impl Broker {
             listener,
             _lock,
         } = self;
+        let ticker = tokio::spawn(group_timer(ctx.clone()));
         accept_loop(&listener, &ctx).await;
+        let _ = ticker.await;
         drop(listener);
         let dir = ctx.config.data_dir.clone();
         let healthy = tokio::task::spawn_blocking(move || {
-            let healthy = ctx.topics.close();
+            let healthy = ctx.topics.close() & ctx.groups.close();
             (healthy, ctx)
         })
         .await?
@@ -113,6 +120,21 @@ impl Broker {
             );
         }
         Ok(())
+    }
+}
+
+/// How often group sessions and rebalance deadlines are checked.
+const GROUP_TICK: Duration = Duration::from_millis(100);
+
+/// Drives consumer-group timers (session expiry, rebalance deadlines) until shutdown.
+async fn group_timer(ctx: Arc<Context>) {
+    let mut tick = tokio::time::interval(GROUP_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            now = tick.tick() => ctx.groups.tick(&ctx.topics, now),
+            _ = ctx.shutdown.cancelled() => return,
+        }
     }
 }
 

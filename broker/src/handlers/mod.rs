@@ -6,10 +6,12 @@
 //! the single place where internal errors become wire error codes.
 
 mod fetch;
+mod groups;
 mod offsets;
 mod produce;
 mod topics;
 
+use crate::groups::coordinator::GroupError;
 use crate::log::{AppendError, ReadError};
 use crate::server::Context;
 use crate::topics::TopicError;
@@ -36,6 +38,12 @@ pub enum OpError {
     Read(#[from] ReadError),
     #[error(transparent)]
     Request(#[from] RequestError),
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the broker is shutting down")]
+    ShuttingDown,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -71,6 +79,18 @@ impl OpError {
                 ErrorCode::UnsupportedVersion
             }
             OpError::Request(RequestError::Malformed { .. }) => ErrorCode::MalformedRequest,
+            OpError::Group(e) => match e {
+                GroupError::UnknownMember(_) => ErrorCode::UnknownMember,
+                GroupError::StaleGeneration { .. } => ErrorCode::StaleGeneration,
+                GroupError::RebalanceInProgress => ErrorCode::RebalanceInProgress,
+                GroupError::NotAssigned { .. } => ErrorCode::NotAssigned,
+                GroupError::InconsistentStrategy { .. } => ErrorCode::InconsistentStrategy,
+                GroupError::NotEmpty { .. } => ErrorCode::GroupNotEmpty,
+                GroupError::UnknownGroup(_) => ErrorCode::UnknownGroup,
+                GroupError::InvalidName(_) => ErrorCode::InvalidGroupName,
+            },
+            OpError::Invalid(_) => ErrorCode::InvalidConfig,
+            OpError::ShuttingDown => ErrorCode::ShuttingDown,
             OpError::Internal(_) => ErrorCode::Unknown,
         }
     }
@@ -140,6 +160,19 @@ pub fn dispatch(ctx: &Arc<Context>, frame: RequestFrame) -> BoxFuture<'static, O
         Request::DescribeTopic(req) => {
             respond(cid, plain(async move { topics::describe(&ctx, req) }))
         }
+        Request::JoinGroup(req) => respond(cid, plain(groups::join(ctx, req))),
+        Request::Heartbeat(req) => respond(cid, plain(async move { groups::heartbeat(&ctx, req) })),
+        Request::LeaveGroup(req) => respond(cid, plain(async move { groups::leave(&ctx, req) })),
+        Request::CommitOffsets(req) => respond(cid, plain(groups::commit(ctx, req))),
+        Request::FetchOffsets(req) => {
+            respond(cid, plain(async move { groups::fetch_offsets(&ctx, req) }))
+        }
+        Request::ListGroups(req) => respond(cid, plain(async move { Ok(groups::list(&ctx, req)) })),
+        Request::DescribeGroup(req) => {
+            respond(cid, plain(async move { groups::describe(&ctx, req) }))
+        }
+        Request::DeleteGroup(req) => respond(cid, plain(groups::delete(ctx, req))),
+        Request::ResetOffsets(req) => respond(cid, plain(groups::reset(ctx, req))),
     }
 }
 

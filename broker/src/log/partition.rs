@@ -259,6 +259,44 @@ impl PartitionLog {
         Ok(None)
     }
 
+    /// Deletes whole sealed segments that end at or before `offset`, moving the log start
+    /// forward. The active segment is never deleted. Readers holding a deleted segment's file
+    /// keep reading it until they let go. Returns how many segments were removed. Blocking.
+    pub fn delete_segments_before(&self, offset: u64) -> Result<usize, StorageError> {
+        let removed: Vec<Segment> = {
+            let mut view = self.shared.view.write().unwrap_or_else(|p| p.into_inner());
+            let sealed = view.len().saturating_sub(1);
+            let n = view[..sealed]
+                .iter()
+                .take_while(|s| s.next_offset <= offset)
+                .count();
+            view.drain(..n).collect()
+        };
+        for seg in &removed {
+            for path in [
+                seg.path.clone(),
+                seg.path.with_extension("index"),
+                seg.path.with_extension("timeindex"),
+            ] {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(StorageError::Io {
+                            op: "delete segment",
+                            path,
+                            source: e,
+                        });
+                    }
+                }
+            }
+        }
+        if !removed.is_empty() {
+            recovery::sync_dir(&self.dir)?;
+        }
+        Ok(removed.len())
+    }
+
     /// Stops the writer after it has committed everything queued, fsynced and written the
     /// active segment's index. Blocking; later appends fail with `ShuttingDown`.
     pub fn close(&self) {

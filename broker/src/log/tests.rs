@@ -278,3 +278,39 @@ fn appends_after_close_are_refused() {
     let result = log.append(batch(0, 1, 0)).and_then(|p| p.wait_blocking());
     assert!(matches!(result, Err(AppendError::ShuttingDown)));
 }
+
+#[test]
+fn deleting_old_segments_moves_the_log_start_and_keeps_the_rest_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), config(4096), true);
+    append_batches(&log, 200, 3);
+    let before = log.stats();
+    assert!(before.segments >= 4);
+    assert_eq!(
+        log.delete_segments_before(0).unwrap(),
+        0,
+        "nothing ends at or before offset 0"
+    );
+    let removed = log.delete_segments_before(300).unwrap();
+    assert!(removed >= 1);
+    let after = log.stats();
+    assert_eq!(after.segments, before.segments - removed as u32);
+    assert!(after.log_start_offset > 0 && after.log_start_offset <= 300);
+    assert!(matches!(
+        log.read(0, 100),
+        Err(ReadError::OffsetOutOfRange { .. })
+    ));
+    let rest = read_all(&log, after.log_start_offset);
+    assert_eq!(rest.len() as u64, 600 - after.log_start_offset);
+    // The active segment survives even a cut past the end.
+    log.delete_segments_before(u64::MAX).unwrap();
+    assert_eq!(log.stats().segments, 1);
+    assert_eq!(append_batches(&log, 1, 1), vec![600]);
+    // And the deletion is durable: a reopened log starts where it was cut.
+    let start = log.stats().log_start_offset;
+    log.close();
+    drop(log);
+    let (log, _) = open(dir.path(), config(4096), true);
+    assert_eq!(log.stats().log_start_offset, start);
+    assert_eq!(log.high_watermark(), 601);
+}

@@ -1,0 +1,566 @@
+//! One consumer group's membership as a pure state machine: events in, outcomes out.
+//!
+//! No I/O and no clock: every method takes `now`, so tests drive time by hand. `Groups`
+//! (groups/mod.rs) owns the instances, feeds them requests and timer ticks, and delivers the
+//! outcomes (join responses) to waiting connections.
+//!
+//! The protocol is eager with a join barrier. A change of membership (a join, a leave, a session
+//! timeout, a subscribed topic gaining partitions) moves the group to *preparing*. Members learn
+//! of it from their next heartbeat (`RebalanceInProgress`), stop reading, commit what they
+//! processed (their old generation stays valid while preparing) and join again. Only when every
+//! member has rejoined, or the rebalance deadline has passed (stragglers are removed), is the new
+//! assignment computed, the generation incremented and every join answered. Because every member
+//! gave up its partitions before any member receives new ones, no partition is ever owned by two
+//! members of one generation, nor handed over while its old owner may still read it.
+
+use super::assignment::{self, Assignment, MemberId, Subscriptions};
+use rill_protocol::TopicName;
+use rill_protocol::messages::{AssignmentStrategy, TopicPartition};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GroupError {
+    #[error("member '{0}' is not in the group; rejoin")]
+    UnknownMember(String),
+    #[error("generation {got} is stale; the group is at generation {current}")]
+    StaleGeneration { got: u32, current: u32 },
+    #[error("the group is rebalancing; rejoin")]
+    RebalanceInProgress,
+    #[error("member '{member}' does not own {partition} in generation {generation}")]
+    NotAssigned {
+        member: String,
+        partition: TopicPartition,
+        generation: u32,
+    },
+    #[error("the group uses the {group} strategy, not {asked}")]
+    InconsistentStrategy {
+        group: AssignmentStrategy,
+        asked: AssignmentStrategy,
+    },
+    #[error("group '{group}' has {members} member(s); this needs an empty group")]
+    NotEmpty { group: String, members: usize },
+    #[error("unknown group '{0}'")]
+    UnknownGroup(String),
+    #[error("invalid group name {0:?}: 1 to 249 printable characters")]
+    InvalidName(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Empty,
+    Preparing { deadline: Instant },
+    Stable,
+}
+
+impl State {
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Empty => "empty",
+            State::Preparing { .. } => "rebalancing",
+            State::Stable => "stable",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub client: String,
+    pub topics: BTreeSet<TopicName>,
+    pub session_timeout: Duration,
+    pub last_seen: Instant,
+}
+
+/// A join request, as the coordinator sees it.
+#[derive(Debug, Clone)]
+pub struct Join {
+    pub member_id: Option<MemberId>,
+    pub client: String,
+    pub topics: BTreeSet<TopicName>,
+    pub session_timeout: Duration,
+    pub strategy: AssignmentStrategy,
+}
+
+/// What a join leads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Joined {
+    /// Wait for the rebalance to complete.
+    Waiting(MemberId),
+    /// Nothing changed: the member's current generation and partitions.
+    Current {
+        member_id: MemberId,
+        generation: u32,
+        assignment: Vec<TopicPartition>,
+    },
+}
+
+/// A completed rebalance: the new generation and what each member that joined owns in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completed {
+    pub generation: u32,
+    pub assignment: Assignment,
+}
+
+#[derive(Debug)]
+pub struct Group {
+    state: State,
+    generation: u32,
+    strategy: Option<AssignmentStrategy>,
+    members: BTreeMap<MemberId, Member>,
+    assignment: Assignment,
+    /// Members that joined since the current rebalance began.
+    joined: BTreeSet<MemberId>,
+    /// Partition counts the current assignment was computed from.
+    counts: BTreeMap<TopicName, u32>,
+}
+
+impl Default for Group {
+    fn default() -> Self {
+        Group {
+            state: State::Empty,
+            generation: 0,
+            strategy: None,
+            members: BTreeMap::new(),
+            assignment: Assignment::new(),
+            joined: BTreeSet::new(),
+            counts: BTreeMap::new(),
+        }
+    }
+}
+
+impl Group {
+    pub fn state(&self) -> State {
+        self.state
+    }
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+    pub fn strategy(&self) -> Option<AssignmentStrategy> {
+        self.strategy
+    }
+    pub fn members(&self) -> &BTreeMap<MemberId, Member> {
+        &self.members
+    }
+    pub fn assignment_of(&self, member: &str) -> &[TopicPartition] {
+        self.assignment.get(member).map_or(&[], Vec::as_slice)
+    }
+    /// Every topic some member subscribes to.
+    pub fn topics(&self) -> BTreeSet<TopicName> {
+        self.members
+            .values()
+            .flat_map(|m| m.topics.iter().cloned())
+            .collect()
+    }
+
+    fn begin_rebalance(&mut self, now: Instant) {
+        let longest = self
+            .members
+            .values()
+            .map(|m| m.session_timeout)
+            .max()
+            .unwrap_or_default();
+        self.state = State::Preparing {
+            deadline: now + longest,
+        };
+        self.joined.clear();
+    }
+
+    pub fn join(
+        &mut self,
+        join: Join,
+        now: Instant,
+        new_id: impl FnOnce() -> MemberId,
+    ) -> Result<Joined, GroupError> {
+        if let Some(current) = self.strategy.filter(|_| !self.members.is_empty())
+            && current != join.strategy
+        {
+            return Err(GroupError::InconsistentStrategy {
+                group: current,
+                asked: join.strategy,
+            });
+        }
+        let id = join.member_id.clone().unwrap_or_else(new_id);
+        let unchanged = self
+            .members
+            .get(&id)
+            .is_some_and(|m| m.topics == join.topics);
+        if unchanged && self.state == State::Stable {
+            let m = self.members.get_mut(&id).expect("checked above");
+            m.last_seen = now;
+            return Ok(Joined::Current {
+                member_id: id.clone(),
+                generation: self.generation,
+                assignment: self.assignment_of(&id).to_vec(),
+            });
+        }
+        self.strategy = Some(join.strategy);
+        self.members.insert(
+            id.clone(),
+            Member {
+                client: join.client,
+                topics: join.topics,
+                session_timeout: join.session_timeout,
+                last_seen: now,
+            },
+        );
+        if !matches!(self.state, State::Preparing { .. }) {
+            self.begin_rebalance(now);
+        } else if let State::Preparing { deadline } = &mut self.state {
+            // A newcomer with a longer session gets time to be waited for.
+            *deadline = (*deadline).max(now + join.session_timeout);
+        }
+        self.joined.insert(id.clone());
+        Ok(Joined::Waiting(id))
+    }
+
+    /// Completes the rebalance if every member has rejoined or the deadline passed.
+    pub fn try_complete(
+        &mut self,
+        now: Instant,
+        counts: &BTreeMap<TopicName, u32>,
+    ) -> Option<Completed> {
+        let State::Preparing { deadline } = self.state else {
+            return None;
+        };
+        let everyone = self.members.keys().all(|m| self.joined.contains(m));
+        if !everyone && now < deadline {
+            return None;
+        }
+        let joined = std::mem::take(&mut self.joined);
+        self.members.retain(|id, _| joined.contains(id));
+        if self.members.is_empty() {
+            self.state = State::Empty;
+            self.assignment.clear();
+            return None;
+        }
+        let subscriptions: Subscriptions = self
+            .members
+            .iter()
+            .map(|(id, m)| (id.clone(), m.topics.clone()))
+            .collect();
+        self.counts = self.relevant(counts);
+        let strategy = self.strategy.unwrap_or_default();
+        self.assignment =
+            assignment::assign(strategy, &subscriptions, &self.counts, &self.assignment);
+        self.generation = self.generation.wrapping_add(1);
+        self.state = State::Stable;
+        for m in self.members.values_mut() {
+            m.last_seen = now;
+        }
+        Some(Completed {
+            generation: self.generation,
+            assignment: self.assignment.clone(),
+        })
+    }
+
+    fn relevant(&self, counts: &BTreeMap<TopicName, u32>) -> BTreeMap<TopicName, u32> {
+        let topics = self.topics();
+        counts
+            .iter()
+            .filter(|(t, _)| topics.contains(*t))
+            .map(|(t, n)| (t.clone(), *n))
+            .collect()
+    }
+
+    pub fn heartbeat(
+        &mut self,
+        member: &str,
+        generation: u32,
+        now: Instant,
+    ) -> Result<(), GroupError> {
+        let m = self
+            .members
+            .get_mut(member)
+            .ok_or_else(|| GroupError::UnknownMember(member.to_string()))?;
+        m.last_seen = now;
+        if matches!(self.state, State::Preparing { .. }) {
+            return Err(GroupError::RebalanceInProgress);
+        }
+        if generation != self.generation {
+            return Err(GroupError::StaleGeneration {
+                got: generation,
+                current: self.generation,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn leave(&mut self, member: &str, now: Instant) -> Result<(), GroupError> {
+        self.members
+            .remove(member)
+            .ok_or_else(|| GroupError::UnknownMember(member.to_string()))?;
+        self.joined.remove(member);
+        self.after_departure(now);
+        Ok(())
+    }
+
+    fn after_departure(&mut self, now: Instant) {
+        if self.members.is_empty() {
+            self.state = State::Empty;
+            self.assignment.clear();
+            self.joined.clear();
+        } else if self.state == State::Stable {
+            self.begin_rebalance(now);
+        }
+    }
+
+    /// Removes members whose session expired (those waiting in a join are not expired), and
+    /// starts a rebalance if the subscribed topics' partition counts changed. Returns the
+    /// removed members.
+    pub fn tick(&mut self, now: Instant, counts: &BTreeMap<TopicName, u32>) -> Vec<MemberId> {
+        let preparing = matches!(self.state, State::Preparing { .. });
+        let expired: Vec<MemberId> = self
+            .members
+            .iter()
+            .filter(|(id, m)| {
+                !(preparing && self.joined.contains(*id)) && now >= m.last_seen + m.session_timeout
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &expired {
+            self.members.remove(id);
+        }
+        if !expired.is_empty() {
+            self.after_departure(now);
+        }
+        if self.state == State::Stable && self.relevant(counts) != self.counts {
+            self.begin_rebalance(now);
+        }
+        expired
+    }
+
+    /// Whether `member` may commit `partitions` under `generation`. Without a member (tools
+    /// managing offsets directly) the group must be empty.
+    pub fn check_commit(
+        &self,
+        member: Option<&str>,
+        generation: Option<u32>,
+        partitions: &[TopicPartition],
+    ) -> Result<(), GroupError> {
+        let Some(member) = member else {
+            return match self.members.len() {
+                0 => Ok(()),
+                n => Err(GroupError::NotEmpty {
+                    group: String::new(),
+                    members: n,
+                }),
+            };
+        };
+        if !self.members.contains_key(member) {
+            return Err(GroupError::UnknownMember(member.to_string()));
+        }
+        let got = generation.unwrap_or(u32::MAX);
+        if got != self.generation {
+            return Err(GroupError::StaleGeneration {
+                got,
+                current: self.generation,
+            });
+        }
+        let owned = self.assignment_of(member);
+        for tp in partitions {
+            if !owned.contains(tp) {
+                return Err(GroupError::NotAssigned {
+                    member: member.to_string(),
+                    partition: tp.clone(),
+                    generation: got,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topics(names: &[&str]) -> BTreeSet<TopicName> {
+        names.iter().map(|n| TopicName::new(*n).unwrap()).collect()
+    }
+
+    fn join(id: Option<&str>) -> Join {
+        Join {
+            member_id: id.map(str::to_string),
+            client: "test".into(),
+            topics: topics(&["t"]),
+            session_timeout: Duration::from_secs(10),
+            strategy: AssignmentStrategy::Sticky,
+        }
+    }
+
+    fn counts(n: u32) -> BTreeMap<TopicName, u32> {
+        [(TopicName::new("t").unwrap(), n)].into()
+    }
+
+    #[test]
+    fn a_lone_member_gets_everything_at_generation_one() {
+        let mut g = Group::default();
+        let now = Instant::now();
+        assert_eq!(
+            g.join(join(None), now, || "a".into()).unwrap(),
+            Joined::Waiting("a".into())
+        );
+        let done = g.try_complete(now, &counts(6)).expect("everyone joined");
+        assert_eq!(done.generation, 1);
+        assert_eq!(done.assignment["a"].len(), 6);
+        assert_eq!(g.state(), State::Stable);
+        assert!(g.heartbeat("a", 1, now).is_ok());
+    }
+
+    #[test]
+    fn a_newcomer_waits_until_every_member_has_rejoined() {
+        let mut g = Group::default();
+        let now = Instant::now();
+        g.join(join(Some("a")), now, || unreachable!()).unwrap();
+        g.try_complete(now, &counts(6)).unwrap();
+        g.join(join(Some("b")), now, || unreachable!()).unwrap();
+        assert_eq!(
+            g.try_complete(now, &counts(6)),
+            None,
+            "a has not rejoined yet"
+        );
+        // a still owns its partitions and may commit for them under generation 1.
+        let owned = g.assignment_of("a").to_vec();
+        assert!(g.check_commit(Some("a"), Some(1), &owned).is_ok());
+        assert_eq!(
+            g.heartbeat("a", 1, now),
+            Err(GroupError::RebalanceInProgress)
+        );
+        g.join(join(Some("a")), now, || unreachable!()).unwrap();
+        let done = g.try_complete(now, &counts(6)).unwrap();
+        assert_eq!(done.generation, 2);
+        assert_eq!(
+            (done.assignment["a"].len(), done.assignment["b"].len()),
+            (3, 3)
+        );
+        assert_eq!(
+            g.check_commit(Some("a"), Some(1), &owned[..1]),
+            Err(GroupError::StaleGeneration { got: 1, current: 2 }),
+            "after the rebalance the old generation is refused"
+        );
+    }
+
+    #[test]
+    fn a_silent_member_is_removed_after_its_session_timeout() {
+        let mut g = Group::default();
+        let t0 = Instant::now();
+        for id in ["a", "b"] {
+            g.join(join(Some(id)), t0, || unreachable!()).unwrap();
+        }
+        g.try_complete(t0, &counts(4)).unwrap();
+        let t1 = t0 + Duration::from_secs(6);
+        g.heartbeat("a", 1, t1).unwrap();
+        assert!(g.tick(t1, &counts(4)).is_empty());
+        let t2 = t0 + Duration::from_secs(10);
+        assert_eq!(g.tick(t2, &counts(4)), vec!["b".to_string()]);
+        assert_eq!(
+            g.heartbeat("a", 1, t2),
+            Err(GroupError::RebalanceInProgress)
+        );
+        g.join(join(Some("a")), t2, || unreachable!()).unwrap();
+        let done = g.try_complete(t2, &counts(4)).unwrap();
+        assert_eq!(done.assignment["a"].len(), 4);
+        assert!(!done.assignment.contains_key("b"));
+    }
+
+    #[test]
+    fn stragglers_are_dropped_at_the_rebalance_deadline() {
+        let mut g = Group::default();
+        let t0 = Instant::now();
+        for id in ["a", "b"] {
+            g.join(join(Some(id)), t0, || unreachable!()).unwrap();
+        }
+        g.try_complete(t0, &counts(2)).unwrap();
+        g.join(join(Some("c")), t0, || unreachable!()).unwrap();
+        g.join(join(Some("a")), t0, || unreachable!()).unwrap();
+        assert_eq!(
+            g.try_complete(t0 + Duration::from_secs(9), &counts(2)),
+            None
+        );
+        let done = g
+            .try_complete(t0 + Duration::from_secs(10), &counts(2))
+            .unwrap();
+        assert_eq!(
+            done.assignment.keys().cloned().collect::<Vec<_>>(),
+            vec!["a".to_string(), "c".to_string()]
+        );
+    }
+
+    #[test]
+    fn leaving_rebalances_and_the_last_leave_empties_the_group() {
+        let mut g = Group::default();
+        let now = Instant::now();
+        for id in ["a", "b"] {
+            g.join(join(Some(id)), now, || unreachable!()).unwrap();
+        }
+        g.try_complete(now, &counts(2)).unwrap();
+        g.leave("b", now).unwrap();
+        assert!(matches!(g.state(), State::Preparing { .. }));
+        assert_eq!(
+            g.leave("b", now),
+            Err(GroupError::UnknownMember("b".into()))
+        );
+        g.leave("a", now).unwrap();
+        assert_eq!(g.state(), State::Empty);
+        assert!(
+            g.check_commit(None, None, &[]).is_ok(),
+            "tools may commit for an empty group"
+        );
+    }
+
+    #[test]
+    fn gaining_partitions_triggers_a_rebalance() {
+        let mut g = Group::default();
+        let now = Instant::now();
+        g.join(join(Some("a")), now, || unreachable!()).unwrap();
+        g.try_complete(now, &counts(2)).unwrap();
+        g.tick(now, &counts(2));
+        assert_eq!(g.state(), State::Stable);
+        g.tick(now, &counts(3));
+        assert!(matches!(g.state(), State::Preparing { .. }));
+    }
+
+    #[test]
+    fn commits_are_checked_for_member_generation_and_ownership() {
+        let mut g = Group::default();
+        let now = Instant::now();
+        for id in ["a", "b"] {
+            g.join(join(Some(id)), now, || unreachable!()).unwrap();
+        }
+        g.try_complete(now, &counts(2)).unwrap();
+        let theirs = g.assignment_of("b").to_vec();
+        assert!(matches!(
+            g.check_commit(Some("a"), Some(1), &theirs),
+            Err(GroupError::NotAssigned { .. })
+        ));
+        assert!(matches!(
+            g.check_commit(Some("zz"), Some(1), &theirs),
+            Err(GroupError::UnknownMember(_))
+        ));
+        assert!(matches!(
+            g.check_commit(None, None, &theirs),
+            Err(GroupError::NotEmpty { .. })
+        ));
+        assert!(g.check_commit(Some("b"), Some(1), &theirs).is_ok());
+    }
+
+    #[test]
+    fn the_first_member_chooses_the_strategy() {
+        let mut g = Group::default();
+        let now = Instant::now();
+        g.join(join(Some("a")), now, || unreachable!()).unwrap();
+        let other = Join {
+            strategy: AssignmentStrategy::Range,
+            ..join(Some("b"))
+        };
+        assert!(matches!(
+            g.join(other, now, || unreachable!()),
+            Err(GroupError::InconsistentStrategy { .. })
+        ));
+    }
+}

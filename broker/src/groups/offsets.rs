@@ -1,0 +1,341 @@
+//! Committed offsets: durable, compact, last write wins.
+//!
+//! Commits are appended as record batches to an internal partition log at
+//! `<data>/groups/offsets/` (always fsynced, group-committed like any partition), one record per
+//! (group, topic, partition): key `group_len:u16 | group | topic_len:u16 | topic | partition:u32`
+//! (big-endian), value the offset as u64 big-endian, or empty for a deleted entry. At start the
+//! log is replayed; the last record for a key wins. Memory is updated only after the append is
+//! acknowledged, in log order (each entry remembers the log offset that wrote it), so concurrent
+//! commits cannot leave memory disagreeing with disk.
+//!
+//! Compaction keeps the log small: when it grows past a few MiB and several times the live
+//! data, every live entry is appended again as a snapshot and the sealed segments before the
+//! snapshot are deleted. Commits wait while a snapshot is written (they take the compaction
+//! lock shared, the snapshot exclusive), so no acknowledged commit can fall between the deleted
+//! prefix and the snapshot.
+
+use crate::log::{AppendError, LogConfig, PartitionLog, RecoveryReport, StorageError};
+use bytes::{BufMut, Bytes, BytesMut};
+use rill_protocol::batch::{BatchBuilder, Batches, RecordIter};
+use rill_protocol::messages::TopicPartition;
+use rill_protocol::{FsyncPolicy, TopicName};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Segment size of the offsets log: small, so compaction can free space in small steps.
+const SEGMENT_BYTES: u64 = 1 << 20;
+/// Compact once the log is larger than this...
+const COMPACT_MIN_BYTES: u64 = 4 << 20;
+/// ...and larger than this many times the live entries.
+const COMPACT_RATIO: u64 = 4;
+/// Records per snapshot batch.
+const SNAPSHOT_BATCH: usize = 1000;
+
+type Key = (String, TopicPartition);
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// `None`: deleted.
+    offset: Option<u64>,
+    /// Log offset of the record that wrote this entry.
+    seq: u64,
+}
+
+#[derive(Debug)]
+pub struct OffsetStore {
+    log: PartitionLog,
+    entries: Mutex<HashMap<Key, Entry>>,
+    compaction: tokio::sync::RwLock<()>,
+}
+
+fn encode_key(group: &str, tp: &TopicPartition) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + group.len() + tp.topic.as_str().len());
+    k.put_u16(group.len() as u16);
+    k.put_slice(group.as_bytes());
+    k.put_u16(tp.topic.as_str().len() as u16);
+    k.put_slice(tp.topic.as_str().as_bytes());
+    k.put_u32(tp.partition);
+    k
+}
+
+fn decode_key(mut k: &[u8]) -> Option<Key> {
+    fn take<'a>(k: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (k.get(..n)?, k.get(n..)?);
+        *k = rest;
+        Some(head)
+    }
+    let glen = u16::from_be_bytes(take(&mut k, 2)?.try_into().ok()?) as usize;
+    let group = std::str::from_utf8(take(&mut k, glen)?).ok()?.to_string();
+    let tlen = u16::from_be_bytes(take(&mut k, 2)?.try_into().ok()?) as usize;
+    let topic = TopicName::new(std::str::from_utf8(take(&mut k, tlen)?).ok()?).ok()?;
+    let partition = u32::from_be_bytes(take(&mut k, 4)?.try_into().ok()?);
+    k.is_empty()
+        .then_some((group, TopicPartition { topic, partition }))
+}
+
+impl OffsetStore {
+    /// Opens (and replays) the offsets log under `data_dir`. Blocking.
+    pub fn open(data_dir: &Path, clean: bool) -> Result<(Self, RecoveryReport), StorageError> {
+        let dir = data_dir.join("groups").join("offsets");
+        let config = LogConfig {
+            segment_bytes: SEGMENT_BYTES,
+            index_interval_bytes: 4096,
+            fsync: FsyncPolicy::Always,
+        };
+        let (log, report) = PartitionLog::open(&dir, "__group_offsets".into(), config, clean)?;
+        let mut entries = HashMap::new();
+        let mut next = log.stats().log_start_offset;
+        loop {
+            let read = log.read(next, 1 << 20).map_err(|e| StorageError::Corrupt {
+                path: dir.clone(),
+                position: next,
+                reason: e.to_string(),
+            })?;
+            if read.batches.is_empty() {
+                break;
+            }
+            for batch in Batches::new(read.batches) {
+                let records =
+                    RecordIter::new(batch).map_err(|e| corrupt(&dir, next, e.to_string()))?;
+                next = next.max(records.header().last_offset() + 1);
+                for r in records {
+                    let r = r.map_err(|e| corrupt(&dir, next, e.to_string()))?;
+                    let key = r
+                        .key
+                        .as_deref()
+                        .and_then(decode_key)
+                        .ok_or_else(|| corrupt(&dir, r.offset, "bad offset key".into()))?;
+                    let offset = match r.value.len() {
+                        0 => None,
+                        8 => Some(u64::from_be_bytes(
+                            r.value[..].try_into().unwrap_or_default(),
+                        )),
+                        _ => return Err(corrupt(&dir, r.offset, "bad offset value".into())),
+                    };
+                    entries.insert(
+                        key,
+                        Entry {
+                            offset,
+                            seq: r.offset,
+                        },
+                    );
+                }
+            }
+        }
+        entries.retain(|_, e| e.offset.is_some());
+        tracing::info!(entries = entries.len(), "committed offsets loaded");
+        Ok((
+            OffsetStore {
+                log,
+                entries: Mutex::new(entries),
+                compaction: tokio::sync::RwLock::new(()),
+            },
+            report,
+        ))
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get(&self, group: &str, tp: &TopicPartition) -> Option<u64> {
+        self.entries()
+            .get(&(group.to_string(), tp.clone()))
+            .and_then(|e| e.offset)
+    }
+
+    /// Every committed offset of `group`, sorted.
+    pub fn of_group(&self, group: &str) -> BTreeMap<TopicPartition, u64> {
+        self.entries()
+            .iter()
+            .filter(|((g, _), _)| g == group)
+            .filter_map(|((_, tp), e)| e.offset.map(|o| (tp.clone(), o)))
+            .collect()
+    }
+
+    /// Groups that have at least one committed offset.
+    pub fn groups(&self) -> BTreeSet<String> {
+        self.entries()
+            .iter()
+            .filter(|(_, e)| e.offset.is_some())
+            .map(|((g, _), _)| g.clone())
+            .collect()
+    }
+
+    /// Durably records `offsets` (None deletes) for `group`; returns once fsynced.
+    pub async fn commit(
+        &self,
+        group: &str,
+        offsets: &[(TopicPartition, Option<u64>)],
+    ) -> Result<(), AppendError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        {
+            let _shared = self.compaction.read().await;
+            let batch = Self::batch(offsets.iter().map(|(tp, o)| (group, tp, *o)));
+            let ack = self.log.append(batch)?.wait().await?;
+            let mut entries = self.entries();
+            for (i, (tp, offset)) in offsets.iter().enumerate() {
+                let seq = ack.base_offset + i as u64;
+                let slot = entries
+                    .entry((group.to_string(), tp.clone()))
+                    .or_insert(Entry {
+                        offset: None,
+                        seq: 0,
+                    });
+                if slot.seq <= seq {
+                    *slot = Entry {
+                        offset: *offset,
+                        seq,
+                    };
+                }
+            }
+        }
+        self.maybe_compact().await
+    }
+
+    fn batch<'a>(
+        records: impl Iterator<Item = (&'a str, &'a TopicPartition, Option<u64>)>,
+    ) -> Bytes {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let mut b = BatchBuilder::with_capacity(1024);
+        for (group, tp, offset) in records {
+            let mut value = BytesMut::new();
+            if let Some(o) = offset {
+                value.put_u64(o);
+            }
+            b.push(Some(&encode_key(group, tp)), &value, &[], now);
+        }
+        b.finish()
+    }
+
+    async fn maybe_compact(&self) -> Result<(), AppendError> {
+        let live = self
+            .entries()
+            .iter()
+            .filter(|(_, e)| e.offset.is_some())
+            .count() as u64
+            * 64;
+        let size = self.log.stats().size_bytes;
+        if size < COMPACT_MIN_BYTES || size < live * COMPACT_RATIO {
+            return Ok(());
+        }
+        let _exclusive = self.compaction.write().await;
+        if self.log.stats().size_bytes < COMPACT_MIN_BYTES {
+            return Ok(()); // another commit compacted while we waited
+        }
+        let snapshot: Vec<(String, TopicPartition, u64)> = {
+            let mut entries = self.entries();
+            entries.retain(|_, e| e.offset.is_some());
+            entries
+                .iter()
+                .filter_map(|((g, tp), e)| e.offset.map(|o| (g.clone(), tp.clone(), o)))
+                .collect()
+        };
+        let start = self.log.high_watermark();
+        let mut pending = Vec::new();
+        for chunk in snapshot.chunks(SNAPSHOT_BATCH) {
+            pending.push(self.log.append(Self::batch(
+                chunk.iter().map(|(g, tp, o)| (g.as_str(), tp, Some(*o))),
+            ))?);
+        }
+        for p in pending {
+            p.wait().await?;
+        }
+        let removed = self.log.delete_segments_before(start)?;
+        tracing::info!(
+            entries = snapshot.len(),
+            removed_segments = removed,
+            "compacted committed offsets"
+        );
+        Ok(())
+    }
+
+    pub fn log_size(&self) -> u64 {
+        self.log.stats().size_bytes
+    }
+
+    /// Stops the log's writer after a final fsync. Blocking.
+    pub fn close(&self) -> bool {
+        self.log.close();
+        self.log.failed().is_none()
+    }
+}
+
+fn corrupt(dir: &Path, position: u64, reason: String) -> StorageError {
+    StorageError::Corrupt {
+        path: dir.to_path_buf(),
+        position,
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp(t: &str, p: u32) -> TopicPartition {
+        TopicPartition {
+            topic: TopicName::new(t).unwrap(),
+            partition: p,
+        }
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        let k = encode_key("g-1", &tp("orders", 7));
+        assert_eq!(decode_key(&k), Some(("g-1".to_string(), tp("orders", 7))));
+        assert_eq!(decode_key(&k[..k.len() - 1]), None);
+    }
+
+    #[tokio::test]
+    async fn commits_survive_reopening_and_deletes_stick() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = OffsetStore::open(dir.path(), true).unwrap();
+        store
+            .commit("g", &[(tp("a", 0), Some(5)), (tp("a", 1), Some(7))])
+            .await
+            .unwrap();
+        store.commit("g", &[(tp("a", 0), Some(9))]).await.unwrap();
+        store.commit("h", &[(tp("a", 0), Some(1))]).await.unwrap();
+        store.commit("h", &[(tp("a", 0), None)]).await.unwrap();
+        assert_eq!(store.get("g", &tp("a", 0)), Some(9));
+        store.close();
+        drop(store);
+        let (store, _) = OffsetStore::open(dir.path(), false).unwrap();
+        assert_eq!(store.get("g", &tp("a", 0)), Some(9));
+        assert_eq!(store.get("g", &tp("a", 1)), Some(7));
+        assert_eq!(store.get("h", &tp("a", 0)), None);
+        assert_eq!(store.groups(), ["g".to_string()].into());
+    }
+
+    /// Story: committed offsets are rewritten constantly; an append-only file would grow
+    /// without bound. Compaction must keep it near the live size and lose nothing.
+    #[tokio::test]
+    async fn the_log_stays_small_under_endless_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = OffsetStore::open(dir.path(), true).unwrap();
+        for round in 0..1_000u64 {
+            let offsets: Vec<_> = (0..200)
+                .map(|p| (tp("t", p), Some(round * 1000 + u64::from(p))))
+                .collect();
+            store.commit("g", &offsets).await.unwrap();
+        }
+        // 1,000 commits of 200 entries is ~9 MiB of records; compaction keeps a few MiB.
+        assert!(
+            store.log_size() < COMPACT_MIN_BYTES + 2 * SEGMENT_BYTES,
+            "log is {} bytes",
+            store.log_size()
+        );
+        store.close();
+        drop(store);
+        let (store, _) = OffsetStore::open(dir.path(), false).unwrap();
+        for p in 0..200 {
+            assert_eq!(store.get("g", &tp("t", p)), Some(999 * 1000 + u64::from(p)));
+        }
+    }
+}

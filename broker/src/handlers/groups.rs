@@ -1,0 +1,208 @@
+//! Consumer-group requests: membership, commits, and group administration.
+
+use super::{OpError, blocking};
+use crate::groups::coordinator::{GroupError, Join};
+use crate::server::Context;
+use rill_protocol::messages::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Session timeouts a member may ask for.
+const SESSION_TIMEOUT: std::ops::RangeInclusive<u32> = 100..=300_000;
+
+pub async fn join(ctx: Arc<Context>, req: JoinGroupRequest) -> Result<JoinGroupResponse, OpError> {
+    if !SESSION_TIMEOUT.contains(&req.session_timeout_ms) {
+        return Err(OpError::Invalid(format!(
+            "session_timeout_ms must be within {SESSION_TIMEOUT:?}, got {}",
+            req.session_timeout_ms
+        )));
+    }
+    if req.topics.is_empty() {
+        return Err(OpError::Invalid(
+            "a member must subscribe to at least one topic".into(),
+        ));
+    }
+    for topic in &req.topics {
+        ctx.topics.get(topic)?;
+    }
+    let join = Join {
+        member_id: req.member_id,
+        client: req.client,
+        topics: req.topics.into_iter().collect(),
+        session_timeout: Duration::from_millis(u64::from(req.session_timeout_ms)),
+        strategy: req.strategy,
+    };
+    let waiting = ctx
+        .groups
+        .join(&ctx.topics, &req.group, join, Instant::now())?;
+    tokio::select! {
+        reply = waiting => reply.map_err(|_| OpError::Group(GroupError::RebalanceInProgress))?.map_err(OpError::Group),
+        _ = ctx.shutdown.cancelled() => Err(OpError::ShuttingDown),
+    }
+}
+
+pub fn heartbeat(ctx: &Context, req: HeartbeatRequest) -> Result<HeartbeatResponse, OpError> {
+    ctx.groups
+        .heartbeat(&req.group, &req.member_id, req.generation, Instant::now())?;
+    Ok(HeartbeatResponse {})
+}
+
+pub fn leave(ctx: &Context, req: LeaveGroupRequest) -> Result<LeaveGroupResponse, OpError> {
+    ctx.groups
+        .leave(&ctx.topics, &req.group, &req.member_id, Instant::now())?;
+    Ok(LeaveGroupResponse {})
+}
+
+pub async fn commit(
+    ctx: Arc<Context>,
+    req: CommitOffsetsRequest,
+) -> Result<CommitOffsetsResponse, OpError> {
+    let partitions: Vec<TopicPartition> = req.offsets.iter().map(|(tp, _)| tp.clone()).collect();
+    ctx.groups.check_commit(
+        &req.group,
+        req.member_id.as_deref(),
+        req.generation,
+        &partitions,
+    )?;
+    for tp in &partitions {
+        ctx.topics.partition(&tp.topic, tp.partition)?;
+    }
+    let offsets: Vec<_> = req
+        .offsets
+        .into_iter()
+        .map(|(tp, o)| (tp, Some(o)))
+        .collect();
+    ctx.groups.offsets().commit(&req.group, &offsets).await?;
+    Ok(CommitOffsetsResponse {})
+}
+
+pub fn fetch_offsets(
+    ctx: &Context,
+    req: FetchOffsetsRequest,
+) -> Result<FetchOffsetsResponse, OpError> {
+    let offsets = req.partitions.into_iter().map(|tp| {
+        let committed = ctx.groups.offsets().get(&req.group, &tp);
+        (tp, committed)
+    });
+    Ok(FetchOffsetsResponse {
+        offsets: offsets.collect(),
+    })
+}
+
+pub fn list(ctx: &Context, _req: ListGroupsRequest) -> ListGroupsResponse {
+    ListGroupsResponse {
+        groups: ctx.groups.list(),
+    }
+}
+
+pub fn describe(
+    ctx: &Context,
+    req: DescribeGroupRequest,
+) -> Result<DescribeGroupResponse, OpError> {
+    let view = ctx.groups.describe(&req.group);
+    let committed = ctx.groups.offsets().of_group(&req.group);
+    if view.is_none() && committed.is_empty() {
+        return Err(OpError::Group(GroupError::UnknownGroup(req.group)));
+    }
+    // Every partition of the subscribed topics, plus any partition with a commit.
+    let mut partitions: BTreeSet<TopicPartition> = committed.keys().cloned().collect();
+    for topic in view.iter().flat_map(|v| v.topics.iter()) {
+        if let Ok(t) = ctx.topics.get(topic) {
+            partitions.extend((0..t.partitions.len() as u32).map(|p| TopicPartition {
+                topic: topic.clone(),
+                partition: p,
+            }));
+        }
+    }
+    let offsets = partitions
+        .into_iter()
+        .map(|tp| {
+            let stats = ctx
+                .topics
+                .partition(&tp.topic, tp.partition)
+                .map(|log| log.stats())
+                .ok();
+            let log_end = stats.map_or(0, |s| s.high_watermark);
+            let from = committed
+                .get(&tp)
+                .copied()
+                .or(stats.map(|s| s.log_start_offset))
+                .unwrap_or(0);
+            PartitionLag {
+                committed: committed.get(&tp).copied(),
+                log_end,
+                lag: log_end.saturating_sub(from),
+                partition: tp,
+            }
+        })
+        .collect();
+    let (state, generation, strategy, members) = match view {
+        Some(v) => (v.state.to_string(), v.generation, v.strategy, v.members),
+        None => ("empty".to_string(), 0, None, Vec::new()),
+    };
+    Ok(DescribeGroupResponse {
+        group: req.group,
+        state,
+        generation,
+        strategy,
+        members,
+        offsets,
+    })
+}
+
+pub async fn delete(
+    ctx: Arc<Context>,
+    req: DeleteGroupRequest,
+) -> Result<DeleteGroupResponse, OpError> {
+    ctx.groups.require_empty(&req.group)?;
+    let committed = ctx.groups.offsets().of_group(&req.group);
+    if committed.is_empty() && ctx.groups.describe(&req.group).is_none() {
+        return Err(OpError::Group(GroupError::UnknownGroup(req.group)));
+    }
+    let tombstones: Vec<_> = committed.into_keys().map(|tp| (tp, None)).collect();
+    ctx.groups.offsets().commit(&req.group, &tombstones).await?;
+    ctx.groups.forget(&req.group);
+    tracing::info!(group = %req.group, "group deleted");
+    Ok(DeleteGroupResponse {})
+}
+
+pub async fn reset(
+    ctx: Arc<Context>,
+    req: ResetOffsetsRequest,
+) -> Result<ResetOffsetsResponse, OpError> {
+    ctx.groups.require_empty(&req.group)?;
+    let topic = ctx.topics.get(&req.topic)?;
+    let mut targets = BTreeMap::new();
+    for (p, log) in topic.partitions.iter().enumerate() {
+        let stats = log.stats();
+        let offset = match req.to {
+            ResetTo::Earliest => stats.log_start_offset,
+            ResetTo::Latest => stats.high_watermark,
+            ResetTo::Offset(o) => o.clamp(stats.log_start_offset, stats.high_watermark),
+            ResetTo::Timestamp(ts) => {
+                let log = log.clone();
+                blocking(move || log.offset_for_timestamp(ts))
+                    .await??
+                    .unwrap_or(stats.high_watermark)
+            }
+        };
+        targets.insert(
+            TopicPartition {
+                topic: req.topic.clone(),
+                partition: p as u32,
+            },
+            offset,
+        );
+    }
+    let commits: Vec<_> = targets
+        .iter()
+        .map(|(tp, o)| (tp.clone(), Some(*o)))
+        .collect();
+    ctx.groups.offsets().commit(&req.group, &commits).await?;
+    tracing::info!(group = %req.group, topic = %req.topic, to = ?req.to, "offsets reset");
+    Ok(ResetOffsetsResponse {
+        offsets: targets.into_iter().collect(),
+    })
+}
