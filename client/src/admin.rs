@@ -5,7 +5,7 @@ use crate::error::Error;
 use rill_protocol::messages::*;
 use rill_protocol::{TopicConfig, TopicName};
 
-/// Creates, lists, describes and deletes topics.
+/// Creates, lists, describes and deletes topics; lists, describes, resets and deletes groups.
 #[derive(Debug, Clone)]
 pub struct Admin {
     client: Client,
@@ -62,5 +62,54 @@ impl Admin {
             })
             .await?
             .0)
+    }
+
+    pub async fn list_groups(&self) -> Result<Vec<GroupSummary>, Error> {
+        Ok(self.client.call(&ListGroupsRequest {}).await?.0.groups)
+    }
+
+    /// Members, their partitions, and committed offset and lag per partition.
+    pub async fn describe_group(&self, group: &str) -> Result<DescribeGroupResponse, Error> {
+        Ok(self
+            .client
+            .call(&DescribeGroupRequest {
+                group: group.to_string(),
+            })
+            .await?
+            .0)
+    }
+
+    /// Deletes a group's committed offsets. The group must have no members.
+    pub async fn delete_group(&self, group: &str) -> Result<(), Error> {
+        let request = DeleteGroupRequest {
+            group: group.to_string(),
+        };
+        self.client
+            .enqueue(&request, bytes::Bytes::new())
+            .await?
+            .await?;
+        Ok(())
+    }
+
+    /// Sets a group's committed offsets for every partition of `topic`. The group must have no
+    /// members. Returns the new offsets.
+    pub async fn reset_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        to: ResetTo,
+    ) -> Result<Vec<(TopicPartition, u64)>, Error> {
+        let request = ResetOffsetsRequest {
+            group: group.to_string(),
+            topic: topic_name(topic)?,
+            to,
+        };
+        Ok(self
+            .client
+            .enqueue(&request, bytes::Bytes::new())
+            .await?
+            .await?
+            .0
+            .offsets)
     }
 }

@@ -3,7 +3,8 @@
 //! - [`Client`]: one reconnecting, pipelined connection to a broker.
 //! - [`Producer`]: per-partition batching, returns each record's offset.
 //! - [`PartitionReader`] and [`Client::fetch`]: read a partition from any offset.
-//! - [`Admin`]: create, list, describe and delete topics.
+//! - [`Consumer`]: a consumer-group member, as a `Stream` of records.
+//! - [`Admin`]: create, list, describe and delete topics; list, describe, reset and delete groups.
 //!
 //! ```no_run
 //! use rill_client::{Admin, Client, PartitionReader, Producer, ProducerConfig, ProducerRecord, StartOffset, TopicConfig};
@@ -26,6 +27,7 @@
 mod admin;
 mod client;
 mod connection;
+mod consumer;
 mod error;
 mod partitioner;
 mod producer;
@@ -33,12 +35,16 @@ mod reader;
 
 pub use admin::Admin;
 pub use client::{Client, ClientConfig};
+pub use consumer::{Assignment, Consumer, ConsumerConfig, ConsumerRecord, OffsetReset};
 pub use error::Error;
 pub use partitioner::{murmur2, partition_for_key};
 pub use producer::{Delivery, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
 pub use reader::{FetchOptions, FetchResult, PartitionReader, StartOffset};
 pub use rill_protocol::batch::{Header, Record};
-pub use rill_protocol::messages::{DescribeTopicResponse, OffsetSpec, PartitionInfo, TopicSummary};
+pub use rill_protocol::messages::{
+    AssignmentStrategy, DescribeGroupResponse, DescribeTopicResponse, GroupSummary, MemberInfo,
+    OffsetSpec, PartitionInfo, PartitionLag, ResetTo, TopicPartition, TopicSummary,
+};
 pub use rill_protocol::{ErrorCode, FsyncPolicy, TopicConfig};
 
 /// The README's Rust examples, compiled as doc tests so they cannot rot.

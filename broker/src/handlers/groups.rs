@@ -106,9 +106,14 @@ pub fn describe(
     if view.is_none() && committed.is_empty() {
         return Err(OpError::Group(GroupError::UnknownGroup(req.group)));
     }
-    // Every partition of the subscribed topics, plus any partition with a commit.
+    // Every partition of the subscribed topics and of topics with a commit.
     let mut partitions: BTreeSet<TopicPartition> = committed.keys().cloned().collect();
-    for topic in view.iter().flat_map(|v| v.topics.iter()) {
+    let topics: BTreeSet<_> = view
+        .iter()
+        .flat_map(|v| v.topics.iter())
+        .chain(committed.keys().map(|tp| &tp.topic))
+        .collect();
+    for topic in topics {
         if let Ok(t) = ctx.topics.get(topic) {
             partitions.extend((0..t.partitions.len() as u32).map(|p| TopicPartition {
                 topic: topic.clone(),

@@ -3,12 +3,14 @@
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
+use futures::StreamExt;
 use rill_client::{
-    Admin, Client, FsyncPolicy, PartitionReader, Producer, ProducerConfig, ProducerRecord,
-    StartOffset, TopicConfig,
+    Admin, AssignmentStrategy, Client, Consumer, ConsumerConfig, FsyncPolicy, OffsetReset,
+    PartitionReader, Producer, ProducerConfig, ProducerRecord, ResetTo, StartOffset, TopicConfig,
 };
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 const DEFAULT_BROKER: &str = "127.0.0.1:7171";
@@ -37,11 +39,42 @@ enum Command {
         after_help = "Examples:\n  printf 'a\\nb\\n' | rill produce orders\n  echo 'user-7:clicked' | rill produce orders --key-separator :"
     )]
     Produce(ProduceArgs),
-    /// Print records, one value per line.
+    /// Print records, one value per line, from partitions or as a consumer-group member.
     #[command(
-        after_help = "Examples:\n  rill consume orders --from-beginning --count 10\n  rill consume orders --partition 2 --offset 500"
+        after_help = "Examples:\n  rill consume orders --from-beginning --count 10\n  rill consume orders --partition 2 --offset 500\n  rill consume orders --group billing --idle-exit 3s"
     )]
     Consume(ConsumeArgs),
+    /// List, describe, reset and delete consumer groups.
+    #[command(subcommand)]
+    Group(GroupCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupCommand {
+    /// List groups with their state and member count.
+    List,
+    /// Show a group's members, their partitions, and committed offset and lag per partition.
+    Describe { group: String },
+    /// Set a group's committed offsets for every partition of a topic (the group must be empty).
+    #[command(
+        after_help = "Examples:\n  rill group reset-offsets billing --topic orders --to-earliest\n  rill group reset-offsets billing --topic orders --to-timestamp 1767225600000"
+    )]
+    ResetOffsets {
+        group: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, group = "target")]
+        to_earliest: bool,
+        #[arg(long, group = "target")]
+        to_latest: bool,
+        #[arg(long, group = "target", value_name = "OFFSET")]
+        to_offset: Option<u64>,
+        /// Milliseconds since the epoch.
+        #[arg(long, group = "target", value_name = "MS")]
+        to_timestamp: Option<i64>,
+    },
+    /// Delete a group's committed offsets (the group must be empty).
+    Delete { group: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,6 +132,29 @@ struct ConsumeArgs {
     /// Exit after printing this many records.
     #[arg(long)]
     count: Option<u64>,
+    /// Consume as a member of this consumer group (committing as it goes).
+    #[arg(long, conflicts_with_all = ["offset", "partition"])]
+    group: Option<String>,
+    /// With --group: leave the group cleanly and exit after this long without a new record
+    /// (e.g. 500ms, 3s, 1m).
+    #[arg(long, requires = "group", value_parser = parse_duration, value_name = "DURATION")]
+    idle_exit: Option<Duration>,
+    /// With --group: how partitions are divided among members.
+    #[arg(long, requires = "group", default_value = "sticky")]
+    strategy: AssignmentStrategy,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("bad duration {s:?}: expected e.g. 500ms, 3s, 1m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("bad duration unit in {s:?}: use ms, s or m")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -130,7 +186,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Topic(cmd) => topic(client, cmd).await,
         Command::Produce(args) => produce(client, args).await,
+        Command::Consume(args) if args.group.is_some() => consume_group(client, args).await,
         Command::Consume(args) => consume(client, args).await,
+        Command::Group(cmd) => group(client, cmd).await,
     }
 }
 
@@ -282,6 +340,109 @@ async fn consume(client: Client, args: ConsumeArgs) -> anyhow::Result<()> {
             printed += 1;
         }
         out.flush()?;
+    }
+    Ok(())
+}
+
+async fn consume_group(client: Client, args: ConsumeArgs) -> anyhow::Result<()> {
+    let group = args.group.clone().unwrap_or_default();
+    let mut config = ConsumerConfig::new(group.clone(), [args.topic.clone()]);
+    config.strategy = args.strategy;
+    if args.from_beginning {
+        config.auto_offset_reset = OffsetReset::Earliest;
+    }
+    let mut consumer = Consumer::subscribe(client, config)?;
+    let limit = args.count.unwrap_or(u64::MAX);
+    let mut printed = 0u64;
+    let stdout = std::io::stdout();
+    while printed < limit {
+        let next = match args.idle_exit {
+            Some(idle) => match tokio::time::timeout(idle, consumer.next()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+            None => consumer.next().await,
+        };
+        let Some(record) = next else { break };
+        let record = record?;
+        let mut out = stdout.lock();
+        out.write_all(&record.value)?;
+        out.write_all(b"\n")?;
+        out.flush()?;
+        printed += 1;
+    }
+    consumer
+        .close()
+        .await
+        .with_context(|| format!("leaving group {group}"))?;
+    eprintln!("consumed {printed} record(s) as a member of {group}");
+    Ok(())
+}
+
+async fn group(client: Client, cmd: GroupCommand) -> anyhow::Result<()> {
+    let admin = Admin::new(client);
+    match cmd {
+        GroupCommand::List => {
+            for g in admin.list_groups().await? {
+                println!("{}\t{}\t{}", g.group, g.state, g.members);
+            }
+        }
+        GroupCommand::Describe { group } => {
+            let d = admin.describe_group(&group).await?;
+            let strategy = d.strategy.map_or("-".to_string(), |s| s.to_string());
+            println!(
+                "group {}  state {}  generation {}  strategy {strategy}  members {}",
+                d.group,
+                d.state,
+                d.generation,
+                d.members.len()
+            );
+            for m in &d.members {
+                let parts: Vec<String> = m.assignment.iter().map(|tp| tp.to_string()).collect();
+                println!(
+                    "member {}  client {}  partitions [{}]",
+                    m.member_id,
+                    m.client,
+                    parts.join(", ")
+                );
+            }
+            println!(
+                "{:<30}  {:>9}  {:>14}  {:>14}  {:>10}",
+                "topic", "partition", "committed", "log-end", "lag"
+            );
+            for o in &d.offsets {
+                let committed = o.committed.map_or("-".to_string(), |c| c.to_string());
+                println!(
+                    "{:<30}  {:>9}  {:>14}  {:>14}  {:>10}",
+                    o.partition.topic, o.partition.partition, committed, o.log_end, o.lag
+                );
+            }
+        }
+        GroupCommand::ResetOffsets {
+            group,
+            topic,
+            to_earliest,
+            to_latest,
+            to_offset,
+            to_timestamp,
+        } => {
+            let to = match (to_earliest, to_latest, to_offset, to_timestamp) {
+                (true, _, _, _) => ResetTo::Earliest,
+                (_, true, _, _) => ResetTo::Latest,
+                (_, _, Some(o), _) => ResetTo::Offset(o),
+                (_, _, _, Some(ts)) => ResetTo::Timestamp(ts),
+                _ => bail!(
+                    "say where to: --to-earliest, --to-latest, --to-offset N or --to-timestamp MS"
+                ),
+            };
+            for (tp, offset) in admin.reset_offsets(&group, &topic, to).await? {
+                println!("{}\t{}\t{offset}", tp.topic, tp.partition);
+            }
+        }
+        GroupCommand::Delete { group } => {
+            admin.delete_group(&group).await?;
+            println!("deleted group {group}");
+        }
     }
     Ok(())
 }

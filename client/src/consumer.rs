@@ -1,0 +1,622 @@
+//! [`Consumer`]: one member of a consumer group, read as a `Stream` of records.
+//!
+//! A background driver task owns the membership: it joins the group, reads the committed offsets
+//! of the partitions it is given (or resets per `auto_offset_reset`), starts one fetcher task per
+//! partition, heartbeats on its own schedule (so a slow application never misses one), and
+//! commits on an interval or when asked. When a heartbeat says the group is rebalancing, the
+//! driver stops the fetchers, commits the position of every record the application has been
+//! given, and rejoins; records fetched but not yet given out are dropped and will be read again
+//! by whoever owns their partition next. Delivery is at-least-once: after a crash, the records
+//! given out since the last commit are delivered again.
+//!
+//! "Given to the application" is tracked under the same lock the driver takes when it revokes,
+//! tagged with an epoch that changes at every (re)assignment, so no record is handed out after
+//! its partition's position was committed for a rebalance.
+
+use crate::admin::topic_name;
+use crate::client::Client;
+use crate::error::Error;
+use crate::reader::FetchOptions;
+use bytes::Bytes;
+use futures::Stream;
+use rill_protocol::ErrorCode;
+use rill_protocol::batch::{Header, Record};
+use rill_protocol::messages::{
+    AssignmentStrategy, CommitOffsetsRequest, FetchOffsetsRequest, HeartbeatRequest,
+    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, OffsetSpec, TopicPartition,
+};
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// Where to start in a partition the group has never committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OffsetReset {
+    Earliest,
+    /// Only records produced after the partition was assigned.
+    #[default]
+    Latest,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub group: String,
+    pub topics: Vec<String>,
+    /// Commit the application's position this often; `None` commits only on `commit()`,
+    /// rebalance and `close()`.
+    pub auto_commit_interval: Option<Duration>,
+    pub auto_offset_reset: OffsetReset,
+    /// The broker removes the member after this long without a heartbeat.
+    pub session_timeout: Duration,
+    pub strategy: AssignmentStrategy,
+    pub fetch: FetchOptions,
+    /// Fetched chunks buffered ahead of the application.
+    pub buffered_fetches: usize,
+}
+
+impl ConsumerConfig {
+    pub fn new(
+        group: impl Into<String>,
+        topics: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        ConsumerConfig {
+            group: group.into(),
+            topics: topics.into_iter().map(Into::into).collect(),
+            auto_commit_interval: Some(Duration::from_secs(5)),
+            auto_offset_reset: OffsetReset::Latest,
+            session_timeout: Duration::from_secs(10),
+            strategy: AssignmentStrategy::Sticky,
+            fetch: FetchOptions::default(),
+            buffered_fetches: 16,
+        }
+    }
+}
+
+/// A record with where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerRecord {
+    pub topic: Arc<str>,
+    pub partition: u32,
+    pub offset: u64,
+    /// Milliseconds since the epoch.
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Bytes,
+    pub headers: Vec<Header>,
+}
+
+/// The partitions this member owns, and in which generation. Empty while rebalancing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Assignment {
+    pub generation: u32,
+    pub partitions: Vec<TopicPartition>,
+}
+
+struct Chunk {
+    epoch: u64,
+    slot: usize,
+    topic: Arc<str>,
+    partition: u32,
+    records: VecDeque<Record>,
+}
+
+enum Item {
+    Records(Chunk),
+    Error(Error),
+}
+
+#[derive(Default)]
+struct State {
+    epoch: u64,
+    /// Assigned partitions and the next offset to give the application, by slot.
+    positions: Vec<(TopicPartition, u64)>,
+}
+
+type Reply = oneshot::Sender<Result<(), Error>>;
+
+enum Command {
+    Commit(Reply),
+    CommitOffsets(Vec<(TopicPartition, u64)>, Reply),
+    Close(Reply),
+}
+
+/// A consumer-group member. Poll it as a `Stream`; call [`Consumer::close`] to leave cleanly.
+/// Dropping it without closing stops it like a crash would: the group notices at the session
+/// timeout.
+pub struct Consumer {
+    rx: mpsc::Receiver<Item>,
+    current: Option<Chunk>,
+    state: Arc<Mutex<State>>,
+    commands: mpsc::Sender<Command>,
+    assignment: watch::Receiver<Assignment>,
+    driver: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("assignment", &*self.assignment.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Consumer {
+    /// Joins `config.group` in the background and starts reading once partitions are assigned.
+    pub fn subscribe(client: Client, config: ConsumerConfig) -> Result<Consumer, Error> {
+        if config.topics.is_empty() {
+            return Err(Error::InvalidArgument(
+                "subscribe to at least one topic".into(),
+            ));
+        }
+        for t in &config.topics {
+            topic_name(t)?;
+        }
+        let (tx, rx) = mpsc::channel(config.buffered_fetches.max(1));
+        let (commands_tx, commands) = mpsc::channel(16);
+        let (assignment_tx, assignment) = watch::channel(Assignment::default());
+        let state = Arc::new(Mutex::new(State::default()));
+        let driver = Driver {
+            client,
+            config,
+            state: state.clone(),
+            tx,
+            commands,
+            assignment: assignment_tx,
+            member_id: None,
+            generation: 0,
+            fetchers: Vec::new(),
+            committed: HashMap::new(),
+        };
+        let driver = tokio::spawn(driver.run());
+        Ok(Consumer {
+            rx,
+            current: None,
+            state,
+            commands: commands_tx,
+            assignment,
+            driver,
+        })
+    }
+
+    /// The current assignment.
+    pub fn assignment(&self) -> Assignment {
+        self.assignment.borrow().clone()
+    }
+
+    /// A receiver that changes whenever the assignment does (revoked, then reassigned).
+    pub fn watch_assignment(&self) -> watch::Receiver<Assignment> {
+        self.assignment.clone()
+    }
+
+    async fn command(&self, make: impl FnOnce(Reply) -> Command) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Commits the position after every record this consumer has returned so far.
+    pub async fn commit(&self) -> Result<(), Error> {
+        self.command(Command::Commit).await
+    }
+
+    /// Commits explicit next-offsets for partitions this member owns.
+    pub async fn commit_offsets(&self, offsets: Vec<(TopicPartition, u64)>) -> Result<(), Error> {
+        self.command(|r| Command::CommitOffsets(offsets, r)).await
+    }
+
+    /// Commits what was returned, leaves the group (its partitions move at once), and stops.
+    pub async fn close(self) -> Result<(), Error> {
+        self.command(Command::Close).await
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl Stream for Consumer {
+    type Item = Result<ConsumerRecord, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(chunk) = self.current.as_mut() {
+                if let Some(record) = chunk.records.pop_front() {
+                    let (epoch, slot) = (chunk.epoch, chunk.slot);
+                    let (topic, partition) = (chunk.topic.clone(), chunk.partition);
+                    {
+                        let mut st = lock(&self.state);
+                        if st.epoch != epoch {
+                            // Revoked since it was fetched: its new owner reads it again.
+                            drop(st);
+                            self.current = None;
+                            continue;
+                        }
+                        if let Some(p) = st.positions.get_mut(slot) {
+                            p.1 = record.offset + 1;
+                        }
+                    }
+                    return Poll::Ready(Some(Ok(ConsumerRecord {
+                        topic,
+                        partition,
+                        offset: record.offset,
+                        timestamp: record.timestamp,
+                        key: record.key,
+                        value: record.value,
+                        headers: record.headers,
+                    })));
+                }
+                self.current = None;
+            }
+            match ready!(self.rx.poll_recv(cx)) {
+                Some(Item::Records(chunk)) => self.current = Some(chunk),
+                Some(Item::Error(e)) => return Poll::Ready(Some(Err(e))),
+                None => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
+enum Next {
+    Rejoin,
+    Close(Reply),
+    Gone,
+}
+
+struct Driver {
+    client: Client,
+    config: ConsumerConfig,
+    state: Arc<Mutex<State>>,
+    tx: mpsc::Sender<Item>,
+    commands: mpsc::Receiver<Command>,
+    assignment: watch::Sender<Assignment>,
+    member_id: Option<String>,
+    generation: u32,
+    fetchers: Vec<JoinHandle<()>>,
+    /// Last committed position per partition, to skip commits that change nothing.
+    committed: HashMap<TopicPartition, u64>,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        for f in &self.fetchers {
+            f.abort();
+        }
+    }
+}
+
+fn is(e: &Error, codes: &[ErrorCode]) -> bool {
+    e.code().is_some_and(|c| codes.contains(&c))
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let request = match self.join_request() {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = self.tx.send(Item::Error(e)).await;
+                    return;
+                }
+            };
+            let client = self.client.clone();
+            let joining = async move { client.call(&request).await.map(|(r, _)| r) };
+            let joined = tokio::select! {
+                joined = joining => joined,
+                cmd = self.commands.recv() => {
+                    match cmd {
+                        // Nothing is owned while joining: nothing to commit.
+                        Some(Command::Commit(r) | Command::CommitOffsets(_, r)) => {
+                            let _ = r.send(Ok(()));
+                            continue;
+                        }
+                        Some(Command::Close(r)) => {
+                            let _ = r.send(self.leave().await);
+                            return;
+                        }
+                        None => return,
+                    }
+                }
+            };
+            let joined = match joined {
+                Ok(j) => j,
+                Err(e) => {
+                    let fatal = !e.is_retriable();
+                    tracing::warn!(group = %self.config.group, error = %e, "join failed");
+                    if self.tx.send(Item::Error(e)).await.is_err() || fatal {
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(50);
+            if let Err(e) = self.start(&joined).await {
+                tracing::warn!(group = %self.config.group, error = %e, "could not start reading the assignment; rejoining");
+                self.revoke().await;
+                continue;
+            }
+            match self
+                .steady(Duration::from_millis(u64::from(
+                    joined.heartbeat_interval_ms.max(10),
+                )))
+                .await
+            {
+                Next::Rejoin => self.revoke().await,
+                Next::Close(reply) => {
+                    self.revoke().await;
+                    let _ = reply.send(self.leave().await);
+                    return;
+                }
+                Next::Gone => return,
+            }
+        }
+    }
+
+    fn join_request(&self) -> Result<JoinGroupRequest, Error> {
+        let topics = self
+            .config
+            .topics
+            .iter()
+            .map(|t| topic_name(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(JoinGroupRequest {
+            group: self.config.group.clone(),
+            member_id: self.member_id.clone(),
+            client: self.client.config().client_name.clone(),
+            topics,
+            session_timeout_ms: u32::try_from(self.config.session_timeout.as_millis())
+                .unwrap_or(u32::MAX),
+            strategy: self.config.strategy,
+        })
+    }
+
+    async fn leave(&mut self) -> Result<(), Error> {
+        let Some(member_id) = self.member_id.take() else {
+            return Ok(());
+        };
+        let request = LeaveGroupRequest {
+            group: self.config.group.clone(),
+            member_id,
+        };
+        match self.client.enqueue(&request, Bytes::new()).await?.await {
+            Ok(_) => Ok(()),
+            // Already gone (timed out, or the broker restarted): nothing to leave.
+            Err(e) if is(&e, &[ErrorCode::UnknownMember]) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Takes up a new assignment: find each partition's starting offset, start its fetcher.
+    async fn start(&mut self, joined: &JoinGroupResponse) -> Result<(), Error> {
+        self.member_id = Some(joined.member_id.clone());
+        self.generation = joined.generation;
+        let request = FetchOffsetsRequest {
+            group: self.config.group.clone(),
+            partitions: joined.assignment.clone(),
+        };
+        let committed: HashMap<TopicPartition, Option<u64>> = self
+            .client
+            .call(&request)
+            .await?
+            .0
+            .offsets
+            .into_iter()
+            .collect();
+        let mut positions = Vec::with_capacity(joined.assignment.len());
+        for tp in &joined.assignment {
+            let pos = match committed.get(tp).copied().flatten() {
+                Some(o) => o,
+                None => reset_position(&self.client, tp, self.config.auto_offset_reset).await?,
+            };
+            positions.push((tp.clone(), pos));
+        }
+        self.committed = positions.iter().cloned().collect();
+        let epoch = {
+            let mut st = lock(&self.state);
+            st.epoch += 1;
+            st.positions = positions.clone();
+            st.epoch
+        };
+        for (slot, (tp, pos)) in positions.into_iter().enumerate() {
+            let fetcher = Fetcher {
+                client: self.client.clone(),
+                topic: tp.topic.as_str().into(),
+                tp,
+                position: pos,
+                epoch,
+                slot,
+                tx: self.tx.clone(),
+                options: self.config.fetch.clone(),
+                reset: self.config.auto_offset_reset,
+            };
+            self.fetchers.push(tokio::spawn(fetcher.run()));
+        }
+        tracing::info!(group = %self.config.group, generation = self.generation, partitions = joined.assignment.len(), "assigned");
+        self.assignment.send_replace(Assignment {
+            generation: self.generation,
+            partitions: joined.assignment.clone(),
+        });
+        Ok(())
+    }
+
+    async fn steady(&mut self, heartbeat_every: Duration) -> Next {
+        let mut heartbeat = tokio::time::interval(heartbeat_every);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await;
+        let auto = self.config.auto_commit_interval;
+        let mut commit_timer = tokio::time::interval(auto.unwrap_or(Duration::from_secs(3600)));
+        commit_timer.tick().await;
+        let rejoin_codes = [
+            ErrorCode::RebalanceInProgress,
+            ErrorCode::StaleGeneration,
+            ErrorCode::UnknownMember,
+        ];
+        loop {
+            tokio::select! {
+                _ = heartbeat.tick() => {
+                    let Some(member_id) = self.member_id.clone() else { return Next::Rejoin };
+                    let request = HeartbeatRequest { group: self.config.group.clone(), member_id, generation: self.generation };
+                    let result = async { self.client.enqueue(&request, Bytes::new()).await?.await }.await;
+                    match result {
+                        Ok(_) => {}
+                        Err(e) if is(&e, &rejoin_codes) => return Next::Rejoin,
+                        Err(e) => tracing::debug!(error = %e, "heartbeat failed; retrying at the next beat"),
+                    }
+                }
+                _ = commit_timer.tick(), if auto.is_some() => {
+                    if let Err(e) = self.commit_positions().await {
+                        if is(&e, &rejoin_codes) {
+                            return Next::Rejoin;
+                        }
+                        tracing::debug!(error = %e, "auto-commit failed");
+                    }
+                }
+                cmd = self.commands.recv() => match cmd {
+                    Some(Command::Commit(reply)) => { let _ = reply.send(self.commit_positions().await); }
+                    Some(Command::CommitOffsets(offsets, reply)) => { let _ = reply.send(self.commit(offsets).await); }
+                    Some(Command::Close(reply)) => return Next::Close(reply),
+                    None => return Next::Gone,
+                },
+            }
+        }
+    }
+
+    async fn commit(&mut self, offsets: Vec<(TopicPartition, u64)>) -> Result<(), Error> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let request = CommitOffsetsRequest {
+            group: self.config.group.clone(),
+            member_id: self.member_id.clone(),
+            generation: Some(self.generation),
+            offsets: offsets.clone(),
+        };
+        self.client.enqueue(&request, Bytes::new()).await?.await?;
+        self.committed.extend(offsets);
+        Ok(())
+    }
+
+    /// Commits each partition's position where it moved since the last commit.
+    async fn commit_positions(&mut self) -> Result<(), Error> {
+        let changed: Vec<(TopicPartition, u64)> = lock(&self.state)
+            .positions
+            .iter()
+            .filter(|(tp, pos)| self.committed.get(tp) != Some(pos))
+            .cloned()
+            .collect();
+        self.commit(changed).await
+    }
+
+    /// Stops reading, then commits what the application was given (under the old generation).
+    async fn revoke(&mut self) {
+        for f in self.fetchers.drain(..) {
+            f.abort();
+        }
+        let changed: Vec<(TopicPartition, u64)> = {
+            let mut st = lock(&self.state);
+            st.epoch += 1;
+            let positions = std::mem::take(&mut st.positions);
+            positions
+                .into_iter()
+                .filter(|(tp, pos)| self.committed.get(tp) != Some(pos))
+                .collect()
+        };
+        if let Err(e) = self.commit(changed).await {
+            tracing::info!(group = %self.config.group, error = %e, "could not commit before rebalancing; those records may be read again");
+        }
+        self.assignment.send_replace(Assignment {
+            generation: self.generation,
+            partitions: Vec::new(),
+        });
+    }
+}
+
+async fn reset_position(
+    client: &Client,
+    tp: &TopicPartition,
+    reset: OffsetReset,
+) -> Result<u64, Error> {
+    let spec = match reset {
+        OffsetReset::Earliest => OffsetSpec::Earliest,
+        OffsetReset::Latest => OffsetSpec::Latest,
+    };
+    Ok(client
+        .list_offset(tp.topic.as_str(), tp.partition, spec)
+        .await?
+        .unwrap_or(0))
+}
+
+struct Fetcher {
+    client: Client,
+    topic: Arc<str>,
+    tp: TopicPartition,
+    position: u64,
+    epoch: u64,
+    slot: usize,
+    tx: mpsc::Sender<Item>,
+    options: FetchOptions,
+    reset: OffsetReset,
+}
+
+impl Fetcher {
+    async fn run(mut self) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self
+                .client
+                .fetch(&self.topic, self.tp.partition, self.position, &self.options)
+                .await
+            {
+                Ok(r) => {
+                    backoff = Duration::from_millis(50);
+                    self.position = r.next_offset;
+                    if r.records.is_empty() {
+                        continue;
+                    }
+                    let chunk = Chunk {
+                        epoch: self.epoch,
+                        slot: self.slot,
+                        topic: self.topic.clone(),
+                        partition: self.tp.partition,
+                        records: r.records.into(),
+                    };
+                    if self.tx.send(Item::Records(chunk)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) if is(&e, &[ErrorCode::OffsetOutOfRange]) => {
+                    match reset_position(&self.client, &self.tp, self.reset).await {
+                        Ok(p) => {
+                            tracing::warn!(partition = %self.tp, from = self.position, to = p, "offset out of range; reset");
+                            self.position = p;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "reset failed"),
+                    }
+                }
+                Err(e) if e.is_retriable() => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    let _ = self.tx.send(Item::Error(e)).await;
+                    return;
+                }
+            }
+        }
+    }
+}
