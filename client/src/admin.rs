@@ -39,6 +39,19 @@ impl Admin {
         Ok(())
     }
 
+    /// Grows `name` to `partitions` partitions (never shrinks). Groups subscribed to it rebalance.
+    pub async fn add_partitions(&self, name: &str, partitions: u32) -> Result<(), Error> {
+        let request = AddPartitionsRequest {
+            name: topic_name(name)?,
+            partitions,
+        };
+        self.client
+            .enqueue(&request, bytes::Bytes::new())
+            .await?
+            .await?;
+        Ok(())
+    }
+
     pub async fn delete_topic(&self, name: &str) -> Result<(), Error> {
         let request = DeleteTopicRequest {
             name: topic_name(name)?,

@@ -23,10 +23,11 @@ pub enum ApiKey {
     DescribeGroup = 14,
     DeleteGroup = 15,
     ResetOffsets = 16,
+    AddPartitions = 17,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 17] = [
+    pub const ALL: [ApiKey; 18] = [
         ApiKey::ApiVersions,
         ApiKey::Produce,
         ApiKey::Fetch,
@@ -44,6 +45,7 @@ impl ApiKey {
         ApiKey::DescribeGroup,
         ApiKey::DeleteGroup,
         ApiKey::ResetOffsets,
+        ApiKey::AddPartitions,
     ];
 
     pub fn from_u16(v: u16) -> Option<Self> {

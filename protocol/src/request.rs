@@ -27,6 +27,7 @@ pub enum Request {
     DescribeGroup(DescribeGroupRequest),
     DeleteGroup(DeleteGroupRequest),
     ResetOffsets(ResetOffsetsRequest),
+    AddPartitions(AddPartitionsRequest),
 }
 
 /// Why a whole frame is not a request this broker can serve. The frame boundaries are intact,
@@ -95,7 +96,8 @@ impl Request {
             ListGroups,
             DescribeGroup,
             DeleteGroup,
-            ResetOffsets
+            ResetOffsets,
+            AddPartitions
         ))
     }
 }

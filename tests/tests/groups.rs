@@ -622,3 +622,57 @@ fn rill_consume_as_a_group_member_commits_and_exits_when_idle() {
         ""
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_gaining_partitions_rebalances_its_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&dir.path().join("data"), &[]);
+    let admin = Admin::new(Client::connect(broker.addr()).await.unwrap());
+    admin
+        .create_topic("growing", 2, TopicConfig::default())
+        .await
+        .unwrap();
+    let mut consumers = Vec::new();
+    for _ in 0..2 {
+        consumers.push(
+            Consumer::subscribe(
+                Client::connect(broker.addr()).await.unwrap(),
+                member_config("grow", "growing"),
+            )
+            .unwrap(),
+        );
+    }
+    let mut watches: Vec<_> = consumers.iter().map(Consumer::watch_assignment).collect();
+    settle(&mut watches, balanced(&[1, 1])).await;
+
+    let err = admin.add_partitions("growing", 1).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(ErrorCode::InvalidConfig),
+        "shrinking is refused"
+    );
+    admin.add_partitions("growing", 6).await.unwrap();
+    let grown = settle(&mut watches, balanced(&[3, 3])).await;
+    let all: BTreeSet<u32> = grown
+        .iter()
+        .flat_map(|a| a.partitions.iter().map(|tp| tp.partition))
+        .collect();
+    assert_eq!(all, (0..6).collect());
+    for c in consumers {
+        c.close().await.unwrap();
+    }
+
+    broker.stop();
+    broker.restart();
+    let admin = Admin::new(Client::connect(broker.addr()).await.unwrap());
+    assert_eq!(
+        admin
+            .describe_topic("growing")
+            .await
+            .unwrap()
+            .partitions
+            .len(),
+        6,
+        "the new count is durable"
+    );
+}

@@ -173,6 +173,7 @@ pub fn dispatch(ctx: &Arc<Context>, frame: RequestFrame) -> BoxFuture<'static, O
         }
         Request::DeleteGroup(req) => respond(cid, plain(groups::delete(ctx, req))),
         Request::ResetOffsets(req) => respond(cid, plain(groups::reset(ctx, req))),
+        Request::AddPartitions(req) => respond(cid, plain(topics::add_partitions(ctx, req))),
     }
 }
 

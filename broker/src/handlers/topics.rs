@@ -13,6 +13,14 @@ pub async fn create(
     Ok(CreateTopicResponse {})
 }
 
+pub async fn add_partitions(
+    ctx: Arc<Context>,
+    req: AddPartitionsRequest,
+) -> Result<AddPartitionsResponse, OpError> {
+    blocking(move || ctx.topics.add_partitions(&req.name, req.partitions)).await??;
+    Ok(AddPartitionsResponse {})
+}
+
 pub async fn delete(
     ctx: Arc<Context>,
     req: DeleteTopicRequest,

@@ -267,6 +267,56 @@ impl Topics {
         sync_dir(staged)
     }
 
+    /// Grows a topic to `partitions` partitions. The new partitions' logs are created first and
+    /// the metadata replaced atomically (temp file, fsync, rename) last, so a crash leaves either
+    /// the old count or the new one. Blocking.
+    pub fn add_partitions(&self, name: &TopicName, partitions: u32) -> Result<(), TopicError> {
+        let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        let topic = self.get(name)?;
+        let current = topic.partitions.len() as u32;
+        if partitions <= current || partitions > MAX_PARTITIONS {
+            return Err(TopicError::InvalidConfig(format!(
+                "topic '{name}' has {current} partitions; it can grow to at most {MAX_PARTITIONS}, never shrink (asked for {partitions})"
+            )));
+        }
+        let log_config = self
+            .log_config(&topic.config)
+            .map_err(TopicError::InvalidConfig)?;
+        let dir = self.topics_dir().join(name.as_str());
+        let mut logs = topic.partitions.clone();
+        for p in current..partitions {
+            let (log, _) = PartitionLog::open(
+                &dir.join(p.to_string()),
+                format!("{name}-{p}"),
+                log_config.clone(),
+                true,
+            )?;
+            logs.push(Arc::new(log));
+        }
+        sync_dir(&dir)?;
+        let meta = TopicMeta {
+            name: name.clone(),
+            partitions,
+            config: topic.config.clone(),
+        };
+        let tmp = dir.join(format!("{}.tmp", metadata::FILE_NAME));
+        let file = fs::File::create(&tmp).map_err(StorageError::io("create", &tmp))?;
+        std::io::Write::write_all(&mut &file, &metadata::encode(&meta))
+            .map_err(StorageError::io("write", &tmp))?;
+        file.sync_all().map_err(StorageError::io("fsync", &tmp))?;
+        fs::rename(&tmp, dir.join(metadata::FILE_NAME))
+            .map_err(StorageError::io("replace", &tmp))?;
+        sync_dir(&dir)?;
+        let grown = Topic {
+            name: name.clone(),
+            config: topic.config.clone(),
+            partitions: logs,
+        };
+        self.write_map().insert(name.clone(), Arc::new(grown));
+        tracing::info!(topic = %name, from = current, to = partitions, "partitions added");
+        Ok(())
+    }
+
     /// Deletes a topic: unlisted at once, its writers stopped, its files removed. Blocking.
     pub fn delete(&self, name: &TopicName) -> Result<(), TopicError> {
         let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());

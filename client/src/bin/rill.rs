@@ -101,6 +101,14 @@ enum TopicCommand {
     Describe { name: String },
     /// Delete a topic and all its data.
     Delete { name: String },
+    /// Change a topic: grow its partition count (never shrink).
+    #[command(after_help = "Example:\n  rill topic alter orders --partitions 8")]
+    Alter {
+        name: String,
+        /// The new, larger partition count.
+        #[arg(long)]
+        partitions: u32,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -243,6 +251,10 @@ async fn topic(client: Client, cmd: TopicCommand) -> anyhow::Result<()> {
                     p.partition, p.log_start_offset, p.log_end_offset, p.size_bytes, p.segments
                 );
             }
+        }
+        TopicCommand::Alter { name, partitions } => {
+            admin.add_partitions(&name, partitions).await?;
+            println!("topic {name} now has {partitions} partition(s)");
         }
         TopicCommand::Delete { name } => {
             admin.delete_topic(&name).await?;

@@ -22,9 +22,9 @@ pub use groups::{
 pub use offsets::{ListOffsetsRequest, ListOffsetsResponse, OffsetSpec};
 pub use produce::{ProduceRequest, ProduceResponse};
 pub use topics::{
-    CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse,
-    DescribeTopicRequest, DescribeTopicResponse, ListTopicsRequest, ListTopicsResponse,
-    PartitionInfo, TopicSummary,
+    AddPartitionsRequest, AddPartitionsResponse, CreateTopicRequest, CreateTopicResponse,
+    DeleteTopicRequest, DeleteTopicResponse, DescribeTopicRequest, DescribeTopicResponse,
+    ListTopicsRequest, ListTopicsResponse, PartitionInfo, TopicSummary,
 };
 pub use versions::{ApiVersionRange, ApiVersionsRequest, ApiVersionsResponse};
 
@@ -89,6 +89,8 @@ mod round_trip {
             round_trip(CreateTopicRequest { name: t.clone(), partitions: n, config: config.clone() });
             round_trip(CreateTopicResponse {});
             round_trip(DeleteTopicRequest { name: t.clone() });
+            round_trip(AddPartitionsRequest { name: t.clone(), partitions: n });
+            round_trip(AddPartitionsResponse {});
             round_trip(DeleteTopicResponse {});
             round_trip(ListTopicsRequest {});
             round_trip(ListTopicsResponse { topics: vec![TopicSummary { name: t.clone(), partitions: n }] });

@@ -58,6 +58,22 @@ pub struct DescribeTopicResponse {
     pub partitions: Vec<PartitionInfo>,
 }
 
+/// Grows a topic to `partitions` partitions (never shrinks). Keyed records may map to other
+/// partitions afterwards, as in Kafka.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddPartitionsRequest {
+    pub name: TopicName,
+    pub partitions: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddPartitionsResponse {}
+
+impl Message for AddPartitionsRequest {
+    const API_KEY: ApiKey = ApiKey::AddPartitions;
+    type Response = AddPartitionsResponse;
+}
+
 impl Message for CreateTopicRequest {
     const API_KEY: ApiKey = ApiKey::CreateTopic;
     type Response = CreateTopicResponse;
