@@ -27,6 +27,16 @@ fn member_config(group: &str, topic: &str) -> ConsumerConfig {
     c
 }
 
+/// `n` members of `group` on `topic`, each with its own connection.
+async fn members(addr: &str, group: &str, topic: &str, n: usize) -> Vec<Consumer> {
+    let mut consumers = Vec::new();
+    for _ in 0..n {
+        let client = Client::connect(addr).await.unwrap();
+        consumers.push(Consumer::subscribe(client, member_config(group, topic)).unwrap());
+    }
+    consumers
+}
+
 async fn produce(addr: &str, topic: &str, from: usize, to: usize) {
     let producer = Producer::new(
         Client::connect(addr).await.unwrap(),
@@ -173,11 +183,7 @@ async fn three_members_split_six_partitions_and_two_groups_each_read_everything(
         .await
         .unwrap();
 
-    let mut consumers = Vec::new();
-    for _ in 0..3 {
-        let client = Client::connect(broker.addr()).await.unwrap();
-        consumers.push(Consumer::subscribe(client, member_config("g1", "six")).unwrap());
-    }
+    let consumers = members(broker.addr(), "g1", "six", 3).await;
     let other = Consumer::subscribe(
         Client::connect(broker.addr()).await.unwrap(),
         member_config("g2", "six"),
@@ -246,16 +252,7 @@ async fn a_joining_member_rebalances_and_a_dead_members_partitions_move() {
         .await
         .unwrap();
 
-    let mut consumers = Vec::new();
-    for _ in 0..3 {
-        consumers.push(
-            Consumer::subscribe(
-                Client::connect(broker.addr()).await.unwrap(),
-                member_config("g", "six"),
-            )
-            .unwrap(),
-        );
-    }
+    let consumers = members(broker.addr(), "g", "six", 3).await;
     let mut watches: Vec<_> = consumers.iter().map(Consumer::watch_assignment).collect();
     settle(&mut watches, balanced(&[2, 2, 2])).await;
 
@@ -632,16 +629,7 @@ async fn a_topic_gaining_partitions_rebalances_its_groups() {
         .create_topic("growing", 2, TopicConfig::default())
         .await
         .unwrap();
-    let mut consumers = Vec::new();
-    for _ in 0..2 {
-        consumers.push(
-            Consumer::subscribe(
-                Client::connect(broker.addr()).await.unwrap(),
-                member_config("grow", "growing"),
-            )
-            .unwrap(),
-        );
-    }
+    let consumers = members(broker.addr(), "grow", "growing", 2).await;
     let mut watches: Vec<_> = consumers.iter().map(Consumer::watch_assignment).collect();
     settle(&mut watches, balanced(&[1, 1])).await;
 

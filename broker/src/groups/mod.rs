@@ -154,9 +154,7 @@ impl Groups {
         now: Instant,
     ) -> Result<(), GroupError> {
         let mut slots = self.slots();
-        let slot = slots
-            .get_mut(group)
-            .ok_or_else(|| GroupError::UnknownMember(member.to_string()))?;
+        let slot = member_slot(&mut slots, group, member)?;
         slot.group.heartbeat(member, generation, now)
     }
 
@@ -168,9 +166,7 @@ impl Groups {
         now: Instant,
     ) -> Result<(), GroupError> {
         let mut slots = self.slots();
-        let slot = slots
-            .get_mut(group)
-            .ok_or_else(|| GroupError::UnknownMember(member.to_string()))?;
+        let slot = member_slot(&mut slots, group, member)?;
         slot.group.leave(member, now)?;
         if let Some(w) = slot.waiting.remove(member) {
             let _ = w.send(Err(GroupError::UnknownMember(member.to_string())));
@@ -308,6 +304,17 @@ impl Groups {
     pub fn close(&self) -> bool {
         self.offsets.close()
     }
+}
+
+/// The slot of a group that `member` claims to belong to.
+fn member_slot<'a>(
+    slots: &'a mut HashMap<String, Slot>,
+    group: &str,
+    member: &str,
+) -> Result<&'a mut Slot, GroupError> {
+    slots
+        .get_mut(group)
+        .ok_or_else(|| GroupError::UnknownMember(member.to_string()))
 }
 
 fn deliver(group: &str, slot: &mut Slot, done: Completed) {

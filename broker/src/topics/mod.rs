@@ -66,6 +66,35 @@ fn sync_dir(dir: &Path) -> Result<(), StorageError> {
         .map_err(StorageError::io("fsync directory", dir))
 }
 
+/// Opens partitions `range` of topic `name` under `dir` (recovering each).
+fn open_partitions(
+    dir: &Path,
+    name: &TopicName,
+    range: std::ops::Range<u32>,
+    config: &LogConfig,
+    clean: bool,
+) -> Result<Vec<(Arc<PartitionLog>, RecoveryReport)>, StorageError> {
+    range
+        .map(|p| {
+            let (log, report) = PartitionLog::open(
+                &dir.join(p.to_string()),
+                format!("{name}-{p}"),
+                config.clone(),
+                clean,
+            )?;
+            Ok((Arc::new(log), report))
+        })
+        .collect()
+}
+
+/// Writes `meta` to `path` and fsyncs it.
+fn write_meta(path: &Path, meta: &TopicMeta) -> Result<(), StorageError> {
+    let file = fs::File::create(path).map_err(StorageError::io("create", path))?;
+    std::io::Write::write_all(&mut &file, &metadata::encode(meta))
+        .map_err(StorageError::io("write", path))?;
+    file.sync_all().map_err(StorageError::io("fsync", path))
+}
+
 impl Topics {
     /// Opens every topic under `data_dir`, recovering each partition. Blocking.
     pub fn open(
@@ -115,16 +144,11 @@ impl Topics {
                         reason,
                     })?;
             let mut partitions = Vec::with_capacity(meta.partitions as usize);
-            for p in 0..meta.partitions {
-                let label = format!("{}-{p}", meta.name);
-                let (log, report) = PartitionLog::open(
-                    &path.join(p.to_string()),
-                    label.clone(),
-                    config.clone(),
-                    clean,
-                )?;
-                reports.push((label, report));
-                partitions.push(Arc::new(log));
+            for (log, report) in
+                open_partitions(&path, &meta.name, 0..meta.partitions, &config, clean)?
+            {
+                reports.push((log.label().to_string(), report));
+                partitions.push(log);
             }
             let topic = Topic {
                 name: meta.name.clone(),
@@ -221,16 +245,10 @@ impl Topics {
         fs::rename(&staged, &dest).map_err(StorageError::io("rename into place", &dest))?;
         sync_dir(&self.topics_dir())?;
         sync_dir(&self.root.join("staging"))?;
-        let mut logs = Vec::with_capacity(partitions as usize);
-        for p in 0..partitions {
-            let (log, _) = PartitionLog::open(
-                &dest.join(p.to_string()),
-                format!("{name}-{p}"),
-                log_config.clone(),
-                true,
-            )?;
-            logs.push(Arc::new(log));
-        }
+        let logs = open_partitions(&dest, &name, 0..partitions, &log_config, true)?
+            .into_iter()
+            .map(|(log, _)| log)
+            .collect();
         tracing::info!(topic = %name, partitions, "topic created");
         let topic = Topic {
             name: name.clone(),
@@ -259,11 +277,7 @@ impl Topics {
             partitions,
             config: config.clone(),
         };
-        let path = staged.join(metadata::FILE_NAME);
-        let file = fs::File::create(&path).map_err(StorageError::io("create", &path))?;
-        std::io::Write::write_all(&mut &file, &metadata::encode(&meta))
-            .map_err(StorageError::io("write", &path))?;
-        file.sync_all().map_err(StorageError::io("fsync", &path))?;
+        write_meta(&staged.join(metadata::FILE_NAME), &meta)?;
         sync_dir(staged)
     }
 
@@ -284,15 +298,11 @@ impl Topics {
             .map_err(TopicError::InvalidConfig)?;
         let dir = self.topics_dir().join(name.as_str());
         let mut logs = topic.partitions.clone();
-        for p in current..partitions {
-            let (log, _) = PartitionLog::open(
-                &dir.join(p.to_string()),
-                format!("{name}-{p}"),
-                log_config.clone(),
-                true,
-            )?;
-            logs.push(Arc::new(log));
-        }
+        logs.extend(
+            open_partitions(&dir, name, current..partitions, &log_config, true)?
+                .into_iter()
+                .map(|(log, _)| log),
+        );
         sync_dir(&dir)?;
         let meta = TopicMeta {
             name: name.clone(),
@@ -300,10 +310,7 @@ impl Topics {
             config: topic.config.clone(),
         };
         let tmp = dir.join(format!("{}.tmp", metadata::FILE_NAME));
-        let file = fs::File::create(&tmp).map_err(StorageError::io("create", &tmp))?;
-        std::io::Write::write_all(&mut &file, &metadata::encode(&meta))
-            .map_err(StorageError::io("write", &tmp))?;
-        file.sync_all().map_err(StorageError::io("fsync", &tmp))?;
+        write_meta(&tmp, &meta)?;
         fs::rename(&tmp, dir.join(metadata::FILE_NAME))
             .map_err(StorageError::io("replace", &tmp))?;
         sync_dir(&dir)?;
