@@ -5,8 +5,9 @@ use crate::client::Client;
 use crate::error::Error;
 use rill_protocol::TopicName;
 use rill_protocol::batch::{Batches, Record, RecordIter};
-use rill_protocol::messages::{FetchRequest, ListOffsetsRequest, OffsetSpec};
+use rill_protocol::messages::{FetchRequest, ListOffsetsRequest, OffsetSpec, ProduceRequest};
 use std::collections::VecDeque;
+use std::future::Future;
 use std::time::Duration;
 
 /// Where a reader starts.
@@ -88,6 +89,24 @@ impl Client {
             high_watermark: response.high_watermark,
             log_start_offset: response.log_start_offset,
         })
+    }
+
+    /// Writes one pre-built record batch (see `rill_protocol::batch::BatchBuilder`) to the
+    /// connection now, and returns a future of its base offset once acknowledged. Batches sent
+    /// one after another keep their order; awaiting several futures at once pipelines them.
+    /// This is the low-level path under [`crate::Producer`]; it does not retry.
+    pub async fn send_batch(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: bytes::Bytes,
+    ) -> Result<impl Future<Output = Result<u64, Error>> + use<>, Error> {
+        let request = ProduceRequest {
+            topic: topic_name(topic)?,
+            partition,
+        };
+        let response = self.enqueue(&request, batch).await?;
+        Ok(async move { response.await.map(|(r, _)| r.base_offset) })
     }
 
     /// Resolves an offset specification on the broker (`None`: no record at or after a timestamp).

@@ -1,0 +1,392 @@
+//! `rill-bench`: end-to-end throughput and latency of a Rill broker.
+//!
+//! Runs one scenario against a broker (`--broker`, or `--spawn-broker` to start `rilld` on a
+//! temporary directory), prints a progress line every second and a summary, and verifies
+//! every message it read (count and checksum) so that a fast wrong answer cannot pass.
+
+mod broker;
+mod scenarios;
+mod stats;
+
+use anyhow::{Context, ensure};
+use clap::{Parser, ValueEnum};
+use rill_client::{Admin, Client, FsyncPolicy, TopicConfig};
+use scenarios::Params;
+use stats::Percentiles;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Scenario {
+    /// Producers send batches as fast as acknowledgements allow.
+    Produce,
+    /// Produce the messages first (untimed), then time partition readers reading them all.
+    Consume,
+    /// Like consume, but the readers are members of one consumer group.
+    GroupConsume,
+    /// Producers and readers at the same time; timed until everything is read.
+    ProduceConsume,
+    /// One producer at a fixed --rate; end-to-end latency from send to receipt.
+    Latency,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rill-bench",
+    version,
+    about = "Throughput and latency benchmark for the Rill broker.",
+    after_help = "Examples:\n  rill-bench --spawn-broker produce --messages 5000000\n  rill-bench --spawn-broker --fsync interval:1000 consume --message-size 1024\n  rill-bench --spawn-broker latency --rate 10000 --duration 10"
+)]
+struct Cli {
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// Broker to benchmark.
+    #[arg(long, default_value = "127.0.0.1:7171")]
+    broker: String,
+    /// Start a rilld on a temporary directory for this run (and report its CPU and memory).
+    #[arg(long)]
+    spawn_broker: bool,
+    /// The rilld binary for --spawn-broker [default: next to rill-bench].
+    #[arg(long, value_name = "PATH")]
+    rilld: Option<PathBuf>,
+    /// Durability of the benchmark topics: always or interval:MS.
+    #[arg(long, default_value = "always")]
+    fsync: FsyncPolicy,
+    #[arg(long, default_value_t = 1)]
+    producers: usize,
+    #[arg(long, default_value_t = 1)]
+    consumers: usize,
+    #[arg(long, default_value_t = 1)]
+    topics: usize,
+    /// Partitions per topic.
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
+    /// Bytes per message (at least 16: a sequence number and a send time).
+    #[arg(long, default_value_t = 100)]
+    message_size: usize,
+    /// Messages to produce in total.
+    #[arg(long, default_value_t = 2_000_000)]
+    messages: u64,
+    /// Stop producing after this many seconds even if --messages are not all sent
+    /// (for latency: how long to run, default 10).
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<u64>,
+    /// Messages per batch.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Batches awaiting acknowledgement per producer (1 = wait for each ack before the next).
+    #[arg(long, default_value_t = 8)]
+    in_flight: usize,
+    /// Messages per second for the latency scenario.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    ensure!(
+        cli.message_size >= stats::HEADER,
+        "--message-size must be at least {}",
+        stats::HEADER
+    );
+    ensure!(
+        cli.producers > 0
+            && cli.consumers > 0
+            && cli.topics > 0
+            && cli.partitions > 0
+            && cli.batch > 0
+            && cli.in_flight > 0,
+        "counts must be at least 1"
+    );
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli))
+}
+
+struct Summary {
+    phase: &'static str,
+    messages: u64,
+    elapsed: Duration,
+    latency: Option<Percentiles>,
+    latency_kind: &'static str,
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let spawned = if cli.spawn_broker {
+        Some(broker::Spawned::start(cli.rilld.clone(), &[])?)
+    } else {
+        None
+    };
+    let addr = spawned
+        .as_ref()
+        .map_or(cli.broker.clone(), |s| s.addr.clone());
+    let client = Client::connect(&addr)
+        .await
+        .with_context(|| format!("cannot reach the broker at {addr}"))?;
+    let admin = Admin::new(client.clone());
+    let run_id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    let mut targets = Vec::new();
+    for t in 0..cli.topics {
+        let name = format!("bench-{run_id}-{t}");
+        admin
+            .create_topic(
+                &name,
+                cli.partitions,
+                TopicConfig {
+                    fsync: Some(cli.fsync),
+                    segment_bytes: None,
+                },
+            )
+            .await?;
+        targets.extend((0..cli.partitions).map(|p| (name.clone(), p)));
+    }
+    let params = Params {
+        addr: addr.clone(),
+        targets,
+        producers: cli.producers,
+        consumers: cli.consumers,
+        message_size: cli.message_size,
+        messages: cli.messages,
+        duration: cli.duration.map(Duration::from_secs),
+        batch: cli.batch,
+        in_flight: cli.in_flight,
+        rate: cli.rate,
+        start: Instant::now(),
+    };
+    let progress = Arc::new(AtomicU64::new(0));
+    let reporter = tokio::spawn(report_progress(progress.clone()));
+    let cpu_before = spawned.as_ref().and_then(|s| s.cpu_seconds());
+    let timer = Instant::now();
+    let mut summaries = Vec::new();
+    match cli.scenario {
+        Scenario::Produce => {
+            let produced = scenarios::produce(&params, progress.clone()).await?;
+            let elapsed = timer.elapsed();
+            let stored: u64 = stored(&admin, &params).await?;
+            ensure!(
+                stored == produced.messages,
+                "broker holds {stored} messages, {} were acknowledged",
+                produced.messages
+            );
+            summaries.push(Summary {
+                phase: "produce",
+                messages: produced.messages,
+                elapsed,
+                latency: stats::percentiles(produced.ack_micros),
+                latency_kind: "batch ack",
+            });
+        }
+        Scenario::Consume | Scenario::GroupConsume => {
+            let produced = scenarios::produce(&params, Arc::new(AtomicU64::new(0))).await?;
+            let cpu_before = spawned.as_ref().and_then(|s| s.cpu_seconds());
+            let timer = Instant::now();
+            let consumed = if cli.scenario == Scenario::Consume {
+                scenarios::consume(&params, produced.messages, progress.clone()).await?
+            } else {
+                scenarios::group_consume(&params, produced.messages, progress.clone()).await?
+            };
+            let elapsed = timer.elapsed();
+            scenarios::verify(produced.messages, produced.checksum, &consumed)?;
+            summaries.push(Summary {
+                phase: "consume",
+                messages: consumed.messages,
+                elapsed,
+                latency: None,
+                latency_kind: "",
+            });
+            return finish(
+                &cli,
+                spawned.as_ref(),
+                cpu_before,
+                elapsed,
+                summaries,
+                reporter,
+            );
+        }
+        Scenario::ProduceConsume => {
+            let (p, c) = (params.clone(), params.clone());
+            let progress2 = progress.clone();
+            let producing =
+                tokio::spawn(
+                    async move { scenarios::produce(&p, Arc::new(AtomicU64::new(0))).await },
+                );
+            let consumed = scenarios::consume(&c, params.messages, progress2).await?;
+            let elapsed = timer.elapsed();
+            let produced = producing.await??;
+            scenarios::verify(produced.messages, produced.checksum, &consumed)?;
+            summaries.push(Summary {
+                phase: "produce",
+                messages: produced.messages,
+                elapsed,
+                latency: stats::percentiles(produced.ack_micros),
+                latency_kind: "batch ack",
+            });
+            summaries.push(Summary {
+                phase: "consume",
+                messages: consumed.messages,
+                elapsed,
+                latency: stats::percentiles(consumed.e2e_micros),
+                latency_kind: "end to end",
+            });
+        }
+        Scenario::Latency => {
+            let (produced, consumed) = scenarios::latency(&params, progress.clone()).await?;
+            let elapsed = timer.elapsed();
+            scenarios::verify(produced.messages, produced.checksum, &consumed)?;
+            summaries.push(Summary {
+                phase: "latency",
+                messages: consumed.messages,
+                elapsed,
+                latency: stats::percentiles(consumed.e2e_micros),
+                latency_kind: "end to end",
+            });
+        }
+    }
+    finish(
+        &cli,
+        spawned.as_ref(),
+        cpu_before,
+        timer.elapsed(),
+        summaries,
+        reporter,
+    )
+}
+
+/// Messages the broker holds in the benchmark topics.
+async fn stored(admin: &Admin, params: &Params) -> anyhow::Result<u64> {
+    let mut total = 0;
+    let topics: std::collections::BTreeSet<&String> =
+        params.targets.iter().map(|(t, _)| t).collect();
+    for t in topics {
+        total += admin
+            .describe_topic(t)
+            .await?
+            .partitions
+            .iter()
+            .map(|p| p.log_end_offset)
+            .sum::<u64>();
+    }
+    Ok(total)
+}
+
+async fn report_progress(progress: Arc<AtomicU64>) {
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let terminal = std::io::stderr().is_terminal();
+    let mut last = 0;
+    loop {
+        tick.tick().await;
+        let now = progress.load(Ordering::Relaxed);
+        let line = format!(
+            "[{:>5.1}s] {:>12} msgs  {:>12.0} msg/s",
+            start.elapsed().as_secs_f64(),
+            now,
+            (now - last) as f64
+        );
+        last = now;
+        if terminal {
+            eprint!("\r{line}");
+        } else {
+            eprintln!("{line}");
+        }
+        let _ = std::io::stderr().flush();
+    }
+}
+
+fn finish(
+    cli: &Cli,
+    spawned: Option<&broker::Spawned>,
+    cpu_before: Option<f64>,
+    elapsed: Duration,
+    summaries: Vec<Summary>,
+    reporter: tokio::task::JoinHandle<()>,
+) -> anyhow::Result<()> {
+    reporter.abort();
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+    let cpu = spawned
+        .and_then(|s| Some(s.cpu_seconds()? - cpu_before?))
+        .map(|c| c / elapsed.as_secs_f64() * 100.0);
+    let rss = spawned.and_then(|s| s.peak_rss_mib());
+    let size = scenarios::payload_bytes(cli.message_size) as f64;
+    if cli.json {
+        let mut parts = vec![
+            format!("\"scenario\":\"{:?}\"", cli.scenario).to_lowercase(),
+            format!("\"fsync\":\"{}\"", cli.fsync),
+            format!("\"message_size\":{}", cli.message_size),
+            format!(
+                "\"producers\":{},\"consumers\":{},\"topics\":{},\"partitions\":{}",
+                cli.producers, cli.consumers, cli.topics, cli.partitions
+            ),
+            format!("\"batch\":{},\"in_flight\":{}", cli.batch, cli.in_flight),
+            "\"verified\":true".to_string(),
+        ];
+        for s in &summaries {
+            let secs = s.elapsed.as_secs_f64();
+            parts.push(format!("\"{p}_messages\":{},\"{p}_seconds\":{secs:.3},\"{p}_msgs_per_sec\":{:.0},\"{p}_mb_per_sec\":{:.1}", s.messages, s.messages as f64 / secs, s.messages as f64 * size / secs / 1e6, p = s.phase));
+            if let Some(l) = s.latency {
+                parts.push(format!(
+                    "\"{p}_p50_us\":{},\"{p}_p99_us\":{},\"{p}_p999_us\":{},\"{p}_max_us\":{}",
+                    l.p50.as_micros(),
+                    l.p99.as_micros(),
+                    l.p999.as_micros(),
+                    l.max.as_micros(),
+                    p = s.phase
+                ));
+            }
+        }
+        if let Some(c) = cpu {
+            parts.push(format!("\"broker_cpu_percent\":{c:.0}"));
+        }
+        if let Some(r) = rss {
+            parts.push(format!("\"broker_peak_rss_mib\":{r:.1}"));
+        }
+        println!("{{{}}}", parts.join(","));
+        return Ok(());
+    }
+    println!(
+        "scenario {:?}  fsync {}  message {} B  producers {}  consumers {}  topics {}  partitions {}  batch {}  in-flight {}",
+        cli.scenario,
+        cli.fsync,
+        cli.message_size,
+        cli.producers,
+        cli.consumers,
+        cli.topics,
+        cli.partitions,
+        cli.batch,
+        cli.in_flight
+    );
+    for s in &summaries {
+        let secs = s.elapsed.as_secs_f64();
+        println!(
+            "{:<8} {:>11} msgs in {:>7.2} s  {:>12.0} msg/s  {:>8.1} MB/s",
+            s.phase,
+            s.messages,
+            secs,
+            s.messages as f64 / secs,
+            s.messages as f64 * size / secs / 1e6
+        );
+        if let Some(l) = s.latency {
+            println!(
+                "         {} latency  p50 {:?}  p99 {:?}  p99.9 {:?}  max {:?}  ({} samples)",
+                s.latency_kind, l.p50, l.p99, l.p999, l.max, l.samples
+            );
+        }
+    }
+    if let (Some(c), Some(r)) = (cpu, rss) {
+        println!("broker   cpu {c:.0}% of one core  peak rss {r:.1} MiB");
+    }
+    println!("verified: counts and checksums match");
+    Ok(())
+}

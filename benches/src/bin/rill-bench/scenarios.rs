@@ -1,0 +1,318 @@
+//! The benchmark scenarios. Each returns what it moved and how long it took; every consuming
+//! scenario checks the count and checksum of what it read against what was produced.
+
+use crate::stats::{self, HEADER};
+use anyhow::{Context, bail, ensure};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use rill_client::{Client, Consumer, ConsumerConfig, FetchOptions, OffsetReset};
+use rill_protocol::batch::BatchBuilder;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub addr: String,
+    pub targets: Vec<(String, u32)>,
+    pub producers: usize,
+    pub consumers: usize,
+    pub message_size: usize,
+    pub messages: u64,
+    pub duration: Option<Duration>,
+    pub batch: usize,
+    pub in_flight: usize,
+    pub rate: u64,
+    pub start: Instant,
+}
+
+/// What a producer sent: messages acknowledged, their checksum, per-batch ack latencies (us).
+#[derive(Debug, Default)]
+pub struct Produced {
+    pub messages: u64,
+    pub checksum: u64,
+    pub ack_micros: Vec<u64>,
+}
+
+#[derive(Debug, Default)]
+pub struct Consumed {
+    pub messages: u64,
+    pub checksum: u64,
+    pub e2e_micros: Vec<u64>,
+}
+
+fn split<T: Clone>(items: &[T], n: usize, i: usize) -> Vec<T> {
+    items.iter().skip(i).step_by(n.max(1)).cloned().collect()
+}
+
+/// `producers` tasks, each with its own connection, sending batches of `batch` messages
+/// round-robin over its partitions with up to `in_flight` batches awaiting acknowledgement.
+pub async fn produce(p: &Params, progress: Arc<AtomicU64>) -> anyhow::Result<Produced> {
+    let mut tasks = Vec::new();
+    for i in 0..p.producers {
+        let share = p.messages / p.producers as u64
+            + u64::from((i as u64) < p.messages % p.producers as u64);
+        let targets = if p.targets.len() >= p.producers {
+            split(&p.targets, p.producers, i)
+        } else {
+            p.targets.clone()
+        };
+        let (client, p) = (Client::connect(&p.addr).await?, p.clone());
+        let progress = progress.clone();
+        tasks.push(tokio::spawn(async move {
+            produce_one(client, &p, i as u64, share, targets, progress).await
+        }));
+    }
+    let mut total = Produced::default();
+    for t in tasks {
+        let r = t.await??;
+        total.messages += r.messages;
+        total.checksum = total.checksum.wrapping_add(r.checksum);
+        total.ack_micros.extend(r.ack_micros);
+    }
+    Ok(total)
+}
+
+async fn produce_one(
+    client: Client,
+    p: &Params,
+    producer: u64,
+    share: u64,
+    targets: Vec<(String, u32)>,
+    progress: Arc<AtomicU64>,
+) -> anyhow::Result<Produced> {
+    let mut out = Produced::default();
+    let mut pending = FuturesUnordered::new();
+    let (mut next, mut target) = (0u64, 0usize);
+    let deadline = p.duration.map(|d| Instant::now() + d);
+    loop {
+        let more = next < share && deadline.is_none_or(|d| Instant::now() < d);
+        if more && pending.len() < p.in_flight {
+            let n = (p.batch as u64).min(share - next);
+            let mut b = BatchBuilder::with_capacity(n as usize * (p.message_size + 8));
+            let now = p.start.elapsed().as_nanos() as u64;
+            let mut sum = 0u64;
+            for k in 0..n {
+                let seq = producer << 40 | (next + k);
+                b.push(None, &stats::payload(seq, now, p.message_size), &[], 0);
+                sum = sum.wrapping_add(stats::mix(seq));
+            }
+            let (topic, partition) = &targets[target % targets.len()];
+            target += 1;
+            next += n;
+            let ack = client.send_batch(topic, *partition, b.finish()).await?;
+            let sent = Instant::now();
+            pending.push(async move { (ack.await, sent, n, sum) });
+            continue;
+        }
+        let Some((ack, sent, n, sum)) = pending.next().await else {
+            break;
+        };
+        ack.context("produce failed")?;
+        out.ack_micros.push(sent.elapsed().as_micros() as u64);
+        out.messages += n;
+        out.checksum = out.checksum.wrapping_add(sum);
+        progress.fetch_add(n, Ordering::Relaxed);
+    }
+    Ok(out)
+}
+
+/// `consumers` tasks reading their share of the partitions from offset 0 until `expected`
+/// messages in total have been read.
+pub async fn consume(
+    p: &Params,
+    expected: u64,
+    progress: Arc<AtomicU64>,
+) -> anyhow::Result<Consumed> {
+    let read = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..p.consumers {
+        let targets = split(&p.targets, p.consumers, i);
+        let (client, p) = (Client::connect(&p.addr).await?, p.clone());
+        let (progress, read) = (progress.clone(), read.clone());
+        tasks.push(tokio::spawn(async move {
+            consume_one(client, &p, targets, expected, read, progress).await
+        }));
+    }
+    let mut total = Consumed::default();
+    for t in tasks {
+        let r = t.await??;
+        total.messages += r.messages;
+        total.checksum = total.checksum.wrapping_add(r.checksum);
+        total.e2e_micros.extend(r.e2e_micros);
+    }
+    Ok(total)
+}
+
+async fn consume_one(
+    client: Client,
+    p: &Params,
+    targets: Vec<(String, u32)>,
+    expected: u64,
+    read: Arc<AtomicU64>,
+    progress: Arc<AtomicU64>,
+) -> anyhow::Result<Consumed> {
+    let mut out = Consumed::default();
+    if targets.is_empty() {
+        return Ok(out);
+    }
+    let options = FetchOptions {
+        max_bytes: 4 << 20,
+        min_bytes: 1,
+        max_wait: Duration::from_millis(100),
+    };
+    let mut offsets = vec![0u64; targets.len()];
+    let mut i = 0;
+    while read.load(Ordering::Relaxed) < expected {
+        let (topic, partition) = &targets[i % targets.len()];
+        let r = client
+            .fetch(topic, *partition, offsets[i % targets.len()], &options)
+            .await?;
+        offsets[i % targets.len()] = r.next_offset;
+        let now = p.start.elapsed().as_nanos() as u64;
+        for rec in &r.records {
+            let seq = stats::seq_of(&rec.value).context("short message")?;
+            out.checksum = out.checksum.wrapping_add(stats::mix(seq));
+            if let Some(sent) = stats::sent_ns_of(&rec.value) {
+                out.e2e_micros.push(now.saturating_sub(sent) / 1000);
+            }
+        }
+        let n = r.records.len() as u64;
+        out.messages += n;
+        read.fetch_add(n, Ordering::Relaxed);
+        progress.fetch_add(n, Ordering::Relaxed);
+        i += 1;
+    }
+    Ok(out)
+}
+
+/// `consumers` members of a fresh consumer group read until `expected` messages arrived.
+pub async fn group_consume(
+    p: &Params,
+    expected: u64,
+    progress: Arc<AtomicU64>,
+) -> anyhow::Result<Consumed> {
+    let group = format!("bench-{}", std::process::id());
+    let topics: Vec<String> = p
+        .targets
+        .iter()
+        .map(|(t, _)| t.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let read = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..p.consumers {
+        let mut config = ConsumerConfig::new(group.clone(), topics.clone());
+        config.auto_offset_reset = OffsetReset::Earliest;
+        config.fetch = FetchOptions {
+            max_bytes: 4 << 20,
+            min_bytes: 1,
+            max_wait: Duration::from_millis(100),
+        };
+        let mut consumer = Consumer::subscribe(Client::connect(&p.addr).await?, config)?;
+        let (progress, read) = (progress.clone(), read.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Consumed::default();
+            while read.load(Ordering::Relaxed) < expected {
+                let next = tokio::time::timeout(Duration::from_millis(200), consumer.next()).await;
+                let Ok(next) = next else { continue };
+                let rec = next.context("consumer stopped")??;
+                out.checksum = out.checksum.wrapping_add(stats::mix(
+                    stats::seq_of(&rec.value).context("short message")?,
+                ));
+                out.messages += 1;
+                read.fetch_add(1, Ordering::Relaxed);
+                progress.fetch_add(1, Ordering::Relaxed);
+            }
+            consumer.close().await?;
+            anyhow::Ok(out)
+        }));
+    }
+    let mut total = Consumed::default();
+    for t in tasks {
+        let r = t.await??;
+        total.messages += r.messages;
+        total.checksum = total.checksum.wrapping_add(r.checksum);
+    }
+    Ok(total)
+}
+
+/// One producer at a fixed rate (a batch per millisecond) and readers measuring the time from
+/// send to receipt of every message.
+pub async fn latency(p: &Params, progress: Arc<AtomicU64>) -> anyhow::Result<(Produced, Consumed)> {
+    let duration = p.duration.unwrap_or(Duration::from_secs(10));
+    let per_ms = (p.rate / 1000).max(1);
+    let total = per_ms * duration.as_millis() as u64;
+    let client = Client::connect(&p.addr).await?;
+    let producer = {
+        let (p, progress) = (p.clone(), progress.clone());
+        tokio::spawn(async move {
+            let mut out = Produced::default();
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut pending = FuturesUnordered::new();
+            let mut next = 0u64;
+            let mut target = 0usize;
+            while next < total {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let mut b = BatchBuilder::with_capacity(per_ms as usize * (p.message_size + 8));
+                        let now = p.start.elapsed().as_nanos() as u64;
+                        for k in 0..per_ms {
+                            b.push(None, &stats::payload(next + k, now, p.message_size), &[], 0);
+                            out.checksum = out.checksum.wrapping_add(stats::mix(next + k));
+                        }
+                        let (topic, partition) = &p.targets[target % p.targets.len()];
+                        target += 1;
+                        next += per_ms;
+                        let ack = client.send_batch(topic, *partition, b.finish()).await?;
+                        let sent = Instant::now();
+                        pending.push(async move { (ack.await, sent) });
+                    }
+                    Some((ack, sent)) = pending.next(), if !pending.is_empty() => {
+                        ack?;
+                        out.ack_micros.push(sent.elapsed().as_micros() as u64);
+                        out.messages += per_ms;
+                        progress.fetch_add(per_ms, Ordering::Relaxed);
+                    }
+                }
+            }
+            while let Some((ack, sent)) = pending.next().await {
+                ack?;
+                out.ack_micros.push(sent.elapsed().as_micros() as u64);
+                out.messages += per_ms;
+            }
+            anyhow::Ok(out)
+        })
+    };
+    let consumed = consume(
+        &Params {
+            consumers: p.consumers.max(1),
+            ..p.clone()
+        },
+        total,
+        Arc::new(AtomicU64::new(0)),
+    )
+    .await?;
+    let produced = producer.await??;
+    Ok((produced, consumed))
+}
+
+pub fn verify(produced: u64, produced_sum: u64, consumed: &Consumed) -> anyhow::Result<()> {
+    ensure!(
+        consumed.messages == produced,
+        "read {} messages, {} were produced",
+        consumed.messages,
+        produced
+    );
+    if consumed.checksum != produced_sum {
+        bail!("checksum mismatch: the messages read are not the messages produced");
+    }
+    Ok(())
+}
+
+/// Bytes of user payload per message (the message size, at least the 16-byte header).
+pub fn payload_bytes(message_size: usize) -> usize {
+    message_size.max(HEADER)
+}
