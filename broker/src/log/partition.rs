@@ -52,6 +52,45 @@ pub(super) struct Shared {
     pub failed: Mutex<Option<String>>,
 }
 
+impl Shared {
+    /// Marks the partition fail-stop after an fsync error; later appends are refused.
+    pub(super) fn fail_stop(&self, label: &str, e: &StorageError) {
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        if failed.is_none() {
+            tracing::error!(partition = label, error = %e, "fsync failed; the partition refuses further writes until the broker restarts");
+            *failed = Some(e.to_string());
+        }
+    }
+}
+
+/// fsyncs the active segment every `interval` until `stop` is dropped (`fsync=interval:MS`).
+fn run_syncer(
+    label: String,
+    shared: Arc<Shared>,
+    interval: std::time::Duration,
+    stop: crossbeam_channel::Receiver<()>,
+) {
+    while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop.recv_timeout(interval) {
+        let active = {
+            let view = shared.view.read().unwrap_or_else(|p| p.into_inner());
+            view.last().map(|s| (s.file.clone(), s.path.clone()))
+        };
+        if let Some((file, path)) = active
+            && let Err(e) = file.sync_data()
+        {
+            shared.fail_stop(
+                &label,
+                &StorageError::Io {
+                    op: "fsync",
+                    path,
+                    source: e,
+                },
+            );
+            return;
+        }
+    }
+}
+
 /// Acknowledgement of an append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendAck {
@@ -100,6 +139,8 @@ pub struct PartitionLog {
     shared: Arc<Shared>,
     commands: crossbeam_channel::Sender<Command>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// The interval syncer: dropping the sender stops it.
+    syncer: Mutex<Option<(crossbeam_channel::Sender<()>, JoinHandle<()>)>>,
 }
 
 impl PartitionLog {
@@ -120,6 +161,7 @@ impl PartitionLog {
         // Unbounded on purpose: `append` runs on async workers and must never block. The queue
         // is bounded in practice by max_connections x max_in_flight requests.
         let (tx, rx) = crossbeam_channel::unbounded();
+        let sync_interval = config.fsync.interval();
         let writer = Writer::new(
             label.clone(),
             dir.to_path_buf(),
@@ -132,12 +174,25 @@ impl PartitionLog {
             .name(format!("rill-writer-{label}"))
             .spawn(move || writer.run())
             .map_err(StorageError::io("spawn writer thread for", dir))?;
+        let syncer = match sync_interval {
+            None => None,
+            Some(interval) => {
+                let (stop, stopped) = crossbeam_channel::bounded(0);
+                let (l, sh) = (label.clone(), shared.clone());
+                let handle = std::thread::Builder::new()
+                    .name(format!("rill-syncer-{label}"))
+                    .spawn(move || run_syncer(l, sh, interval, stopped))
+                    .map_err(StorageError::io("spawn syncer thread for", dir))?;
+                Some((stop, handle))
+            }
+        };
         let log = PartitionLog {
             label,
             dir: dir.to_path_buf(),
             shared,
             commands: tx,
             writer: Mutex::new(Some(handle)),
+            syncer: Mutex::new(syncer),
         };
         Ok((log, recovered.report))
     }
@@ -306,6 +361,11 @@ impl PartitionLog {
             && handle.join().is_err()
         {
             tracing::error!(partition = %self.label, "writer thread panicked");
+        }
+        let syncer = self.syncer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((stop, handle)) = syncer {
+            drop(stop);
+            let _ = handle.join();
         }
     }
 

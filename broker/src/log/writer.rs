@@ -5,8 +5,9 @@
 //! (rewriting only each batch's 8-byte base offset, never copying the batch), and then:
 //! - `fsync=always`: one `fdatasync` for the whole round (group commit), then publishes the new
 //!   end to readers and acknowledges every append in the round;
-//! - `fsync=interval:MS`: publishes and acknowledges at once, and syncs once the oldest
-//!   unsynced write is MS old.
+//! - `fsync=interval:MS`: publishes and acknowledges at once; a separate syncer thread
+//!   (`PartitionLog::open`) fsyncs the active segment every MS, so a slow flush of a large
+//!   backlog never stalls appends.
 //!
 //! A failed write (a full disk, say) is rolled back by truncating to the round's start, and only
 //! the appends in it fail; the partition keeps serving. A failed fsync leaves the file's state
@@ -17,13 +18,13 @@ use super::index::{Indexer, SegmentIndex};
 use super::partition::{AppendAck, LogConfig, Shared};
 use super::recovery;
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::Receiver;
+use rill_protocol::FsyncPolicy;
 use rill_protocol::batch::BatchHeader;
 use std::fs::File;
 use std::io::{self, IoSlice, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::sync::oneshot;
 
 /// Appends handled in one round at most, bounding a round's latency.
@@ -67,8 +68,8 @@ pub(super) struct Writer {
     indexer: Indexer,
     /// Index entries for written batches not yet published to readers.
     pending: SegmentIndex,
-    /// When the oldest write not yet fsynced happened.
-    unsynced_since: Option<Instant>,
+    /// Whether this thread wrote since it last fsynced.
+    dirty: bool,
 }
 
 impl Writer {
@@ -111,7 +112,7 @@ impl Writer {
             next_offset,
             indexer,
             pending: SegmentIndex::default(),
-            unsynced_since: None,
+            dirty: false,
         })
     }
 
@@ -149,26 +150,8 @@ impl Writer {
         }
     }
 
-    /// Waits for the next command, syncing on time in interval mode while idle.
     fn next_command(&mut self) -> Option<Command> {
-        loop {
-            let deadline = self
-                .unsynced_since
-                .zip(self.config.fsync.interval())
-                .map(|(t, iv)| t + iv);
-            let Some(deadline) = deadline else {
-                return self.rx.recv().ok();
-            };
-            match self.rx.recv_deadline(deadline) {
-                Ok(cmd) => return Some(cmd),
-                Err(RecvTimeoutError::Timeout) => {
-                    if let Err(e) = self.sync() {
-                        self.fail_stop(&e);
-                    }
-                }
-                Err(RecvTimeoutError::Disconnected) => return None,
-            }
-        }
+        self.rx.recv().ok()
     }
 
     fn failed(&self) -> Option<String> {
@@ -261,12 +244,9 @@ impl Writer {
             }
             return;
         }
-        self.unsynced_since.get_or_insert_with(Instant::now);
-        let due = match self.config.fsync.interval() {
-            None => true,
-            Some(iv) => self.unsynced_since.is_some_and(|t| t.elapsed() >= iv),
-        };
-        if due && let Err(e) = self.sync() {
+        self.dirty = true;
+        let sync_now = self.config.fsync == FsyncPolicy::Always;
+        if sync_now && let Err(e) = self.sync() {
             self.fail_stop(&e);
             let why = self.failed().unwrap_or_default();
             for (reply, _) in written {
@@ -324,14 +304,13 @@ impl Writer {
     }
 
     fn sync(&mut self) -> Result<(), StorageError> {
-        if self.unsynced_since.is_none() {
+        if !self.dirty {
             return Ok(());
         }
         self.file
             .sync_data()
             .map_err(StorageError::io("fsync", &self.path))?;
-        self.unsynced_since = None;
-        // In interval mode readers already see this data; publishing again is harmless.
+        self.dirty = false;
         Ok(())
     }
 
@@ -351,7 +330,8 @@ impl Writer {
 
     /// Seals the active segment (synced, published, index written) and starts a new one.
     fn roll(&mut self) -> Result<(), StorageError> {
-        self.unsynced_since.get_or_insert_with(Instant::now);
+        // Sealed segments are always durable, whatever the policy.
+        self.dirty = true;
         if let Err(e) = self.sync() {
             self.fail_stop(&e);
             return Err(e);
@@ -383,6 +363,8 @@ impl Writer {
     }
 
     fn finish(&mut self) {
+        // In interval mode the syncer may have synced already; a final sync is cheap either way.
+        self.dirty = true;
         if let Err(e) = self.sync() {
             self.fail_stop(&e);
             return;
@@ -392,11 +374,7 @@ impl Writer {
     }
 
     fn fail_stop(&self, e: &StorageError) {
-        let mut failed = self.shared.failed.lock().unwrap_or_else(|p| p.into_inner());
-        if failed.is_none() {
-            tracing::error!(partition = %self.label, error = %e, "fsync failed; the partition refuses further writes until the broker restarts");
-            *failed = Some(e.to_string());
-        }
+        self.shared.fail_stop(&self.label, e);
     }
 }
 
