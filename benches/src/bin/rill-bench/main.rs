@@ -226,7 +226,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             summaries.push(Summary {
                 phase: "produce",
                 messages: produced.messages,
-                elapsed,
+                elapsed: produced.elapsed,
                 latency: stats::percentiles(produced.ack_micros),
                 latency_kind: "batch ack",
             });

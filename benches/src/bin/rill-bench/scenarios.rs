@@ -26,12 +26,14 @@ pub struct Params {
     pub start: Instant,
 }
 
-/// What a producer sent: messages acknowledged, their checksum, per-batch ack latencies (us).
+/// What a producer sent: messages acknowledged, their checksum, per-batch ack latencies (us),
+/// and how long producing took.
 #[derive(Debug, Default)]
 pub struct Produced {
     pub messages: u64,
     pub checksum: u64,
     pub ack_micros: Vec<u64>,
+    pub elapsed: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -63,6 +65,7 @@ pub async fn produce(p: &Params, progress: Arc<AtomicU64>) -> anyhow::Result<Pro
             produce_one(client, &p, i as u64, share, targets, progress).await
         }));
     }
+    let started = Instant::now();
     let mut total = Produced::default();
     for t in tasks {
         let r = t.await??;
@@ -70,6 +73,7 @@ pub async fn produce(p: &Params, progress: Arc<AtomicU64>) -> anyhow::Result<Pro
         total.checksum = total.checksum.wrapping_add(r.checksum);
         total.ack_micros.extend(r.ack_micros);
     }
+    total.elapsed = started.elapsed();
     Ok(total)
 }
 
