@@ -134,6 +134,21 @@ struct Open {
     partitions: u32,
 }
 
+impl Open {
+    fn new(batch_bytes: usize, linger: std::time::Duration, partitions: u32) -> Self {
+        let (ack_tx, rx) = oneshot::channel();
+        let ack = rx.map(|r| r.unwrap_or(Err(Error::Closed))).boxed().shared();
+        Open {
+            builder: BatchBuilder::with_capacity(batch_bytes.min(1 << 20)),
+            ack_tx,
+            ack,
+            deadline: Instant::now() + linger,
+            permits: None,
+            partitions,
+        }
+    }
+}
+
 enum Ready {
     Batch {
         topic: TopicName,
@@ -246,8 +261,7 @@ impl Producer {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_ref()))
             .collect();
-        let probe = BatchBuilder::with_capacity(0);
-        let size = probe.record_size(record.key.as_deref(), &record.value, &headers, timestamp);
+        let size = BatchBuilder::max_record_size(record.key.as_deref(), &record.value, &headers);
         let limit = self.record_limit().await?;
         if size > limit || size > self.inner.config.buffer_bytes {
             return Err(Error::InvalidArgument(format!(
@@ -290,18 +304,13 @@ impl Producer {
         }
         let created = !st.open.contains_key(&key);
         let linger = self.inner.config.linger;
-        let open = st.open.entry(key.clone()).or_insert_with(|| {
-            let (ack_tx, rx) = oneshot::channel();
-            let ack = rx.map(|r| r.unwrap_or(Err(Error::Closed))).boxed().shared();
-            Open {
-                builder: BatchBuilder::with_capacity(batch_bytes.min(1 << 20)),
-                ack_tx,
-                ack,
-                deadline: Instant::now() + linger,
-                permits: None,
-                partitions: count,
-            }
-        });
+        if created {
+            st.open
+                .insert(key.clone(), Open::new(batch_bytes, linger, count));
+        }
+        let Some(open) = st.open.get_mut(&key) else {
+            return Err(Error::Closed);
+        };
         let index = open.builder.count() as u32;
         open.builder
             .push(record.key.as_deref(), &record.value, &headers, timestamp);

@@ -45,6 +45,26 @@ impl BatchBuilder {
         self.buf.len()
     }
 
+    /// An upper bound on the size any record with these fields adds to any batch, computed
+    /// without a builder (the timestamp and offset deltas are counted at their widest).
+    pub fn max_record_size(key: Option<&[u8]>, value: &[u8], headers: &[(&str, &[u8])]) -> usize {
+        let key_len = key.map_or(1, |k| 5usize.saturating_add(k.len()));
+        let mut n = 1usize // attributes
+            .saturating_add(10) // timestamp delta
+            .saturating_add(5) // offset delta
+            .saturating_add(key_len)
+            .saturating_add(5)
+            .saturating_add(value.len())
+            .saturating_add(5);
+        for (k, v) in headers {
+            n = n
+                .saturating_add(10)
+                .saturating_add(k.len())
+                .saturating_add(v.len());
+        }
+        n.saturating_add(5) // the record's own length
+    }
+
     /// Size a record would add, to decide whether it still fits.
     pub fn record_size(
         &self,

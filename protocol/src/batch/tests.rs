@@ -38,6 +38,7 @@ fn build(recs: &[Rec]) -> Bytes {
             .collect();
         let before = b.size();
         let predicted = b.record_size(r.key.as_deref(), &r.value, &headers, r.ts);
+        assert!(predicted <= BatchBuilder::max_record_size(r.key.as_deref(), &r.value, &headers));
         b.push(r.key.as_deref(), &r.value, &headers, r.ts);
         assert_eq!(b.size() - before, predicted, "record_size predicts push");
     }

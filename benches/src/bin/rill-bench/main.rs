@@ -33,6 +33,12 @@ enum Scenario {
     Latency,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Api {
+    Batch,
+    Producer,
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "rill-bench",
@@ -83,6 +89,12 @@ struct Cli {
     /// Messages per second for the latency scenario.
     #[arg(long, default_value_t = 10_000)]
     rate: u64,
+    /// How producers send: pre-built batches (`batch`), or the per-record Producer API (`producer`).
+    #[arg(long, value_enum, default_value = "batch")]
+    api: Api,
+    /// With --api producer: how long a batch waits for more records, in milliseconds.
+    #[arg(long, default_value_t = 5)]
+    linger: u64,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
@@ -160,6 +172,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         batch: cli.batch,
         in_flight: cli.in_flight,
         rate: cli.rate,
+        via_producer: cli.api == Api::Producer,
+        linger: Duration::from_millis(cli.linger),
         start: Instant::now(),
     };
     let progress = Arc::new(AtomicU64::new(0));
@@ -329,7 +343,11 @@ fn finish(
                 "\"producers\":{},\"consumers\":{},\"topics\":{},\"partitions\":{}",
                 cli.producers, cli.consumers, cli.topics, cli.partitions
             ),
-            format!("\"batch\":{},\"in_flight\":{}", cli.batch, cli.in_flight),
+            format!(
+                "\"batch\":{},\"in_flight\":{},\"api\":\"{:?}\",\"linger_ms\":{}",
+                cli.batch, cli.in_flight, cli.api, cli.linger
+            )
+            .to_lowercase(),
             "\"verified\":true".to_string(),
         ];
         for s in &summaries {
@@ -356,7 +374,7 @@ fn finish(
         return Ok(());
     }
     println!(
-        "scenario {:?}  fsync {}  message {} B  producers {}  consumers {}  topics {}  partitions {}  batch {}  in-flight {}",
+        "scenario {:?}  fsync {}  message {} B  producers {}  consumers {}  topics {}  partitions {}  batch {}  in-flight {}  api {:?}",
         cli.scenario,
         cli.fsync,
         cli.message_size,
@@ -365,7 +383,8 @@ fn finish(
         cli.topics,
         cli.partitions,
         cli.batch,
-        cli.in_flight
+        cli.in_flight,
+        cli.api
     );
     for s in &summaries {
         let secs = s.elapsed.as_secs_f64();

@@ -5,7 +5,10 @@ use crate::stats::{self, HEADER};
 use anyhow::{Context, bail, ensure};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use rill_client::{Client, Consumer, ConsumerConfig, FetchOptions, OffsetReset};
+use rill_client::{
+    Client, Consumer, ConsumerConfig, FetchOptions, OffsetReset, Producer, ProducerConfig,
+    ProducerRecord,
+};
 use rill_protocol::batch::BatchBuilder;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +26,9 @@ pub struct Params {
     pub batch: usize,
     pub in_flight: usize,
     pub rate: u64,
+    /// Send through `rill_client::Producer` (per-record API with linger) instead of pre-built batches.
+    pub via_producer: bool,
+    pub linger: Duration,
     pub start: Instant,
 }
 
@@ -85,6 +91,9 @@ async fn produce_one(
     targets: Vec<(String, u32)>,
     progress: Arc<AtomicU64>,
 ) -> anyhow::Result<Produced> {
+    if p.via_producer {
+        return produce_records(client, p, producer, share, targets, progress).await;
+    }
     let mut out = Produced::default();
     let mut pending = FuturesUnordered::new();
     let (mut next, mut target) = (0u64, 0usize);
@@ -119,6 +128,63 @@ async fn produce_one(
         progress.fetch_add(n, Ordering::Relaxed);
     }
     Ok(out)
+}
+
+/// The same load through the per-record `Producer` API: it batches by `batch` messages' worth
+/// of bytes or `linger`, whichever comes first, with `in_flight` batches outstanding.
+async fn produce_records(
+    client: Client,
+    p: &Params,
+    producer: u64,
+    share: u64,
+    targets: Vec<(String, u32)>,
+    progress: Arc<AtomicU64>,
+) -> anyhow::Result<Produced> {
+    let config = ProducerConfig {
+        linger: p.linger,
+        batch_bytes: p.batch * (p.message_size + 12),
+        max_in_flight: p.in_flight,
+        ..ProducerConfig::default()
+    };
+    let sender = Producer::new(client, config);
+    let mut out = Produced::default();
+    let mut pending = FuturesUnordered::new();
+    let deadline = p.duration.map(|d| Instant::now() + d);
+    for next in 0..share {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        let seq = producer << 40 | next;
+        let (topic, partition) = &targets[next as usize / p.batch % targets.len()];
+        let value = stats::payload(seq, p.start.elapsed().as_nanos() as u64, p.message_size);
+        let delivery = sender
+            .send(ProducerRecord::new(topic.clone(), value).partition(*partition))
+            .await?;
+        pending.push(async move { (delivery.await, seq) });
+        // Settle acknowledgements as they come, keeping memory bounded.
+        while pending.len() > 4 * p.batch * p.in_flight {
+            settle(pending.next().await, &mut out, &progress)?;
+        }
+    }
+    sender.flush().await?;
+    while let Some(done) = pending.next().await {
+        settle(Some(done), &mut out, &progress)?;
+    }
+    Ok(out)
+}
+
+fn settle(
+    done: Option<(Result<rill_client::RecordMetadata, rill_client::Error>, u64)>,
+    out: &mut Produced,
+    progress: &AtomicU64,
+) -> anyhow::Result<()> {
+    if let Some((result, seq)) = done {
+        result.context("produce failed")?;
+        out.messages += 1;
+        out.checksum = out.checksum.wrapping_add(stats::mix(seq));
+        progress.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 /// `consumers` tasks reading their share of the partitions from offset 0 until `expected`
