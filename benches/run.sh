@@ -30,6 +30,7 @@ run "produce, 4 producers, 100 B, fsync=always" produce --producers 4 --messages
 run "produce, 4 producers, 100 partitions" produce --producers 4 --partitions 100 --messages 10000000
 run "produce and consume together, 100 B" produce-consume --messages 5000000
 run "end-to-end latency at 10,000 msg/s, 100 B, fsync=always" latency --rate 10000 --duration 10
+run "produce 100 B through the per-record Producer API (linger 5 ms)" produce --api producer --messages 5000000
 
 python3 - "$results" <<'PY'
 import json, sys
