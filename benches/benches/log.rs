@@ -10,6 +10,8 @@ fn config(fsync: FsyncPolicy) -> LogConfig {
         segment_bytes: 256 << 20,
         index_interval_bytes: 4096,
         fsync,
+        retention_ms: 0,
+        retention_bytes: 0,
     }
 }
 

@@ -41,6 +41,14 @@ pub struct StorageConfig {
     /// "always" (fsync before acknowledging, group-committed) or "interval:MS".
     #[serde(with = "as_string")]
     pub fsync: FsyncPolicy,
+    /// Default retention by age: delete sealed segments whose newest record is older than this
+    /// many milliseconds (0: keep forever).
+    pub retention_ms: u64,
+    /// Default retention by size: delete a partition's oldest sealed segments while it is larger
+    /// than this many bytes (0: no limit).
+    pub retention_bytes: u64,
+    /// How often retention is checked, in milliseconds.
+    pub retention_check_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -65,6 +73,9 @@ impl Default for StorageConfig {
             segment_bytes: 1 << 30,
             index_interval_bytes: 4096,
             fsync: FsyncPolicy::Always,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: 0,
+            retention_check_interval_ms: 60_000,
         }
     }
 }
@@ -123,6 +134,15 @@ pub struct Args {
     /// Default durability: "always" (fsync before ack) or "interval:MS" [default: always].
     #[arg(long, value_name = "POLICY")]
     pub fsync: Option<FsyncPolicy>,
+    /// Default retention by age in ms, 0 to keep forever [default: 604800000 = 7 days].
+    #[arg(long, value_name = "MS")]
+    pub retention_ms: Option<u64>,
+    /// Default retention by size per partition in bytes, 0 for no limit [default: 0].
+    #[arg(long, value_name = "BYTES")]
+    pub retention_bytes: Option<u64>,
+    /// How often retention is checked, in ms [default: 60000].
+    #[arg(long, value_name = "MS")]
+    pub retention_check_interval_ms: Option<u64>,
     /// Log level: trace, debug, info, warn or error [default: info]; RUST_LOG overrides it.
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -152,7 +172,14 @@ impl Config {
         macro_rules! set {
             ($($flag:ident => $field:expr),* $(,)?) => { $(if let Some(v) = args.$flag.clone() { $field = v; })* };
         }
-        set!(segment_bytes => s.segment_bytes, index_interval_bytes => s.index_interval_bytes, fsync => s.fsync);
+        set!(
+            segment_bytes => s.segment_bytes,
+            index_interval_bytes => s.index_interval_bytes,
+            fsync => s.fsync,
+            retention_ms => s.retention_ms,
+            retention_bytes => s.retention_bytes,
+            retention_check_interval_ms => s.retention_check_interval_ms,
+        );
         set!(
             listen => config.listen,
             data_dir => config.data_dir,
@@ -183,6 +210,11 @@ impl Config {
                 "max_frame_bytes must be at least 1024".into(),
             ));
         }
+        if self.storage.retention_check_interval_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "retention_check_interval_ms must be at least 1".into(),
+            ));
+        }
         if self.max_connections == 0 || self.max_in_flight == 0 {
             return Err(ConfigError::Invalid(
                 "max_connections and max_in_flight must be at least 1".into(),
@@ -196,6 +228,8 @@ impl Config {
             segment_bytes: self.storage.segment_bytes,
             index_interval_bytes: self.storage.index_interval_bytes,
             fsync: self.storage.fsync,
+            retention_ms: self.storage.retention_ms,
+            retention_bytes: self.storage.retention_bytes,
         }
     }
 

@@ -101,8 +101,10 @@ impl Broker {
             _lock,
         } = self;
         let ticker = tokio::spawn(group_timer(ctx.clone()));
+        let retention = tokio::spawn(retention_timer(ctx.clone()));
         accept_loop(&listener, &ctx).await;
         let _ = ticker.await;
+        let _ = retention.await;
         drop(listener);
         let dir = ctx.config.data_dir.clone();
         let healthy = tokio::task::spawn_blocking(move || {
@@ -134,6 +136,28 @@ async fn group_timer(ctx: Arc<Context>) {
         tokio::select! {
             now = tick.tick() => ctx.groups.tick(&ctx.topics, now),
             _ = ctx.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Applies retention every `retention_check_interval_ms` until shutdown.
+async fn retention_timer(ctx: Arc<Context>) {
+    let every = Duration::from_millis(ctx.config.storage.retention_check_interval_ms);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = ctx.shutdown.cancelled() => return,
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let c = ctx.clone();
+        if let Err(e) =
+            tokio::task::spawn_blocking(move || c.topics.enforce_retention(now_ms)).await
+        {
+            tracing::error!(error = %e, "retention task failed");
         }
     }
 }

@@ -52,6 +52,25 @@ impl Admin {
         Ok(())
     }
 
+    /// Changes a live topic's settings (every field set in `changes`); returns the result.
+    pub async fn alter_topic(
+        &self,
+        name: &str,
+        changes: TopicConfig,
+    ) -> Result<TopicConfig, Error> {
+        let request = AlterTopicRequest {
+            name: topic_name(name)?,
+            changes,
+        };
+        Ok(self
+            .client
+            .enqueue(&request, bytes::Bytes::new())
+            .await?
+            .await?
+            .0
+            .config)
+    }
+
     pub async fn delete_topic(&self, name: &str) -> Result<(), Error> {
         let request = DeleteTopicRequest {
             name: topic_name(name)?,

@@ -24,10 +24,11 @@ pub enum ApiKey {
     DeleteGroup = 15,
     ResetOffsets = 16,
     AddPartitions = 17,
+    AlterTopic = 18,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 18] = [
+    pub const ALL: [ApiKey; 19] = [
         ApiKey::ApiVersions,
         ApiKey::Produce,
         ApiKey::Fetch,
@@ -46,6 +47,7 @@ impl ApiKey {
         ApiKey::DeleteGroup,
         ApiKey::ResetOffsets,
         ApiKey::AddPartitions,
+        ApiKey::AlterTopic,
     ];
 
     pub fn from_u16(v: u16) -> Option<Self> {

@@ -28,6 +28,7 @@ pub enum Request {
     DeleteGroup(DeleteGroupRequest),
     ResetOffsets(ResetOffsetsRequest),
     AddPartitions(AddPartitionsRequest),
+    AlterTopic(AlterTopicRequest),
 }
 
 /// Why a whole frame is not a request this broker can serve. The frame boundaries are intact,
@@ -97,7 +98,8 @@ impl Request {
             DescribeGroup,
             DeleteGroup,
             ResetOffsets,
-            AddPartitions
+            AddPartitions,
+            AlterTopic
         ))
     }
 }

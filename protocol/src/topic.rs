@@ -121,6 +121,24 @@ pub struct TopicConfig {
     pub fsync: Option<FsyncPolicy>,
     /// Roll the active segment once it would grow past this many bytes.
     pub segment_bytes: Option<u64>,
+    /// Delete sealed segments whose newest record is older than this many milliseconds
+    /// (0: keep forever).
+    pub retention_ms: Option<u64>,
+    /// Delete the oldest sealed segments while a partition is larger than this many bytes
+    /// (0: no size limit).
+    pub retention_bytes: Option<u64>,
+}
+
+impl TopicConfig {
+    /// `self` with every field that `changes` sets replaced.
+    pub fn merged(&self, changes: &TopicConfig) -> TopicConfig {
+        TopicConfig {
+            fsync: changes.fsync.or(self.fsync),
+            segment_bytes: changes.segment_bytes.or(self.segment_bytes),
+            retention_ms: changes.retention_ms.or(self.retention_ms),
+            retention_bytes: changes.retention_bytes.or(self.retention_bytes),
+        }
+    }
 }
 
 #[cfg(test)]

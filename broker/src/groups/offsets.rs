@@ -82,6 +82,9 @@ impl OffsetStore {
             segment_bytes: SEGMENT_BYTES,
             index_interval_bytes: 4096,
             fsync: FsyncPolicy::Always,
+            // Compaction, not retention, bounds this log: its entries never expire.
+            retention_ms: 0,
+            retention_bytes: 0,
         };
         let (log, report) = PartitionLog::open(&dir, "__group_offsets".into(), config, clean)?;
         let mut entries = HashMap::new();

@@ -174,6 +174,7 @@ pub fn dispatch(ctx: &Arc<Context>, frame: RequestFrame) -> BoxFuture<'static, O
         Request::DeleteGroup(req) => respond(cid, plain(groups::delete(ctx, req))),
         Request::ResetOffsets(req) => respond(cid, plain(groups::reset(ctx, req))),
         Request::AddPartitions(req) => respond(cid, plain(topics::add_partitions(ctx, req))),
+        Request::AlterTopic(req) => respond(cid, plain(topics::alter(ctx, req))),
     }
 }
 

@@ -21,6 +21,14 @@ pub async fn add_partitions(
     Ok(AddPartitionsResponse {})
 }
 
+pub async fn alter(
+    ctx: Arc<Context>,
+    req: AlterTopicRequest,
+) -> Result<AlterTopicResponse, OpError> {
+    let config = blocking(move || ctx.topics.alter(&req.name, &req.changes)).await??;
+    Ok(AlterTopicResponse { config })
+}
+
 pub async fn delete(
     ctx: Arc<Context>,
     req: DeleteTopicRequest,

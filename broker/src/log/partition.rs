@@ -20,6 +20,10 @@ pub struct LogConfig {
     /// Bytes of log between two sparse index entries.
     pub index_interval_bytes: u64,
     pub fsync: FsyncPolicy,
+    /// Delete sealed segments whose newest record is older than this (0: keep forever).
+    pub retention_ms: u64,
+    /// Delete the oldest sealed segments while the partition is larger than this (0: no limit).
+    pub retention_bytes: u64,
 }
 
 impl LogConfig {
@@ -91,6 +95,33 @@ fn run_syncer(
     }
 }
 
+type Syncer = Option<(crossbeam_channel::Sender<()>, JoinHandle<()>)>;
+
+fn spawn_syncer(
+    label: &str,
+    dir: &Path,
+    shared: &Arc<Shared>,
+    interval: Option<std::time::Duration>,
+) -> Result<Syncer, StorageError> {
+    let Some(interval) = interval else {
+        return Ok(None);
+    };
+    let (stop, stopped) = crossbeam_channel::bounded(0);
+    let (l, sh) = (label.to_string(), shared.clone());
+    let handle = std::thread::Builder::new()
+        .name(format!("rill-syncer-{label}"))
+        .spawn(move || run_syncer(l, sh, interval, stopped))
+        .map_err(StorageError::io("spawn syncer thread for", dir))?;
+    Ok(Some((stop, handle)))
+}
+
+fn stop_syncer(syncer: Syncer) {
+    if let Some((stop, handle)) = syncer {
+        drop(stop);
+        let _ = handle.join();
+    }
+}
+
 /// Acknowledgement of an append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendAck {
@@ -141,6 +172,7 @@ pub struct PartitionLog {
     writer: Mutex<Option<JoinHandle<()>>>,
     /// The interval syncer: dropping the sender stops it.
     syncer: Mutex<Option<(crossbeam_channel::Sender<()>, JoinHandle<()>)>>,
+    config: Mutex<LogConfig>,
 }
 
 impl PartitionLog {
@@ -162,6 +194,7 @@ impl PartitionLog {
         // is bounded in practice by max_connections x max_in_flight requests.
         let (tx, rx) = crossbeam_channel::unbounded();
         let sync_interval = config.fsync.interval();
+        let config_copy = config.clone();
         let writer = Writer::new(
             label.clone(),
             dir.to_path_buf(),
@@ -174,18 +207,7 @@ impl PartitionLog {
             .name(format!("rill-writer-{label}"))
             .spawn(move || writer.run())
             .map_err(StorageError::io("spawn writer thread for", dir))?;
-        let syncer = match sync_interval {
-            None => None,
-            Some(interval) => {
-                let (stop, stopped) = crossbeam_channel::bounded(0);
-                let (l, sh) = (label.clone(), shared.clone());
-                let handle = std::thread::Builder::new()
-                    .name(format!("rill-syncer-{label}"))
-                    .spawn(move || run_syncer(l, sh, interval, stopped))
-                    .map_err(StorageError::io("spawn syncer thread for", dir))?;
-                Some((stop, handle))
-            }
-        };
+        let syncer = spawn_syncer(&label, dir, &shared, sync_interval)?;
         let log = PartitionLog {
             label,
             dir: dir.to_path_buf(),
@@ -193,6 +215,7 @@ impl PartitionLog {
             commands: tx,
             writer: Mutex::new(Some(handle)),
             syncer: Mutex::new(syncer),
+            config: Mutex::new(config_copy),
         };
         Ok((log, recovered.report))
     }
@@ -352,6 +375,63 @@ impl PartitionLog {
         Ok(removed.len())
     }
 
+    /// The partition's current storage settings.
+    pub fn config(&self) -> LogConfig {
+        self.config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Applies new settings to the live partition: the writer takes them before its next round,
+    /// and the interval syncer is restarted if the fsync interval changed.
+    pub fn reconfigure(&self, new: LogConfig) -> Result<(), StorageError> {
+        let mut current = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        if *current == new {
+            return Ok(());
+        }
+        let _ = self.commands.send(Command::Reconfigure(new.clone()));
+        if current.fsync.interval() != new.fsync.interval() {
+            let mut syncer = self.syncer.lock().unwrap_or_else(|p| p.into_inner());
+            stop_syncer(syncer.take());
+            *syncer = spawn_syncer(&self.label, &self.dir, &self.shared, new.fsync.interval())?;
+        }
+        *current = new;
+        Ok(())
+    }
+
+    /// Deletes the sealed segments that retention no longer keeps: those whose newest record
+    /// is older than `retention_ms` (before `now_ms`), then the oldest while the partition is
+    /// larger than `retention_bytes`. The active segment is never deleted. Blocking.
+    pub fn enforce_retention(&self, now_ms: i64) -> Result<usize, StorageError> {
+        let config = self.config();
+        let cut = {
+            let view = self.view();
+            let sealed = &view[..view.len().saturating_sub(1)];
+            let mut n = 0;
+            if config.retention_ms > 0 {
+                let oldest_kept =
+                    now_ms.saturating_sub(i64::try_from(config.retention_ms).unwrap_or(i64::MAX));
+                n = sealed
+                    .iter()
+                    .take_while(|s| s.max_timestamp < oldest_kept)
+                    .count();
+            }
+            if config.retention_bytes > 0 {
+                let mut kept: u64 = view[n..].iter().map(|s| s.size).sum();
+                while n < sealed.len() && kept > config.retention_bytes {
+                    kept -= sealed[n].size;
+                    n += 1;
+                }
+            }
+            match n.checked_sub(1) {
+                Some(last) => sealed[last].next_offset,
+                None => return Ok(0),
+            }
+        };
+        self.delete_segments_before(cut)
+    }
+
     /// Stops the writer after it has committed everything queued, fsynced and written the
     /// active segment's index. Blocking; later appends fail with `ShuttingDown`.
     pub fn close(&self) {
@@ -362,11 +442,7 @@ impl PartitionLog {
         {
             tracing::error!(partition = %self.label, "writer thread panicked");
         }
-        let syncer = self.syncer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some((stop, handle)) = syncer {
-            drop(stop);
-            let _ = handle.join();
-        }
+        stop_syncer(self.syncer.lock().unwrap_or_else(|p| p.into_inner()).take());
     }
 
     /// Whether the partition went fail-stop after an fsync error.

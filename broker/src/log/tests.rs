@@ -12,6 +12,8 @@ fn config(segment_bytes: u64) -> LogConfig {
         segment_bytes,
         index_interval_bytes: 256,
         fsync: FsyncPolicy::Always,
+        retention_ms: 0,
+        retention_bytes: 0,
     }
 }
 
@@ -313,4 +315,75 @@ fn deleting_old_segments_moves_the_log_start_and_keeps_the_rest_readable() {
     let (log, _) = open(dir.path(), config(4096), true);
     assert_eq!(log.stats().log_start_offset, start);
     assert_eq!(log.high_watermark(), 601);
+}
+
+#[test]
+fn retention_deletes_expired_and_excess_sealed_segments_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), config(4096), true);
+    // Batch t has timestamps t*100 .. t*100+2; ~90-byte batches, so ~45 per 4 KiB segment.
+    append_batches(&log, 200, 3);
+    let before = log.stats();
+    assert!(before.segments >= 4);
+    // Nothing is old or large enough under the default (keep forever).
+    assert_eq!(log.enforce_retention(i64::MAX).unwrap(), 0);
+
+    // By age: everything older than 5,000 ms before "now" = 20,000 goes: batches 0..=149.
+    log.reconfigure(LogConfig {
+        retention_ms: 5_000,
+        ..config(4096)
+    })
+    .unwrap();
+    let removed = log.enforce_retention(20_000).unwrap();
+    assert!(removed >= 1);
+    let start = log.stats().log_start_offset;
+    assert!(
+        start > 0 && start <= 450,
+        "only whole segments older than the cut go (start {start})"
+    );
+    assert_eq!(read_all(&log, start).len() as u64, 600 - start);
+
+    // By size: cut down to at most one segment besides the active one.
+    log.reconfigure(LogConfig {
+        retention_bytes: 4096,
+        ..config(4096)
+    })
+    .unwrap();
+    log.enforce_retention(20_000).unwrap();
+    let after = log.stats();
+    assert!(
+        after.segments <= 2 && after.size_bytes <= 4096 + 4096,
+        "{after:?}"
+    );
+    assert_eq!(after.high_watermark, 600);
+    // The active segment always stays, even when everything is "expired".
+    log.reconfigure(LogConfig {
+        retention_ms: 1,
+        ..config(4096)
+    })
+    .unwrap();
+    log.enforce_retention(i64::MAX).unwrap();
+    assert_eq!(log.stats().segments, 1);
+    assert_eq!(append_batches(&log, 1, 1), vec![600]);
+}
+
+#[test]
+fn reconfiguring_fsync_and_segment_size_applies_to_later_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), config(1 << 20), true);
+    append_batches(&log, 50, 3);
+    assert_eq!(log.stats().segments, 1);
+    log.reconfigure(LogConfig {
+        fsync: FsyncPolicy::Interval { ms: 10 },
+        ..config(4096)
+    })
+    .unwrap();
+    append_batches(&log, 100, 3);
+    assert!(
+        log.stats().segments > 1,
+        "the smaller segment size rolls the log"
+    );
+    log.reconfigure(config(4096)).unwrap();
+    append_batches(&log, 10, 3);
+    assert_eq!(read_all(&log, 0).len(), 480);
 }

@@ -34,6 +34,8 @@ const MAX_WRITE: usize = 500;
 
 pub(super) enum Command {
     Append(Job),
+    /// New settings, taken before the next round.
+    Reconfigure(LogConfig),
     Close,
 }
 
@@ -127,6 +129,11 @@ impl Writer {
             while let Some(c) = cmd.take() {
                 match c {
                     Command::Append(job) => jobs.push(job),
+                    Command::Reconfigure(config) => {
+                        // Settings apply from the next round: finish this one under the old ones.
+                        self.round(&mut jobs);
+                        self.config = config;
+                    }
                     Command::Close => {
                         closing = true;
                         break;

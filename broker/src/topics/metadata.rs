@@ -78,6 +78,8 @@ mod tests {
             config: TopicConfig {
                 fsync: Some(rill_protocol::FsyncPolicy::Interval { ms: 100 }),
                 segment_bytes: None,
+                retention_ms: Some(3_600_000),
+                retention_bytes: None,
             },
         };
         let bytes = encode(&meta);

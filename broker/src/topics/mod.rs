@@ -180,6 +180,10 @@ impl Topics {
                 .unwrap_or(self.defaults.segment_bytes),
             index_interval_bytes: self.defaults.index_interval_bytes,
             fsync: overrides.fsync.unwrap_or(self.defaults.fsync),
+            retention_ms: overrides.retention_ms.unwrap_or(self.defaults.retention_ms),
+            retention_bytes: overrides
+                .retention_bytes
+                .unwrap_or(self.defaults.retention_bytes),
         };
         config.validate()?;
         Ok(config)
@@ -309,11 +313,7 @@ impl Topics {
             partitions,
             config: topic.config.clone(),
         };
-        let tmp = dir.join(format!("{}.tmp", metadata::FILE_NAME));
-        write_meta(&tmp, &meta)?;
-        fs::rename(&tmp, dir.join(metadata::FILE_NAME))
-            .map_err(StorageError::io("replace", &tmp))?;
-        sync_dir(&dir)?;
+        self.replace_meta(&meta)?;
         let grown = Topic {
             name: name.clone(),
             config: topic.config.clone(),
@@ -322,6 +322,72 @@ impl Topics {
         self.write_map().insert(name.clone(), Arc::new(grown));
         tracing::info!(topic = %name, from = current, to = partitions, "partitions added");
         Ok(())
+    }
+
+    /// Changes a live topic's settings: persisted (atomic replace of topic.meta), then applied
+    /// to every partition. Returns the topic's settings after the change. Blocking.
+    pub fn alter(
+        &self,
+        name: &TopicName,
+        changes: &TopicConfig,
+    ) -> Result<TopicConfig, TopicError> {
+        let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        let topic = self.get(name)?;
+        let config = topic.config.merged(changes);
+        let log_config = self
+            .log_config(&config)
+            .map_err(TopicError::InvalidConfig)?;
+        self.replace_meta(&TopicMeta {
+            name: name.clone(),
+            partitions: topic.partitions.len() as u32,
+            config: config.clone(),
+        })?;
+        for log in &topic.partitions {
+            log.reconfigure(log_config.clone())?;
+        }
+        let altered = Topic {
+            name: name.clone(),
+            config: config.clone(),
+            partitions: topic.partitions.clone(),
+        };
+        self.write_map().insert(name.clone(), Arc::new(altered));
+        tracing::info!(topic = %name, ?config, "topic altered");
+        Ok(config)
+    }
+
+    /// Replaces a topic's metadata file atomically: temp file, fsync, rename, fsync directory.
+    fn replace_meta(&self, meta: &TopicMeta) -> Result<(), StorageError> {
+        let dir = self.topics_dir().join(meta.name.as_str());
+        let tmp = dir.join(format!("{}.tmp", metadata::FILE_NAME));
+        write_meta(&tmp, meta)?;
+        fs::rename(&tmp, dir.join(metadata::FILE_NAME))
+            .map_err(StorageError::io("replace", &tmp))?;
+        sync_dir(&dir)
+    }
+
+    /// Applies retention to every partition of every topic; returns segments deleted. Blocking.
+    pub fn enforce_retention(&self, now_ms: i64) -> usize {
+        let mut deleted = 0;
+        for topic in self.list() {
+            for log in &topic.partitions {
+                match log.enforce_retention(now_ms) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(
+                            partition = log.label(),
+                            segments = n,
+                            log_start = log.stats().log_start_offset,
+                            "retention deleted old segments"
+                        );
+                        deleted += n;
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition = log.label(), error = %e, "retention could not delete segments")
+                    }
+                }
+            }
+        }
+        deleted
     }
 
     /// Deletes a topic: unlisted at once, its writers stopped, its files removed. Blocking.

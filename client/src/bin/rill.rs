@@ -94,6 +94,12 @@ enum TopicCommand {
         /// Segment size in bytes; the broker default if unset.
         #[arg(long)]
         segment_bytes: Option<u64>,
+        /// Delete data older than this many ms (0: keep forever); the broker default if unset.
+        #[arg(long)]
+        retention_ms: Option<u64>,
+        /// Keep at most this many bytes per partition (0: no limit); the broker default if unset.
+        #[arg(long)]
+        retention_bytes: Option<u64>,
     },
     /// List topics and their partition counts.
     List,
@@ -101,13 +107,27 @@ enum TopicCommand {
     Describe { name: String },
     /// Delete a topic and all its data.
     Delete { name: String },
-    /// Change a topic: grow its partition count (never shrink).
-    #[command(after_help = "Example:\n  rill topic alter orders --partitions 8")]
+    /// Change a live topic: grow its partitions, or change retention, segment size or fsync.
+    #[command(
+        after_help = "Examples:\n  rill topic alter orders --partitions 8\n  rill topic alter orders --retention-ms 3600000 --retention-bytes 1073741824\n  rill topic alter orders --fsync interval:100"
+    )]
     Alter {
         name: String,
         /// The new, larger partition count.
         #[arg(long)]
-        partitions: u32,
+        partitions: Option<u32>,
+        /// Delete data older than this many ms (0: keep forever).
+        #[arg(long)]
+        retention_ms: Option<u64>,
+        /// Keep at most this many bytes per partition (0: no limit).
+        #[arg(long)]
+        retention_bytes: Option<u64>,
+        /// Segment size in bytes (applies to new segments).
+        #[arg(long)]
+        segment_bytes: Option<u64>,
+        /// Durability: "always" or "interval:MS".
+        #[arg(long)]
+        fsync: Option<FsyncPolicy>,
     },
 }
 
@@ -208,17 +228,16 @@ async fn topic(client: Client, cmd: TopicCommand) -> anyhow::Result<()> {
             partitions,
             fsync,
             segment_bytes,
+            retention_ms,
+            retention_bytes,
         } => {
-            admin
-                .create_topic(
-                    &name,
-                    partitions,
-                    TopicConfig {
-                        fsync,
-                        segment_bytes,
-                    },
-                )
-                .await?;
+            let config = TopicConfig {
+                fsync,
+                segment_bytes,
+                retention_ms,
+                retention_bytes,
+            };
+            admin.create_topic(&name, partitions, config).await?;
             println!("created topic {name} with {partitions} partition(s)");
         }
         TopicCommand::List => {
@@ -228,18 +247,11 @@ async fn topic(client: Client, cmd: TopicCommand) -> anyhow::Result<()> {
         }
         TopicCommand::Describe { name } => {
             let d = admin.describe_topic(&name).await?;
-            let fsync = d
-                .config
-                .fsync
-                .map_or("broker default".to_string(), |f| f.to_string());
-            let segment = d
-                .config
-                .segment_bytes
-                .map_or("broker default".to_string(), |b| b.to_string());
             println!(
-                "topic {}  partitions {}  fsync {fsync}  segment_bytes {segment}",
+                "topic {}  partitions {}  {}",
                 d.name,
-                d.partitions.len()
+                d.partitions.len(),
+                describe_config(&d.config)
             );
             println!(
                 "{:>9}  {:>14}  {:>14}  {:>14}  {:>8}",
@@ -252,9 +264,33 @@ async fn topic(client: Client, cmd: TopicCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        TopicCommand::Alter { name, partitions } => {
-            admin.add_partitions(&name, partitions).await?;
-            println!("topic {name} now has {partitions} partition(s)");
+        TopicCommand::Alter {
+            name,
+            partitions,
+            retention_ms,
+            retention_bytes,
+            segment_bytes,
+            fsync,
+        } => {
+            let changes = TopicConfig {
+                fsync,
+                segment_bytes,
+                retention_ms,
+                retention_bytes,
+            };
+            if partitions.is_none() && changes == TopicConfig::default() {
+                bail!(
+                    "nothing to change: give --partitions, --retention-ms, --retention-bytes, --segment-bytes or --fsync"
+                );
+            }
+            if let Some(n) = partitions {
+                admin.add_partitions(&name, n).await?;
+                println!("topic {name} now has {n} partition(s)");
+            }
+            if changes != TopicConfig::default() {
+                let config = admin.alter_topic(&name, changes).await?;
+                println!("topic {name} settings: {}", describe_config(&config));
+            }
         }
         TopicCommand::Delete { name } => {
             admin.delete_topic(&name).await?;
@@ -457,4 +493,18 @@ async fn group(client: Client, cmd: GroupCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A topic's own settings, "default" where it uses the broker's.
+fn describe_config(c: &TopicConfig) -> String {
+    fn show<T: std::fmt::Display>(v: &Option<T>) -> String {
+        v.as_ref().map_or("default".to_string(), |v| v.to_string())
+    }
+    format!(
+        "fsync {}  segment_bytes {}  retention_ms {}  retention_bytes {}",
+        show(&c.fsync),
+        show(&c.segment_bytes),
+        show(&c.retention_ms),
+        show(&c.retention_bytes)
+    )
 }

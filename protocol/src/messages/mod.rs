@@ -22,9 +22,10 @@ pub use groups::{
 pub use offsets::{ListOffsetsRequest, ListOffsetsResponse, OffsetSpec};
 pub use produce::{ProduceRequest, ProduceResponse};
 pub use topics::{
-    AddPartitionsRequest, AddPartitionsResponse, CreateTopicRequest, CreateTopicResponse,
-    DeleteTopicRequest, DeleteTopicResponse, DescribeTopicRequest, DescribeTopicResponse,
-    ListTopicsRequest, ListTopicsResponse, PartitionInfo, TopicSummary,
+    AddPartitionsRequest, AddPartitionsResponse, AlterTopicRequest, AlterTopicResponse,
+    CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse,
+    DescribeTopicRequest, DescribeTopicResponse, ListTopicsRequest, ListTopicsResponse,
+    PartitionInfo, TopicSummary,
 };
 pub use versions::{ApiVersionRange, ApiVersionsRequest, ApiVersionsResponse};
 
@@ -85,12 +86,14 @@ mod round_trip {
 
         #[test]
         fn topics(t in topic(), n: u32, f in fsync(), seg: Option<u64>, sizes: Vec<(u64, u64, u64)>) {
-            let config = TopicConfig { fsync: f, segment_bytes: seg };
+            let config = TopicConfig { fsync: f, segment_bytes: seg, retention_ms: seg, retention_bytes: seg.map(|s| s / 2) };
             round_trip(CreateTopicRequest { name: t.clone(), partitions: n, config: config.clone() });
             round_trip(CreateTopicResponse {});
             round_trip(DeleteTopicRequest { name: t.clone() });
             round_trip(AddPartitionsRequest { name: t.clone(), partitions: n });
             round_trip(AddPartitionsResponse {});
+            round_trip(AlterTopicRequest { name: t.clone(), changes: config.clone() });
+            round_trip(AlterTopicResponse { config: config.clone() });
             round_trip(DeleteTopicResponse {});
             round_trip(ListTopicsRequest {});
             round_trip(ListTopicsResponse { topics: vec![TopicSummary { name: t.clone(), partitions: n }] });

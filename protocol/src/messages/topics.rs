@@ -74,6 +74,24 @@ impl Message for AddPartitionsRequest {
     type Response = AddPartitionsResponse;
 }
 
+/// Changes a live topic's settings: every field of `changes` that is set replaces the topic's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlterTopicRequest {
+    pub name: TopicName,
+    pub changes: TopicConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlterTopicResponse {
+    /// The topic's settings after the change.
+    pub config: TopicConfig,
+}
+
+impl Message for AlterTopicRequest {
+    const API_KEY: ApiKey = ApiKey::AlterTopic;
+    type Response = AlterTopicResponse;
+}
+
 impl Message for CreateTopicRequest {
     const API_KEY: ApiKey = ApiKey::CreateTopic;
     type Response = CreateTopicResponse;

@@ -156,6 +156,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 TopicConfig {
                     fsync: Some(cli.fsync),
                     segment_bytes: None,
+                    ..TopicConfig::default()
                 },
             )
             .await?;
