@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 /// The address `rilld` listens on when not told otherwise, and `rill` connects to by default.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7171";
+/// Where `/metrics` and `/health` are served by default.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:7172";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -27,6 +29,10 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Default log level (trace, debug, info, warn, error); RUST_LOG overrides it.
     pub log_level: String,
+    /// Log line format: "text" or "json".
+    pub log_format: String,
+    /// Address of the HTTP endpoint serving /metrics (Prometheus) and /health, or "off".
+    pub metrics_listen: String,
     /// Storage defaults; topics may override some of them.
     pub storage: StorageConfig,
 }
@@ -62,6 +68,8 @@ impl Default for Config {
             max_connections: 1024,
             max_in_flight: 256,
             log_level: "info".into(),
+            log_format: "text".into(),
+            metrics_listen: DEFAULT_METRICS_LISTEN.into(),
             storage: StorageConfig::default(),
         }
     }
@@ -146,6 +154,12 @@ pub struct Args {
     /// Log level: trace, debug, info, warn or error [default: info]; RUST_LOG overrides it.
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// HTTP address for /metrics and /health, or "off" [default: 127.0.0.1:7172].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +201,8 @@ impl Config {
             max_connections => config.max_connections,
             max_in_flight => config.max_in_flight,
             log_level => config.log_level,
+            log_format => config.log_format,
+            metrics_listen => config.metrics_listen,
         );
         config.validate()?;
         Ok(config)
@@ -210,6 +226,13 @@ impl Config {
                 "max_frame_bytes must be at least 1024".into(),
             ));
         }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(ConfigError::Invalid(format!(
+                "log_format must be \"text\" or \"json\", got {:?}",
+                self.log_format
+            )));
+        }
+        self.metrics_addr()?;
         if self.storage.retention_check_interval_ms == 0 {
             return Err(ConfigError::Invalid(
                 "retention_check_interval_ms must be at least 1".into(),
@@ -221,6 +244,18 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The metrics endpoint's address, or `None` when it is off.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        match self.metrics_listen.as_str() {
+            "off" | "" => Ok(None),
+            addr => addr.parse().map(Some).map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "metrics_listen must be host:port or \"off\", got {addr:?}"
+                ))
+            }),
+        }
     }
 
     pub fn log_config(&self) -> LogConfig {

@@ -31,6 +31,9 @@ pub async fn serve(
 ) {
     let _ = socket.set_nodelay(true);
     tracing::info!(%peer, "connection opened");
+    let m = crate::metrics::global();
+    m.connections.inc();
+    m.connections_total.inc();
     let (mut reader, writer) = socket.into_split();
     let max_in_flight = ctx.config.max_in_flight;
     let (tx, rx) = mpsc::channel::<OutFrame>(max_in_flight);
@@ -94,6 +97,7 @@ pub async fn serve(
         writing_abort.abort();
         tracing::warn!(%peer, "peer did not read its responses within the shutdown grace period; dropped them");
     }
+    m.connections.dec();
     tracing::info!(%peer, %reason, "connection closed");
 }
 

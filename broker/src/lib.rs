@@ -7,6 +7,7 @@ pub mod connection;
 pub mod groups;
 pub mod handlers;
 pub mod log;
+pub mod metrics;
 pub mod server;
 pub mod topics;
 

@@ -2,8 +2,10 @@
 
 use clap::Parser;
 use rill_broker::config::{Args, Config};
+use rill_broker::metrics::{Health, serve_http};
 use rill_broker::server::Broker;
 use std::process::ExitCode;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -23,11 +25,14 @@ fn main() -> ExitCode {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    if config.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.with_ansi(std::io::stderr().is_terminal()).init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("rilld")
@@ -51,7 +56,22 @@ fn main() -> ExitCode {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
+    // The HTTP endpoint comes up first, so /health can answer "recovering" during recovery.
+    let health = Arc::new(Health::default());
+    let http = match config.metrics_addr()? {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
+            let bound = listener.local_addr()?;
+            println!("rilld metrics listening on {bound}");
+            tracing::info!(addr = %bound, "metrics listening");
+            Some(tokio::spawn(serve_http(listener, health.clone())))
+        }
+        None => None,
+    };
     let broker = Broker::open(config, shutdown.clone()).await?;
+    health.set_ready(broker.context());
     let addr = broker.local_addr()?;
     let data = std::fs::canonicalize(broker.data_dir())
         .unwrap_or_else(|_| broker.data_dir().to_path_buf());
@@ -59,7 +79,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     println!("rilld listening on {addr}, data in {}", data.display());
     tracing::info!(%addr, data_dir = %data.display(), "listening");
     tokio::spawn(signals(shutdown));
-    broker.serve().await
+    let served = broker.serve().await;
+    if let Some(http) = http {
+        http.abort();
+    }
+    served
 }
 
 async fn signals(shutdown: CancellationToken) {

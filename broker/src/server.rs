@@ -58,7 +58,10 @@ impl Broker {
             let (topics, mut reports) = Topics::open(&dir, log_config, clean)?;
             let (offsets, report) = OffsetStore::open(&dir, clean)?;
             reports.push(("__group_offsets".into(), report));
+            let m = crate::metrics::global();
             for (partition, report) in reports {
+                m.recovery_truncations.inc_by(report.truncated.len() as u64);
+                m.recovery_rebuilt_indexes.inc_by(report.rebuilt_indexes as u64);
                 for (file, position, bytes, reason) in &report.truncated {
                     tracing::warn!(partition, file = %file.display(), position, bytes, reason, "recovery cut data");
                 }
@@ -83,6 +86,11 @@ impl Broker {
             listener,
             _lock: lock,
         })
+    }
+
+    /// What handlers share; also what the metrics endpoint reads.
+    pub fn context(&self) -> Arc<Context> {
+        self.ctx.clone()
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {

@@ -54,6 +54,31 @@ impl ApiKey {
         Self::ALL.into_iter().find(|k| *k as u16 == v)
     }
 
+    /// The API's name in logs and metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            ApiKey::ApiVersions => "api_versions",
+            ApiKey::Produce => "produce",
+            ApiKey::Fetch => "fetch",
+            ApiKey::ListOffsets => "list_offsets",
+            ApiKey::CreateTopic => "create_topic",
+            ApiKey::DeleteTopic => "delete_topic",
+            ApiKey::ListTopics => "list_topics",
+            ApiKey::DescribeTopic => "describe_topic",
+            ApiKey::JoinGroup => "join_group",
+            ApiKey::Heartbeat => "heartbeat",
+            ApiKey::LeaveGroup => "leave_group",
+            ApiKey::CommitOffsets => "commit_offsets",
+            ApiKey::FetchOffsets => "fetch_offsets",
+            ApiKey::ListGroups => "list_groups",
+            ApiKey::DescribeGroup => "describe_group",
+            ApiKey::DeleteGroup => "delete_group",
+            ApiKey::ResetOffsets => "reset_offsets",
+            ApiKey::AddPartitions => "add_partitions",
+            ApiKey::AlterTopic => "alter_topic",
+        }
+    }
+
     /// The versions of this API this build speaks, inclusive.
     pub fn versions(self) -> (u16, u16) {
         (0, 0)

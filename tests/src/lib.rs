@@ -73,6 +73,7 @@ pub fn binaries() -> &'static Binaries {
 pub struct Broker {
     child: Option<Child>,
     addr: String,
+    metrics: String,
     data_dir: PathBuf,
     log: PathBuf,
     args: Vec<String>,
@@ -88,10 +89,16 @@ impl Broker {
             data_dir,
             "127.0.0.1:0",
             extra.iter().map(|s| s.to_string()).collect(),
+            |_| {},
         )
     }
 
-    fn start_at(data_dir: &Path, listen: &str, args: Vec<String>) -> Broker {
+    fn start_at(
+        data_dir: &Path,
+        listen: &str,
+        args: Vec<String>,
+        mut during_recovery: impl FnMut(&str),
+    ) -> Broker {
         let log = data_dir.with_extension("rilld.log");
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -103,6 +110,7 @@ impl Broker {
             .arg(listen)
             .arg("--data-dir")
             .arg(data_dir)
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .args(&args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -113,36 +121,46 @@ impl Broker {
         let stdout = child.stdout.take().expect("stdout is piped");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
+            // Forward every line (and keep draining, so rilld never blocks on a full pipe).
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let _ = tx.send(line);
             }
-            // Keep draining so rilld never blocks on a full pipe.
-            for _ in lines {}
         });
-        let line = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "rilld did not report listening; its log:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
+        let mut metrics = String::new();
+        let addr = loop {
+            let line = match rx.recv_timeout(START_TIMEOUT) {
+                Ok(line) => line,
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "rilld did not report listening; its log:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+            };
+            if let Some(m) = line.strip_prefix("rilld metrics listening on ") {
+                metrics = m.to_string();
+                during_recovery(&metrics);
+            } else if let Some(rest) = line.strip_prefix("rilld listening on ") {
+                break rest.split(',').next().unwrap_or_default().to_string();
+            } else {
+                panic!("unexpected line from rilld: {line:?}");
             }
         };
-        let addr = line
-            .strip_prefix("rilld listening on ")
-            .and_then(|rest| rest.split(',').next())
-            .unwrap_or_else(|| panic!("unexpected first line from rilld: {line:?}"))
-            .to_string();
         Broker {
             child: Some(child),
             addr,
+            metrics,
             data_dir: data_dir.to_path_buf(),
             log,
             args,
         }
+    }
+
+    /// Address of the HTTP endpoint with /metrics and /health.
+    pub fn metrics_addr(&self) -> &str {
+        &self.metrics
     }
 
     /// The address clients connect to.
@@ -184,9 +202,21 @@ impl Broker {
 
     /// Starts the broker again on the same address and data directory.
     pub fn restart(&mut self) {
+        self.restart_observing(|_| {});
+    }
+
+    /// Restarts, calling `during_recovery` with the metrics address as soon as the endpoint is
+    /// up and before the broker reports that it listens (that is, while it recovers).
+    pub fn restart_observing(&mut self, during_recovery: impl FnMut(&str)) {
         assert!(self.child.is_none(), "stop or kill the broker first");
-        let mut next = Self::start_at(&self.data_dir, &self.addr, self.args.clone());
+        let mut next = Self::start_at(
+            &self.data_dir,
+            &self.addr,
+            self.args.clone(),
+            during_recovery,
+        );
         self.child = next.child.take();
+        self.metrics = std::mem::take(&mut next.metrics);
     }
 }
 
@@ -266,4 +296,24 @@ pub fn verify_segments(data_dir: &Path) -> Vec<(PathBuf, u64)> {
         }
     }
     out
+}
+
+/// A blocking HTTP GET of `path` from `addr`: (status code, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: rill\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send request");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read response");
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw.as_str(), ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_string())
 }

@@ -142,12 +142,12 @@ fn defaults_need_no_flags() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line.trim_end(), "rilld metrics listening on 127.0.0.1:7172");
+    line.clear();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
     assert!(
         line.starts_with("rilld listening on 127.0.0.1:7171, data in "),
         "{line}"

@@ -1,8 +1,10 @@
 //! Fetch: read from an offset, long-polling on the partition's high watermark.
 
 use super::{OpError, blocking};
+use crate::metrics::{self, TopicLabel};
 use crate::server::Context;
 use bytes::Bytes;
+use rill_protocol::batch::{BatchHeader, Batches};
 use rill_protocol::messages::{FetchRequest, FetchResponse};
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,12 +47,40 @@ pub async fn handle(
             )
         };
         if read.0.len() >= min_bytes.max(1) || min_bytes == 0 || Instant::now() >= deadline {
+            count_out(&req.topic, &read.0);
             return Ok((read.1, read.0));
         }
         tokio::select! {
-            changed = watermark.changed() => if changed.is_err() { return Ok((read.1, read.0)) },
+            changed = watermark.changed() => {
+                if changed.is_err() {
+                    count_out(&req.topic, &read.0);
+                    return Ok((read.1, read.0));
+                }
+            }
             _ = tokio::time::sleep_until(deadline) => {}
-            _ = ctx.shutdown.cancelled() => return Ok((read.1, read.0)),
+            _ = ctx.shutdown.cancelled() => {
+                count_out(&req.topic, &read.0);
+                return Ok((read.1, read.0));
+            }
         }
     }
+}
+
+/// Counts the records and bytes a fetch returns (batch headers only; payloads are not read).
+fn count_out(topic: &rill_protocol::TopicName, batches: &Bytes) {
+    if batches.is_empty() {
+        return;
+    }
+    let records: u64 = Batches::new(batches.clone())
+        .filter_map(|b| BatchHeader::parse(&b).ok())
+        .map(|h| u64::from(h.records()))
+        .sum();
+    let m = metrics::global();
+    let label = TopicLabel {
+        topic: topic.to_string(),
+    };
+    m.messages_out.get_or_create(&label).inc_by(records);
+    m.bytes_out
+        .get_or_create(&label)
+        .inc_by(batches.len() as u64);
 }

@@ -13,6 +13,7 @@ mod topics;
 
 use crate::groups::coordinator::GroupError;
 use crate::log::{AppendError, ReadError};
+use crate::metrics::{self, ApiLabel, ErrorLabels};
 use crate::server::Context;
 use crate::topics::TopicError;
 use bytes::Bytes;
@@ -117,16 +118,32 @@ fn error_frame(correlation_id: u32, e: &OpError) -> OutFrame {
     encode_error_response(correlation_id, code, &e.to_string())
 }
 
-fn respond<T, F>(correlation_id: u32, handler: F) -> BoxFuture<'static, OutFrame>
+fn respond<T, F>(correlation_id: u32, api: &'static str, handler: F) -> BoxFuture<'static, OutFrame>
 where
     T: Serialize,
     F: Future<Output = Result<(T, Bytes), OpError>> + Send + 'static,
 {
+    let started = std::time::Instant::now();
     async move {
-        match handler.await {
+        let m = metrics::global();
+        let label = ApiLabel { api };
+        m.requests.get_or_create(&label).inc();
+        let frame = match handler.await {
             Ok((response, payload)) => encode_response(correlation_id, &response, payload),
-            Err(e) => error_frame(correlation_id, &e),
-        }
+            Err(e) => {
+                m.request_errors
+                    .get_or_create(&ErrorLabels {
+                        api,
+                        code: e.code().to_string(),
+                    })
+                    .inc();
+                error_frame(correlation_id, &e)
+            }
+        };
+        m.request_seconds
+            .get_or_create(&label)
+            .observe(started.elapsed().as_secs_f64());
+        frame
     }
     .boxed()
 }
@@ -141,40 +158,52 @@ async fn plain<T>(f: impl Future<Output = Result<T, OpError>>) -> Result<(T, Byt
 /// and may run concurrently with later ones.
 pub fn dispatch(ctx: &Arc<Context>, frame: RequestFrame) -> BoxFuture<'static, OutFrame> {
     let cid = frame.header.correlation_id;
+    let api = ApiKey::from_u16(frame.header.api_key).map_or("unknown", ApiKey::name);
     let request = match Request::decode(frame) {
         Ok(r) => r,
         Err(e) => return futures::future::ready(error_frame(cid, &OpError::Request(e))).boxed(),
     };
     let ctx = ctx.clone();
     match request {
-        Request::ApiVersions(_) => respond(cid, plain(async move { Ok(api_versions(&ctx)) })),
+        Request::ApiVersions(_) => respond(cid, api, plain(async move { Ok(api_versions(&ctx)) })),
         Request::Produce(req, batch) => respond(
             cid,
+            api,
             plain(produce::finish(produce::start(&ctx, req, batch))),
         ),
-        Request::Fetch(req) => respond(cid, fetch::handle(ctx, req)),
-        Request::ListOffsets(req) => respond(cid, plain(offsets::handle(ctx, req))),
-        Request::CreateTopic(req) => respond(cid, plain(topics::create(ctx, req))),
-        Request::DeleteTopic(req) => respond(cid, plain(topics::delete(ctx, req))),
-        Request::ListTopics(req) => respond(cid, plain(async move { Ok(topics::list(&ctx, req)) })),
+        Request::Fetch(req) => respond(cid, api, fetch::handle(ctx, req)),
+        Request::ListOffsets(req) => respond(cid, api, plain(offsets::handle(ctx, req))),
+        Request::CreateTopic(req) => respond(cid, api, plain(topics::create(ctx, req))),
+        Request::DeleteTopic(req) => respond(cid, api, plain(topics::delete(ctx, req))),
+        Request::ListTopics(req) => {
+            respond(cid, api, plain(async move { Ok(topics::list(&ctx, req)) }))
+        }
         Request::DescribeTopic(req) => {
-            respond(cid, plain(async move { topics::describe(&ctx, req) }))
+            respond(cid, api, plain(async move { topics::describe(&ctx, req) }))
         }
-        Request::JoinGroup(req) => respond(cid, plain(groups::join(ctx, req))),
-        Request::Heartbeat(req) => respond(cid, plain(async move { groups::heartbeat(&ctx, req) })),
-        Request::LeaveGroup(req) => respond(cid, plain(async move { groups::leave(&ctx, req) })),
-        Request::CommitOffsets(req) => respond(cid, plain(groups::commit(ctx, req))),
-        Request::FetchOffsets(req) => {
-            respond(cid, plain(async move { groups::fetch_offsets(&ctx, req) }))
+        Request::JoinGroup(req) => respond(cid, api, plain(groups::join(ctx, req))),
+        Request::Heartbeat(req) => {
+            respond(cid, api, plain(async move { groups::heartbeat(&ctx, req) }))
         }
-        Request::ListGroups(req) => respond(cid, plain(async move { Ok(groups::list(&ctx, req)) })),
+        Request::LeaveGroup(req) => {
+            respond(cid, api, plain(async move { groups::leave(&ctx, req) }))
+        }
+        Request::CommitOffsets(req) => respond(cid, api, plain(groups::commit(ctx, req))),
+        Request::FetchOffsets(req) => respond(
+            cid,
+            api,
+            plain(async move { groups::fetch_offsets(&ctx, req) }),
+        ),
+        Request::ListGroups(req) => {
+            respond(cid, api, plain(async move { Ok(groups::list(&ctx, req)) }))
+        }
         Request::DescribeGroup(req) => {
-            respond(cid, plain(async move { groups::describe(&ctx, req) }))
+            respond(cid, api, plain(async move { groups::describe(&ctx, req) }))
         }
-        Request::DeleteGroup(req) => respond(cid, plain(groups::delete(ctx, req))),
-        Request::ResetOffsets(req) => respond(cid, plain(groups::reset(ctx, req))),
-        Request::AddPartitions(req) => respond(cid, plain(topics::add_partitions(ctx, req))),
-        Request::AlterTopic(req) => respond(cid, plain(topics::alter(ctx, req))),
+        Request::DeleteGroup(req) => respond(cid, api, plain(groups::delete(ctx, req))),
+        Request::ResetOffsets(req) => respond(cid, api, plain(groups::reset(ctx, req))),
+        Request::AddPartitions(req) => respond(cid, api, plain(topics::add_partitions(ctx, req))),
+        Request::AlterTopic(req) => respond(cid, api, plain(topics::alter(ctx, req))),
     }
 }
 

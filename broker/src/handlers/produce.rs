@@ -2,19 +2,43 @@
 
 use super::OpError;
 use crate::log::PendingAppend;
+use crate::metrics::{self, TopicLabel};
 use crate::server::Context;
 use bytes::Bytes;
 use rill_protocol::messages::{ProduceRequest, ProduceResponse};
 
-/// Runs in the connection's read loop, so batches from one connection are queued in the order
-/// they arrived even though their acknowledgements are awaited concurrently.
-pub fn start(ctx: &Context, req: ProduceRequest, batch: Bytes) -> Result<PendingAppend, OpError> {
-    let log = ctx.topics.partition(&req.topic, req.partition)?;
-    Ok(log.append(batch)?)
+/// A queued append and what to count once it is acknowledged.
+#[derive(Debug)]
+pub struct Pending {
+    append: PendingAppend,
+    topic: String,
+    bytes: u64,
 }
 
-pub async fn finish(pending: Result<PendingAppend, OpError>) -> Result<ProduceResponse, OpError> {
-    let ack = pending?.wait().await?;
+/// Runs in the connection's read loop, so batches from one connection are queued in the order
+/// they arrived even though their acknowledgements are awaited concurrently.
+pub fn start(ctx: &Context, req: ProduceRequest, batch: Bytes) -> Result<Pending, OpError> {
+    let log = ctx.topics.partition(&req.topic, req.partition)?;
+    let bytes = batch.len() as u64;
+    Ok(Pending {
+        append: log.append(batch)?,
+        topic: req.topic.to_string(),
+        bytes,
+    })
+}
+
+pub async fn finish(pending: Result<Pending, OpError>) -> Result<ProduceResponse, OpError> {
+    let Pending {
+        append,
+        topic,
+        bytes,
+    } = pending?;
+    let records = append.records();
+    let ack = append.wait().await?;
+    let m = metrics::global();
+    let label = TopicLabel { topic };
+    m.messages_in.get_or_create(&label).inc_by(records);
+    m.bytes_in.get_or_create(&label).inc_by(bytes);
     Ok(ProduceResponse {
         base_offset: ack.base_offset,
         log_end_offset: ack.log_end_offset,

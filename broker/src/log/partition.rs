@@ -79,9 +79,10 @@ fn run_syncer(
             let view = shared.view.read().unwrap_or_else(|p| p.into_inner());
             view.last().map(|s| (s.file.clone(), s.path.clone()))
         };
-        if let Some((file, path)) = active
-            && let Err(e) = file.sync_data()
-        {
+        let started = std::time::Instant::now();
+        let result = active.as_ref().map(|(file, _)| file.sync_data());
+        crate::metrics::global().fsync(started.elapsed());
+        if let (Some((_, path)), Some(Err(e))) = (active, result) {
             shared.fail_stop(
                 &label,
                 &StorageError::Io {
@@ -131,16 +132,24 @@ pub struct AppendAck {
 
 /// An append that has been queued in order and will be answered once committed.
 #[derive(Debug)]
-pub struct PendingAppend(oneshot::Receiver<Result<AppendAck, AppendError>>);
+pub struct PendingAppend {
+    reply: oneshot::Receiver<Result<AppendAck, AppendError>>,
+    records: u64,
+}
 
 impl PendingAppend {
+    /// Records in the batch.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
     pub async fn wait(self) -> Result<AppendAck, AppendError> {
-        self.0.await.unwrap_or(Err(AppendError::ShuttingDown))
+        self.reply.await.unwrap_or(Err(AppendError::ShuttingDown))
     }
 
     /// Blocking wait, for callers outside an async runtime.
     pub fn wait_blocking(self) -> Result<AppendAck, AppendError> {
-        self.0
+        self.reply
             .blocking_recv()
             .unwrap_or(Err(AppendError::ShuttingDown))
     }
@@ -232,6 +241,7 @@ impl PartitionLog {
     /// the order this is called. Never blocks.
     pub fn append(&self, batch: Bytes) -> Result<PendingAppend, AppendError> {
         let header = batch::validate(&batch).map_err(AppendError::InvalidBatch)?;
+        let records = header.records();
         if let Some(why) = self
             .shared
             .failed
@@ -249,7 +259,10 @@ impl PartitionLog {
                 reply,
             }))
             .map_err(|_| AppendError::ShuttingDown)?;
-        Ok(PendingAppend(rx))
+        Ok(PendingAppend {
+            reply: rx,
+            records: u64::from(records),
+        })
     }
 
     pub fn high_watermark(&self) -> u64 {

@@ -314,9 +314,11 @@ impl Writer {
         if !self.dirty {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         self.file
             .sync_data()
             .map_err(StorageError::io("fsync", &self.path))?;
+        crate::metrics::global().fsync(started.elapsed());
         self.dirty = false;
         Ok(())
     }

@@ -24,6 +24,8 @@ impl Spawned {
             .args([
                 "--listen",
                 "127.0.0.1:0",
+                "--metrics-listen",
+                "off",
                 "--log-level",
                 "warn",
                 "--data-dir",

@@ -1,0 +1,345 @@
+//! What the broker counts, and the HTTP endpoint (`/metrics`, `/health`) that exposes it.
+//!
+//! Counters and histograms are updated where events happen (a produce acknowledged, a fetch
+//! answered, a request finished, an fsync done); partition and group gauges are computed from
+//! the live state when Prometheus scrapes, so they are never stale and cost nothing between
+//! scrapes. Formatting is `prometheus-client`'s text encoder. The HTTP side answers two GET
+//! paths and nothing else; it starts before recovery so `/health` can say "recovering".
+
+use crate::server::Context;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, OnceLock};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabel {
+    pub topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabel {
+    pub api: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub api: &'static str,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub topic: String,
+    pub partition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    pub group: String,
+    pub topic: String,
+    pub partition: String,
+}
+
+type U64Gauge = Gauge<u64, AtomicU64>;
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~100 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 21))
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub messages_in: Family<TopicLabel, Counter>,
+    pub bytes_in: Family<TopicLabel, Counter>,
+    pub messages_out: Family<TopicLabel, Counter>,
+    pub bytes_out: Family<TopicLabel, Counter>,
+    pub requests: Family<ApiLabel, Counter>,
+    pub request_errors: Family<ErrorLabels, Counter>,
+    pub request_seconds: Family<ApiLabel, Histogram, fn() -> Histogram>,
+    pub connections: Gauge,
+    pub connections_total: Counter,
+    pub fsyncs: Counter,
+    pub fsync_seconds: Histogram,
+    pub recovery_truncations: Counter,
+    pub recovery_rebuilt_indexes: Counter,
+    partition_end: Family<PartitionLabels, U64Gauge>,
+    partition_start: Family<PartitionLabels, U64Gauge>,
+    partition_bytes: Family<PartitionLabels, U64Gauge>,
+    group_committed: Family<GroupLabels, U64Gauge>,
+    group_lag: Family<GroupLabels, U64Gauge>,
+    disk_bytes: U64Gauge,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The broker's metrics (one set per process).
+pub fn global() -> &'static Metrics {
+    &METRICS
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut r = Registry::with_prefix("rill");
+        let m = Metrics {
+            messages_in: Family::default(),
+            bytes_in: Family::default(),
+            messages_out: Family::default(),
+            bytes_out: Family::default(),
+            requests: Family::default(),
+            request_errors: Family::default(),
+            request_seconds: Family::new_with_constructor(latency_histogram),
+            connections: Gauge::default(),
+            connections_total: Counter::default(),
+            fsyncs: Counter::default(),
+            fsync_seconds: latency_histogram(),
+            recovery_truncations: Counter::default(),
+            recovery_rebuilt_indexes: Counter::default(),
+            partition_end: Family::default(),
+            partition_start: Family::default(),
+            partition_bytes: Family::default(),
+            group_committed: Family::default(),
+            group_lag: Family::default(),
+            disk_bytes: U64Gauge::default(),
+            registry: Registry::default(),
+        };
+        r.register(
+            "messages_in",
+            "Records appended (acknowledged produce requests)",
+            m.messages_in.clone(),
+        );
+        r.register(
+            "bytes_in",
+            "Record-batch bytes appended",
+            m.bytes_in.clone(),
+        );
+        r.register(
+            "messages_out",
+            "Records returned by fetches",
+            m.messages_out.clone(),
+        );
+        r.register(
+            "bytes_out",
+            "Record-batch bytes returned by fetches",
+            m.bytes_out.clone(),
+        );
+        r.register("requests", "Requests handled, by API", m.requests.clone());
+        r.register(
+            "request_errors",
+            "Requests answered with an error, by API and code",
+            m.request_errors.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Time from reading a request to its response, by API",
+            m.request_seconds.clone(),
+        );
+        r.register(
+            "connections",
+            "Open client connections",
+            m.connections.clone(),
+        );
+        r.register(
+            "connections_opened",
+            "Client connections accepted",
+            m.connections_total.clone(),
+        );
+        r.register(
+            "fsyncs",
+            "fdatasync calls on partition logs",
+            m.fsyncs.clone(),
+        );
+        r.register(
+            "fsync_duration_seconds",
+            "Duration of fdatasync calls",
+            m.fsync_seconds.clone(),
+        );
+        r.register(
+            "recovery_truncations",
+            "Torn or corrupt log tails cut at start-up",
+            m.recovery_truncations.clone(),
+        );
+        r.register(
+            "recovery_rebuilt_indexes",
+            "Segment indexes rebuilt at start-up",
+            m.recovery_rebuilt_indexes.clone(),
+        );
+        r.register(
+            "partition_log_end_offset",
+            "High watermark of each partition",
+            m.partition_end.clone(),
+        );
+        r.register(
+            "partition_log_start_offset",
+            "First offset still stored in each partition",
+            m.partition_start.clone(),
+        );
+        r.register(
+            "partition_size_bytes",
+            "Bytes stored for each partition",
+            m.partition_bytes.clone(),
+        );
+        r.register(
+            "group_committed_offset",
+            "Committed offset of each group and partition",
+            m.group_committed.clone(),
+        );
+        r.register(
+            "group_lag",
+            "Records not yet committed, per group and partition",
+            m.group_lag.clone(),
+        );
+        r.register(
+            "disk_used_bytes",
+            "Bytes of partition logs on disk",
+            m.disk_bytes.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
+
+    pub fn fsync(&self, took: Duration) {
+        self.fsyncs.inc();
+        self.fsync_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Refreshes the state-derived gauges, then renders everything as Prometheus text.
+    pub fn render(&self, ctx: Option<&Context>) -> String {
+        if let Some(ctx) = ctx {
+            self.refresh(ctx);
+        }
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+
+    fn refresh(&self, ctx: &Context) {
+        // Cleared first, so deleted topics and groups disappear from the output.
+        for f in [
+            &self.partition_end,
+            &self.partition_start,
+            &self.partition_bytes,
+        ] {
+            f.clear();
+        }
+        for f in [&self.group_committed, &self.group_lag] {
+            f.clear();
+        }
+        let mut disk = 0;
+        for topic in ctx.topics.list() {
+            for (p, log) in topic.partitions.iter().enumerate() {
+                let s = log.stats();
+                let labels = PartitionLabels {
+                    topic: topic.name.to_string(),
+                    partition: p.to_string(),
+                };
+                self.partition_end
+                    .get_or_create(&labels)
+                    .set(s.high_watermark);
+                self.partition_start
+                    .get_or_create(&labels)
+                    .set(s.log_start_offset);
+                self.partition_bytes
+                    .get_or_create(&labels)
+                    .set(s.size_bytes);
+                disk += s.size_bytes;
+            }
+        }
+        self.disk_bytes.set(disk + ctx.groups.offsets().log_size());
+        for g in ctx.groups.list() {
+            for (tp, committed) in ctx.groups.offsets().of_group(&g.group) {
+                let end = ctx
+                    .topics
+                    .partition(&tp.topic, tp.partition)
+                    .map(|l| l.high_watermark())
+                    .unwrap_or(committed);
+                let labels = GroupLabels {
+                    group: g.group.clone(),
+                    topic: tp.topic.to_string(),
+                    partition: tp.partition.to_string(),
+                };
+                self.group_committed.get_or_create(&labels).set(committed);
+                self.group_lag
+                    .get_or_create(&labels)
+                    .set(end.saturating_sub(committed));
+            }
+        }
+    }
+}
+
+/// What the HTTP endpoint serves: readiness, and the broker once it is open.
+#[derive(Debug, Default)]
+pub struct Health {
+    ready: AtomicBool,
+    ctx: OnceLock<Arc<Context>>,
+}
+
+impl Health {
+    /// Recovery is done and the broker accepts clients.
+    pub fn set_ready(&self, ctx: Arc<Context>) {
+        let _ = self.ctx.set(ctx);
+        self.ready.store(true, Ordering::Release);
+    }
+}
+
+/// Serves `/metrics` and `/health` until the task is dropped.
+pub async fn serve_http(listener: TcpListener, health: Arc<Health>) {
+    let slots = Arc::new(Semaphore::new(64));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok((socket, _)) = listener.accept().await else {
+            continue;
+        };
+        let health = health.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(10), answer(socket, &health)).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn answer(mut socket: TcpStream, health: &Health) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+        if socket.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+    }
+    let line =
+        String::from_utf8_lossy(buf.split(|b| *b == b'\n').next().unwrap_or_default()).into_owned();
+    let mut words = line.split_whitespace();
+    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let ready = health.ready.load(Ordering::Acquire);
+    let (status, body) = match (method, path) {
+        ("GET", "/health") if ready => ("200 OK", "ok\n".to_string()),
+        ("GET", "/health") => ("503 Service Unavailable", "recovering\n".to_string()),
+        ("GET", "/metrics") => (
+            "200 OK",
+            global().render(health.ctx.get().map(|c| c.as_ref())),
+        ),
+        ("GET", _) => (
+            "404 Not Found",
+            "not found: try /metrics or /health\n".to_string(),
+        ),
+        _ => ("405 Method Not Allowed", "only GET\n".to_string()),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    socket.write_all(head.as_bytes()).await?;
+    socket.write_all(body.as_bytes()).await?;
+    socket.shutdown().await
+}
