@@ -170,3 +170,116 @@ fn defaults_need_no_flags() {
             .exists()
     );
 }
+
+#[test]
+fn consume_formats_produce_from_a_file_and_json_output_for_scripts() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &[]);
+    let b = Some(broker.addr());
+    stdout(&rill(
+        b,
+        &[
+            "topic",
+            "create",
+            "fmt",
+            "--partitions",
+            "1",
+            "--retention-ms",
+            "3600000",
+        ],
+        "",
+    ));
+    let file = dir.path().join("input.txt");
+    std::fs::write(&file, "alpha:1\nbeta:\"quoted\"\n").unwrap();
+    stdout(&rill(
+        b,
+        &[
+            "produce",
+            "fmt",
+            "--key-separator",
+            ":",
+            "--file",
+            file.to_str().unwrap(),
+        ],
+        "",
+    ));
+    // One record with headers, through the library.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = rill_client::Client::connect(broker.addr()).await.unwrap();
+        let producer = rill_client::Producer::new(client, rill_client::ProducerConfig::default());
+        let record = rill_client::ProducerRecord::new("fmt", "with headers")
+            .key("gamma")
+            .header("trace-id", "abc")
+            .timestamp(1_700_000_000_000);
+        let delivery = producer.send(record).await.unwrap();
+        producer.flush().await.unwrap();
+        delivery.await.unwrap();
+    });
+
+    let kv = stdout(&rill(
+        b,
+        &[
+            "consume",
+            "fmt",
+            "--from-beginning",
+            "--count",
+            "2",
+            "--format",
+            "key-value",
+        ],
+        "",
+    ));
+    assert_eq!(kv, "alpha=1\nbeta=\"quoted\"\n");
+
+    let json = stdout(&rill(
+        b,
+        &[
+            "consume",
+            "fmt",
+            "--from-beginning",
+            "--count",
+            "3",
+            "--format",
+            "json",
+        ],
+        "",
+    ));
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for (i, line) in lines.iter().enumerate() {
+        for field in [
+            "topic",
+            "partition",
+            "offset",
+            "key",
+            "value",
+            "headers",
+            "timestamp",
+        ] {
+            assert!(line.get(field).is_some(), "line {i} lacks {field}: {line}");
+        }
+        assert_eq!(line["topic"], "fmt");
+        assert_eq!(line["partition"], 0);
+        assert_eq!(line["offset"], i as u64);
+    }
+    assert_eq!(lines[1]["value"], "\"quoted\"", "quotes survive as data");
+    assert_eq!(lines[2]["key"], "gamma");
+    assert_eq!(lines[2]["headers"]["trace-id"], "abc");
+    assert_eq!(lines[2]["timestamp"], 1_700_000_000_000i64);
+
+    let described: serde_json::Value = serde_json::from_str(&stdout(&rill(
+        b,
+        &["--json", "topic", "describe", "fmt"],
+        "",
+    )))
+    .unwrap();
+    assert_eq!(described["partitions"][0]["log_end_offset"], 3);
+    assert_eq!(described["config"]["retention_ms"], 3_600_000);
+    let listed: serde_json::Value =
+        serde_json::from_str(&stdout(&rill(b, &["topic", "list", "--json"], ""))).unwrap();
+    assert_eq!(listed[0]["name"], "fmt");
+}

@@ -8,7 +8,7 @@ use rill_client::{
     Admin, AssignmentStrategy, Client, Consumer, ConsumerConfig, FsyncPolicy, OffsetReset,
     PartitionReader, Producer, ProducerConfig, ProducerRecord, ResetTo, StartOffset, TopicConfig,
 };
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -25,6 +25,9 @@ struct Cli {
     /// Broker address (host:port); also read from RILL_BROKER.
     #[arg(long, global = true, env = "RILL_BROKER", default_value = DEFAULT_BROKER)]
     broker: String,
+    /// Print list and describe results as JSON (for scripts) instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -47,6 +50,62 @@ enum Command {
     /// List, describe, reset and delete consumer groups.
     #[command(subcommand)]
     Group(GroupCommand),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Plain,
+    KeyValue,
+    Json,
+}
+
+/// One record to print, wherever it came from.
+struct Printable<'a> {
+    topic: &'a str,
+    partition: u32,
+    offset: u64,
+    timestamp: i64,
+    key: Option<&'a [u8]>,
+    value: &'a [u8],
+    headers: &'a [rill_client::Header],
+}
+
+/// Writes one record in the chosen format.
+fn print_record(out: &mut impl Write, format: Format, r: Printable<'_>) -> std::io::Result<()> {
+    match format {
+        Format::Plain => out.write_all(r.value)?,
+        Format::KeyValue => {
+            out.write_all(r.key.unwrap_or_default())?;
+            out.write_all(b"=")?;
+            out.write_all(r.value)?;
+        }
+        Format::Json => {
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            let headers: serde_json::Map<String, serde_json::Value> = r
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.key.clone(),
+                        h.value
+                            .as_deref()
+                            .map_or(serde_json::Value::Null, |v| text(v).into()),
+                    )
+                })
+                .collect();
+            let line = serde_json::json!({
+                "topic": r.topic,
+                "partition": r.partition,
+                "offset": r.offset,
+                "timestamp": r.timestamp,
+                "key": r.key.map(text),
+                "value": text(r.value),
+                "headers": headers,
+            });
+            serde_json::to_writer(&mut *out, &line)?;
+        }
+    }
+    out.write_all(b"\n")
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,6 +193,9 @@ enum TopicCommand {
 #[derive(Debug, Args)]
 struct ProduceArgs {
     topic: String,
+    /// Read records from this file (one per line) instead of standard input.
+    #[arg(long, value_name = "PATH")]
+    file: Option<std::path::PathBuf>,
     /// Use this key for every record.
     #[arg(long, conflicts_with = "key_separator")]
     key: Option<String>,
@@ -167,6 +229,10 @@ struct ConsumeArgs {
     /// (e.g. 500ms, 3s, 1m).
     #[arg(long, requires = "group", value_parser = parse_duration, value_name = "DURATION")]
     idle_exit: Option<Duration>,
+    /// Output: plain (value per line), key-value (key=value per line), or json (one object per
+    /// line with topic, partition, offset, timestamp, key, value and headers).
+    #[arg(long, value_enum, default_value = "plain")]
+    format: Format,
     /// With --group: how partitions are divided among members.
     #[arg(long, requires = "group", default_value = "sticky")]
     strategy: AssignmentStrategy,
@@ -212,15 +278,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot reach the broker at {}", cli.broker))?;
     match cli.command {
-        Command::Topic(cmd) => topic(client, cmd).await,
+        Command::Topic(cmd) => topic(client, cmd, cli.json).await,
         Command::Produce(args) => produce(client, args).await,
         Command::Consume(args) if args.group.is_some() => consume_group(client, args).await,
         Command::Consume(args) => consume(client, args).await,
-        Command::Group(cmd) => group(client, cmd).await,
+        Command::Group(cmd) => group(client, cmd, cli.json).await,
     }
 }
 
-async fn topic(client: Client, cmd: TopicCommand) -> anyhow::Result<()> {
+async fn topic(client: Client, cmd: TopicCommand, json: bool) -> anyhow::Result<()> {
     let admin = Admin::new(client);
     match cmd {
         TopicCommand::Create {
@@ -240,6 +306,13 @@ async fn topic(client: Client, cmd: TopicCommand) -> anyhow::Result<()> {
             admin.create_topic(&name, partitions, config).await?;
             println!("created topic {name} with {partitions} partition(s)");
         }
+        TopicCommand::List if json => {
+            println!("{}", serde_json::to_string(&admin.list_topics().await?)?)
+        }
+        TopicCommand::Describe { name } if json => println!(
+            "{}",
+            serde_json::to_string(&admin.describe_topic(&name).await?)?
+        ),
         TopicCommand::List => {
             for t in admin.list_topics().await? {
                 println!("{}\t{}", t.name, t.partitions);
@@ -304,13 +377,24 @@ async fn produce(client: Client, args: ProduceArgs) -> anyhow::Result<()> {
     let producer = Producer::new(client, ProducerConfig::default());
     // Read stdin on a blocking thread; lines arrive through a bounded channel.
     let (tx, mut rx) = mpsc::channel::<std::io::Result<String>>(1024);
+    let input: Box<dyn BufRead + Send> = match &args.file {
+        Some(path) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufReader::new(std::io::stdin())),
+    };
     std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
+        for line in input.lines() {
             if tx.blocking_send(line).is_err() {
                 break;
             }
         }
     });
+    // On a terminal, a progress line every second during long runs.
+    let progress = std::io::stderr()
+        .is_terminal()
+        .then(std::time::Instant::now);
+    let mut last_report = std::time::Instant::now();
     let mut deliveries = Vec::new();
     let mut sent = 0u64;
     while let Some(line) = rx.recv().await {
@@ -332,12 +416,23 @@ async fn produce(client: Client, args: ProduceArgs) -> anyhow::Result<()> {
         }
         deliveries.push(producer.send(record).await?);
         sent += 1;
+        if progress.is_some() && last_report.elapsed() >= Duration::from_secs(1) {
+            last_report = std::time::Instant::now();
+            eprint!("\rproduced {sent} record(s)...");
+        }
     }
     producer.flush().await?;
     for d in deliveries {
         d.await?;
     }
-    eprintln!("produced {sent} record(s) to {}", args.topic);
+    let took = progress
+        .map(|t| format!(" in {:.1} s", t.elapsed().as_secs_f64()))
+        .unwrap_or_default();
+    eprintln!(
+        "{}produced {sent} record(s) to {}{took}",
+        if progress.is_some() { "\r" } else { "" },
+        args.topic
+    );
     Ok(())
 }
 
@@ -364,7 +459,7 @@ async fn consume(client: Client, args: ConsumeArgs) -> anyhow::Result<()> {
             loop {
                 let batch = reader.poll().await;
                 let failed = batch.is_err();
-                if tx.send(batch).await.is_err() || failed {
+                if tx.send((p, batch)).await.is_err() || failed {
                     return;
                 }
             }
@@ -375,7 +470,7 @@ async fn consume(client: Client, args: ConsumeArgs) -> anyhow::Result<()> {
     let mut printed = 0u64;
     let stdout = std::io::stdout();
     while printed < limit {
-        let Some(records) = rx.recv().await else {
+        let Some((partition, records)) = rx.recv().await else {
             break;
         };
         let mut out = stdout.lock();
@@ -383,8 +478,17 @@ async fn consume(client: Client, args: ConsumeArgs) -> anyhow::Result<()> {
             if printed == limit {
                 break;
             }
-            out.write_all(&r.value)?;
-            out.write_all(b"\n")?;
+            let (topic, key) = (args.topic.as_str(), r.key.as_deref());
+            let p = Printable {
+                topic,
+                partition,
+                offset: r.offset,
+                timestamp: r.timestamp,
+                key,
+                value: &r.value,
+                headers: &r.headers,
+            };
+            print_record(&mut out, args.format, p)?;
             printed += 1;
         }
         out.flush()?;
@@ -412,10 +516,19 @@ async fn consume_group(client: Client, args: ConsumeArgs) -> anyhow::Result<()> 
             None => consumer.next().await,
         };
         let Some(record) = next else { break };
-        let record = record?;
+        let r = record?;
         let mut out = stdout.lock();
-        out.write_all(&record.value)?;
-        out.write_all(b"\n")?;
+        let (topic, key) = (&*r.topic, r.key.as_deref());
+        let p = Printable {
+            topic,
+            partition: r.partition,
+            offset: r.offset,
+            timestamp: r.timestamp,
+            key,
+            value: &r.value,
+            headers: &r.headers,
+        };
+        print_record(&mut out, args.format, p)?;
         out.flush()?;
         printed += 1;
     }
@@ -427,9 +540,16 @@ async fn consume_group(client: Client, args: ConsumeArgs) -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn group(client: Client, cmd: GroupCommand) -> anyhow::Result<()> {
+async fn group(client: Client, cmd: GroupCommand, json: bool) -> anyhow::Result<()> {
     let admin = Admin::new(client);
     match cmd {
+        GroupCommand::List if json => {
+            println!("{}", serde_json::to_string(&admin.list_groups().await?)?)
+        }
+        GroupCommand::Describe { group } if json => println!(
+            "{}",
+            serde_json::to_string(&admin.describe_group(&group).await?)?
+        ),
         GroupCommand::List => {
             for g in admin.list_groups().await? {
                 println!("{}\t{}\t{}", g.group, g.state, g.members);
