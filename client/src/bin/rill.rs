@@ -111,8 +111,12 @@ fn print_record(out: &mut impl Write, format: Format, r: Printable<'_>) -> std::
 #[derive(Debug, Subcommand)]
 enum GroupCommand {
     /// List groups with their state and member count.
+    #[command(after_help = "Examples:\n  rill group list\n  rill group list --json")]
     List,
     /// Show a group's members, their partitions, and committed offset and lag per partition.
+    #[command(
+        after_help = "Examples:\n  rill group describe billing\n  rill group describe billing --json | jq '[.offsets[].lag] | add'"
+    )]
     Describe { group: String },
     /// Set a group's committed offsets for every partition of a topic (the group must be empty).
     #[command(
@@ -133,6 +137,7 @@ enum GroupCommand {
         to_timestamp: Option<i64>,
     },
     /// Delete a group's committed offsets (the group must be empty).
+    #[command(after_help = "Example:\n  rill group delete billing")]
     Delete { group: String },
 }
 
@@ -161,10 +166,15 @@ enum TopicCommand {
         retention_bytes: Option<u64>,
     },
     /// List topics and their partition counts.
+    #[command(after_help = "Examples:\n  rill topic list\n  rill topic list --json")]
     List,
-    /// Show a topic's configuration and each partition's offsets and size.
+    /// Show a topic's settings (fsync, segment size, retention) and each partition's offsets and size.
+    #[command(
+        after_help = "Examples:\n  rill topic describe orders\n  rill topic describe orders --json | jq '.partitions[].log_end_offset'"
+    )]
     Describe { name: String },
     /// Delete a topic and all its data.
+    #[command(after_help = "Example:\n  rill topic delete orders")]
     Delete { name: String },
     /// Change a live topic: grow its partitions, or change retention, segment size or fsync.
     #[command(
