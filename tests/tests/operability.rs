@@ -132,7 +132,7 @@ async fn health_is_not_ready_while_recovering_and_ready_after() {
     for _ in 0..100 {
         let mut b = BatchBuilder::with_capacity(1 << 20);
         for _ in 0..1000 {
-            b.push(None, &value, &[], 0);
+            b.push(None, &value, &[], now_ms());
         }
         acks.push(client.send_batch("big", 0, b.finish()).await.unwrap());
     }
@@ -181,4 +181,11 @@ fn an_unknown_config_key_stops_start_up_naming_key_and_line() {
         !dir.path().join("rill-data").exists(),
         "nothing was started"
     );
+}
+
+/// Wall-clock milliseconds: record timestamps are compared with it by retention.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

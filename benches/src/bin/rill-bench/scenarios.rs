@@ -107,7 +107,12 @@ async fn produce_one(
             let mut sum = 0u64;
             for k in 0..n {
                 let seq = producer << 40 | (next + k);
-                b.push(None, &stats::payload(seq, now, p.message_size), &[], 0);
+                b.push(
+                    None,
+                    &stats::payload(seq, now, p.message_size),
+                    &[],
+                    now_ms(),
+                );
                 sum = sum.wrapping_add(stats::mix(seq));
             }
             let (topic, partition) = &targets[target % targets.len()];
@@ -330,7 +335,7 @@ pub async fn latency(p: &Params, progress: Arc<AtomicU64>) -> anyhow::Result<(Pr
                         let mut b = BatchBuilder::with_capacity(per_ms as usize * (p.message_size + 8));
                         let now = p.start.elapsed().as_nanos() as u64;
                         for k in 0..per_ms {
-                            b.push(None, &stats::payload(next + k, now, p.message_size), &[], 0);
+                            b.push(None, &stats::payload(next + k, now, p.message_size), &[], now_ms());
                             out.checksum = out.checksum.wrapping_add(stats::mix(next + k));
                         }
                         let (topic, partition) = &p.targets[target % p.targets.len()];
@@ -385,4 +390,11 @@ pub fn verify(produced: u64, produced_sum: u64, consumed: &Consumed) -> anyhow::
 /// Bytes of user payload per message (the message size, at least the 16-byte header).
 pub fn payload_bytes(message_size: usize) -> usize {
     message_size.max(HEADER)
+}
+
+/// Wall-clock milliseconds: record timestamps are compared with it by retention.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
