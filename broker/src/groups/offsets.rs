@@ -90,11 +90,15 @@ impl OffsetStore {
         let mut entries = HashMap::new();
         let mut next = log.stats().log_start_offset;
         loop {
-            let read = log.read(next, 1 << 20).map_err(|e| StorageError::Corrupt {
-                path: dir.clone(),
-                position: next,
-                reason: e.to_string(),
-            })?;
+            let read = match log.read(next, 1 << 20) {
+                Ok(read) => read,
+                Err(e) => {
+                    // Bad data at rest: keep what was read; groups resume from older commits
+                    // for the entries lost, which re-delivers records (at-least-once holds).
+                    tracing::error!(offset = next, error = %e, "committed offsets from here on are unreadable and ignored");
+                    break;
+                }
+            };
             if read.batches.is_empty() {
                 break;
             }

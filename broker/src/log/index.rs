@@ -7,8 +7,9 @@
 //! including the one at `rel` has timestamps <= ts".
 //!
 //! Files (little-endian, see docs/format.md): `.index` is `(rel_offset u32, position u32)*`,
-//! `.timeindex` is `(timestamp i64, rel_offset u32)*`. They are trusted only after [`load`]
-//! checks they are ordered and inside the segment; otherwise the segment is rescanned.
+//! `.timeindex` is `(timestamp i64, rel_offset u32)*`, each followed by a CRC-32C (u32) of the
+//! entries. They are trusted only after [`load`] checks the CRC, and that the entries are ordered
+//! and inside the segment; otherwise the segment is rescanned.
 
 use std::fs;
 use std::io;
@@ -33,10 +34,16 @@ pub struct SegmentIndex {
 }
 
 impl SegmentIndex {
-    /// Byte position of the last indexed batch at or before `rel_offset` (0 if none).
-    pub fn position_for(&self, rel_offset: u32) -> u32 {
+    /// The last entry at or before `rel_offset` (the segment's start if none).
+    pub fn entry_for(&self, rel_offset: u32) -> OffsetEntry {
         let i = self.offsets.partition_point(|e| e.rel_offset <= rel_offset);
-        i.checked_sub(1).map_or(0, |i| self.offsets[i].position)
+        i.checked_sub(1).map_or(
+            OffsetEntry {
+                rel_offset: 0,
+                position: 0,
+            },
+            |i| self.offsets[i],
+        )
     }
 
     /// Relative offset from which to scan for the first batch with a timestamp >= `ts`.
@@ -56,12 +63,14 @@ impl SegmentIndex {
             buf.extend_from_slice(&e.rel_offset.to_le_bytes());
             buf.extend_from_slice(&e.position.to_le_bytes());
         }
+        buf.extend_from_slice(&crc32c::crc32c(&buf).to_le_bytes());
         write_synced(&log_path.with_extension("index"), &buf)?;
         let mut buf = Vec::with_capacity(self.times.len() * 12);
         for e in &self.times {
             buf.extend_from_slice(&e.timestamp.to_le_bytes());
             buf.extend_from_slice(&e.rel_offset.to_le_bytes());
         }
+        buf.extend_from_slice(&crc32c::crc32c(&buf).to_le_bytes());
         write_synced(&log_path.with_extension("timeindex"), &buf)
     }
 }
@@ -74,11 +83,8 @@ fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// Loads a segment's index files if they exist and are consistent with a log of `log_len` bytes.
 pub fn load(log_path: &Path, log_len: u64) -> Option<SegmentIndex> {
-    let raw = fs::read(log_path.with_extension("index")).ok()?;
-    let times = fs::read(log_path.with_extension("timeindex")).ok()?;
-    if raw.len() % 8 != 0 || times.len() % 12 != 0 {
-        return None;
-    }
+    let raw = checked(fs::read(log_path.with_extension("index")).ok()?, 8)?;
+    let times = checked(fs::read(log_path.with_extension("timeindex")).ok()?, 12)?;
     let offsets: Vec<OffsetEntry> = raw
         .chunks_exact(8)
         .map(|c| OffsetEntry {
@@ -112,6 +118,17 @@ pub fn load(log_path: &Path, log_len: u64) -> Option<SegmentIndex> {
             .is_ok()
     });
     (ordered && starts_right && inside && times_indexed).then_some(SegmentIndex { offsets, times })
+}
+
+/// The entries of an index file whose CRC footer matches, or `None`.
+fn checked(mut file: Vec<u8>, entry: usize) -> Option<Vec<u8>> {
+    let body = file.len().checked_sub(4)?;
+    if body % entry != 0 {
+        return None;
+    }
+    let stored = u32::from_le_bytes(file[body..].try_into().ok()?);
+    file.truncate(body);
+    (crc32c::crc32c(&file) == stored).then_some(file)
 }
 
 /// Decides which batches get index entries. Used both by the writer and by recovery, so an
@@ -203,7 +220,7 @@ mod tests {
             }
             for (base, count, bpos) in &batches {
                 for o in *base..base + count {
-                    let found = u64::from(idx.position_for(o));
+                    let found = u64::from(idx.entry_for(o).position);
                     prop_assert!(found <= *bpos, "must not skip past the batch holding {}", o);
                     let entry = idx.offsets.iter().rev().find(|e| e.rel_offset <= o).unwrap();
                     prop_assert_eq!(found, u64::from(entry.position));
@@ -235,7 +252,18 @@ mod tests {
             None,
             "an entry past the end of the log is refused"
         );
-        std::fs::write(log.with_extension("index"), [1, 2, 3]).unwrap();
+        let good = std::fs::read(log.with_extension("index")).unwrap();
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x04;
+            std::fs::write(log.with_extension("index"), &bad).unwrap();
+            assert_eq!(
+                load(&log, 300),
+                None,
+                "a flip at byte {i} of the index went unnoticed"
+            );
+        }
+        std::fs::write(log.with_extension("index"), &good[..good.len() - 1]).unwrap();
         assert_eq!(load(&log, 300), None, "a torn index file is refused");
     }
 

@@ -310,15 +310,22 @@ impl PartitionLog {
         let Some(seg) = view[first..].iter().find(|s| s.next_offset > offset) else {
             return Ok(result(Bytes::new()));
         };
-        let pos = match offset.checked_sub(seg.base) {
-            Some(rel) => seg
-                .index
-                .position_for(u32::try_from(rel).unwrap_or(u32::MAX)),
-            None => 0,
+        let entry = match offset.checked_sub(seg.base) {
+            Some(rel) => seg.index.entry_for(u32::try_from(rel).unwrap_or(u32::MAX)),
+            None => seg.index.entry_for(0),
         };
+        let (pos, expected) = (entry.position, seg.base + u64::from(entry.rel_offset));
         let (file, path, end) = (seg.file.clone(), seg.path.clone(), seg.size);
         drop(view);
-        let batches = segment::read_from(&file, &path, u64::from(pos), end, offset, max_bytes)?;
+        let batches = segment::read_from(
+            &file,
+            &path,
+            u64::from(pos),
+            expected,
+            end,
+            offset,
+            max_bytes,
+        )?;
         Ok(result(batches))
     }
 
@@ -328,14 +335,15 @@ impl PartitionLog {
         let Some(seg) = view.iter().find(|s| s.max_timestamp >= ts && s.size > 0) else {
             return Ok(None);
         };
-        let rel = seg.index.scan_start_for_time(ts);
-        let mut pos = u64::from(seg.index.position_for(rel));
+        let entry = seg.index.entry_for(seg.index.scan_start_for_time(ts));
+        let mut pos = u64::from(entry.position);
+        let mut expected = seg.base + u64::from(entry.rel_offset);
         let (file, path, end) = (seg.file.clone(), seg.path.clone(), seg.size);
         drop(view);
         while pos < end {
             let h = segment::read_header(&file, &path, pos, end)?;
             if h.max_timestamp >= ts {
-                let batch = segment::read_from(&file, &path, pos, end, h.base_offset, 0)?;
+                let batch = segment::read_from(&file, &path, pos, expected, end, h.base_offset, 0)?;
                 let first = batch::Batches::new(batch).next().unwrap_or_default();
                 let records = RecordIter::new(first).map_err(|e| corrupt(&path, pos, e))?;
                 for r in records {
@@ -345,6 +353,7 @@ impl PartitionLog {
                     }
                 }
             }
+            expected = h.last_offset() + 1;
             pos += h.total_len() as u64;
         }
         Ok(None)

@@ -66,12 +66,15 @@ pub fn read_header(
 }
 
 /// Whole batches starting with the one that holds `target`, scanning from `pos` (a position
-/// from the sparse index at or before it) and stopping at `end`. Returns at most about
-/// `max_bytes`, but always the first batch whole.
+/// from the sparse index at or before it, where the batch with base offset `expected` starts)
+/// and stopping at `end`. Returns at most about `max_bytes`, but always the first batch whole.
+/// Every batch returned is checked against its CRC and against offset continuity (the base
+/// offset is outside the CRC), so damage at rest is reported, never served.
 pub fn read_from(
     file: &File,
     path: &Path,
     mut pos: u64,
+    mut expected: u64,
     end: u64,
     target: u64,
     max_bytes: usize,
@@ -84,9 +87,13 @@ pub fn read_from(
         if h.total_len() < HEADER_LEN {
             return Err(corrupt(path, pos, "batch length below the header size"));
         }
+        if h.base_offset != expected {
+            return Err(discontinuous(path, pos, h.base_offset, expected));
+        }
         if h.last_offset() >= target {
             break h;
         }
+        expected = h.last_offset() + 1;
         pos += h.total_len() as u64;
     };
     let avail = end - pos;
@@ -97,15 +104,43 @@ pub fn read_from(
     let want = (max_bytes as u64).min(avail).max(first_len);
     let mut buf = BytesMut::zeroed(want as usize);
     read_exact_at(file, path, &mut buf, pos)?;
+    // Whole batches only, each checked against its CRC: corruption at rest is never served.
     let mut used = 0;
     while let Some((_, len)) = batch::peek(&buf[used..]) {
         if len < HEADER_LEN || used + len > buf.len() {
             break;
         }
+        let intact = batch::crc_matches(&buf[used..used + len]);
+        let header = BatchHeader::parse(&buf[used..])
+            .ok()
+            .filter(|h| h.base_offset == expected);
+        if !intact || header.is_none() {
+            let position = pos + used as u64;
+            if used == 0 {
+                let reason = if intact {
+                    "batch base offset out of sequence"
+                } else {
+                    "batch CRC mismatch"
+                };
+                tracing::error!(file = %path.display(), position, reason, "corrupt batch on disk; not served");
+                return Err(corrupt(path, position, reason));
+            }
+            break; // serve the good batches before it; the next read reports it
+        }
+        expected = header.map_or(expected, |h| h.last_offset() + 1);
         used += len;
     }
     buf.truncate(used);
     Ok(buf.freeze())
+}
+
+fn discontinuous(path: &Path, position: u64, found: u64, expected: u64) -> StorageError {
+    tracing::error!(file = %path.display(), position, found, expected, "corrupt batch on disk; not served");
+    corrupt(
+        path,
+        position,
+        format!("batch base offset {found} out of sequence (expected {expected})"),
+    )
 }
 
 /// Where a scan stopped and what it found.

@@ -133,8 +133,13 @@ impl Topics {
         names.sort();
         for path in names {
             let meta_path = path.join(metadata::FILE_NAME);
-            let bytes = fs::read(&meta_path).map_err(StorageError::io("read", &meta_path))?;
-            let meta = metadata::decode(&bytes, &meta_path)?;
+            let decoded = fs::read(&meta_path)
+                .map_err(StorageError::io("read", &meta_path))
+                .and_then(|bytes| metadata::decode(&bytes, &meta_path));
+            let meta = match decoded {
+                Ok(meta) => meta,
+                Err(e) => topics.rebuild_meta(&path, &e)?,
+            };
             let config =
                 topics
                     .log_config(&meta.config)
@@ -158,6 +163,47 @@ impl Topics {
             topics.write_map().insert(meta.name, Arc::new(topic));
         }
         Ok((topics, reports))
+    }
+
+    /// A topic whose metadata is unreadable keeps its data: the partition count comes from its
+    /// partition directories, its settings revert to the broker defaults with retention off,
+    /// and this is reported.
+    fn rebuild_meta(&self, dir: &Path, why: &StorageError) -> Result<TopicMeta, StorageError> {
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| TopicName::new(n).ok());
+        let Some(name) = name else {
+            return Err(StorageError::Corrupt {
+                path: dir.to_path_buf(),
+                position: 0,
+                reason: format!("not a topic directory ({why})"),
+            });
+        };
+        let partitions = fs::read_dir(dir)
+            .map_err(StorageError::io("list", dir))?
+            .flatten()
+            .filter(|e| {
+                e.path().is_dir()
+                    && e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.parse::<u32>().is_ok())
+            })
+            .count() as u32;
+        // Retention off: a rebuilt topic must not lose data to defaults nobody chose for it.
+        let config = TopicConfig {
+            retention_ms: Some(0),
+            retention_bytes: Some(0),
+            ..TopicConfig::default()
+        };
+        let meta = TopicMeta {
+            name,
+            partitions,
+            config,
+        };
+        tracing::error!(topic = %meta.name, partitions, error = %why, "topic metadata is unreadable; rebuilt from its partition directories with default settings and retention off (set it again with rill topic alter)");
+        self.replace_meta(&meta)?;
+        Ok(meta)
     }
 
     fn topics_dir(&self) -> PathBuf {
