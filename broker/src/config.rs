@@ -27,6 +27,11 @@ pub struct Config {
     pub max_connections: usize,
     /// Most requests one connection may have in progress; further ones wait to be read.
     pub max_in_flight: usize,
+    /// Bytes of responses one connection may have in progress (a fetch counts at its largest
+    /// possible response); a client that stops reading holds at most this much.
+    pub max_connection_buffer_bytes: usize,
+    /// Close a connection that sends nothing for this many milliseconds (0: never).
+    pub idle_timeout_ms: u64,
     /// Default log level (trace, debug, info, warn, error); RUST_LOG overrides it.
     pub log_level: String,
     /// Log line format: "text" or "json".
@@ -67,6 +72,8 @@ impl Default for Config {
             max_frame_bytes: 16 << 20,
             max_connections: 1024,
             max_in_flight: 256,
+            max_connection_buffer_bytes: 64 << 20,
+            idle_timeout_ms: 600_000,
             log_level: "info".into(),
             log_format: "text".into(),
             metrics_listen: DEFAULT_METRICS_LISTEN.into(),
@@ -133,6 +140,12 @@ pub struct Args {
     /// Most requests in progress per connection [default: 256].
     #[arg(long, value_name = "N")]
     pub max_in_flight: Option<usize>,
+    /// Response bytes in progress per connection [default: 67108864].
+    #[arg(long, value_name = "BYTES")]
+    pub max_connection_buffer_bytes: Option<usize>,
+    /// Close connections idle this many ms, 0 for never [default: 600000].
+    #[arg(long, value_name = "MS")]
+    pub idle_timeout_ms: Option<u64>,
     /// Default segment size in bytes [default: 1073741824].
     #[arg(long, value_name = "BYTES")]
     pub segment_bytes: Option<u64>,
@@ -200,6 +213,8 @@ impl Config {
             max_frame_bytes => config.max_frame_bytes,
             max_connections => config.max_connections,
             max_in_flight => config.max_in_flight,
+            max_connection_buffer_bytes => config.max_connection_buffer_bytes,
+            idle_timeout_ms => config.idle_timeout_ms,
             log_level => config.log_level,
             log_format => config.log_format,
             metrics_listen => config.metrics_listen,
@@ -236,6 +251,11 @@ impl Config {
         if self.storage.retention_check_interval_ms == 0 {
             return Err(ConfigError::Invalid(
                 "retention_check_interval_ms must be at least 1".into(),
+            ));
+        }
+        if self.max_connection_buffer_bytes < (self.max_frame_bytes as usize) {
+            return Err(ConfigError::Invalid(
+                "max_connection_buffer_bytes must be at least max_frame_bytes".into(),
             ));
         }
         if self.max_connections == 0 || self.max_in_flight == 0 {

@@ -20,6 +20,17 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
+/// Bytes a request's response may need: a fetch at its largest, anything else small.
+fn response_cost(ctx: &Context, request: &frame::RequestFrame) -> u32 {
+    let small = 64 * 1024;
+    let cost = if request.header.api_key == rill_protocol::ApiKey::Fetch as u16 {
+        ctx.config.max_frame_bytes as usize / 2 + small
+    } else {
+        small
+    };
+    cost.min(ctx.config.max_connection_buffer_bytes) as u32
+}
+
 /// How long a shutting-down broker waits for a connection's pending responses to be written.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -36,7 +47,14 @@ pub async fn serve(
     m.connections_total.inc();
     let (mut reader, writer) = socket.into_split();
     let max_in_flight = ctx.config.max_in_flight;
-    let (tx, rx) = mpsc::channel::<OutFrame>(max_in_flight);
+    let (tx, rx) = mpsc::channel::<(OutFrame, OwnedSemaphorePermit)>(max_in_flight);
+    // Bytes of responses in progress: reserved before a request is dispatched, released once
+    // its response is written, so a peer that stops reading holds a bounded amount.
+    let budget = Arc::new(Semaphore::new(ctx.config.max_connection_buffer_bytes));
+    let idle = match ctx.config.idle_timeout_ms {
+        0 => Duration::MAX,
+        ms => Duration::from_millis(ms),
+    };
     let writing = tokio::spawn(write_loop(writer, rx));
     let in_flight = Arc::new(Semaphore::new(max_in_flight));
     let max_frame = ctx.config.max_frame_bytes as usize;
@@ -45,17 +63,23 @@ pub async fn serve(
         loop {
             match frame::decode_request(&mut buf, max_frame) {
                 Ok(Some(request)) => {
-                    let permit = tokio::select! {
-                        p = in_flight.clone().acquire_owned() => match p {
-                            Ok(p) => p,
-                            Err(_) => break 'conn "closing".into(),
+                    let cost = response_cost(&ctx, &request);
+                    let slots = async {
+                        let permit = in_flight.clone().acquire_owned().await.ok()?;
+                        let bytes = budget.clone().acquire_many_owned(cost).await.ok()?;
+                        Some((permit, bytes))
+                    };
+                    let (permit, bytes) = tokio::select! {
+                        got = slots => match got {
+                            Some(got) => got,
+                            None => break 'conn "closing".into(),
                         },
                         _ = ctx.shutdown.cancelled() => break 'conn "broker shutting down".into(),
                     };
                     let response = handlers::dispatch(&ctx, request);
                     let tx = tx.clone();
                     tokio::spawn(async move {
-                        let _ = tx.send(response.await).await;
+                        let _ = tx.send((response.await, bytes)).await;
                         drop(permit);
                     });
                 }
@@ -68,14 +92,20 @@ pub async fn serve(
                         ),
                         FrameError::TooShort { .. } => (0, ErrorCode::MalformedFrame),
                     };
-                    let _ = tx
-                        .send(frame::encode_error_response(cid, code, &e.to_string()))
-                        .await;
+                    if let Ok(bytes) = budget.clone().acquire_owned().await {
+                        let _ = tx
+                            .send((
+                                frame::encode_error_response(cid, code, &e.to_string()),
+                                bytes,
+                            ))
+                            .await;
+                    }
                     break 'conn format!("framing error: {e}");
                 }
             }
         }
         tokio::select! {
+            _ = tokio::time::sleep(idle) => break format!("idle for {} ms", idle.as_millis()),
             read = reader.read_buf(&mut buf) => match read {
                 Ok(0) if buf.is_empty() => break "closed by peer".into(),
                 Ok(0) => break format!("closed by peer in the middle of a frame ({} bytes unread)", buf.len()),
@@ -101,16 +131,21 @@ pub async fn serve(
     tracing::info!(%peer, %reason, "connection closed");
 }
 
-async fn write_loop(writer: OwnedWriteHalf, mut rx: mpsc::Receiver<OutFrame>) {
+async fn write_loop(
+    writer: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<(OutFrame, OwnedSemaphorePermit)>,
+) {
     let mut out = BufWriter::with_capacity(64 * 1024, writer);
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
-        while let Some(frame) = next.take() {
+        while let Some((frame, budget)) = next.take() {
             if out.write_all(&frame.head).await.is_err()
                 || out.write_all(&frame.payload).await.is_err()
             {
                 return;
             }
+            // Written (to the socket buffer): its bytes no longer count against the connection.
+            drop(budget);
             next = rx.try_recv().ok();
         }
         if out.flush().await.is_err() {
