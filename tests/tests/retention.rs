@@ -108,6 +108,33 @@ async fn altering_retention_of_a_live_topic_deletes_its_old_segments() {
     let err = client.fetch("logs", 0, 0, &options).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::OffsetOutOfRange));
 
+    // A group whose committed offset was deleted resets per its policy (earliest here).
+    let tp = rill_client::TopicPartition {
+        topic: rill_protocol::TopicName::new("logs").unwrap(),
+        partition: 0,
+    };
+    let commit = rill_protocol::messages::CommitOffsetsRequest {
+        group: "late".into(),
+        member_id: None,
+        generation: None,
+        offsets: vec![(tp, 5)],
+    };
+    client.call(&commit).await.unwrap();
+    let mut config = rill_client::ConsumerConfig::new("late", ["logs"]);
+    config.auto_offset_reset = rill_client::OffsetReset::Earliest;
+    let mut consumer =
+        rill_client::Consumer::subscribe(Client::connect(broker.addr()).await.unwrap(), config)
+            .unwrap();
+    let first = futures::StreamExt::next(&mut consumer)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first.offset, after.log_start_offset,
+        "resumed at the new log start, not at the deleted offset 5"
+    );
+    consumer.close().await.unwrap();
+
     let described = ok(run(&["topic", "describe", "logs"], String::new()).await);
     assert!(
         described.contains("retention_bytes 8192") && described.contains("retention_ms default"),
