@@ -331,3 +331,32 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
         .unwrap_or(0);
     (status, body.to_string())
 }
+
+/// Wall-clock milliseconds, for record timestamps (retention compares them with the clock).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Appends `batches` batches of 1,000 records of `value_len` bytes to partition 0 of `topic`,
+/// pipelined, and waits for every acknowledgement.
+pub async fn fill_partition(
+    client: &rill_client::Client,
+    topic: &str,
+    batches: usize,
+    value_len: usize,
+) {
+    let value = vec![7u8; value_len];
+    let mut acks = Vec::new();
+    for _ in 0..batches {
+        let mut b = rill_protocol::batch::BatchBuilder::with_capacity(1000 * (value_len + 16));
+        for _ in 0..1000 {
+            b.push(None, &value, &[], now_ms());
+        }
+        acks.push(client.send_batch(topic, 0, b.finish()).await.expect("send"));
+    }
+    for a in acks {
+        a.await.expect("acknowledged");
+    }
+}

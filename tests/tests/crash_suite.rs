@@ -65,7 +65,7 @@ async fn producer(addr: String, id: u64, acked: Acked) {
             next += RECORDS_PER_BATCH;
             let mut b = BatchBuilder::with_capacity(4096);
             for s in &seqs {
-                b.push(None, &s.to_be_bytes(), &[], now_ms());
+                b.push(None, &s.to_be_bytes(), &[], rill_e2e::now_ms());
             }
             let partition = (next / RECORDS_PER_BATCH) as u32 % PARTITIONS;
             match client.send_batch("crash", partition, b.finish()).await {
@@ -251,11 +251,4 @@ async fn kill_9_rounds_lose_nothing_acknowledged_under_fsync_always() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_rounds_lose_nothing_acknowledged_under_fsync_interval() {
     run(FsyncPolicy::Interval { ms: 50 }, "fsync=interval:50").await;
-}
-
-/// Wall-clock milliseconds: record timestamps are compared with it by retention.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -25,16 +25,9 @@ fn request(key: ApiKey, id: u32, body: &impl serde::Serialize) -> Vec<u8> {
     [&out.head[..], &out.payload[..]].concat()
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 fn small_batch() -> Bytes {
     let mut b = BatchBuilder::with_capacity(256);
-    b.push(None, b"ping", &[], now_ms());
+    b.push(None, b"ping", &[], rill_e2e::now_ms());
     b.finish()
 }
 
@@ -140,18 +133,7 @@ async fn a_client_that_never_reads_holds_bounded_memory_and_does_not_slow_others
         .unwrap();
     admin.create_topic("calm", 1, calm()).await.unwrap();
     // 64 MB to fetch.
-    let value = vec![1u8; 1000];
-    let mut acks = Vec::new();
-    for _ in 0..64 {
-        let mut b = BatchBuilder::with_capacity(1 << 20);
-        for _ in 0..1000 {
-            b.push(None, &value, &[], now_ms());
-        }
-        acks.push(client.send_batch("big", 0, b.finish()).await.unwrap());
-    }
-    for a in acks {
-        a.await.unwrap();
-    }
+    rill_e2e::fill_partition(&client, "big", 64, 1000).await;
     let before = median_produce_latency(&client, 100).await;
     let rss_before = broker.rss_bytes();
 

@@ -6,7 +6,6 @@ use rill_client::{
     ProducerRecord, TopicConfig,
 };
 use rill_e2e::{Broker, binaries, http_get};
-use rill_protocol::batch::BatchBuilder;
 
 /// Sum of every sample of `metric` whose labels contain `label` (e.g. `topic="m"`).
 fn sum(text: &str, metric: &str, label: &str) -> f64 {
@@ -132,18 +131,7 @@ async fn health_is_not_ready_while_recovering_and_ready_after() {
         .await
         .unwrap();
     // ~100 MB in the tail segment: after kill -9 all of it is scanned and CRC-checked.
-    let value = vec![7u8; 1000];
-    let mut acks = Vec::new();
-    for _ in 0..100 {
-        let mut b = BatchBuilder::with_capacity(1 << 20);
-        for _ in 0..1000 {
-            b.push(None, &value, &[], now_ms());
-        }
-        acks.push(client.send_batch("big", 0, b.finish()).await.unwrap());
-    }
-    for a in acks {
-        a.await.unwrap();
-    }
+    rill_e2e::fill_partition(&client, "big", 100, 1000).await;
     drop(client);
     broker.kill9();
 
@@ -186,11 +174,4 @@ fn an_unknown_config_key_stops_start_up_naming_key_and_line() {
         !dir.path().join("rill-data").exists(),
         "nothing was started"
     );
-}
-
-/// Wall-clock milliseconds: record timestamps are compared with it by retention.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
