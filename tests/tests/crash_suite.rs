@@ -83,14 +83,16 @@ async fn producer(addr: String, id: u64, acked: Acked) {
     }
 }
 
-async fn read_partition(client: &Client, partition: u32) -> Vec<(u64, u64)> {
+/// The records of `partition` from `from` to its end, as sequence numbers indexed by
+/// `offset - from` (offsets are dense), and the end offset.
+async fn read_partition(client: &Client, partition: u32, from: u64) -> (Vec<u64>, u64) {
     let options = FetchOptions {
         max_wait: Duration::ZERO,
         max_bytes: 4 << 20,
         ..FetchOptions::default()
     };
     let mut out = Vec::new();
-    let mut offset = 0;
+    let mut offset = from;
     loop {
         let r = client
             .fetch("crash", partition, offset, &options)
@@ -101,16 +103,85 @@ async fn read_partition(client: &Client, partition: u32) -> Vec<(u64, u64)> {
                 offset, r.high_watermark,
                 "partition {partition} stopped short of its end"
             );
-            return out;
+            return (out, offset);
         }
         for rec in r.records {
-            out.push((
-                rec.offset,
-                u64::from_be_bytes(rec.value[..8].try_into().unwrap()),
-            ));
+            assert_eq!(rec.offset, from + out.len() as u64, "offsets are not dense");
+            out.push(u64::from_be_bytes(rec.value[..8].try_into().unwrap()));
         }
         offset = r.next_offset;
     }
+}
+
+/// What one pass over the log from `from` found.
+struct Check {
+    present: usize,
+    /// (partition, offset, sequence) of acknowledged records missing or displaced.
+    lost: Vec<(u32, u64, u64)>,
+    /// Sequence numbers found more than once.
+    duplicates: Vec<u64>,
+    end: [u64; PARTITIONS as usize],
+}
+
+/// Reads every partition from `from` and checks each batch of `acked` (all of which must lie at
+/// or after `from`) is present at its acknowledged offsets, and no sequence number is stored twice.
+async fn check(
+    client: &Client,
+    from: [u64; PARTITIONS as usize],
+    acked: &HashMap<(u32, u64), Vec<u64>>,
+) -> Check {
+    let mut out = Check {
+        present: 0,
+        lost: Vec::new(),
+        duplicates: Vec::new(),
+        end: from,
+    };
+    // Seen sequence numbers: one flag per sequence, per producer (the top 16 bits).
+    let mut seen: HashMap<u64, Vec<bool>> = HashMap::new();
+    for partition in 0..PARTITIONS {
+        let start = from[partition as usize];
+        let (log, end) = read_partition(client, partition, start).await;
+        for &seq in &log {
+            let flags = seen.entry(seq >> 48).or_default();
+            let i = (seq & ((1 << 48) - 1)) as usize;
+            if flags.len() <= i {
+                flags.resize(i + 1, false);
+            }
+            if std::mem::replace(&mut flags[i], true) {
+                out.duplicates.push(seq);
+            }
+        }
+        for ((_, base), seqs) in acked.iter().filter(|((p, _), _)| *p == partition) {
+            for (i, seq) in seqs.iter().enumerate() {
+                let offset = base + i as u64;
+                let stored = offset
+                    .checked_sub(start)
+                    .and_then(|at| log.get(at as usize));
+                if stored != Some(seq) {
+                    out.lost.push((partition, offset, *seq));
+                }
+            }
+        }
+        out.present += log.len();
+        out.end[partition as usize] = end;
+    }
+    out.lost.sort_unstable();
+    out
+}
+
+fn assert_intact(c: &Check, label: &str, when: &str) {
+    assert!(
+        c.duplicates.is_empty(),
+        "[{label}] {when}: {} sequences stored twice, first {:#x?}",
+        c.duplicates.len(),
+        &c.duplicates[..c.duplicates.len().min(10)]
+    );
+    assert!(
+        c.lost.is_empty(),
+        "[{label}] {when}: {} acknowledged records lost; first (partition, offset, seq): {:?}",
+        c.lost.len(),
+        &c.lost[..c.lost.len().min(10)]
+    );
 }
 
 async fn run(fsync: FsyncPolicy, label: &str) {
@@ -129,14 +200,17 @@ async fn run(fsync: FsyncPolicy, label: &str) {
             .await
             .unwrap();
     }
-    let acked: Acked = Arc::default();
+    let mut all_acked = HashMap::new();
+    let mut verified_to = [0; PARTITIONS as usize];
     let topic = TopicName::new("crash").unwrap();
     let tp = TopicPartition {
         topic: topic.clone(),
         partition: 0,
     };
     let (mut last_acked_commit, mut attempted) = (None::<u64>, Vec::<u64>::new());
+    let mut lost_total = 0;
     for round in 0..rounds() {
+        let acked: Acked = Arc::default();
         let producers: Vec<_> = (0..2)
             .map(|p| {
                 tokio::spawn(producer(
@@ -182,32 +256,23 @@ async fn run(fsync: FsyncPolicy, label: &str) {
         attempted.extend(tried);
         broker.restart();
 
-        // Verify after every round: everything acknowledged so far is there, once, in place.
+        // Verify after every round what the log gained since the last one: everything
+        // acknowledged in this round is there, once, in place, and the log never shrank.
         let client = Client::connect(broker.addr()).await.unwrap();
-        let acked = acked.lock().unwrap().clone();
-        let mut recovered = 0;
-        for partition in 0..PARTITIONS {
-            let log = read_partition(&client, partition).await;
-            let mut seen = std::collections::HashSet::new();
-            for (offset, seq) in &log {
-                assert!(
-                    seen.insert(*seq),
-                    "[{label}] round {round}: sequence {seq:#x} stored twice (offset {offset})"
-                );
-            }
-            let at: HashMap<u64, u64> = log.into_iter().collect();
-            for ((p, base), seqs) in acked.iter().filter(|((p, _), _)| *p == partition) {
-                for (i, seq) in seqs.iter().enumerate() {
-                    assert_eq!(
-                        at.get(&(base + i as u64)),
-                        Some(seq),
-                        "[{label}] round {round}: acknowledged record lost at {p}/{}",
-                        base + i as u64
-                    );
-                }
-            }
-            recovered += at.len();
-        }
+        let acked = std::mem::take(&mut *acked.lock().unwrap());
+        let c = check(&client, verified_to, &acked).await;
+        all_acked.extend(acked);
+        let records: usize = all_acked.values().map(Vec::len).sum();
+        let present: u64 = c.end.iter().sum();
+        println!(
+            "crash suite [{label}] round {}/{}: acknowledged {records}, present {present}, lost {}",
+            round + 1,
+            rounds(),
+            c.lost.len()
+        );
+        lost_total += c.lost.len();
+        assert_intact(&c, label, &format!("round {round}"));
+        verified_to = c.end;
         let committed = client
             .call(&FetchOffsetsRequest {
                 group: "crashers".into(),
@@ -225,19 +290,24 @@ async fn run(fsync: FsyncPolicy, label: &str) {
                 "[{label}] round {round}: committed {c:#x}, last acknowledged {last:#x}"
             );
         }
-        let records: usize = acked.values().map(Vec::len).sum();
-        println!(
-            "crash suite [{label}] round {}/{}: acknowledged {records}, present {recovered}, lost 0",
-            round + 1,
-            rounds()
-        );
     }
+    // One last pass over the whole log: nothing acknowledged in any round went missing later.
+    let client = Client::connect(broker.addr()).await.unwrap();
+    let c = check(&client, [0; PARTITIONS as usize], &all_acked).await;
+    assert_intact(&c, label, "final pass");
     broker.stop();
     let whole: u64 = verify_segments(&data).iter().map(|(_, n)| n).sum();
-    let records: usize = acked.lock().unwrap().values().map(Vec::len).sum();
+    assert_eq!(
+        whole, c.present as u64,
+        "segment files and fetches disagree"
+    );
+    let records: usize = all_acked.values().map(Vec::len).sum();
     println!(
-        "crash suite [{label}]: {} rounds, {records} records acknowledged, {whole} stored in whole batches, 0 lost",
-        rounds()
+        "crash suite [{label}]: {} rounds, {records} records acknowledged, {} recovered (in whole \
+         batches), {} lost",
+        rounds(),
+        c.present,
+        lost_total + c.lost.len()
     );
 }
 
