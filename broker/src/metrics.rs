@@ -73,6 +73,7 @@ pub struct Metrics {
     pub recovery_truncations: Counter,
     pub recovery_rebuilt_indexes: Counter,
     partition_end: Family<PartitionLabels, U64Gauge>,
+    partition_durable: Family<PartitionLabels, U64Gauge>,
     partition_start: Family<PartitionLabels, U64Gauge>,
     partition_bytes: Family<PartitionLabels, U64Gauge>,
     group_committed: Family<GroupLabels, U64Gauge>,
@@ -105,6 +106,7 @@ impl Metrics {
             recovery_truncations: Counter::default(),
             recovery_rebuilt_indexes: Counter::default(),
             partition_end: Family::default(),
+            partition_durable: Family::default(),
             partition_start: Family::default(),
             partition_bytes: Family::default(),
             group_committed: Family::default(),
@@ -179,6 +181,12 @@ impl Metrics {
             m.partition_end.clone(),
         );
         r.register(
+            "partition_durable_offset",
+            "Offset below which every record is fsynced; the gap to the end offset is what a \
+             power loss could take under fsync=interval",
+            m.partition_durable.clone(),
+        );
+        r.register(
             "partition_log_start_offset",
             "First offset still stored in each partition",
             m.partition_start.clone(),
@@ -227,6 +235,7 @@ impl Metrics {
         // Cleared first, so deleted topics and groups disappear from the output.
         for f in [
             &self.partition_end,
+            &self.partition_durable,
             &self.partition_start,
             &self.partition_bytes,
         ] {
@@ -246,6 +255,9 @@ impl Metrics {
                 self.partition_end
                     .get_or_create(&labels)
                     .set(s.high_watermark);
+                self.partition_durable
+                    .get_or_create(&labels)
+                    .set(log.durable_offset());
                 self.partition_start
                     .get_or_create(&labels)
                     .set(s.log_start_offset);

@@ -317,7 +317,9 @@ async fn kill_9_rounds_lose_nothing_acknowledged_under_fsync_always() {
 }
 
 /// A process crash cannot lose what the OS already holds, so interval mode must lose nothing
-/// here either; what power loss would cost (up to MS of writes) cannot be simulated in a test.
+/// here either. What a power loss could cost (the records above the partition's durable offset,
+/// at most MS of writes) is simulated against the log directly, in
+/// `broker/src/log/tests.rs::a_power_loss_keeps_everything_below_the_durable_offset`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_rounds_lose_nothing_acknowledged_under_fsync_interval() {
     run(FsyncPolicy::Interval { ms: 50 }, "fsync=interval:50").await;

@@ -89,6 +89,11 @@ async fn metrics_count_what_happened() {
         1200.0
     );
     assert_eq!(
+        sum(&text, "rill_partition_durable_offset", "topic=\"m\""),
+        1200.0,
+        "under fsync=always everything acknowledged is on disk"
+    );
+    assert_eq!(
         sum(&text, "rill_group_committed_offset", "group=\"mg\""),
         1000.0
     );

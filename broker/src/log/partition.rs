@@ -54,9 +54,23 @@ pub(super) struct Shared {
     pub high_watermark: watch::Sender<u64>,
     /// Set once an fsync failed; the partition then refuses writes (fail-stop).
     pub failed: Mutex<Option<String>>,
+    /// Offset after the last record known to be on disk: every record below it was covered by
+    /// a completed fsync. Equal to the high watermark under `fsync=always`; under
+    /// `fsync=interval` the records from here to the high watermark are the window a power
+    /// loss could take.
+    pub durable: watch::Sender<u64>,
 }
 
 impl Shared {
+    /// Records that an fsync covered every record below `offset`.
+    pub(super) fn advance_durable(&self, offset: u64) {
+        self.durable.send_if_modified(|d| {
+            let advanced = offset > *d;
+            *d = (*d).max(offset);
+            advanced
+        });
+    }
+
     /// Marks the partition fail-stop after an fsync error; later appends are refused.
     pub(super) fn fail_stop(&self, label: &str, e: &StorageError) {
         let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
@@ -75,6 +89,9 @@ fn run_syncer(
     stop: crossbeam_channel::Receiver<()>,
 ) {
     while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop.recv_timeout(interval) {
+        // Read before choosing the file: everything published by now is either in the active
+        // segment, which this fsync covers, or in a sealed one, which its roll synced.
+        let published = *shared.high_watermark.borrow();
         let active = {
             let view = shared.view.read().unwrap_or_else(|p| p.into_inner());
             view.last().map(|s| (s.file.clone(), s.path.clone()))
@@ -82,16 +99,21 @@ fn run_syncer(
         let started = std::time::Instant::now();
         let result = active.as_ref().map(|(file, _)| file.sync_data());
         crate::metrics::global().fsync(started.elapsed());
-        if let (Some((_, path)), Some(Err(e))) = (active, result) {
-            shared.fail_stop(
-                &label,
-                &StorageError::Io {
-                    op: "fsync",
-                    path,
-                    source: e,
-                },
-            );
-            return;
+        match (active, result) {
+            (Some((_, path)), Some(Err(e))) => {
+                shared.fail_stop(
+                    &label,
+                    &StorageError::Io {
+                        op: "fsync",
+                        path,
+                        source: e,
+                    },
+                );
+                return;
+            }
+            _ => {
+                shared.advance_durable(published);
+            }
         }
     }
 }
@@ -198,6 +220,9 @@ impl PartitionLog {
             view: RwLock::new(recovered.segments),
             high_watermark: watch::Sender::new(hw),
             failed: Mutex::new(None),
+            // Recovery leaves everything it kept on disk (a clean stop synced it; an unclean
+            // start syncs the tail).
+            durable: watch::Sender::new(hw),
         });
         // Unbounded on purpose: `append` runs on async workers and must never block. The queue
         // is bounded in practice by max_connections x max_in_flight requests.
@@ -267,6 +292,17 @@ impl PartitionLog {
 
     pub fn high_watermark(&self) -> u64 {
         *self.shared.high_watermark.borrow()
+    }
+
+    /// Offset after the last record a completed fsync covered (see [`Shared::durable`]).
+    pub fn durable_offset(&self) -> u64 {
+        *self.shared.durable.borrow()
+    }
+
+    /// A receiver that changes whenever the durable offset advances.
+    #[cfg(test)]
+    pub(super) fn subscribe_durable(&self) -> watch::Receiver<u64> {
+        self.shared.durable.subscribe()
     }
 
     /// A receiver that changes whenever the high watermark advances.

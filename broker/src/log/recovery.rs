@@ -137,6 +137,7 @@ pub(super) fn recover(
             &mut found,
         )?;
         idx.append(&mut found);
+        let truncated = outcome.invalid.is_some();
         if let Some((position, reason)) = outcome.invalid {
             let cut = len - outcome.valid_len;
             if is_tail {
@@ -163,6 +164,11 @@ pub(super) fn recover(
         }
         if is_tail {
             tail_indexer = indexer;
+            if !clean && !truncated {
+                // After a crash the tail may hold writes the page cache never flushed; sync
+                // them before they are served, so nothing read after a restart can vanish.
+                file.sync_data().map_err(StorageError::io("fsync", &path))?;
+            }
         }
         segments.push(Segment {
             base,

@@ -320,6 +320,7 @@ impl Writer {
             .map_err(StorageError::io("fsync", &self.path))?;
         crate::metrics::global().fsync(started.elapsed());
         self.dirty = false;
+        self.shared.advance_durable(self.next_offset);
         Ok(())
     }
 
