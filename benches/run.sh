@@ -31,6 +31,7 @@ run "produce, 4 producers, 100 partitions" produce --producers 4 --partitions 10
 run "produce and consume together, 100 B" produce-consume --messages 5000000
 run "end-to-end latency at 10,000 msg/s, 100 B, fsync=always" latency --rate 10000 --duration 10
 run "produce 100 B through the per-record Producer API (linger 5 ms)" produce --api producer --messages 5000000
+run "latency at 10,000 msg/s alone, then beside 1,000 idle connections and 40,000 tiny requests/s (fsync=interval:1000)" --fsync interval:1000 hostile --rate 10000 --duration 10
 
 python3 - "$results" <<'PY'
 import json, sys
@@ -41,7 +42,7 @@ for line in open(sys.argv[1]):
     r = json.loads(raw)
     phase = "latency" if "latency_msgs_per_sec" in r else ("consume" if "consume_msgs_per_sec" in r and "produce_msgs_per_sec" not in r else "produce")
     rates = []
-    for p in ("produce", "consume", "latency"):
+    for p in ("produce", "consume", "latency", "abused"):
         if f"{p}_msgs_per_sec" in r:
             rates.append((p, r[f"{p}_msgs_per_sec"], r[f"{p}_mb_per_sec"]))
     msgs = " / ".join(f"{m:,.0f}" + (f" ({p})" if len(rates) > 1 else "") for p, m, _ in rates)
@@ -52,6 +53,9 @@ for line in open(sys.argv[1]):
             kind = "end to end" if p != "produce" else "batch ack"
             lat = f"{r[f'{p}_p50_us']/1000:.2f} / {r[f'{p}_p99_us']/1000:.2f} / {r[f'{p}_p999_us']/1000:.2f} / {r[f'{p}_max_us']/1000:.2f} ms ({kind})"
             break
+    if "abused_p50_us" in r:
+        ms = lambda p: f"{r[f'{p}_p50_us']/1000:.2f} / {r[f'{p}_p99_us']/1000:.2f} / {r[f'{p}_p999_us']/1000:.2f}"
+        lat = f"alone {ms('alone')}, abused {ms('abused')} ms (end to end; ratio p50 {r['p50_ratio']:.2f}x, p99 {r['p99_ratio']:.2f}x, p99.9 {r['p999_ratio']:.2f}x)"
     cpu = f"{r['broker_cpu_percent']}%" if "broker_cpu_percent" in r else ""
     rss = f"{r['broker_peak_rss_mib']} MiB" if "broker_peak_rss_mib" in r else ""
     print(f"| {label} | {msgs} | {mbs} | {lat} | {cpu} | {rss} | `{args}` |")

@@ -31,6 +31,9 @@ enum Scenario {
     ProduceConsume,
     /// One producer at a fixed --rate; end-to-end latency from send to receipt.
     Latency,
+    /// The latency scenario twice in one run: alone, then beside --idle-connections idle
+    /// connections and a flood of --flood-rate tiny requests/s; reports both and their ratios.
+    Hostile,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -44,7 +47,7 @@ enum Api {
     name = "rill-bench",
     version,
     about = "Throughput and latency benchmark for the Rill broker.",
-    after_help = "Examples:\n  rill-bench --spawn-broker produce --messages 5000000\n  rill-bench --spawn-broker --fsync interval:1000 consume --message-size 1024\n  rill-bench --spawn-broker latency --rate 10000 --duration 10"
+    after_help = "Examples:\n  rill-bench --spawn-broker produce --messages 5000000\n  rill-bench --spawn-broker --fsync interval:1000 consume --message-size 1024\n  rill-bench --spawn-broker latency --rate 10000 --duration 10\n  rill-bench --spawn-broker --fsync interval:1000 hostile --duration 10 --idle-connections 1000 --flood-rate 40000"
 )]
 struct Cli {
     #[arg(value_enum)]
@@ -95,6 +98,15 @@ struct Cli {
     /// With --api producer: how long a batch waits for more records, in milliseconds.
     #[arg(long, default_value_t = 5)]
     linger: u64,
+    /// For hostile: connections opened and left idle during the second measurement.
+    #[arg(long, default_value_t = 1000)]
+    idle_connections: usize,
+    /// For hostile: tiny requests per second (ListTopics) during the second measurement.
+    #[arg(long, default_value_t = 40_000)]
+    flood_rate: u64,
+    /// For hostile: connections the flood is spread over.
+    #[arg(long, default_value_t = 2)]
+    flooders: usize,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
@@ -146,22 +158,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let run_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis();
-    let mut targets = Vec::new();
-    for t in 0..cli.topics {
-        let name = format!("bench-{run_id}-{t}");
-        admin
-            .create_topic(
-                &name,
-                cli.partitions,
-                TopicConfig {
-                    fsync: Some(cli.fsync),
-                    segment_bytes: None,
-                    ..TopicConfig::default()
-                },
-            )
-            .await?;
-        targets.extend((0..cli.partitions).map(|p| (name.clone(), p)));
-    }
+    let targets = create_targets(&admin, &cli, &format!("bench-{run_id}")).await?;
     let params = Params {
         addr: addr.clone(),
         targets,
@@ -182,6 +179,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let cpu_before = spawned.as_ref().and_then(|s| s.cpu_seconds());
     let timer = Instant::now();
     let mut summaries = Vec::new();
+    let mut extra: Vec<(&str, f64)> = Vec::new();
     match cli.scenario {
         Scenario::Produce => {
             let produced = scenarios::produce(&params, progress.clone()).await?;
@@ -224,6 +222,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 cpu_before,
                 elapsed,
                 summaries,
+                &extra,
                 reporter,
             );
         }
@@ -265,6 +264,60 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 latency_kind: "end to end",
             });
         }
+        Scenario::Hostile => {
+            for abused in [false, true] {
+                let mut params = params.clone();
+                let abuse = if abused {
+                    params.targets =
+                        create_targets(&admin, &cli, &format!("bench-{run_id}-abused")).await?;
+                    let max = params.duration.unwrap_or(Duration::from_secs(10)) * 3;
+                    let a = scenarios::Abuse::start(
+                        &addr,
+                        cli.idle_connections,
+                        cli.flood_rate,
+                        cli.flooders,
+                        max + Duration::from_secs(30),
+                    )
+                    .await?;
+                    Some(a)
+                } else {
+                    None
+                };
+                let timer = Instant::now();
+                let (produced, consumed) = scenarios::latency(&params, progress.clone()).await?;
+                let elapsed = timer.elapsed();
+                if let Some(a) = abuse {
+                    let flood = a.stop().await?;
+                    extra.push(("flood_requests_answered", flood as f64));
+                    extra.push((
+                        "flood_requests_per_sec",
+                        flood as f64 / elapsed.as_secs_f64(),
+                    ));
+                }
+                scenarios::verify(produced.messages, produced.checksum, &consumed)?;
+                summaries.push(Summary {
+                    phase: if abused { "abused" } else { "alone" },
+                    messages: consumed.messages,
+                    elapsed,
+                    latency: stats::percentiles(consumed.e2e_micros),
+                    latency_kind: "end to end",
+                });
+            }
+            if let [
+                Summary {
+                    latency: Some(a), ..
+                },
+                Summary {
+                    latency: Some(b), ..
+                },
+            ] = &summaries[..]
+            {
+                let ratio = |x: Duration, y: Duration| y.as_secs_f64() / x.as_secs_f64().max(1e-9);
+                extra.push(("p50_ratio", ratio(a.p50, b.p50)));
+                extra.push(("p99_ratio", ratio(a.p99, b.p99)));
+                extra.push(("p999_ratio", ratio(a.p999, b.p999)));
+            }
+        }
     }
     finish(
         &cli,
@@ -272,8 +325,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cpu_before,
         timer.elapsed(),
         summaries,
+        &extra,
         reporter,
     )
+}
+
+/// Creates the benchmark topics `{prefix}-{i}`; returns every (topic, partition).
+async fn create_targets(
+    admin: &Admin,
+    cli: &Cli,
+    prefix: &str,
+) -> anyhow::Result<Vec<(String, u32)>> {
+    let mut targets = Vec::new();
+    for t in 0..cli.topics {
+        let name = format!("{prefix}-{t}");
+        let config = TopicConfig {
+            fsync: Some(cli.fsync),
+            ..TopicConfig::default()
+        };
+        admin.create_topic(&name, cli.partitions, config).await?;
+        targets.extend((0..cli.partitions).map(|p| (name.clone(), p)));
+    }
+    Ok(targets)
 }
 
 /// Messages the broker holds in the benchmark topics.
@@ -324,6 +397,7 @@ fn finish(
     cpu_before: Option<f64>,
     elapsed: Duration,
     summaries: Vec<Summary>,
+    extra: &[(&str, f64)],
     reporter: tokio::task::JoinHandle<()>,
 ) -> anyhow::Result<()> {
     reporter.abort();
@@ -365,6 +439,9 @@ fn finish(
                 ));
             }
         }
+        for (k, v) in extra {
+            parts.push(format!("\"{k}\":{v:.2}"));
+        }
         if let Some(c) = cpu {
             parts.push(format!("\"broker_cpu_percent\":{c:.0}"));
         }
@@ -403,6 +480,9 @@ fn finish(
                 s.latency_kind, l.p50, l.p99, l.p999, l.max, l.samples
             );
         }
+    }
+    for (k, v) in extra {
+        println!("{k} {v:.2}");
     }
     if let (Some(c), Some(r)) = (cpu, rss) {
         println!("broker   cpu {c:.0}% of one core  peak rss {r:.1} MiB");
