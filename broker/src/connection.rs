@@ -115,6 +115,9 @@ pub async fn serve(
             _ = ctx.shutdown.cancelled() => break "broker shutting down".into(),
         }
     };
+    // Logged before the socket closes (when the writer finishes), so whoever sees the close
+    // can already read why.
+    tracing::info!(%peer, %reason, "closing connection");
     // The writer ends once every in-flight request has sent its response. A peer that stops
     // reading could hold that up forever, so on shutdown it gets a bounded grace period.
     drop(tx);
@@ -128,7 +131,6 @@ pub async fn serve(
         tracing::warn!(%peer, "peer did not read its responses within the shutdown grace period; dropped them");
     }
     m.connections.dec();
-    tracing::info!(%peer, %reason, "connection closed");
 }
 
 async fn write_loop(

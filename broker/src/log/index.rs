@@ -6,10 +6,12 @@
 //! entry whenever the segment's maximum timestamp has grown, and means "every batch up to and
 //! including the one at `rel` has timestamps <= ts".
 //!
-//! Files (little-endian, see docs/format.md): `.index` is `(rel_offset u32, position u32)*`,
-//! `.timeindex` is `(timestamp i64, rel_offset u32)*`, each followed by a CRC-32C (u32) of the
-//! entries. They are trusted only after [`load`] checks the CRC, and that the entries are ordered
-//! and inside the segment; otherwise the segment is rescanned.
+//! Files (little-endian, see docs/format.md): `.index` is `(rel_offset u32, position u32)*`
+//! then the segment's [`Extent`] when it was written (`len u64, end_offset u64`), `.timeindex`
+//! is `(timestamp i64, rel_offset u32)*`, each followed by a CRC-32C (u32) of everything before
+//! it. They are trusted only after [`load`] checks the CRC, and that the entries are ordered and
+//! inside the extent; otherwise the segment is rescanned. The extent also tells recovery when a
+//! segment lost bytes it once held whole (a tail cut at a batch boundary leaves no torn batch).
 
 use std::fs;
 use std::io;
@@ -25,6 +27,14 @@ pub struct OffsetEntry {
 pub struct TimeEntry {
     pub timestamp: i64,
     pub rel_offset: u32,
+}
+
+/// What a segment held when its index was written (after an fsync): its length in bytes and
+/// the offset after its last record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub len: u64,
+    pub end_offset: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,12 +67,15 @@ impl SegmentIndex {
         self.times.append(&mut more.times);
     }
 
-    pub fn write(&self, log_path: &Path) -> io::Result<()> {
-        let mut buf = Vec::with_capacity(self.offsets.len() * 8);
+    /// Writes both index files for the segment at `log_path`, which holds `extent`.
+    pub fn write(&self, log_path: &Path, extent: Extent) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(self.offsets.len() * 8 + EXTENT_LEN + 4);
         for e in &self.offsets {
             buf.extend_from_slice(&e.rel_offset.to_le_bytes());
             buf.extend_from_slice(&e.position.to_le_bytes());
         }
+        buf.extend_from_slice(&extent.len.to_le_bytes());
+        buf.extend_from_slice(&extent.end_offset.to_le_bytes());
         buf.extend_from_slice(&crc32c::crc32c(&buf).to_le_bytes());
         write_synced(&log_path.with_extension("index"), &buf)?;
         let mut buf = Vec::with_capacity(self.times.len() * 12);
@@ -81,10 +94,23 @@ fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
     f.sync_data()
 }
 
-/// Loads a segment's index files if they exist and are consistent with a log of `log_len` bytes.
-pub fn load(log_path: &Path, log_len: u64) -> Option<SegmentIndex> {
-    let raw = checked(fs::read(log_path.with_extension("index")).ok()?, 8)?;
-    let times = checked(fs::read(log_path.with_extension("timeindex")).ok()?, 12)?;
+const EXTENT_LEN: usize = 16;
+
+/// Loads a segment's index files if they exist, their CRCs match and they are consistent with
+/// the extent they record; returns the index and that extent.
+pub fn load(log_path: &Path) -> Option<(SegmentIndex, Extent)> {
+    let mut raw = checked(fs::read(log_path.with_extension("index")).ok()?)?;
+    let at = raw.len().checked_sub(EXTENT_LEN)?;
+    let tail: [u8; EXTENT_LEN] = raw.split_off(at).try_into().ok()?;
+    let (len, end) = tail.split_at(8);
+    let extent = Extent {
+        len: u64::from_le_bytes(len.try_into().ok()?),
+        end_offset: u64::from_le_bytes(end.try_into().ok()?),
+    };
+    let times = checked(fs::read(log_path.with_extension("timeindex")).ok()?)?;
+    if raw.len() % 8 != 0 || times.len() % 12 != 0 {
+        return None;
+    }
     let offsets: Vec<OffsetEntry> = raw
         .chunks_exact(8)
         .map(|c| OffsetEntry {
@@ -106,26 +132,24 @@ pub fn load(log_path: &Path, log_len: u64) -> Option<SegmentIndex> {
             .windows(2)
             .all(|w| w[0].timestamp < w[1].timestamp && w[0].rel_offset < w[1].rel_offset);
     let starts_right = match offsets.first() {
-        None => log_len == 0,
+        None => extent.len == 0,
         Some(first) => first.position == 0 && first.rel_offset == 0,
     };
     let inside = offsets
         .last()
-        .is_none_or(|e| u64::from(e.position) < log_len);
+        .is_none_or(|e| u64::from(e.position) < extent.len);
     let times_indexed = times.iter().all(|t| {
         offsets
             .binary_search_by_key(&t.rel_offset, |o| o.rel_offset)
             .is_ok()
     });
-    (ordered && starts_right && inside && times_indexed).then_some(SegmentIndex { offsets, times })
+    (ordered && starts_right && inside && times_indexed)
+        .then_some((SegmentIndex { offsets, times }, extent))
 }
 
-/// The entries of an index file whose CRC footer matches, or `None`.
-fn checked(mut file: Vec<u8>, entry: usize) -> Option<Vec<u8>> {
+/// The body of an index file whose CRC footer matches, or `None`.
+fn checked(mut file: Vec<u8>) -> Option<Vec<u8>> {
     let body = file.len().checked_sub(4)?;
-    if body % entry != 0 {
-        return None;
-    }
     let stored = u32::from_le_bytes(file[body..].try_into().ok()?);
     file.truncate(body);
     (crc32c::crc32c(&file) == stored).then_some(file)
@@ -245,26 +269,33 @@ mod tests {
             3,
             "positions 0, 120 and 260 are due; 50 is not"
         );
-        idx.write(&log).unwrap();
-        assert_eq!(load(&log, 300), Some(idx.clone()));
-        assert_eq!(
-            load(&log, 200),
-            None,
-            "an entry past the end of the log is refused"
-        );
-        let good = std::fs::read(log.with_extension("index")).unwrap();
-        for i in 0..good.len() {
-            let mut bad = good.clone();
-            bad[i] ^= 0x04;
-            std::fs::write(log.with_extension("index"), &bad).unwrap();
-            assert_eq!(
-                load(&log, 300),
-                None,
-                "a flip at byte {i} of the index went unnoticed"
-            );
+        let extent = Extent {
+            len: 300,
+            end_offset: 40,
+        };
+        idx.write(&log, extent).unwrap();
+        assert_eq!(load(&log), Some((idx.clone(), extent)));
+        let short = Extent { len: 200, ..extent };
+        idx.write(&log, short).unwrap();
+        assert_eq!(load(&log), None, "an entry past the extent is refused");
+        idx.write(&log, extent).unwrap();
+        for ext in ["index", "timeindex"] {
+            let path = log.with_extension(ext);
+            let good = std::fs::read(&path).unwrap();
+            for i in 0..good.len() {
+                let mut bad = good.clone();
+                bad[i] ^= 0x04;
+                std::fs::write(&path, &bad).unwrap();
+                assert_eq!(
+                    load(&log),
+                    None,
+                    "a flip at byte {i} of the {ext} went unnoticed"
+                );
+            }
+            std::fs::write(&path, &good[..good.len() - 1]).unwrap();
+            assert_eq!(load(&log), None, "a torn {ext} file is refused");
+            std::fs::write(&path, &good).unwrap();
         }
-        std::fs::write(log.with_extension("index"), &good[..good.len() - 1]).unwrap();
-        assert_eq!(load(&log, 300), None, "a torn index file is refused");
     }
 
     #[test]

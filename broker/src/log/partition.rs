@@ -514,11 +514,7 @@ impl PartitionLog {
 }
 
 fn corrupt(path: &Path, position: u64, e: rill_protocol::DecodeError) -> StorageError {
-    StorageError::Corrupt {
-        path: path.to_path_buf(),
-        position,
-        reason: e.to_string(),
-    }
+    segment::corrupt(path, position, e.to_string())
 }
 
 impl Drop for PartitionLog {

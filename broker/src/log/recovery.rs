@@ -8,7 +8,7 @@
 //! a sealed segment cannot be a torn write; it is corruption and is logged as an error.
 
 use super::error::StorageError;
-use super::index::{self, Indexer, SegmentIndex};
+use super::index::{self, Extent, Indexer, SegmentIndex};
 use super::segment::{self, Segment};
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -101,11 +101,17 @@ pub(super) fn recover(
             .metadata()
             .map_err(StorageError::io("stat", &path))?
             .len();
-        let trusted = if clean || !is_tail {
-            index::load(&path, len)
-        } else {
-            None
-        };
+        let loaded = index::load(&path);
+        // Bytes the segment held whole when its index was written (after an fsync) and no
+        // longer has: lost while the broker was stopped. A cut at a batch boundary leaves no
+        // torn batch to find, so the recorded extent is what tells.
+        let missing = loaded
+            .as_ref()
+            .map(|(_, extent)| *extent)
+            .filter(|extent| extent.len > len);
+        let trusted = loaded
+            .filter(|(_, extent)| (clean || !is_tail) && extent.len == len)
+            .map(|(idx, _)| idx);
         let rebuilt = trusted.is_none();
         let (mut idx, mut indexer, start_pos, start_offset) = match trusted {
             Some(idx) => {
@@ -137,6 +143,18 @@ pub(super) fn recover(
             &mut found,
         )?;
         idx.append(&mut found);
+        if let Some(extent) = missing {
+            let reason = format!(
+                "the segment is {} bytes shorter than when it was last indexed: offsets {}..{} are gone",
+                extent.len - len,
+                outcome.next_offset,
+                extent.end_offset
+            );
+            tracing::error!(partition = label, file = %path.display(), %reason, "segment lost data while the broker was stopped");
+            report
+                .truncated
+                .push((path.clone(), len, extent.len - len, reason));
+        }
         let truncated = outcome.invalid.is_some();
         if let Some((position, reason)) = outcome.invalid {
             let cut = len - outcome.valid_len;
@@ -152,7 +170,11 @@ pub(super) fn recover(
         }
         if !is_tail && (rebuilt || !report.truncated.is_empty()) {
             // Save the rebuilt index so the next start does not scan this sealed segment again.
-            if let Err(e) = idx.write(&path) {
+            let extent = Extent {
+                len: outcome.valid_len,
+                end_offset: outcome.next_offset,
+            };
+            if let Err(e) = idx.write(&path, extent) {
                 tracing::warn!(file = %path.display(), error = %e, "could not write rebuilt index");
             }
         }

@@ -38,11 +38,14 @@ fn read_exact_at(file: &File, path: &Path, buf: &mut [u8], pos: u64) -> Result<(
         .map_err(StorageError::io("read", path))
 }
 
-fn corrupt(path: &Path, position: u64, reason: impl Into<String>) -> StorageError {
+/// Damage found by a read: logged here, once for every kind, and refused with a typed error.
+pub(super) fn corrupt(path: &Path, position: u64, reason: impl Into<String>) -> StorageError {
+    let reason = reason.into();
+    tracing::error!(file = %path.display(), position, %reason, "corrupt batch on disk; not served");
     StorageError::Corrupt {
         path: path.to_path_buf(),
         position,
-        reason: reason.into(),
+        reason,
     }
 }
 
@@ -110,24 +113,19 @@ pub fn read_from(
         if len < HEADER_LEN || used + len > buf.len() {
             break;
         }
-        let intact = batch::crc_matches(&buf[used..used + len]);
-        let header = BatchHeader::parse(&buf[used..])
-            .ok()
-            .filter(|h| h.base_offset == expected);
-        if !intact || header.is_none() {
-            let position = pos + used as u64;
-            if used == 0 {
-                let reason = if intact {
-                    "batch base offset out of sequence"
-                } else {
-                    "batch CRC mismatch"
-                };
-                tracing::error!(file = %path.display(), position, reason, "corrupt batch on disk; not served");
-                return Err(corrupt(path, position, reason));
+        let checked = batch::check_stored(&buf[used..used + len]).and_then(|h| {
+            if h.base_offset == expected {
+                Ok(h)
+            } else {
+                Err("batch base offset out of sequence")
             }
-            break; // serve the good batches before it; the next read reports it
-        }
-        expected = header.map_or(expected, |h| h.last_offset() + 1);
+        });
+        let header = match checked {
+            Ok(h) => h,
+            Err(reason) if used == 0 => return Err(corrupt(path, pos, reason)),
+            Err(_) => break, // serve the good batches before it; the next read reports it
+        };
+        expected = header.last_offset() + 1;
         used += len;
     }
     buf.truncate(used);
@@ -135,7 +133,6 @@ pub fn read_from(
 }
 
 fn discontinuous(path: &Path, position: u64, found: u64, expected: u64) -> StorageError {
-    tracing::error!(file = %path.display(), position, found, expected, "corrupt batch on disk; not served");
     corrupt(
         path,
         position,

@@ -172,6 +172,61 @@ fn a_torn_tail_is_truncated_to_the_last_whole_batch() {
 }
 
 #[test]
+fn whole_batches_lost_while_stopped_are_reported_with_their_offsets() {
+    // Segments of a few batches, so there is a sealed one and a tail.
+    for (which, clean) in [("tail", true), ("tail", false), ("sealed", true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open(dir.path(), config(600), true);
+        append_batches(&log, 30, 4);
+        log.close();
+        drop(log);
+        let mut logs: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        logs.sort();
+        let victim = if which == "tail" {
+            logs.pop().unwrap()
+        } else {
+            logs.remove(0)
+        };
+        // Cut the last two batches off exactly at a batch boundary: nothing torn is left.
+        let bytes = std::fs::read(&victim).unwrap();
+        let headers: Vec<_> = Batches::new(Bytes::from(bytes.clone()))
+            .map(|b| rill_protocol::batch::validate(&b).unwrap())
+            .collect();
+        assert!(headers.len() >= 3, "{which}: {} batches", headers.len());
+        let keep: usize = headers[..headers.len() - 2]
+            .iter()
+            .map(|h| h.total_len())
+            .sum();
+        let first_lost = headers[headers.len() - 2].base_offset;
+        let end = headers.last().unwrap().last_offset() + 1;
+        OpenOptions::new()
+            .write(true)
+            .open(&victim)
+            .unwrap()
+            .set_len(keep as u64)
+            .unwrap();
+        let (_log, report) = open(dir.path(), config(600), clean);
+        let lost = report
+            .truncated
+            .iter()
+            .find(|(path, ..)| *path == victim)
+            .unwrap_or_else(|| panic!("{which} (clean {clean}): not reported: {report:?}"));
+        assert_eq!(lost.1, keep as u64, "{which}: position");
+        assert_eq!(lost.2, (bytes.len() - keep) as u64, "{which}: bytes");
+        assert!(
+            lost.3
+                .contains(&format!("offsets {first_lost}..{end} are gone")),
+            "{which}: {}",
+            lost.3
+        );
+    }
+}
+
+#[test]
 fn a_bit_flip_in_the_last_batch_cuts_that_batch() {
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = open(dir.path(), config(1 << 20), true);

@@ -14,7 +14,7 @@
 //! unknown, so the partition turns fail-stop: every later append is refused.
 
 use super::error::{AppendError, StorageError};
-use super::index::{Indexer, SegmentIndex};
+use super::index::{Extent, Indexer, SegmentIndex};
 use super::partition::{AppendAck, LogConfig, Shared};
 use super::recovery;
 use bytes::Bytes;
@@ -366,7 +366,13 @@ impl Writer {
     fn write_active_index(&self) {
         let view = self.shared.view.read().unwrap_or_else(|p| p.into_inner());
         if let Some(active) = view.last()
-            && let Err(e) = active.index.write(&active.path)
+            && let Err(e) = active.index.write(
+                &active.path,
+                Extent {
+                    len: active.size,
+                    end_offset: active.next_offset,
+                },
+            )
         {
             tracing::warn!(partition = %self.label, file = %active.path.display(), error = %e, "could not write segment index; it will be rebuilt at the next start");
         }

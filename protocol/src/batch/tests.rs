@@ -87,6 +87,16 @@ proptest! {
     }
 
     #[test]
+    fn the_stored_check_rejects_any_flip_from_the_magic_on(recs in proptest::collection::vec(rec(), 1..5), bit in any::<prop::sample::Index>()) {
+        let batch = build(&recs);
+        prop_assert!(check_stored(&batch).is_ok());
+        let mut v = batch.to_vec();
+        let at = 16 + bit.index((v.len() - 16) * 8) / 8;
+        v[at] ^= 1 << (bit.index(8));
+        prop_assert!(check_stored(&v).is_err(), "flip at byte {} passed", at);
+    }
+
+    #[test]
     fn validate_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         let _ = validate(&bytes);
         let _ = RecordIter::new(Bytes::from(bytes.clone())).map(|it| it.count());
