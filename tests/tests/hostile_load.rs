@@ -246,8 +246,9 @@ async fn a_thousand_idle_connections_and_a_flood_of_tiny_requests() {
         rss_before >> 20,
         rss_during >> 20
     );
-    // A starvation guard, not the 2x target: with medians of tens of microseconds, this
-    // shared 2-core VM's ~4 ms scheduling quantum decides the ratio (see the closing note).
+    // A starvation guard, not the 2x target, which is measured rather than asserted
+    // (timed assertions on this shared 2-core machine would measure its scheduler): see
+    // `rill-bench hostile` and BENCHMARKS.md, "Under hostile load".
     assert!(
         during <= before * 2 + Duration::from_millis(10),
         "latency {before:?} -> {during:?}"

@@ -401,16 +401,18 @@ fn now_ms() -> i64 {
 
 /// Abuse running beside a measurement: connections that are opened and never used, and
 /// connections flooding the broker with tiny requests (`ListTopics`) at a fixed total rate.
+/// It runs on its own runtime thread, like another service would, so its tasks do not queue
+/// ahead of the measured client's on the same workers.
 pub struct Abuse {
-    _idle: Vec<tokio::net::TcpStream>,
+    runtime: tokio::runtime::Runtime,
     stop: tokio::sync::watch::Sender<bool>,
-    flooders: Vec<tokio::task::JoinHandle<anyhow::Result<u64>>>,
+    task: tokio::task::JoinHandle<anyhow::Result<u64>>,
 }
 
 impl Abuse {
     /// Opens `idle` connections, then starts `flooders` connections that together send
     /// `rate` requests per second (a burst every millisecond, answers awaited before the next
-    /// burst) until [`Abuse::stop`] or `max` has passed.
+    /// burst) until [`Abuse::stop`] or `max` has passed. Returns once all are connected.
     pub async fn start(
         addr: &str,
         idle: usize,
@@ -418,52 +420,71 @@ impl Abuse {
         flooders: usize,
         max: Duration,
     ) -> anyhow::Result<Abuse> {
-        let mut idle_conns = Vec::with_capacity(idle);
-        for i in 0..idle {
-            idle_conns.push(
-                tokio::net::TcpStream::connect(addr)
-                    .await
-                    .with_context(|| format!("opening idle connection {i}"))?,
-            );
-        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("rill-bench-abuse")
+            .enable_all()
+            .build()?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let per_ms = (rate / 1000 / flooders.max(1) as u64).max(1) as usize;
-        let mut tasks = Vec::new();
-        for _ in 0..if rate == 0 { 0 } else { flooders.max(1) } {
-            let client = Client::connect(addr).await?;
-            let stopped = stopped.clone();
-            tasks.push(tokio::spawn(async move {
-                let deadline = Instant::now() + max;
-                let mut tick = tokio::time::interval(Duration::from_millis(1));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-                let mut answered = 0u64;
-                while !*stopped.borrow() && Instant::now() < deadline {
-                    tick.tick().await;
-                    let burst: FuturesUnordered<_> = (0..per_ms)
-                        .map(|_| client.call(&rill_protocol::messages::ListTopicsRequest {}))
-                        .collect();
-                    for r in burst.collect::<Vec<_>>().await {
-                        r?;
-                        answered += 1;
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        let addr = addr.to_string();
+        let task = runtime.spawn(async move {
+            let mut idle_conns = Vec::with_capacity(idle);
+            for i in 0..idle {
+                idle_conns.push(
+                    tokio::net::TcpStream::connect(&addr)
+                        .await
+                        .with_context(|| format!("opening idle connection {i}"))?,
+                );
+            }
+            let per_ms = (rate / 1000 / flooders.max(1) as u64).max(1) as usize;
+            let mut tasks = Vec::new();
+            for _ in 0..if rate == 0 { 0 } else { flooders.max(1) } {
+                let client = Client::connect(&addr).await?;
+                let stopped = stopped.clone();
+                tasks.push(tokio::spawn(async move {
+                    let deadline = Instant::now() + max;
+                    let mut tick = tokio::time::interval(Duration::from_millis(1));
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                    let mut answered = 0u64;
+                    while !*stopped.borrow() && Instant::now() < deadline {
+                        tick.tick().await;
+                        let burst: FuturesUnordered<_> = (0..per_ms)
+                            .map(|_| client.call(&rill_protocol::messages::ListTopicsRequest {}))
+                            .collect();
+                        for r in burst.collect::<Vec<_>>().await {
+                            r?;
+                            answered += 1;
+                        }
                     }
-                }
-                anyhow::Ok(answered)
-            }));
+                    anyhow::Ok(answered)
+                }));
+            }
+            let _ = ready_tx.send(());
+            let mut answered = 0;
+            for t in tasks {
+                answered += t.await??;
+            }
+            drop(idle_conns);
+            anyhow::Ok(answered)
+        });
+        if ready.await.is_err() {
+            // The setup failed before the flood started: report why.
+            task.await??;
+            bail!("the abuse ended before it started");
         }
         Ok(Abuse {
-            _idle: idle_conns,
+            runtime,
             stop,
-            flooders: tasks,
+            task,
         })
     }
 
     /// Stops the flood and closes every connection; returns the tiny requests answered.
     pub async fn stop(self) -> anyhow::Result<u64> {
         self.stop.send_replace(true);
-        let mut answered = 0;
-        for f in self.flooders {
-            answered += f.await??;
-        }
+        let answered = self.task.await??;
+        self.runtime.shutdown_background();
         Ok(answered)
     }
 }
