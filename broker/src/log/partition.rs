@@ -294,7 +294,9 @@ impl PartitionLog {
         *self.shared.high_watermark.borrow()
     }
 
-    /// Offset after the last record a completed fsync covered (see [`Shared::durable`]).
+    /// Offset after the last record a completed fsync covered: equal to the high watermark under
+    /// `fsync=always`; under `fsync=interval` the records from here to the high watermark are
+    /// what a power loss could take.
     pub fn durable_offset(&self) -> u64 {
         *self.shared.durable.borrow()
     }
