@@ -168,8 +168,9 @@ pub(super) fn recover(
             file.sync_all().map_err(StorageError::io("fsync", &path))?;
             report.truncated.push((path.clone(), position, cut, reason));
         }
-        if !is_tail && (rebuilt || !report.truncated.is_empty()) {
-            // Save the rebuilt index so the next start does not scan this sealed segment again.
+        if (!is_tail && (rebuilt || !report.truncated.is_empty())) || missing.is_some() {
+            // Save the rebuilt index so the next start does not scan this sealed segment again,
+            // and replace an extent that reported lost bytes so they are reported only once.
             let extent = Extent {
                 len: outcome.valid_len,
                 end_offset: outcome.next_offset,

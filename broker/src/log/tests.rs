@@ -209,7 +209,7 @@ fn whole_batches_lost_while_stopped_are_reported_with_their_offsets() {
             .unwrap()
             .set_len(keep as u64)
             .unwrap();
-        let (_log, report) = open(dir.path(), config(600), clean);
+        let (log, report) = open(dir.path(), config(600), clean);
         let lost = report
             .truncated
             .iter()
@@ -222,6 +222,13 @@ fn whole_batches_lost_while_stopped_are_reported_with_their_offsets() {
                 .contains(&format!("offsets {first_lost}..{end} are gone")),
             "{which}: {}",
             lost.3
+        );
+        // Crash (no clean close, so no fresh index) and start again: reported once only.
+        std::mem::forget(log);
+        let (_log, report) = open(dir.path(), config(600), false);
+        assert!(
+            report.truncated.is_empty(),
+            "{which}: reported again: {report:?}"
         );
     }
 }
