@@ -99,22 +99,18 @@ fn run_syncer(
         let started = std::time::Instant::now();
         let result = active.as_ref().map(|(file, _)| file.sync_data());
         crate::metrics::global().fsync(started.elapsed());
-        match (active, result) {
-            (Some((_, path)), Some(Err(e))) => {
-                shared.fail_stop(
-                    &label,
-                    &StorageError::Io {
-                        op: "fsync",
-                        path,
-                        source: e,
-                    },
-                );
-                return;
-            }
-            _ => {
-                shared.advance_durable(published);
-            }
+        if let (Some((_, path)), Some(Err(e))) = (active, result) {
+            shared.fail_stop(
+                &label,
+                &StorageError::Io {
+                    op: "fsync",
+                    path,
+                    source: e,
+                },
+            );
+            return;
         }
+        shared.advance_durable(published);
     }
 }
 
