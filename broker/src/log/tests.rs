@@ -554,3 +554,45 @@ fn a_power_loss_keeps_everything_below_the_durable_offset() {
     }
     assert!(cases > 100, "only {cases} disk states tried");
 }
+
+#[test]
+fn interval_write_back_neither_changes_the_data_nor_counts_as_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        fsync: FsyncPolicy::Interval { ms: 60_000 },
+        ..config(64 << 20)
+    };
+    let (log, _) = open(dir.path(), cfg.clone(), true);
+    // About 10 MiB in 64 KiB batches: write-back is started at least twice.
+    let value = vec![b'w'; 1000];
+    let mut pending = Vec::new();
+    for t in 0..160u64 {
+        let mut b = BatchBuilder::with_capacity(70_000);
+        for _ in 0..64 {
+            b.push(None, &value, &[], t as i64);
+        }
+        pending.push(log.append(b.finish()).unwrap());
+    }
+    for p in pending {
+        p.wait_blocking().unwrap();
+    }
+    assert_eq!(log.high_watermark(), 160 * 64);
+    assert!(log.stats().size_bytes > 8 << 20);
+    assert_eq!(
+        log.durable_offset(),
+        0,
+        "starting write-back is not an fsync; only the syncer may advance the durable offset"
+    );
+    let mut next = 0;
+    while next < log.high_watermark() {
+        let r = log.read(next, 1 << 20).unwrap();
+        for b in Batches::new(r.batches) {
+            for rec in RecordIter::new(b).unwrap() {
+                let rec = rec.unwrap();
+                assert_eq!(rec.offset, next);
+                assert_eq!(&rec.value[..], &value[..]);
+                next += 1;
+            }
+        }
+    }
+}
