@@ -125,6 +125,11 @@ pub struct Args {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Check every segment, index and topic metadata file in the data directory of a stopped
+    /// broker, print what is damaged and exit: 0 if nothing is, 1 if something is, 2 if the
+    /// check could not run (for example, a broker holds the directory). Writes nothing.
+    #[arg(long)]
+    pub check: bool,
     /// Address to listen on [default: 127.0.0.1:7171]; port 0 picks a free port.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,

@@ -22,6 +22,16 @@ fn main() -> ExitCode {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
+    if args.check {
+        return match rill_broker::check::check_data_dir(&config.data_dir, &mut std::io::stdout()) {
+            Ok(summary) if summary.intact() => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("rilld: check failed: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
     use std::io::IsTerminal;

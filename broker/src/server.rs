@@ -201,7 +201,7 @@ async fn accept_loop(listener: &TcpListener, ctx: &Arc<Context>) {
     tracker.wait().await;
 }
 
-fn lock_data_dir(dir: &Path) -> anyhow::Result<fs::File> {
+pub(crate) fn lock_data_dir(dir: &Path) -> anyhow::Result<fs::File> {
     let path = dir.join(LOCK_FILE);
     let file = fs::OpenOptions::new()
         .create(true)

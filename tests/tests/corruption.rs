@@ -365,6 +365,9 @@ async fn random_damage_never_crashes_the_broker_or_serves_a_corrupt_record() {
             }
         }
         let what = format!("seed {seed} case {case}: {}", damage.join(", "));
+        // The scrub runs on the damaged directory first (start-up repairs it).
+        let (scrub_code, scrub) = check(&data);
+        assert!(scrub_code == 0 || scrub_code == 1, "{what}: {scrub}");
         let broker = Broker::start(&data, &[]);
         let client = Client::connect(broker.addr()).await.unwrap();
         let start = client
@@ -396,6 +399,11 @@ async fn random_damage_never_crashes_the_broker_or_serves_a_corrupt_record() {
             "{what}"
         );
         if (records.len() as u64) < RECORDS {
+            assert!(
+                scrub.contains("c/0: DAMAGED"),
+                "{what}: {} records served, but rilld --check found c/0 intact:\n{scrub}",
+                records.len()
+            );
             let log = broker.log();
             assert!(
                 [
@@ -416,4 +424,73 @@ async fn random_damage_never_crashes_the_broker_or_serves_a_corrupt_record() {
         );
         drop((client, broker));
     }
+}
+
+/// `rilld --check` on a data directory; returns the exit code and the report.
+fn check(data: &Path) -> (i32, String) {
+    let out = std::process::Command::new(&rill_e2e::binaries().rilld)
+        .arg("--check")
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .expect("run rilld --check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().expect("exit code"), text)
+}
+
+/// The scrub finds what start-up deliberately does not scan (damage early in a sealed segment),
+/// separates damage from rebuildable indexes, and refuses a directory a broker holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rilld_check_reports_damage_that_start_up_does_not_scan() {
+    let root = tempfile::tempdir().unwrap();
+    let pristine = pristine(root.path()).await;
+    let (code, text) = check(&pristine);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("c/0: ok"), "{text}");
+    assert!(text.contains("committed offsets: ok"), "{text}");
+    assert!(
+        text.contains("bytes: 0 damaged, 0 index files to rebuild"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("offsets 0..{RECORDS}")), "{text}");
+
+    // Damage inside the first batch of a sealed segment.
+    let data = root.path().join("sealed");
+    copy_dir(&pristine, &data);
+    let first = files(&data.join("topics/c/0"), "log").remove(0);
+    flip(&first, 70);
+    let (code, text) = check(&data);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("c/0: DAMAGED"), "{text}");
+    assert!(
+        text.contains(&format!("{}: byte 0: ", first.display())) && text.contains("CRC"),
+        "{text}"
+    );
+    assert!(text.contains("bytes: 1 damaged,"), "{text}");
+
+    // A damaged index is not damage: start-up rebuilds it.
+    let data = root.path().join("index");
+    copy_dir(&pristine, &data);
+    let index = files(&data.join("topics/c/0"), "index").remove(0);
+    flip(&index, 3);
+    let (code, text) = check(&data);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(&format!(
+            "index to rebuild: {}:",
+            index.with_extension("log").display()
+        )),
+        "{text}"
+    );
+
+    // Not while a broker runs on it.
+    let broker = Broker::start(&pristine, &[]);
+    let (code, text) = check(&pristine);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("in use by another rilld"), "{text}");
+    drop(broker);
 }

@@ -14,6 +14,7 @@
 //! an unsynced batch. Index files are written when a segment is sealed and at clean shutdown;
 //! after a crash the tail segment's index is rebuilt by `recovery.rs`.
 
+mod check;
 mod error;
 mod index;
 mod partition;
@@ -21,6 +22,7 @@ mod recovery;
 mod segment;
 mod writer;
 
+pub use check::{PartitionCheck, check_partition};
 pub use error::{AppendError, ReadError, StorageError};
 pub use partition::{
     AppendAck, LogConfig, PartitionLog, PartitionStats, PendingAppend, ReadResult,

@@ -596,3 +596,42 @@ fn interval_write_back_neither_changes_the_data_nor_counts_as_durable() {
         }
     }
 }
+
+#[test]
+fn the_scrub_checks_index_entries_against_the_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), config(600), true);
+    append_batches(&log, 30, 4);
+    log.close();
+    drop(log);
+    let clean = check_partition(dir.path()).unwrap();
+    assert!(
+        clean.damage.is_empty() && clean.rebuilds.is_empty(),
+        "{clean:?}"
+    );
+    assert_eq!((clean.start_offset, clean.end_offset), (0, 120));
+
+    // A CRC-valid index whose second entry points into the middle of a batch.
+    let first = dir.path().join(segment::file_name(0));
+    let (mut idx, extent) = index::load(&first).expect("a sealed segment has an index");
+    assert!(idx.offsets.len() >= 2, "{idx:?}");
+    idx.offsets[1].position += 1;
+    idx.write(&first, extent).unwrap();
+    let forged = check_partition(dir.path()).unwrap();
+    assert!(forged.damage.is_empty(), "{forged:?}");
+    assert!(
+        forged.rebuilds.len() == 1 && forged.rebuilds[0].contains("is not the start of a batch"),
+        "{forged:?}"
+    );
+
+    // The same with a time entry claiming a timestamp no batch has.
+    idx.offsets[1].position -= 1;
+    let t = idx.times.last_mut().unwrap();
+    t.timestamp += 1;
+    idx.write(&first, extent).unwrap();
+    let forged = check_partition(dir.path()).unwrap();
+    assert!(
+        forged.rebuilds.len() == 1 && forged.rebuilds[0].contains("does not match the batches"),
+        "{forged:?}"
+    );
+}

@@ -87,6 +87,14 @@ fn open_partitions(
         .collect()
 }
 
+/// Reads and checks the metadata of the topic stored in `topic_dir`.
+pub fn read_meta(topic_dir: &Path) -> Result<TopicMeta, StorageError> {
+    let path = topic_dir.join(metadata::FILE_NAME);
+    fs::read(&path)
+        .map_err(StorageError::io("read", &path))
+        .and_then(|bytes| metadata::decode(&bytes, &path))
+}
+
 /// Writes `meta` to `path` and fsyncs it.
 fn write_meta(path: &Path, meta: &TopicMeta) -> Result<(), StorageError> {
     let file = fs::File::create(path).map_err(StorageError::io("create", path))?;
@@ -133,10 +141,7 @@ impl Topics {
         names.sort();
         for path in names {
             let meta_path = path.join(metadata::FILE_NAME);
-            let decoded = fs::read(&meta_path)
-                .map_err(StorageError::io("read", &meta_path))
-                .and_then(|bytes| metadata::decode(&bytes, &meta_path));
-            let meta = match decoded {
+            let meta = match read_meta(&path) {
                 Ok(meta) => meta,
                 Err(e) => topics.rebuild_meta(&path, &e)?,
             };
