@@ -278,6 +278,10 @@ fn consume_formats_produce_from_a_file_and_json_output_for_scripts() {
     )))
     .unwrap();
     assert_eq!(described["partitions"][0]["log_end_offset"], 3);
+    assert_eq!(
+        described["partitions"][0]["durable_offset"], 3,
+        "fsync=always: everything acknowledged is on disk"
+    );
     assert_eq!(described["config"]["retention_ms"], 3_600_000);
     let listed: serde_json::Value =
         serde_json::from_str(&stdout(&rill(b, &["topic", "list", "--json"], ""))).unwrap();

@@ -65,6 +65,7 @@ pub fn describe(
                 partition: i as u32,
                 log_start_offset: s.log_start_offset,
                 log_end_offset: s.high_watermark,
+                durable_offset: log.durable_offset(),
                 size_bytes: s.size_bytes,
                 segments: s.segments,
             }

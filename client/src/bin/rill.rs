@@ -337,13 +337,18 @@ async fn topic(client: Client, cmd: TopicCommand, json: bool) -> anyhow::Result<
                 describe_config(&d.config)
             );
             println!(
-                "{:>9}  {:>14}  {:>14}  {:>14}  {:>8}",
-                "partition", "start", "end", "bytes", "segments"
+                "{:>9}  {:>14}  {:>14}  {:>14}  {:>14}  {:>8}",
+                "partition", "start", "end", "durable", "bytes", "segments"
             );
             for p in d.partitions {
                 println!(
-                    "{:>9}  {:>14}  {:>14}  {:>14}  {:>8}",
-                    p.partition, p.log_start_offset, p.log_end_offset, p.size_bytes, p.segments
+                    "{:>9}  {:>14}  {:>14}  {:>14}  {:>14}  {:>8}",
+                    p.partition,
+                    p.log_start_offset,
+                    p.log_end_offset,
+                    p.durable_offset,
+                    p.size_bytes,
+                    p.segments
                 );
             }
         }

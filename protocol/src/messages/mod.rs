@@ -99,7 +99,7 @@ mod round_trip {
             round_trip(ListTopicsResponse { topics: vec![TopicSummary { name: t.clone(), partitions: n }] });
             round_trip(DescribeTopicRequest { name: t.clone() });
             let partitions = sizes.iter().enumerate().map(|(i, (a, b, c))| PartitionInfo {
-                partition: i as u32, log_start_offset: *a, log_end_offset: *b, size_bytes: *c, segments: n,
+                partition: i as u32, log_start_offset: *a, log_end_offset: *b, durable_offset: *a, size_bytes: *c, segments: n,
             }).collect();
             round_trip(DescribeTopicResponse { name: t, config, partitions });
         }

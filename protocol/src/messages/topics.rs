@@ -46,6 +46,9 @@ pub struct PartitionInfo {
     pub log_start_offset: u64,
     /// High watermark: offset of the next visible record.
     pub log_end_offset: u64,
+    /// Records below it are fsynced; under `fsync=interval` the records from here to
+    /// `log_end_offset` are what a power loss could take.
+    pub durable_offset: u64,
     pub size_bytes: u64,
     pub segments: u32,
 }
