@@ -7,6 +7,14 @@ use rill_protocol::batch::{BatchBuilder, Batches, RecordIter};
 use std::fs::OpenOptions;
 use std::path::Path;
 
+/// `config(segment_bytes)` with `fsync=interval:ms`.
+fn interval(ms: u32, segment_bytes: u64) -> LogConfig {
+    LogConfig {
+        fsync: FsyncPolicy::Interval { ms },
+        ..config(segment_bytes)
+    }
+}
+
 fn config(segment_bytes: u64) -> LogConfig {
     LogConfig {
         segment_bytes,
@@ -131,14 +139,19 @@ fn reopening_after_a_clean_close_trusts_the_indexes() {
     );
 }
 
-fn tail_segment(dir: &Path) -> std::path::PathBuf {
+/// The segment files in `dir`, oldest first.
+fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut logs: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "log"))
         .collect();
     logs.sort();
-    logs.pop().unwrap()
+    logs
+}
+
+fn tail_segment(dir: &Path) -> std::path::PathBuf {
+    segments(dir).pop().unwrap()
 }
 
 #[test]
@@ -180,12 +193,7 @@ fn whole_batches_lost_while_stopped_are_reported_with_their_offsets() {
         append_batches(&log, 30, 4);
         log.close();
         drop(log);
-        let mut logs: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "log"))
-            .collect();
-        logs.sort();
+        let mut logs = segments(dir.path());
         let victim = if which == "tail" {
             logs.pop().unwrap()
         } else {
@@ -298,10 +306,7 @@ fn offsets_are_found_by_timestamp() {
 #[test]
 fn interval_mode_acknowledges_and_serves_before_syncing() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = LogConfig {
-        fsync: FsyncPolicy::Interval { ms: 60_000 },
-        ..config(1 << 20)
-    };
+    let cfg = interval(60_000, 1 << 20);
     let (log, _) = open(dir.path(), cfg.clone(), true);
     assert_eq!(append_batches(&log, 3, 2), vec![0, 2, 4]);
     assert_eq!(read_all(&log, 0).len(), 6);
@@ -435,11 +440,7 @@ fn reconfiguring_fsync_and_segment_size_applies_to_later_appends() {
     let (log, _) = open(dir.path(), config(1 << 20), true);
     append_batches(&log, 50, 3);
     assert_eq!(log.stats().segments, 1);
-    log.reconfigure(LogConfig {
-        fsync: FsyncPolicy::Interval { ms: 10 },
-        ..config(4096)
-    })
-    .unwrap();
+    log.reconfigure(interval(10, 4096)).unwrap();
     append_batches(&log, 100, 3);
     assert!(
         log.stats().segments > 1,
@@ -479,15 +480,11 @@ fn the_durable_offset_follows_fsyncs_under_each_policy() {
         10,
         "fsync=always acknowledges only what is synced"
     );
-    let interval = |ms| LogConfig {
-        fsync: FsyncPolicy::Interval { ms },
-        ..config(1 << 20)
-    };
-    log.reconfigure(interval(60_000)).unwrap();
+    log.reconfigure(interval(60_000, 1 << 20)).unwrap();
     append_batches(&log, 5, 2);
     assert_eq!(log.high_watermark(), 20);
     assert_eq!(log.durable_offset(), 10, "acknowledged, not yet synced");
-    log.reconfigure(interval(1)).unwrap();
+    log.reconfigure(interval(1, 1 << 20)).unwrap();
     await_durable(&log);
     assert_eq!(log.durable_offset(), 20);
 }
@@ -498,15 +495,11 @@ fn the_durable_offset_follows_fsyncs_under_each_policy() {
 #[test]
 fn a_power_loss_keeps_everything_below_the_durable_offset() {
     let dir = tempfile::tempdir().unwrap();
-    let interval = |ms| LogConfig {
-        fsync: FsyncPolicy::Interval { ms },
-        ..config(1 << 20)
-    };
-    let (log, _) = open(dir.path(), interval(1), true);
+    let (log, _) = open(dir.path(), interval(1, 1 << 20), true);
     append_batches(&log, 20, 3);
     await_durable(&log);
     // Freeze the syncer, then write an unsynced window.
-    log.reconfigure(interval(60_000)).unwrap();
+    log.reconfigure(interval(60_000, 1 << 20)).unwrap();
     let durable = log.durable_offset();
     append_batches(&log, 25, 3);
     let end = log.high_watermark();
@@ -532,7 +525,7 @@ fn a_power_loss_keeps_everything_below_the_durable_offset() {
                 disk.resize(bytes.len(), 0);
             }
             std::fs::write(&copy, &disk).unwrap();
-            let (recovered, _) = open(crashed.path(), interval(60_000), false);
+            let (recovered, _) = open(crashed.path(), interval(60_000, 1 << 20), false);
             let hw = recovered.high_watermark();
             assert!(
                 (durable..=end).contains(&hw),
@@ -558,10 +551,7 @@ fn a_power_loss_keeps_everything_below_the_durable_offset() {
 #[test]
 fn interval_write_back_neither_changes_the_data_nor_counts_as_durable() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = LogConfig {
-        fsync: FsyncPolicy::Interval { ms: 60_000 },
-        ..config(64 << 20)
-    };
+    let cfg = interval(60_000, 64 << 20);
     let (log, _) = open(dir.path(), cfg.clone(), true);
     // About 10 MiB in 64 KiB batches: write-back is started at least twice.
     let value = vec![b'w'; 1000];
