@@ -4,14 +4,22 @@
 //! of the partitions it is given (or resets per `auto_offset_reset`), starts one fetcher task per
 //! partition, heartbeats on its own schedule (so a slow application never misses one), and
 //! commits on an interval or when asked. When a heartbeat says the group is rebalancing, the
-//! driver stops the fetchers, commits the position of every record the application has been
-//! given, and rejoins; records fetched but not yet given out are dropped and will be read again
-//! by whoever owns their partition next. Delivery is at-least-once: after a crash, the records
-//! given out since the last commit are delivered again.
+//! driver stops the fetchers, commits the position of every record the application has moved
+//! past, and rejoins; records fetched but not yet given out are dropped and will be read again
+//! by whoever owns their partition next.
 //!
-//! "Given to the application" is tracked under the same lock the driver takes when it revokes,
-//! tagged with an epoch that changes at every (re)assignment, so no record is handed out after
-//! its partition's position was committed for a rebalance.
+//! The commit rule (at-least-once): a record counts as finished once the application asks for
+//! the *next* one (polls the stream again), calls [`Consumer::commit`] or [`Consumer::close`].
+//! Auto-commit and rebalances commit only finished records, so a crash while record N is being
+//! processed delivers N again to the partition's next owner (Kafka's commit-on-next-poll).
+//! A partition without a committed offset starts at the reset position (`auto_offset_reset`),
+//! and that position is committed before any of its records is handed out, so a member that
+//! dies early cannot make its successor reset again to a later `Latest` and skip what came in
+//! between.
+//!
+//! "Finished" is tracked under the same lock the driver takes when it revokes, tagged with an
+//! epoch that changes at every (re)assignment, so no record is handed out after its partition's
+//! position was committed for a rebalance.
 
 use crate::admin::topic_name;
 use crate::client::Client;
@@ -112,8 +120,24 @@ enum Item {
 #[derive(Default)]
 struct State {
     epoch: u64,
-    /// Assigned partitions and the next offset to give the application, by slot.
+    /// Assigned partitions and the offset after the last record the application finished, by
+    /// slot: what auto-commit and rebalances commit.
     positions: Vec<(TopicPartition, u64)>,
+    /// The record handed out last, as (epoch, slot, next offset): finished once the application
+    /// polls again, commits or closes.
+    in_hand: Option<(u64, usize, u64)>,
+}
+
+impl State {
+    /// The application moved past the record it was handed last.
+    fn finish_in_hand(&mut self) {
+        if let Some((epoch, slot, next)) = self.in_hand.take()
+            && epoch == self.epoch
+            && let Some(p) = self.positions.get_mut(slot)
+        {
+            p.1 = next;
+        }
+    }
 }
 
 type Reply = oneshot::Sender<Result<(), Error>>;
@@ -205,8 +229,10 @@ impl Consumer {
         rx.await.map_err(|_| Error::Closed)?
     }
 
-    /// Commits the position after every record this consumer has returned so far.
+    /// Commits the position after every record this consumer has returned so far (including the
+    /// last one: calling this says the application has finished with it).
     pub async fn commit(&self) -> Result<(), Error> {
+        lock(&self.state).finish_in_hand();
         self.command(Command::Commit).await
     }
 
@@ -217,6 +243,7 @@ impl Consumer {
 
     /// Commits what was returned, leaves the group (its partitions move at once), and stops.
     pub async fn close(self) -> Result<(), Error> {
+        lock(&self.state).finish_in_hand();
         self.command(Command::Close).await
     }
 }
@@ -231,6 +258,8 @@ impl Stream for Consumer {
     type Item = Result<ConsumerRecord, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        // Asking for the next record finishes the previous one.
+        lock(&self.state).finish_in_hand();
         loop {
             if let Some(chunk) = self.current.as_mut() {
                 if let Some(record) = chunk.records.pop_front() {
@@ -244,9 +273,7 @@ impl Stream for Consumer {
                             self.current = None;
                             continue;
                         }
-                        if let Some(p) = st.positions.get_mut(slot) {
-                            p.1 = record.offset + 1;
-                        }
+                        st.in_hand = Some((epoch, slot, record.offset + 1));
                     }
                     return Poll::Ready(Some(Ok(ConsumerRecord {
                         topic,
@@ -418,14 +445,27 @@ impl Driver {
             .into_iter()
             .collect();
         let mut positions = Vec::with_capacity(joined.assignment.len());
+        let mut resets = Vec::new();
         for tp in &joined.assignment {
             let pos = match committed.get(tp).copied().flatten() {
                 Some(o) => o,
-                None => reset_position(&self.client, tp, self.config.auto_offset_reset).await?,
+                None => {
+                    let o = reset_position(&self.client, tp, self.config.auto_offset_reset).await?;
+                    resets.push((tp.clone(), o));
+                    o
+                }
             };
             positions.push((tp.clone(), pos));
         }
-        self.committed = positions.iter().cloned().collect();
+        self.committed = positions
+            .iter()
+            .filter(|(tp, _)| committed.get(tp).copied().flatten().is_some())
+            .cloned()
+            .collect();
+        // A reset position is committed before anything is read from it: otherwise a member that
+        // dies before its first commit lets the next owner reset again, to a later `Latest`,
+        // and what was produced in between would never be delivered.
+        self.commit(resets).await?;
         let epoch = {
             let mut st = lock(&self.state);
             st.epoch += 1;

@@ -1,0 +1,200 @@
+//! A group consumer never skips a record: what it commits is only what the application has
+//! finished with, and where it starts without a commit is committed before it reads.
+
+use bytes::Bytes;
+use futures::StreamExt;
+use rill_client::{
+    Admin, Assignment, Client, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerConfig,
+    ProducerRecord, TopicConfig, TopicPartition,
+};
+use rill_e2e::Broker;
+use rill_protocol::TopicName;
+use rill_protocol::messages::FetchOffsetsRequest;
+use std::collections::BTreeSet;
+use std::time::Duration;
+use tokio::sync::watch;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn tp(topic: &str, partition: u32) -> TopicPartition {
+    TopicPartition {
+        topic: TopicName::new(topic).unwrap(),
+        partition,
+    }
+}
+
+async fn produce_values(addr: &str, topic: &str, values: &[String]) {
+    let producer = Producer::new(
+        Client::connect(addr).await.unwrap(),
+        ProducerConfig::default(),
+    );
+    let mut deliveries = Vec::new();
+    for v in values {
+        let record = ProducerRecord::new(topic, Bytes::from(v.clone())).key(v.clone());
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    producer.flush().await.unwrap();
+    for d in deliveries {
+        d.await.unwrap();
+    }
+}
+
+async fn wait_assigned(w: &mut watch::Receiver<Assignment>, partitions: usize) -> Assignment {
+    tokio::time::timeout(WAIT, w.wait_for(|a| a.partitions.len() == partitions))
+        .await
+        .expect("the member was not assigned in time")
+        .unwrap()
+        .clone()
+}
+
+async fn committed(client: &Client, group: &str, tp: &TopicPartition) -> Option<u64> {
+    client
+        .call(&FetchOffsetsRequest {
+            group: group.into(),
+            partitions: vec![tp.clone()],
+        })
+        .await
+        .unwrap()
+        .0
+        .offsets
+        .first()
+        .and_then(|(_, o)| *o)
+}
+
+/// Reads from `consumer` until every value in `expected` was seen; returns everything read.
+async fn read_until(
+    consumer: &mut Consumer,
+    expected: &BTreeSet<String>,
+) -> Vec<(u32, u64, String)> {
+    let mut got = Vec::new();
+    let mut seen = BTreeSet::new();
+    let read = async {
+        while !expected.is_subset(&seen) {
+            let r = consumer
+                .next()
+                .await
+                .expect("stream ended")
+                .expect("consumer error");
+            let v = String::from_utf8(r.value.to_vec()).unwrap();
+            seen.insert(v.clone());
+            got.push((r.partition, r.offset, v));
+        }
+    };
+    tokio::time::timeout(WAIT, read).await.unwrap_or_else(|_| {
+        panic!(
+            "missing records: {:?}",
+            expected.difference(&seen).collect::<Vec<_>>()
+        )
+    });
+    got
+}
+
+/// The bug: a member with no committed offsets reset to `Latest` and kept that position only in
+/// memory. Killed before it handed out a record, it never committed, so its successor reset to a
+/// later `Latest` and everything produced in between was never delivered to anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_killed_before_its_first_record_leaves_nothing_undelivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let admin = Admin::new(Client::connect(broker.addr()).await.unwrap());
+    admin
+        .create_topic("fresh", 3, TopicConfig::default())
+        .await
+        .unwrap();
+
+    let mut config = ConsumerConfig::new("g", ["fresh"]);
+    config.auto_offset_reset = OffsetReset::Latest;
+    config.session_timeout = Duration::from_secs(1);
+    config.auto_commit_interval = None;
+    let a = Consumer::subscribe(
+        Client::connect(broker.addr()).await.unwrap(),
+        config.clone(),
+    )
+    .unwrap();
+    wait_assigned(&mut a.watch_assignment(), 3).await;
+
+    let values: Vec<String> = (0..300).map(|i| format!("v{i}")).collect();
+    produce_values(broker.addr(), "fresh", &values).await;
+    // A has records to hand out but is killed before the application sees any.
+    drop(a);
+
+    let mut b = Consumer::subscribe(Client::connect(broker.addr()).await.unwrap(), config).unwrap();
+    let expected: BTreeSet<String> = values.into_iter().collect();
+    let got = read_until(&mut b, &expected).await;
+    assert_eq!(got.len(), expected.len(), "each record exactly once");
+}
+
+/// The bug: `poll_next` moved the committed position past record N as it returned N, so an
+/// auto-commit during N's processing followed by a crash lost N.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_being_processed_at_a_crash_is_delivered_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let client = Client::connect(broker.addr()).await.unwrap();
+    Admin::new(client.clone())
+        .create_topic("work", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let values: Vec<String> = (0..10).map(|i| format!("w{i}")).collect();
+    produce_values(broker.addr(), "work", &values).await;
+
+    let mut config = ConsumerConfig::new("g", ["work"]);
+    config.auto_offset_reset = OffsetReset::Earliest;
+    config.session_timeout = Duration::from_secs(1);
+    config.auto_commit_interval = Some(Duration::from_millis(20));
+    let mut a = Consumer::subscribe(
+        Client::connect(broker.addr()).await.unwrap(),
+        config.clone(),
+    )
+    .unwrap();
+    let mut last = None;
+    for _ in 0..5 {
+        let r = tokio::time::timeout(WAIT, a.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        last = Some(r.offset);
+    }
+    let processing = last.unwrap();
+    assert_eq!(processing, 4);
+    // The application is "processing" record 4. Auto-commit runs meanwhile: it may commit the
+    // four finished records and must not commit record 4 itself.
+    let partition = tp("work", 0);
+    let settled = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(o) = committed(&client, "g", &partition)
+                .await
+                .filter(|o| *o >= 4)
+            {
+                return o;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("auto-commit never committed the finished records");
+    assert_eq!(settled, 4, "the record in processing was committed");
+    drop(a); // crash while processing record 4
+
+    let mut b = Consumer::subscribe(Client::connect(broker.addr()).await.unwrap(), config).unwrap();
+    let r = tokio::time::timeout(WAIT, b.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        r.offset, processing,
+        "the next owner starts at the unfinished record"
+    );
+
+    // An explicit commit says the application is done with what it was handed.
+    let r = tokio::time::timeout(WAIT, b.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.offset, 5);
+    b.commit().await.unwrap();
+    assert_eq!(committed(&client, "g", &partition).await, Some(6));
+}
