@@ -287,3 +287,50 @@ fn consume_formats_produce_from_a_file_and_json_output_for_scripts() {
         serde_json::from_str(&stdout(&rill(b, &["topic", "list", "--json"], ""))).unwrap();
     assert_eq!(listed[0]["name"], "fmt");
 }
+
+/// The bug: `rill ... | head -1` panicked with a backtrace once `head` closed the pipe, because
+/// writing to a closed stdout is an error Rust's `println!` turns into a panic.
+#[test]
+fn a_closed_output_pipe_ends_rill_quietly() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &[]);
+    let b = Some(broker.addr());
+    stdout(&rill(b, &["topic", "create", "lines"], ""));
+    // More than a pipe buffer holds, so the writer is sure to meet the closed pipe.
+    let lines: String = (0..20_000).map(|i| format!("{i:0>99}\n")).collect();
+    stdout(&rill(b, &["produce", "lines", "--partition", "0"], &lines));
+
+    for args in [
+        vec!["consume", "lines", "--from-beginning", "--count", "20000"],
+        vec![
+            "consume",
+            "lines",
+            "--group",
+            "g",
+            "--from-beginning",
+            "--count",
+            "20000",
+        ],
+    ] {
+        let mut child = Command::new(&rill_e2e::binaries().rill)
+            .arg("--broker")
+            .arg(broker.addr())
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        out.read_line(&mut first).unwrap();
+        assert_eq!(first.trim_end(), format!("{:0>99}", 0));
+        drop(out); // what `head -1` does after its line
+        let done = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&done.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("Broken pipe"), "{args:?}: {stderr}");
+        assert_eq!(done.status.code(), Some(141), "{args:?}: {stderr}");
+    }
+}

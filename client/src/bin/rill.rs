@@ -15,6 +15,25 @@ use tokio::sync::mpsc;
 
 const DEFAULT_BROKER: &str = "127.0.0.1:7171";
 
+/// `println!` that returns the write error instead of panicking, so a closed pipe
+/// (`rill ... | head -1`) ends the command quietly (see `main`).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    };
+}
+
+/// Exit status of a command whose output pipe was closed: what a shell reports for a Unix tool
+/// killed by SIGPIPE (128 + 13).
+const BROKEN_PIPE_EXIT: u8 = 141;
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "rill",
@@ -276,6 +295,8 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`| head -1`): stop quietly, as Unix tools do.
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(BROKEN_PIPE_EXIT),
         Err(e) => {
             eprintln!("rill: {e:#}");
             ExitCode::FAILURE
@@ -314,34 +335,39 @@ async fn topic(client: Client, cmd: TopicCommand, json: bool) -> anyhow::Result<
                 retention_bytes,
             };
             admin.create_topic(&name, partitions, config).await?;
-            println!("created topic {name} with {partitions} partition(s)");
+            outln!("created topic {name} with {partitions} partition(s)");
         }
         TopicCommand::List if json => {
-            println!("{}", serde_json::to_string(&admin.list_topics().await?)?)
+            outln!("{}", serde_json::to_string(&admin.list_topics().await?)?)
         }
-        TopicCommand::Describe { name } if json => println!(
+        TopicCommand::Describe { name } if json => outln!(
             "{}",
             serde_json::to_string(&admin.describe_topic(&name).await?)?
         ),
         TopicCommand::List => {
             for t in admin.list_topics().await? {
-                println!("{}\t{}", t.name, t.partitions);
+                outln!("{}\t{}", t.name, t.partitions);
             }
         }
         TopicCommand::Describe { name } => {
             let d = admin.describe_topic(&name).await?;
-            println!(
+            outln!(
                 "topic {}  partitions {}  {}",
                 d.name,
                 d.partitions.len(),
                 describe_config(&d.config)
             );
-            println!(
+            outln!(
                 "{:>9}  {:>14}  {:>14}  {:>14}  {:>14}  {:>8}",
-                "partition", "start", "end", "durable", "bytes", "segments"
+                "partition",
+                "start",
+                "end",
+                "durable",
+                "bytes",
+                "segments"
             );
             for p in d.partitions {
-                println!(
+                outln!(
                     "{:>9}  {:>14}  {:>14}  {:>14}  {:>14}  {:>8}",
                     p.partition,
                     p.log_start_offset,
@@ -373,16 +399,16 @@ async fn topic(client: Client, cmd: TopicCommand, json: bool) -> anyhow::Result<
             }
             if let Some(n) = partitions {
                 admin.add_partitions(&name, n).await?;
-                println!("topic {name} now has {n} partition(s)");
+                outln!("topic {name} now has {n} partition(s)");
             }
             if changes != TopicConfig::default() {
                 let config = admin.alter_topic(&name, changes).await?;
-                println!("topic {name} settings: {}", describe_config(&config));
+                outln!("topic {name} settings: {}", describe_config(&config));
             }
         }
         TopicCommand::Delete { name } => {
             admin.delete_topic(&name).await?;
-            println!("deleted topic {name}");
+            outln!("deleted topic {name}");
         }
     }
     Ok(())
@@ -543,8 +569,13 @@ async fn consume_group(client: Client, args: ConsumeArgs) -> anyhow::Result<()> 
             value: &r.value,
             headers: &r.headers,
         };
-        print_record(&mut out, args.format, p)?;
-        out.flush()?;
+        let written = print_record(&mut out, args.format, p).and_then(|()| out.flush());
+        if let Err(e) = written {
+            // Output closed. Not `close()`: that would commit this unprinted record. Dropping
+            // the member leaves its last commit in place (the group notices at the session
+            // timeout), so whatever was not printed is delivered again.
+            return Err(e.into());
+        }
         printed += 1;
     }
     consumer
@@ -559,21 +590,21 @@ async fn group(client: Client, cmd: GroupCommand, json: bool) -> anyhow::Result<
     let admin = Admin::new(client);
     match cmd {
         GroupCommand::List if json => {
-            println!("{}", serde_json::to_string(&admin.list_groups().await?)?)
+            outln!("{}", serde_json::to_string(&admin.list_groups().await?)?)
         }
-        GroupCommand::Describe { group } if json => println!(
+        GroupCommand::Describe { group } if json => outln!(
             "{}",
             serde_json::to_string(&admin.describe_group(&group).await?)?
         ),
         GroupCommand::List => {
             for g in admin.list_groups().await? {
-                println!("{}\t{}\t{}", g.group, g.state, g.members);
+                outln!("{}\t{}\t{}", g.group, g.state, g.members);
             }
         }
         GroupCommand::Describe { group } => {
             let d = admin.describe_group(&group).await?;
             let strategy = d.strategy.map_or("-".to_string(), |s| s.to_string());
-            println!(
+            outln!(
                 "group {}  state {}  generation {}  strategy {strategy}  members {}",
                 d.group,
                 d.state,
@@ -582,22 +613,30 @@ async fn group(client: Client, cmd: GroupCommand, json: bool) -> anyhow::Result<
             );
             for m in &d.members {
                 let parts: Vec<String> = m.assignment.iter().map(|tp| tp.to_string()).collect();
-                println!(
+                outln!(
                     "member {}  client {}  partitions [{}]",
                     m.member_id,
                     m.client,
                     parts.join(", ")
                 );
             }
-            println!(
+            outln!(
                 "{:<30}  {:>9}  {:>14}  {:>14}  {:>10}",
-                "topic", "partition", "committed", "log-end", "lag"
+                "topic",
+                "partition",
+                "committed",
+                "log-end",
+                "lag"
             );
             for o in &d.offsets {
                 let committed = o.committed.map_or("-".to_string(), |c| c.to_string());
-                println!(
+                outln!(
                     "{:<30}  {:>9}  {:>14}  {:>14}  {:>10}",
-                    o.partition.topic, o.partition.partition, committed, o.log_end, o.lag
+                    o.partition.topic,
+                    o.partition.partition,
+                    committed,
+                    o.log_end,
+                    o.lag
                 );
             }
         }
@@ -619,12 +658,12 @@ async fn group(client: Client, cmd: GroupCommand, json: bool) -> anyhow::Result<
                 ),
             };
             for (tp, offset) in admin.reset_offsets(&group, &topic, to).await? {
-                println!("{}\t{}\t{offset}", tp.topic, tp.partition);
+                outln!("{}\t{}\t{offset}", tp.topic, tp.partition);
             }
         }
         GroupCommand::Delete { group } => {
             admin.delete_group(&group).await?;
-            println!("deleted group {group}");
+            outln!("deleted group {group}");
         }
     }
     Ok(())
