@@ -72,6 +72,18 @@ impl Broker {
             Ok((topics, Groups::new(offsets), clean))
         })
         .await??;
+        // A crash between a topic's deletion and the deletion of its committed offsets leaves
+        // orphans; drop them before anyone can create the topic again.
+        let orphans = groups
+            .offsets()
+            .forget_topics(|t| topics.get(t).is_ok())
+            .await?;
+        if orphans > 0 {
+            tracing::info!(
+                orphans,
+                "deleted committed offsets of topics that no longer exist"
+            );
+        }
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;

@@ -198,3 +198,59 @@ async fn a_record_being_processed_at_a_crash_is_delivered_again() {
     b.commit().await.unwrap();
     assert_eq!(committed(&client, "g", &partition).await, Some(6));
 }
+
+/// The bug: deleting a topic left its committed offsets behind, so a group on a topic created
+/// again under the same name resumed at the old offsets and skipped the new topic's first records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_on_a_recreated_topic_starts_per_its_reset_policy() {
+    use rill_protocol::messages::CommitOffsetsRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path(), &[]);
+    let client = Client::connect(broker.addr()).await.unwrap();
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic("reborn", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let old: Vec<String> = (0..8).map(|i| format!("old{i}")).collect();
+    produce_values(broker.addr(), "reborn", &old).await;
+    let partition = tp("reborn", 0);
+    client
+        .call(&CommitOffsetsRequest {
+            group: "g".into(),
+            member_id: None,
+            generation: None,
+            offsets: vec![(partition.clone(), 5)],
+        })
+        .await
+        .unwrap();
+    assert_eq!(committed(&client, "g", &partition).await, Some(5));
+
+    admin.delete_topic("reborn").await.unwrap();
+    assert_eq!(
+        committed(&client, "g", &partition).await,
+        None,
+        "deleted with the topic"
+    );
+    broker.kill9();
+    broker.restart();
+    let client = Client::connect(broker.addr()).await.unwrap();
+    assert_eq!(
+        committed(&client, "g", &partition).await,
+        None,
+        "the deletion is durable"
+    );
+
+    Admin::new(client.clone())
+        .create_topic("reborn", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let new: Vec<String> = (0..20).map(|i| format!("new{i}")).collect();
+    produce_values(broker.addr(), "reborn", &new).await;
+    let mut config = ConsumerConfig::new("g", ["reborn"]);
+    config.auto_offset_reset = OffsetReset::Earliest;
+    let mut c = Consumer::subscribe(client, config).unwrap();
+    let got = read_until(&mut c, &new.iter().cloned().collect()).await;
+    assert_eq!(got.first().map(|(_, o, _)| *o), Some(0));
+    assert_eq!(got.len(), new.len());
+}

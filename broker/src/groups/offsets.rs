@@ -176,31 +176,61 @@ impl OffsetStore {
         group: &str,
         offsets: &[(TopicPartition, Option<u64>)],
     ) -> Result<(), AppendError> {
-        if offsets.is_empty() {
+        self.write(offsets.iter().map(|(tp, o)| (group, tp, *o)))
+            .await?;
+        self.maybe_compact().await
+    }
+
+    /// Durably deletes every committed offset of a topic for which `exists` says no, in every
+    /// group; returns how many were deleted. Called when a topic is deleted and at start-up
+    /// (covering a crash between a topic's deletion and this), so a topic created again under
+    /// the same name starts with no commits and its groups start per their reset policy.
+    pub async fn forget_topics(
+        &self,
+        exists: impl Fn(&TopicName) -> bool,
+    ) -> Result<usize, AppendError> {
+        let gone: Vec<Key> = self
+            .entries()
+            .iter()
+            .filter(|((_, tp), e)| e.offset.is_some() && !exists(&tp.topic))
+            .map(|(k, _)| k.clone())
+            .collect();
+        // Bounded batches: a topic may have thousands of partitions in many groups.
+        for chunk in gone.chunks(1000) {
+            self.write(chunk.iter().map(|(g, tp)| (g.as_str(), tp, None)))
+                .await?;
+        }
+        if !gone.is_empty() {
+            self.maybe_compact().await?;
+        }
+        Ok(gone.len())
+    }
+
+    /// Appends one batch of entries, waits for its fsync, then applies it in log order.
+    async fn write<'a>(
+        &self,
+        records: impl Iterator<Item = (&'a str, &'a TopicPartition, Option<u64>)> + Clone,
+    ) -> Result<(), AppendError> {
+        if records.clone().next().is_none() {
             return Ok(());
         }
-        {
-            let _shared = self.compaction.read().await;
-            let batch = Self::batch(offsets.iter().map(|(tp, o)| (group, tp, *o)));
-            let ack = self.log.append(batch)?.wait().await?;
-            let mut entries = self.entries();
-            for (i, (tp, offset)) in offsets.iter().enumerate() {
-                let seq = ack.base_offset + i as u64;
-                let slot = entries
-                    .entry((group.to_string(), tp.clone()))
-                    .or_insert(Entry {
-                        offset: None,
-                        seq: 0,
-                    });
-                if slot.seq <= seq {
-                    *slot = Entry {
-                        offset: *offset,
-                        seq,
-                    };
-                }
+        let _shared = self.compaction.read().await;
+        let batch = Self::batch(records.clone());
+        let ack = self.log.append(batch)?.wait().await?;
+        let mut entries = self.entries();
+        for (i, (group, tp, offset)) in records.enumerate() {
+            let seq = ack.base_offset + i as u64;
+            let slot = entries
+                .entry((group.to_string(), tp.clone()))
+                .or_insert(Entry {
+                    offset: None,
+                    seq: 0,
+                });
+            if slot.seq <= seq {
+                *slot = Entry { offset, seq };
             }
         }
-        self.maybe_compact().await
+        Ok(())
     }
 
     fn batch<'a>(
@@ -318,6 +348,31 @@ mod tests {
         assert_eq!(store.get("g", &tp("a", 1)), Some(7));
         assert_eq!(store.get("h", &tp("a", 0)), None);
         assert_eq!(store.groups(), ["g".to_string()].into());
+    }
+
+    #[tokio::test]
+    async fn forgetting_a_topic_deletes_its_offsets_in_every_group_durably() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = OffsetStore::open(dir.path(), true).unwrap();
+        let many: Vec<_> = (0..2500).map(|p| (tp("gone", p), Some(3))).collect();
+        store.commit("g", &many).await.unwrap();
+        store
+            .commit("h", &[(tp("gone", 0), Some(4))])
+            .await
+            .unwrap();
+        store
+            .commit("h", &[(tp("kept", 0), Some(6))])
+            .await
+            .unwrap();
+        let kept = TopicName::new("kept").unwrap();
+        let dropped = store.forget_topics(|t| *t == kept).await.unwrap();
+        assert_eq!(dropped, 2501);
+        assert_eq!(store.forget_topics(|t| *t == kept).await.unwrap(), 0);
+        store.close();
+        drop(store);
+        let (store, _) = OffsetStore::open(dir.path(), false).unwrap();
+        assert!(store.of_group("g").is_empty());
+        assert_eq!(store.of_group("h"), [(tp("kept", 0), 6)].into());
     }
 
     /// Story: committed offsets are rewritten constantly; an append-only file would grow

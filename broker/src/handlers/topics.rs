@@ -33,7 +33,18 @@ pub async fn delete(
     ctx: Arc<Context>,
     req: DeleteTopicRequest,
 ) -> Result<DeleteTopicResponse, OpError> {
-    blocking(move || ctx.topics.delete(&req.name)).await??;
+    let (topics, name) = (ctx.clone(), req.name.clone());
+    blocking(move || topics.topics.delete(&name)).await??;
+    // The topic is gone from the registry, so new commits for it are refused; now its old
+    // commits go too, or a topic created again under this name would inherit them.
+    let dropped = ctx
+        .groups
+        .offsets()
+        .forget_topics(|t| ctx.topics.get(t).is_ok())
+        .await?;
+    if dropped > 0 {
+        tracing::info!(topic = %req.name, dropped, "deleted the topic's committed offsets");
+    }
     Ok(DeleteTopicResponse {})
 }
 
