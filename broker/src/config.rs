@@ -40,6 +40,25 @@ pub struct Config {
     pub metrics_listen: String,
     /// Storage defaults; topics may override some of them.
     pub storage: StorageConfig,
+    /// Consumer-group coordination.
+    pub groups: GroupsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupsConfig {
+    /// How long a group with no members waits after its first join for more members before it
+    /// assigns partitions (each newcomer extends the wait, never past the rebalance deadline).
+    /// Kafka's `group.initial.rebalance.delay.ms`; 0 assigns at once.
+    pub initial_rebalance_delay_ms: u64,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        GroupsConfig {
+            initial_rebalance_delay_ms: 3000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,6 +97,7 @@ impl Default for Config {
             log_format: "text".into(),
             metrics_listen: DEFAULT_METRICS_LISTEN.into(),
             storage: StorageConfig::default(),
+            groups: GroupsConfig::default(),
         }
     }
 }
@@ -178,6 +198,10 @@ pub struct Args {
     /// HTTP address for /metrics and /health, or "off" [default: 127.0.0.1:7172].
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+    /// A new consumer group waits this long for more members before its first assignment, in
+    /// ms; 0 assigns at once [default: 3000].
+    #[arg(long, value_name = "MS")]
+    pub group_initial_rebalance_delay_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -223,6 +247,7 @@ impl Config {
             log_level => config.log_level,
             log_format => config.log_format,
             metrics_listen => config.metrics_listen,
+            group_initial_rebalance_delay_ms => config.groups.initial_rebalance_delay_ms,
         );
         config.validate()?;
         Ok(config)
@@ -312,6 +337,7 @@ mod tests {
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.data_dir, PathBuf::from("rill-data"));
         assert_eq!(c.storage.fsync, FsyncPolicy::Always);
+        assert_eq!(c.groups.initial_rebalance_delay_ms, 3000, "Kafka's default");
     }
 
     #[test]

@@ -50,6 +50,7 @@ impl Broker {
         let lock = lock_data_dir(&data_dir)?;
         let log_config = config.log_config();
         let dir = data_dir.clone();
+        let initial_delay = Duration::from_millis(config.groups.initial_rebalance_delay_ms);
         let (topics, groups, clean) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let clean = take_clean_marker(&dir)?;
             if !clean {
@@ -69,7 +70,7 @@ impl Broker {
                     tracing::info!(partition, segments = report.rebuilt_indexes, "rebuilt indexes");
                 }
             }
-            Ok((topics, Groups::new(offsets), clean))
+            Ok((topics, Groups::new(offsets, initial_delay), clean))
         })
         .await??;
         // A crash between a topic's deletion and the deletion of its committed offsets leaves

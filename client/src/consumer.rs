@@ -648,6 +648,14 @@ impl Fetcher {
                         Err(e) => tracing::debug!(error = %e, "reset failed"),
                     }
                 }
+                // The topic was deleted (or shrank under us): the broker rebalances the group
+                // when it notices, and this fetcher is stopped then. Not the application's
+                // problem, so wait quietly rather than failing the stream.
+                Err(e) if is(&e, &[ErrorCode::UnknownTopic, ErrorCode::UnknownPartition]) => {
+                    tracing::debug!(partition = %self.tp, error = %e, "partition gone; waiting for the rebalance");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
                 Err(e) if e.is_retriable() => {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));

@@ -39,6 +39,10 @@ pub struct ProducerConfig {
     pub buffer_bytes: usize,
     /// Most batches awaiting acknowledgement at once.
     pub max_in_flight: usize,
+    /// How long a topic's partition count is trusted before it is asked again (Kafka's
+    /// `metadata.max.age.ms`), so partitions added to a live topic start receiving records.
+    /// A produce refused with `UnknownPartition` also forgets the count at once.
+    pub metadata_max_age: Duration,
 }
 
 impl Default for ProducerConfig {
@@ -48,6 +52,7 @@ impl Default for ProducerConfig {
             batch_bytes: 256 * 1024,
             buffer_bytes: 64 << 20,
             max_in_flight: 64,
+            metadata_max_age: Duration::from_secs(300),
         }
     }
 }
@@ -174,7 +179,8 @@ struct Inner {
     ready: mpsc::UnboundedSender<Ready>,
     linger_wake: Arc<Notify>,
     buffer: Arc<Semaphore>,
-    partitions: Mutex<HashMap<TopicName, u32>>,
+    /// Partition count of each topic, and when it was learned.
+    partitions: Arc<Mutex<HashMap<TopicName, (u32, Instant)>>>,
     max_frame: tokio::sync::OnceCell<u32>,
 }
 
@@ -211,33 +217,53 @@ impl Producer {
             state: Mutex::new(State::default()),
             ready: tx,
             linger_wake: linger_wake.clone(),
-            partitions: Mutex::new(HashMap::new()),
+            partitions: Arc::default(),
             max_frame: tokio::sync::OnceCell::new(),
         });
-        tokio::spawn(dispatch(client, rx, config.max_in_flight.max(1)));
+        tokio::spawn(dispatch(
+            client,
+            rx,
+            config.max_in_flight.max(1),
+            inner.partitions.clone(),
+        ));
         tokio::spawn(linger(Arc::downgrade(&inner), linger_wake));
         Producer { inner }
     }
 
+    /// The topic's partition count: cached, asked again once older than `metadata_max_age`.
     async fn partition_count(&self, topic: &TopicName) -> Result<u32, Error> {
-        if let Some(n) = self
+        let cached = self
             .inner
             .partitions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(topic)
+            .copied();
+        if let Some((n, at)) = cached
+            && at.elapsed() < self.inner.config.metadata_max_age
         {
-            return Ok(*n);
+            return Ok(n);
         }
         let described = Admin::new(self.inner.client.clone())
             .describe_topic(topic.as_str())
-            .await?;
-        let n = described.partitions.len() as u32;
+            .await;
+        let n = match (described, cached) {
+            (Ok(d), _) => d.partitions.len() as u32,
+            // A refresh that fails keeps the old count working; a first lookup must succeed.
+            (Err(e), Some((n, _))) if e.is_retriable() => {
+                tracing::debug!(%topic, error = %e, "partition count refresh failed; keeping {n}");
+                return Ok(n);
+            }
+            (Err(e), _) => return Err(e),
+        };
+        if cached.is_some_and(|(old, _)| old != n) {
+            tracing::info!(%topic, partitions = n, "topic's partition count changed");
+        }
         self.inner
             .partitions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(topic.clone(), n);
+            .insert(topic.clone(), (n, Instant::now()));
         Ok(n)
     }
 
@@ -432,7 +458,12 @@ async fn linger(inner: Weak<Inner>, wake: Arc<Notify>) {
     }
 }
 
-async fn dispatch(client: Client, mut rx: mpsc::UnboundedReceiver<Ready>, max_in_flight: usize) {
+async fn dispatch(
+    client: Client,
+    mut rx: mpsc::UnboundedReceiver<Ready>,
+    max_in_flight: usize,
+    counts: Arc<Mutex<HashMap<TopicName, (u32, Instant)>>>,
+) {
     let in_flight = Arc::new(Semaphore::new(max_in_flight));
     while let Some(item) = rx.recv().await {
         match item {
@@ -456,6 +487,7 @@ async fn dispatch(client: Client, mut rx: mpsc::UnboundedReceiver<Ready>, max_in
                 // Written to the socket now, in order; the acknowledgement is awaited apart.
                 let first = client.enqueue(&request, bytes.clone()).await;
                 let client = client.clone();
+                let counts = counts.clone();
                 tokio::spawn(async move {
                     let result = match first {
                         Ok(response) => response.await.map(|(r, _)| r.base_offset),
@@ -465,6 +497,15 @@ async fn dispatch(client: Client, mut rx: mpsc::UnboundedReceiver<Ready>, max_in
                         Err(e) if e.is_retriable() => retry(&client, &request, bytes, e).await,
                         other => other,
                     };
+                    if let Err(e) = &result
+                        && e.code() == Some(rill_protocol::ErrorCode::UnknownPartition)
+                    {
+                        // The topic changed shape (deleted and created again smaller): ask anew.
+                        counts
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&request.topic);
+                    }
                     let _ = ack_tx.send(result);
                     drop((slot, permits));
                 });

@@ -84,13 +84,17 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Broker {
     /// Starts `rilld` on a free loopback port with `data_dir`, plus `extra` flags.
+    ///
+    /// Unless `extra` sets it, new consumer groups assign at once
+    /// (`--group-initial-rebalance-delay-ms 0`): most tests start one member at a time and
+    /// wait for its assignment, and the 3 s default would only slow them down. Tests of the
+    /// delay itself pass the flag.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Broker {
-        Self::start_at(
-            data_dir,
-            "127.0.0.1:0",
-            extra.iter().map(|s| s.to_string()).collect(),
-            |_| {},
-        )
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if !extra.contains(&"--group-initial-rebalance-delay-ms") {
+            args.extend(["--group-initial-rebalance-delay-ms".into(), "0".into()]);
+        }
+        Self::start_at(data_dir, "127.0.0.1:0", args, |_| {})
     }
 
     fn start_at(

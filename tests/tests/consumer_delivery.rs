@@ -254,3 +254,115 @@ async fn a_group_on_a_recreated_topic_starts_per_its_reset_policy() {
     assert_eq!(got.first().map(|(_, o, _)| *o), Some(0));
     assert_eq!(got.len(), new.len());
 }
+
+/// The bug: JoinGroup failed with UnknownTopic when any subscribed topic was missing, and the
+/// consumer treated that as fatal, so one missing topic stopped every topic of the subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_subscribed_topic_is_picked_up_once_it_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let client = Client::connect(broker.addr()).await.unwrap();
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic("here", 2, TopicConfig::default())
+        .await
+        .unwrap();
+
+    let mut config = ConsumerConfig::new("g", ["here", "later"]);
+    config.auto_offset_reset = OffsetReset::Earliest;
+    let mut c = Consumer::subscribe(client, config).unwrap();
+    let mut assignments = c.watch_assignment();
+    wait_assigned(&mut assignments, 2).await;
+
+    let first: Vec<String> = (0..50).map(|i| format!("here-a{i}")).collect();
+    produce_values(broker.addr(), "here", &first).await;
+    read_until(&mut c, &first.iter().cloned().collect()).await;
+
+    admin
+        .create_topic("later", 3, TopicConfig::default())
+        .await
+        .unwrap();
+    let assigned = tokio::time::timeout(
+        WAIT,
+        assignments.wait_for(|a| {
+            a.partitions
+                .iter()
+                .filter(|tp| tp.topic.as_str() == "later")
+                .count()
+                == 3
+        }),
+    );
+    // Produce while the group rebalances (the member's driver runs in the background).
+    let later: Vec<String> = (0..50).map(|i| format!("later-{i}")).collect();
+    let (assigned, ()) = tokio::join!(assigned, async {
+        produce_values(broker.addr(), "later", &later).await;
+    });
+    assigned.expect("the new topic was never assigned").unwrap();
+    read_until(&mut c, &later.iter().cloned().collect()).await;
+
+    admin.delete_topic("later").await.unwrap();
+    let more: Vec<String> = (0..50).map(|i| format!("here-b{i}")).collect();
+    produce_values(broker.addr(), "here", &more).await;
+    let got = read_until(&mut c, &more.iter().cloned().collect()).await;
+    assert!(
+        got.iter().all(|(_, _, v)| !v.starts_with("later")),
+        "nothing of the deleted topic"
+    );
+    c.close().await.unwrap();
+}
+
+/// The bug: two `rill consume --group g` started together on a new 4-partition group: the first
+/// member was assigned every partition at once and read all 20,000 records, the other none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_started_together_share_a_new_groups_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    // The broker's default delay, stated so the harness does not turn it off.
+    let broker = Broker::start(dir.path(), &["--group-initial-rebalance-delay-ms", "3000"]);
+    let client = Client::connect(broker.addr()).await.unwrap();
+    Admin::new(client.clone())
+        .create_topic("shared", 4, TopicConfig::default())
+        .await
+        .unwrap();
+    let values: Vec<String> = (0..20_000).map(|i| format!("s{i}")).collect();
+    produce_values(broker.addr(), "shared", &values).await;
+
+    let mut config = ConsumerConfig::new("g", ["shared"]);
+    config.auto_offset_reset = OffsetReset::Earliest;
+    let mut members = Vec::new();
+    for _ in 0..2 {
+        let client = Client::connect(broker.addr()).await.unwrap();
+        members.push(Consumer::subscribe(client, config.clone()).unwrap());
+    }
+    let mut firsts = Vec::new();
+    for m in &members {
+        let mut w = m.watch_assignment();
+        let first = tokio::time::timeout(WAIT, w.wait_for(|a| !a.partitions.is_empty()))
+            .await
+            .expect("no assignment")
+            .unwrap()
+            .clone();
+        firsts.push(first);
+    }
+    for (i, a) in firsts.iter().enumerate() {
+        assert_eq!(a.generation, 1, "one rebalance formed the group");
+        assert_eq!(
+            a.partitions.len(),
+            2,
+            "member {i}'s first assignment: {a:?}"
+        );
+    }
+    // And both read their share.
+    let mut all = BTreeSet::new();
+    for (i, m) in members.iter_mut().enumerate() {
+        let mine: BTreeSet<u32> = firsts[i].partitions.iter().map(|tp| tp.partition).collect();
+        let expected: BTreeSet<String> = values
+            .iter()
+            .filter(|v| mine.contains(&rill_client::partition_for_key(v.as_bytes(), 4)))
+            .cloned()
+            .collect();
+        assert!(!expected.is_empty());
+        let got = read_until(m, &expected).await;
+        all.extend(got.into_iter().map(|(_, _, v)| v));
+    }
+    assert_eq!(all.len(), values.len(), "every record delivered");
+}

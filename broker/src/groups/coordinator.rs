@@ -12,6 +12,11 @@
 //! assignment computed, the generation incremented and every join answered. Because every member
 //! gave up its partitions before any member receives new ones, no partition is ever owned by two
 //! members of one generation, nor handed over while its old owner may still read it.
+//!
+//! A group that had no members waits `initial_delay` after its first join (extended by each
+//! newcomer, never past the rebalance deadline) before its first assignment, so members started
+//! together share the partitions rather than the first taking them all (Kafka's
+//! `group.initial.rebalance.delay.ms`).
 
 use super::assignment::{self, Assignment, MemberId, Subscriptions};
 use rill_protocol::TopicName;
@@ -113,6 +118,10 @@ pub struct Group {
     joined: BTreeSet<MemberId>,
     /// Partition counts the current assignment was computed from.
     counts: BTreeMap<TopicName, u32>,
+    /// How long a group that had no members waits for more joins before its first assignment.
+    initial_delay: Duration,
+    /// While preparing a group's first assignment: not to be completed before this.
+    not_before: Option<Instant>,
 }
 
 impl Default for Group {
@@ -125,11 +134,21 @@ impl Default for Group {
             assignment: Assignment::new(),
             joined: BTreeSet::new(),
             counts: BTreeMap::new(),
+            initial_delay: Duration::ZERO,
+            not_before: None,
         }
     }
 }
 
 impl Group {
+    /// An empty group whose first assignment waits `initial_delay` for more members.
+    pub fn new(initial_delay: Duration) -> Self {
+        Group {
+            initial_delay,
+            ..Group::default()
+        }
+    }
+
     pub fn state(&self) -> State {
         self.state
     }
@@ -195,6 +214,8 @@ impl Group {
             });
         }
         self.strategy = Some(join.strategy);
+        let newcomer = !self.members.contains_key(&id);
+        let was_empty = self.members.is_empty();
         self.members.insert(
             id.clone(),
             Member {
@@ -210,6 +231,14 @@ impl Group {
             // A newcomer with a longer session gets time to be waited for.
             *deadline = (*deadline).max(now + join.session_timeout);
         }
+        if let State::Preparing { deadline } = self.state {
+            if was_empty {
+                self.not_before = Some((now + self.initial_delay).min(deadline));
+            } else if newcomer && let Some(not_before) = self.not_before.as_mut() {
+                // Each newcomer to a forming group gives the others time to arrive too.
+                *not_before = (*not_before).max(now + self.initial_delay).min(deadline);
+            }
+        }
         self.joined.insert(id.clone());
         Ok(Joined::Waiting(id))
     }
@@ -223,10 +252,14 @@ impl Group {
         let State::Preparing { deadline } = self.state else {
             return None;
         };
+        if self.not_before.is_some_and(|t| now < t) {
+            return None;
+        }
         let everyone = self.members.keys().all(|m| self.joined.contains(m));
         if !everyone && now < deadline {
             return None;
         }
+        self.not_before = None;
         let joined = std::mem::take(&mut self.joined);
         self.members.retain(|id, _| joined.contains(id));
         if self.members.is_empty() {
@@ -547,6 +580,69 @@ mod tests {
             Err(GroupError::NotEmpty { .. })
         ));
         assert!(g.check_commit(Some("b"), Some(1), &theirs).is_ok());
+    }
+
+    /// The bug: two consumers started together on a new group; the first was assigned every
+    /// partition at once and the second none until the next rebalance.
+    #[test]
+    fn a_new_group_waits_the_initial_delay_for_more_members() {
+        let delay = Duration::from_secs(3);
+        let mut g = Group::new(delay);
+        let t0 = Instant::now();
+        g.join(join(Some("a")), t0, || unreachable!()).unwrap();
+        assert_eq!(
+            g.try_complete(t0, &counts(4)),
+            None,
+            "a is alone, but waits"
+        );
+        let t1 = t0 + Duration::from_secs(2);
+        g.join(join(Some("b")), t1, || unreachable!()).unwrap();
+        assert_eq!(
+            g.try_complete(t0 + delay, &counts(4)),
+            None,
+            "b's arrival extended the wait"
+        );
+        let done = g.try_complete(t1 + delay, &counts(4)).unwrap();
+        assert_eq!(done.generation, 1);
+        assert_eq!(
+            (done.assignment["a"].len(), done.assignment["b"].len()),
+            (2, 2)
+        );
+        // Later rebalances of a group with members do not wait.
+        g.join(join(Some("c")), t1 + delay, || unreachable!())
+            .unwrap();
+        for id in ["a", "b"] {
+            g.join(join(Some(id)), t1 + delay, || unreachable!())
+                .unwrap();
+        }
+        assert!(g.try_complete(t1 + delay, &counts(4)).is_some());
+    }
+
+    #[test]
+    fn the_initial_wait_never_passes_the_rebalance_deadline() {
+        // A delay longer than the session timeout (10 s) is cut to the rebalance deadline.
+        let mut g = Group::new(Duration::from_secs(30));
+        let t0 = Instant::now();
+        g.join(join(Some("a")), t0, || unreachable!()).unwrap();
+        assert_eq!(
+            g.try_complete(t0 + Duration::from_secs(9), &counts(2)),
+            None
+        );
+        g.join(
+            join(Some("b")),
+            t0 + Duration::from_secs(9),
+            || unreachable!(),
+        )
+        .unwrap();
+        // b's own session moved the deadline to 19 s; the wait ends there, not at 39 s.
+        assert_eq!(
+            g.try_complete(t0 + Duration::from_secs(18), &counts(2)),
+            None
+        );
+        assert!(
+            g.try_complete(t0 + Duration::from_secs(19), &counts(2))
+                .is_some()
+        );
     }
 
     #[test]

@@ -27,11 +27,20 @@ pub use offsets::OffsetStore;
 
 type JoinReply = Result<JoinGroupResponse, GroupError>;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Slot {
     group: Group,
     /// Joins waiting for the current rebalance to complete, by member.
     waiting: HashMap<String, oneshot::Sender<JoinReply>>,
+}
+
+impl Slot {
+    fn new(initial_delay: Duration) -> Self {
+        Slot {
+            group: Group::new(initial_delay),
+            waiting: HashMap::new(),
+        }
+    }
 }
 
 /// A snapshot of one group for describe.
@@ -49,6 +58,7 @@ pub struct Groups {
     slots: Mutex<HashMap<String, Slot>>,
     offsets: OffsetStore,
     next_member: AtomicU64,
+    initial_delay: Duration,
 }
 
 /// Group names follow no topic rules, but must be printable and bounded.
@@ -78,11 +88,13 @@ fn counts(topics: &Topics, names: &BTreeSet<TopicName>) -> BTreeMap<TopicName, u
 }
 
 impl Groups {
-    pub fn new(offsets: OffsetStore) -> Self {
+    /// `initial_delay`: how long a group with no members waits for more before assigning.
+    pub fn new(offsets: OffsetStore, initial_delay: Duration) -> Self {
         Groups {
             slots: Mutex::new(HashMap::new()),
             offsets,
             next_member: AtomicU64::new(0),
+            initial_delay,
         }
     }
 
@@ -120,7 +132,9 @@ impl Groups {
         let client = join.client.clone();
         let (tx, rx) = oneshot::channel();
         let mut slots = self.slots();
-        let slot = slots.entry(group.to_string()).or_default();
+        let slot = slots
+            .entry(group.to_string())
+            .or_insert_with(|| Slot::new(self.initial_delay));
         match slot.group.join(join, now, || self.new_member_id(&client))? {
             Joined::Current {
                 member_id,

@@ -24,9 +24,9 @@ pub async fn join(ctx: Arc<Context>, req: JoinGroupRequest) -> Result<JoinGroupR
             "a member must subscribe to at least one topic".into(),
         ));
     }
-    for topic in &req.topics {
-        ctx.topics.get(topic)?;
-    }
+    // A subscribed topic that does not exist (yet) is not an error: the member gets no
+    // partitions of it, and the group rebalances when it is created (the group timer notices
+    // the partition count change), as Kafka's consumers do.
     let join = Join {
         member_id: req.member_id,
         client: req.client,
