@@ -459,6 +459,12 @@ impl PartitionLog {
     /// Deletes the sealed segments that retention no longer keeps: those whose newest record
     /// is older than `retention_ms` (before `now_ms`), then the oldest while the partition is
     /// larger than `retention_bytes`. The active segment is never deleted. Blocking.
+    ///
+    /// A record's timestamp is the producer's claim; one far in the future would otherwise pin
+    /// its segment (and every later one) forever. So a segment's age is taken from the earlier
+    /// of its newest timestamp and its last write (the file's modification time, which only
+    /// appends move): a producer can make data expire early only by claiming old timestamps,
+    /// which it could do anyway, and can no longer make it live forever.
     pub fn enforce_retention(&self, now_ms: i64) -> Result<usize, StorageError> {
         let config = self.config();
         let cut = {
@@ -470,7 +476,7 @@ impl PartitionLog {
                     now_ms.saturating_sub(i64::try_from(config.retention_ms).unwrap_or(i64::MAX));
                 n = sealed
                     .iter()
-                    .take_while(|s| s.max_timestamp < oldest_kept)
+                    .take_while(|s| newest_ms(s) < oldest_kept)
                     .count();
             }
             if config.retention_bytes > 0 {
@@ -509,6 +515,21 @@ impl PartitionLog {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+}
+
+/// What retention takes as the time of a segment's newest record: its newest timestamp,
+/// capped by when it was last written (see `enforce_retention`).
+fn newest_ms(seg: &Segment) -> i64 {
+    let written = seg
+        .file
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(i64::MAX, |d| {
+            i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+        });
+    seg.max_timestamp.min(written)
 }
 
 fn corrupt(path: &Path, position: u64, e: rill_protocol::DecodeError) -> StorageError {

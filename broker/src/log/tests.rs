@@ -434,6 +434,50 @@ fn retention_deletes_expired_and_excess_sealed_segments_only() {
     assert_eq!(append_batches(&log, 1, 1), vec![600]);
 }
 
+/// The bug: retention trusted record timestamps, so one record stamped ten years ahead kept
+/// its segment, and every later one, for ten years.
+#[test]
+fn a_far_future_timestamp_does_not_pin_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(
+        dir.path(),
+        LogConfig {
+            retention_ms: 3_600_000,
+            ..config(4096)
+        },
+        true,
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let ten_years = 10 * 365 * 24 * 3_600_000i64;
+    let acks: Vec<_> = (0..200u64)
+        .map(|t| {
+            let ts = if t == 3 { now + ten_years } else { now };
+            log.append(batch(t, 3, ts)).unwrap()
+        })
+        .collect();
+    for a in acks {
+        a.wait_blocking().unwrap();
+    }
+    assert!(log.stats().segments >= 4);
+    // An hour from now nothing is due yet: the segments were written just now.
+    assert_eq!(log.enforce_retention(now + 3_600_000 / 2).unwrap(), 0);
+    // A day from now every sealed segment is past retention by the time it was written,
+    // whatever its records claim.
+    log.enforce_retention(now + 24 * 3_600_000).unwrap();
+    let after = log.stats();
+    assert_eq!(
+        after.segments, 1,
+        "only the active segment stays: {after:?}"
+    );
+    assert_eq!(
+        read_all(&log, after.log_start_offset).len() as u64,
+        600 - after.log_start_offset
+    );
+}
+
 #[test]
 fn reconfiguring_fsync_and_segment_size_applies_to_later_appends() {
     let dir = tempfile::tempdir().unwrap();
