@@ -12,6 +12,7 @@ use crate::server::Context;
 use bytes::BytesMut;
 use rill_protocol::ErrorCode;
 use rill_protocol::frame::{self, FrameError, OutFrame};
+use rill_protocol::request::{Request, RequestError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,15 +21,17 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-/// Bytes a request's response may need: a fetch at its largest, anything else small.
-fn response_cost(ctx: &Context, request: &frame::RequestFrame) -> u32 {
+/// Bytes reserved for a request's response before it runs: what a fetch asked for (its
+/// `max_bytes`, as the handler bounds it) plus room for the frame, anything else small. A fetch
+/// that returns one batch larger than it asked for (allowed, so readers always progress)
+/// reserves the rest when its response is ready.
+fn response_cost(ctx: &Context, request: &Result<Request, RequestError>) -> usize {
     let small = 64 * 1024;
-    let cost = if request.header.api_key == rill_protocol::ApiKey::Fetch as u16 {
-        ctx.config.max_frame_bytes as usize / 2 + small
-    } else {
-        small
+    let cost = match request {
+        Ok(Request::Fetch(f)) => handlers::fetch_bytes(ctx, f) + small,
+        _ => small,
     };
-    cost.min(ctx.config.max_connection_buffer_bytes) as u32
+    cost.min(ctx.config.max_connection_buffer_bytes)
 }
 
 /// How long a shutting-down broker waits for a connection's pending responses to be written.
@@ -63,10 +66,11 @@ pub async fn serve(
         loop {
             match frame::decode_request(&mut buf, max_frame) {
                 Ok(Some(request)) => {
-                    let cost = response_cost(&ctx, &request);
+                    let decoded = handlers::Decoded::new(request);
+                    let cost = response_cost(&ctx, &decoded.request);
                     let slots = async {
                         let permit = in_flight.clone().acquire_owned().await.ok()?;
-                        let bytes = budget.clone().acquire_many_owned(cost).await.ok()?;
+                        let bytes = budget.clone().acquire_many_owned(cost as u32).await.ok()?;
                         Some((permit, bytes))
                     };
                     let (permit, bytes) = tokio::select! {
@@ -76,10 +80,21 @@ pub async fn serve(
                         },
                         _ = ctx.shutdown.cancelled() => break 'conn "broker shutting down".into(),
                     };
-                    let response = handlers::dispatch(&ctx, request);
-                    let tx = tx.clone();
+                    let response = handlers::dispatch(&ctx, decoded);
+                    let (tx, budget) = (tx.clone(), budget.clone());
+                    let total = ctx.config.max_connection_buffer_bytes;
                     tokio::spawn(async move {
-                        let _ = tx.send((response.await, bytes)).await;
+                        let out = response.await;
+                        let mut bytes = bytes;
+                        // Larger than reserved (a lone batch over max_bytes): reserve the rest.
+                        let extra = out.len().saturating_sub(cost).min(total - cost);
+                        if extra > 0 {
+                            match budget.acquire_many_owned(extra as u32).await {
+                                Ok(more) => bytes.merge(more),
+                                Err(_) => return,
+                            }
+                        }
+                        let _ = tx.send((out, bytes)).await;
                         drop(permit);
                     });
                 }

@@ -14,8 +14,16 @@ use tokio::time::Instant;
 pub struct ClientConfig {
     /// Name sent to the broker in the handshake, for its logs.
     pub client_name: String,
-    /// How long one connection attempt may take.
+    /// How long one connection attempt (TCP connect and handshake) may take.
     pub connect_timeout: Duration,
+    /// How long to wait for the answer to one request, beyond what the broker may deliberately
+    /// hold it (a fetch's `max_wait`, a join's rebalance barrier). A request that misses it fails
+    /// with `Error::Timeout` and its connection is closed and replaced (Kafka's
+    /// `request.timeout.ms`, 30 s).
+    pub request_timeout: Duration,
+    /// TCP keepalive: probe a connection after this long without traffic, so a dead peer is
+    /// noticed even with nothing outstanding. `None` leaves the OS default (usually off).
+    pub keepalive: Option<Duration>,
     /// How long to keep reconnecting and retrying retriable failures before giving up.
     pub retry_timeout: Duration,
     /// First delay between reconnection attempts; doubles up to `max_backoff`.
@@ -28,6 +36,8 @@ impl Default for ClientConfig {
         ClientConfig {
             client_name: format!("rill-client {}", env!("CARGO_PKG_VERSION")),
             connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            keepalive: Some(Duration::from_secs(30)),
             retry_timeout: Duration::from_secs(30),
             min_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_secs(1),
@@ -47,6 +57,8 @@ struct Inner {
     addrs: Vec<String>,
     config: ClientConfig,
     conn: tokio::sync::Mutex<Option<Arc<Connection>>>,
+    /// `Some(last error)` while reconnecting fails; `None` once connected.
+    unreachable: tokio::sync::watch::Sender<Option<Error>>,
 }
 
 impl Client {
@@ -70,6 +82,7 @@ impl Client {
                 addrs,
                 config,
                 conn: tokio::sync::Mutex::new(None),
+                unreachable: tokio::sync::watch::channel(None).0,
             }),
         };
         let conn = client.open_once().await?;
@@ -81,12 +94,19 @@ impl Client {
         &self.inner.config
     }
 
+    /// `Some(last error)` while this client fails to reconnect to the broker, `None` once it
+    /// is connected again: for tools that tell their user the broker is away.
+    pub fn watch_unreachable(&self) -> tokio::sync::watch::Receiver<Option<Error>> {
+        self.inner.unreachable.subscribe()
+    }
+
     async fn open_once(&self) -> Result<Arc<Connection>, Error> {
         let mut last = None;
         for addr in &self.inner.addrs {
+            let cfg = &self.inner.config;
             let attempt = tokio::time::timeout(
-                self.inner.config.connect_timeout,
-                Connection::open(addr, &self.inner.config.client_name),
+                cfg.connect_timeout,
+                Connection::open(addr, &cfg.client_name, cfg.keepalive, cfg.connect_timeout),
             );
             match attempt.await {
                 Ok(Ok(conn)) => return Ok(conn),
@@ -119,23 +139,60 @@ impl Client {
                 Ok(conn) => {
                     tracing::info!(broker = conn.addr(), "connected");
                     *slot = Some(conn.clone());
+                    self.inner
+                        .unreachable
+                        .send_if_modified(|u| u.take().is_some());
                     return Ok(conn);
                 }
-                Err(e) if Instant::now() + backoff >= deadline => return Err(e),
-                Err(e) => tracing::debug!(error = %e, ?backoff, "reconnect failed"),
+                Err(e) => {
+                    tracing::debug!(error = %e, ?backoff, "reconnect failed");
+                    self.inner.unreachable.send_replace(Some(e.clone()));
+                    if Instant::now() + backoff >= deadline {
+                        return Err(e);
+                    }
+                }
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(cfg.max_backoff);
         }
     }
 
-    /// Writes a request now (in call order) and returns the future of its response. One attempt.
+    /// Writes a request now (in call order) and returns the future of its response. One attempt;
+    /// the response must come within `request_timeout` plus the request's `server_wait`.
     pub(crate) async fn enqueue<M: Message>(
         &self,
         request: &M,
         payload: Bytes,
     ) -> Result<impl Future<Output = Result<(M::Response, Bytes), Error>> + use<M>, Error> {
-        self.connection().await?.enqueue(request, payload).await
+        let timeout = self.inner.config.request_timeout + request.server_wait();
+        self.enqueue_within(request, payload, timeout).await
+    }
+
+    /// [`Client::enqueue`] with an explicit response timeout (a heartbeat must not wait as long
+    /// as the session it keeps alive).
+    pub(crate) async fn enqueue_within<M: Message>(
+        &self,
+        request: &M,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<impl Future<Output = Result<(M::Response, Bytes), Error>> + use<M>, Error> {
+        self.connection()
+            .await?
+            .enqueue(request, payload, timeout)
+            .await
+    }
+
+    /// A client to the same broker with the same settings and its own connection: for traffic
+    /// that must not queue behind another's (a consumer's group coordination beside its fetches).
+    pub fn with_own_connection(&self) -> Client {
+        Client {
+            inner: Arc::new(Inner {
+                addrs: self.inner.addrs.clone(),
+                config: self.inner.config.clone(),
+                conn: tokio::sync::Mutex::new(None),
+                unreachable: tokio::sync::watch::channel(None).0,
+            }),
+        }
     }
 
     /// Sends a request, retrying retriable failures (with backoff) until `retry_timeout`.

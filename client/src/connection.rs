@@ -6,6 +6,13 @@
 //! request on it fails with `Disconnected`, and the client opens a new one. A caller that
 //! drops its request's future simply stops waiting; its entry is removed and a late response is
 //! discarded.
+//!
+//! Every request has a deadline (the client's request timeout plus whatever the broker may
+//! deliberately hold it, see `Message::server_wait`). A request that misses it fails with
+//! `Timeout` and closes the connection, as Kafka's clients do: a peer that stopped answering
+//! without closing (a half-open connection, a stopped process) is detected, and the next request
+//! opens a fresh connection instead of queueing behind the dead one. TCP keepalive additionally
+//! finds a dead peer on a connection with nothing outstanding.
 
 use crate::error::Error;
 use bytes::{Bytes, BytesMut};
@@ -16,10 +23,12 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 type Reply = Result<Bytes, Error>;
 
@@ -36,6 +45,9 @@ pub(crate) struct Connection {
     frames: mpsc::Sender<OutFrame>,
     pending: Arc<Mutex<Pending>>,
     next_id: AtomicU32,
+    /// Cancelled when the connection is poisoned: stops the reader task, which may otherwise
+    /// wait forever on a peer that went silent.
+    closed: CancellationToken,
     pub(crate) versions: ApiVersionsResponse,
 }
 
@@ -43,7 +55,8 @@ fn lock(p: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
     p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn poison(pending: &Mutex<Pending>, why: String) {
+fn poison(pending: &Mutex<Pending>, closed: &CancellationToken, why: String) {
+    closed.cancel();
     let mut p = lock(pending);
     if p.broken.is_none() {
         p.broken = Some(why.clone());
@@ -54,25 +67,48 @@ fn poison(pending: &Mutex<Pending>, why: String) {
 }
 
 impl Connection {
-    pub(crate) async fn open(addr: &str, client_name: &str) -> Result<Arc<Connection>, Error> {
+    /// Connects, sets TCP keepalive (`keepalive`: idle time before the first probe) and
+    /// performs the `ApiVersions` handshake, which must answer within `timeout`.
+    pub(crate) async fn open(
+        addr: &str,
+        client_name: &str,
+        keepalive: Option<Duration>,
+        timeout: Duration,
+    ) -> Result<Arc<Connection>, Error> {
         let connect_err = |e: std::io::Error| Error::Connect {
             addr: addr.to_string(),
             message: e.to_string(),
         };
         let socket = TcpStream::connect(addr).await.map_err(connect_err)?;
         socket.set_nodelay(true).map_err(connect_err)?;
+        if let Some(idle) = keepalive {
+            // Probes every `idle / 3` after `idle` of silence; the kernel gives up after 9.
+            let probes = socket2::TcpKeepalive::new()
+                .with_time(idle)
+                .with_interval((idle / 3).max(Duration::from_secs(1)));
+            socket2::SockRef::from(&socket)
+                .set_tcp_keepalive(&probes)
+                .map_err(connect_err)?;
+        }
         let (reader, writer) = socket.into_split();
         let (tx, rx) = mpsc::channel(1024);
         let pending = Arc::new(Mutex::new(Pending::default()));
+        let closed = CancellationToken::new();
         // Generous: a fetch may return one batch larger than asked for.
         let max_response = 1 << 30;
-        tokio::spawn(write_loop(writer, rx, pending.clone()));
-        tokio::spawn(read_loop(reader, pending.clone(), max_response));
+        tokio::spawn(write_loop(writer, rx, pending.clone(), closed.clone()));
+        tokio::spawn(read_loop(
+            reader,
+            pending.clone(),
+            closed.clone(),
+            max_response,
+        ));
         let mut conn = Connection {
             addr: addr.to_string(),
             frames: tx,
             pending,
             next_id: AtomicU32::new(1),
+            closed,
             versions: ApiVersionsResponse {
                 broker: String::new(),
                 apis: vec![],
@@ -82,7 +118,7 @@ impl Connection {
         let hello = ApiVersionsRequest {
             client: client_name.to_string(),
         };
-        let (versions, _) = conn.enqueue(&hello, Bytes::new()).await?.await?;
+        let (versions, _) = conn.enqueue(&hello, Bytes::new(), timeout).await?.await?;
         for key in ApiKey::ALL {
             let ours = key.versions();
             let supported = versions
@@ -108,11 +144,13 @@ impl Connection {
         lock(&self.pending).broken.is_some() || self.frames.is_closed()
     }
 
-    /// Queues a request for writing (in call order) and returns the future of its response.
+    /// Queues a request for writing (in call order) and returns the future of its response,
+    /// which fails with `Timeout` (and closes the connection) if no answer came in `timeout`.
     pub(crate) async fn enqueue<M: Message>(
         &self,
         request: &M,
         payload: Bytes,
+        timeout: Duration,
     ) -> Result<impl Future<Output = Result<(M::Response, Bytes), Error>> + use<M>, Error> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -136,10 +174,19 @@ impl Connection {
         if self.frames.send(out).await.is_err() {
             return Err(Error::Disconnected("connection closed".into()));
         }
+        let (pending, closed) = (self.pending.clone(), self.closed.clone());
         Ok(async move {
-            let reply = rx
-                .await
-                .unwrap_or_else(|_| Err(Error::Disconnected("connection closed".into())));
+            let reply = match tokio::time::timeout(timeout, rx).await {
+                Ok(reply) => {
+                    reply.unwrap_or_else(|_| Err(Error::Disconnected("connection closed".into())))
+                }
+                Err(_) => {
+                    let why = format!("no response to {:?} within {timeout:?}", M::API_KEY);
+                    tracing::info!(reason = %why, "closing the connection");
+                    poison(&pending, &closed, why);
+                    Err(Error::Timeout(timeout))
+                }
+            };
             drop(guard);
             let body = reply?;
             let (control, payload) =
@@ -167,30 +214,44 @@ async fn write_loop(
     writer: OwnedWriteHalf,
     mut rx: mpsc::Receiver<OutFrame>,
     pending: Arc<Mutex<Pending>>,
+    closed: CancellationToken,
 ) {
     let mut out = BufWriter::with_capacity(256 * 1024, writer);
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        let mut result = Ok(());
-        while let Some(f) = next.take() {
-            result = async {
+    loop {
+        let first = tokio::select! {
+            f = rx.recv() => match f {
+                Some(f) => f,
+                None => return,
+            },
+            _ = closed.cancelled() => return,
+        };
+        // Writing into a peer that stopped reading blocks; a timed-out request cancels it.
+        let written = async {
+            let mut next = Some(first);
+            while let Some(f) = next.take() {
                 out.write_all(&f.head).await?;
-                out.write_all(&f.payload).await
+                out.write_all(&f.payload).await?;
+                next = rx.try_recv().ok();
             }
-            .await;
-            if result.is_err() {
-                break;
-            }
-            next = rx.try_recv().ok();
-        }
-        if let Err(e) = result.and(out.flush().await) {
-            poison(&pending, format!("write failed: {e}"));
+            out.flush().await
+        };
+        let flushed = tokio::select! {
+            r = written => r,
+            _ = closed.cancelled() => return,
+        };
+        if let Err(e) = flushed {
+            poison(&pending, &closed, format!("write failed: {e}"));
             return;
         }
     }
 }
 
-async fn read_loop(mut reader: OwnedReadHalf, pending: Arc<Mutex<Pending>>, max_response: usize) {
+async fn read_loop(
+    mut reader: OwnedReadHalf,
+    pending: Arc<Mutex<Pending>>,
+    closed: CancellationToken,
+    max_response: usize,
+) {
     let mut buf = BytesMut::with_capacity(256 * 1024);
     let why = loop {
         match frame::decode_response(&mut buf, max_response) {
@@ -209,11 +270,15 @@ async fn read_loop(mut reader: OwnedReadHalf, pending: Arc<Mutex<Pending>>, max_
             Ok(None) => {}
             Err(e) => break format!("bad response frame: {e}"),
         }
-        match reader.read_buf(&mut buf).await {
+        let read = tokio::select! {
+            r = reader.read_buf(&mut buf) => r,
+            _ = closed.cancelled() => return,
+        };
+        match read {
             Ok(0) => break "broker closed the connection".to_string(),
             Ok(_) => {}
             Err(e) => break format!("read failed: {e}"),
         }
     };
-    poison(&pending, why);
+    poison(&pending, &closed, why);
 }

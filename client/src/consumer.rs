@@ -2,8 +2,10 @@
 //!
 //! A background driver task owns the membership: it joins the group, reads the committed offsets
 //! of the partitions it is given (or resets per `auto_offset_reset`), starts one fetcher task per
-//! partition, heartbeats on its own schedule (so a slow application never misses one), and
-//! commits on an interval or when asked. When a heartbeat says the group is rebalancing, the
+//! partition, and commits on an interval or when asked. Heartbeats run in their own task, on
+//! their own schedule, so neither a slow application nor a slow commit delays one. Group
+//! coordination (join, heartbeat, commit, leave) uses its own connection, so it never queues
+//! behind fetches (a member of thousands of partitions keeps thousands of long polls open). When a heartbeat says the group is rebalancing, the
 //! driver stops the fetchers, commits the position of every record the application has moved
 //! past, and rejoins; records fetched but not yet given out are dropped and will be read again
 //! by whoever owns their partition next.
@@ -188,6 +190,7 @@ impl Consumer {
         let (assignment_tx, assignment) = watch::channel(Assignment::default());
         let state = Arc::new(Mutex::new(State::default()));
         let driver = Driver {
+            coord: client.with_own_connection(),
             client,
             config,
             state: state.clone(),
@@ -303,7 +306,10 @@ enum Next {
 }
 
 struct Driver {
+    /// Fetches and offset lookups.
     client: Client,
+    /// Group coordination, on its own connection.
+    coord: Client,
     config: ConsumerConfig,
     state: Arc<Mutex<State>>,
     tx: mpsc::Sender<Item>,
@@ -324,6 +330,58 @@ impl Drop for Driver {
     }
 }
 
+/// Answers that mean this member must join again.
+const REJOIN: [ErrorCode; 3] = [
+    ErrorCode::RebalanceInProgress,
+    ErrorCode::StaleGeneration,
+    ErrorCode::UnknownMember,
+];
+
+/// Aborts a task when dropped, so a helper task never outlives the state that started it.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Keeps a membership alive: beats every `every`, independently of the application, commits and
+/// fetches, until the broker says the member must rejoin.
+struct Heartbeats {
+    coord: Client,
+    request: HeartbeatRequest,
+    every: Duration,
+    timeout: Duration,
+}
+
+impl Heartbeats {
+    async fn run(self, rejoin: oneshot::Sender<()>) {
+        let mut tick = tokio::time::interval(self.every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let beat = async {
+                self.coord
+                    .enqueue_within(&self.request, Bytes::new(), self.timeout)
+                    .await?
+                    .await
+            };
+            match beat.await {
+                Ok(_) => {}
+                Err(e) if is(&e, &REJOIN) => {
+                    let _ = rejoin.send(());
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "heartbeat failed; retrying at the next beat")
+                }
+            }
+        }
+    }
+}
+
 fn is(e: &Error, codes: &[ErrorCode]) -> bool {
     e.code().is_some_and(|c| codes.contains(&c))
 }
@@ -339,7 +397,7 @@ impl Driver {
                     return;
                 }
             };
-            let client = self.client.clone();
+            let client = self.coord.clone();
             let joining = async move { client.call(&request).await.map(|(r, _)| r) };
             let joined = tokio::select! {
                 joined = joining => joined,
@@ -420,7 +478,7 @@ impl Driver {
             group: self.config.group.clone(),
             member_id,
         };
-        match self.client.enqueue(&request, Bytes::new()).await?.await {
+        match self.coord.enqueue(&request, Bytes::new()).await?.await {
             Ok(_) => Ok(()),
             // Already gone (timed out, or the broker restarted): nothing to leave.
             Err(e) if is(&e, &[ErrorCode::UnknownMember]) => Ok(()),
@@ -437,7 +495,7 @@ impl Driver {
             partitions: joined.assignment.clone(),
         };
         let committed: HashMap<TopicPartition, Option<u64>> = self
-            .client
+            .coord
             .call(&request)
             .await?
             .0
@@ -495,32 +553,32 @@ impl Driver {
     }
 
     async fn steady(&mut self, heartbeat_every: Duration) -> Next {
-        let mut heartbeat = tokio::time::interval(heartbeat_every);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        heartbeat.tick().await;
+        let Some(member_id) = self.member_id.clone() else {
+            return Next::Rejoin;
+        };
+        let (rejoin_tx, mut rejoin) = oneshot::channel();
+        let beats = Heartbeats {
+            coord: self.coord.clone(),
+            request: HeartbeatRequest {
+                group: self.config.group.clone(),
+                member_id,
+                generation: self.generation,
+            },
+            every: heartbeat_every,
+            // Well inside the session: a beat lost on a dead connection is retried on a new one
+            // before the broker gives up on the member.
+            timeout: (self.config.session_timeout / 2).max(Duration::from_millis(50)),
+        };
+        let _beating = AbortOnDrop(tokio::spawn(beats.run(rejoin_tx)));
         let auto = self.config.auto_commit_interval;
         let mut commit_timer = tokio::time::interval(auto.unwrap_or(Duration::from_secs(3600)));
         commit_timer.tick().await;
-        let rejoin_codes = [
-            ErrorCode::RebalanceInProgress,
-            ErrorCode::StaleGeneration,
-            ErrorCode::UnknownMember,
-        ];
         loop {
             tokio::select! {
-                _ = heartbeat.tick() => {
-                    let Some(member_id) = self.member_id.clone() else { return Next::Rejoin };
-                    let request = HeartbeatRequest { group: self.config.group.clone(), member_id, generation: self.generation };
-                    let result = async { self.client.enqueue(&request, Bytes::new()).await?.await }.await;
-                    match result {
-                        Ok(_) => {}
-                        Err(e) if is(&e, &rejoin_codes) => return Next::Rejoin,
-                        Err(e) => tracing::debug!(error = %e, "heartbeat failed; retrying at the next beat"),
-                    }
-                }
+                _ = &mut rejoin => return Next::Rejoin,
                 _ = commit_timer.tick(), if auto.is_some() => {
                     if let Err(e) = self.commit_positions().await {
-                        if is(&e, &rejoin_codes) {
+                        if is(&e, &REJOIN) {
                             return Next::Rejoin;
                         }
                         tracing::debug!(error = %e, "auto-commit failed");
@@ -546,7 +604,7 @@ impl Driver {
             generation: Some(self.generation),
             offsets: offsets.clone(),
         };
-        self.client.enqueue(&request, Bytes::new()).await?.await?;
+        self.coord.enqueue(&request, Bytes::new()).await?.await?;
         self.committed.extend(offsets);
         Ok(())
     }

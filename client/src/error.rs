@@ -22,8 +22,13 @@ pub enum Error {
     /// The broker sent bytes this client cannot understand.
     #[error("protocol error: {0}")]
     Protocol(String),
-    #[error("gave up after {0:?}")]
+    /// No response to a request within the client's request timeout; its connection was closed.
+    #[error("no response within {0:?}")]
     Timeout(Duration),
+    /// The producer gave up on a record: not acknowledged within `delivery_timeout`, retries
+    /// included. It may or may not have been stored.
+    #[error("not acknowledged within the delivery timeout; last error: {last}")]
+    DeliveryTimeout { last: String },
     #[error("{0}")]
     InvalidArgument(String),
     #[error("the producer or client was closed")]
@@ -35,7 +40,10 @@ impl Error {
     pub fn is_retriable(&self) -> bool {
         match self {
             Error::Broker { code, .. } => code.is_retriable(),
-            Error::Connect { .. } | Error::Disconnected(_) | Error::Timeout(_) => true,
+            Error::Connect { .. }
+            | Error::Disconnected(_)
+            | Error::Timeout(_)
+            | Error::DeliveryTimeout { .. } => true,
             Error::Protocol(_) | Error::InvalidArgument(_) | Error::Closed => false,
         }
     }

@@ -5,10 +5,12 @@
 //! fsync policy). A batch is sent when it reaches `batch_bytes`, when `linger` has passed since
 //! its first record, or on [`Producer::flush`]. Batches are written to the connection in the
 //! order they were closed, so one partition's records keep their order; up to `max_in_flight`
-//! batches are outstanding at once (pipelining). Retriable failures are retried until the
-//! client's `retry_timeout`; a retry may reorder or (if the first attempt was applied before a
-//! disconnect) duplicate a batch: delivery is at-least-once. Memory is bounded by
-//! `buffer_bytes`: `send` waits when that much is unacknowledged.
+//! batches are outstanding at once (pipelining). Retriable failures are retried (with backoff)
+//! until `delivery_timeout` after the batch was opened; then every record of the batch fails
+//! with `Error::DeliveryTimeout`, so nothing waits forever on a broker that is gone. A retry
+//! may reorder or (if the first attempt was applied before a disconnect) duplicate a batch:
+//! delivery is at-least-once. Memory is bounded by `buffer_bytes`: `send` waits when that
+//! much is unacknowledged. [`Producer::watch_retries`] says while batches are being retried.
 
 use crate::admin::{Admin, topic_name};
 use crate::client::Client;
@@ -26,7 +28,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 #[derive(Debug, Clone)]
@@ -43,6 +45,9 @@ pub struct ProducerConfig {
     /// `metadata.max.age.ms`), so partitions added to a live topic start receiving records.
     /// A produce refused with `UnknownPartition` also forgets the count at once.
     pub metadata_max_age: Duration,
+    /// How long after a record's batch was opened its delivery may take, retries included,
+    /// before it fails with `Error::DeliveryTimeout` (Kafka's `delivery.timeout.ms`, 120 s).
+    pub delivery_timeout: Duration,
 }
 
 impl Default for ProducerConfig {
@@ -53,6 +58,7 @@ impl Default for ProducerConfig {
             buffer_bytes: 64 << 20,
             max_in_flight: 64,
             metadata_max_age: Duration::from_secs(300),
+            delivery_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -132,6 +138,7 @@ impl Future for Delivery {
 
 struct Open {
     builder: BatchBuilder,
+    opened: Instant,
     ack_tx: oneshot::Sender<Result<u64, Error>>,
     ack: BatchAck,
     deadline: Instant,
@@ -145,6 +152,7 @@ impl Open {
         let ack = rx.map(|r| r.unwrap_or(Err(Error::Closed))).boxed().shared();
         Open {
             builder: BatchBuilder::with_capacity(batch_bytes.min(1 << 20)),
+            opened: Instant::now(),
             ack_tx,
             ack,
             deadline: Instant::now() + linger,
@@ -159,6 +167,8 @@ enum Ready {
         topic: TopicName,
         partition: u32,
         bytes: Bytes,
+        /// When the batch's delivery fails with a timeout if not acknowledged.
+        deadline: Instant,
         ack_tx: oneshot::Sender<Result<u64, Error>>,
         permits: Option<OwnedSemaphorePermit>,
     },
@@ -182,6 +192,7 @@ struct Inner {
     /// Partition count of each topic, and when it was learned.
     partitions: Arc<Mutex<HashMap<TopicName, (u32, Instant)>>>,
     max_frame: tokio::sync::OnceCell<u32>,
+    retrying: watch::Receiver<Option<Error>>,
 }
 
 /// Sends records in batches. Clones share the same batches and connection.
@@ -208,7 +219,9 @@ impl Producer {
     pub fn new(client: Client, config: ProducerConfig) -> Producer {
         let (tx, rx) = mpsc::unbounded_channel();
         let linger_wake = Arc::new(Notify::new());
+        let (retrying_tx, retrying) = watch::channel(None);
         let inner = Arc::new(Inner {
+            retrying,
             client: client.clone(),
             buffer: Arc::new(Semaphore::new(
                 config.buffer_bytes.min(Semaphore::MAX_PERMITS),
@@ -225,6 +238,7 @@ impl Producer {
             rx,
             config.max_in_flight.max(1),
             inner.partitions.clone(),
+            Arc::new(retrying_tx),
         ));
         tokio::spawn(linger(Arc::downgrade(&inner), linger_wake));
         Producer { inner }
@@ -372,6 +386,12 @@ impl Producer {
         rx.await.map_err(|_| Error::Closed)
     }
 
+    /// `Some(last error)` while batches are being retried after a retriable failure (the
+    /// broker unreachable, restarting, its disk full); `None` again once one is acknowledged.
+    pub fn watch_retries(&self) -> watch::Receiver<Option<Error>> {
+        self.inner.retrying.clone()
+    }
+
     /// Flushes, then refuses further sends.
     pub async fn close(&self) -> Result<(), Error> {
         self.flush().await?;
@@ -394,6 +414,7 @@ impl Inner {
             topic,
             partition,
             bytes: open.builder.finish(),
+            deadline: open.opened + self.config.delivery_timeout,
             ack_tx: open.ack_tx,
             permits: open.permits,
         };
@@ -463,6 +484,7 @@ async fn dispatch(
     mut rx: mpsc::UnboundedReceiver<Ready>,
     max_in_flight: usize,
     counts: Arc<Mutex<HashMap<TopicName, (u32, Instant)>>>,
+    retrying: Arc<watch::Sender<Option<Error>>>,
 ) {
     let in_flight = Arc::new(Semaphore::new(max_in_flight));
     while let Some(item) = rx.recv().await {
@@ -477,6 +499,7 @@ async fn dispatch(
                 topic,
                 partition,
                 bytes,
+                deadline,
                 ack_tx,
                 permits,
             } => {
@@ -485,26 +508,46 @@ async fn dispatch(
                 };
                 let request = ProduceRequest { topic, partition };
                 // Written to the socket now, in order; the acknowledgement is awaited apart.
-                let first = client.enqueue(&request, bytes.clone()).await;
-                let client = client.clone();
-                let counts = counts.clone();
+                // Reconnecting may take a while when the broker is away: bounded by the deadline.
+                let first =
+                    tokio::time::timeout_at(deadline, client.enqueue(&request, bytes.clone()))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(Error::DeliveryTimeout {
+                                last: "could not reach the broker".into(),
+                            })
+                        });
+                let (client, counts, retrying) = (client.clone(), counts.clone(), retrying.clone());
                 tokio::spawn(async move {
-                    let result = match first {
-                        Ok(response) => response.await.map(|(r, _)| r.base_offset),
-                        Err(e) => Err(e),
+                    let attempt = async {
+                        match first {
+                            Ok(response) => response.await.map(|(r, _)| r.base_offset),
+                            Err(e) => Err(e),
+                        }
                     };
-                    let result = match result {
-                        Err(e) if e.is_retriable() => retry(&client, &request, bytes, e).await,
-                        other => other,
+                    let result = match tokio::time::timeout_at(deadline, attempt).await {
+                        Ok(Err(e))
+                            if e.is_retriable() && !matches!(e, Error::DeliveryTimeout { .. }) =>
+                        {
+                            retry(&client, &request, bytes, e, deadline, &retrying).await
+                        }
+                        Ok(other) => other,
+                        Err(_) => Err(Error::DeliveryTimeout {
+                            last: "no acknowledgement".into(),
+                        }),
                     };
-                    if let Err(e) = &result
-                        && e.code() == Some(rill_protocol::ErrorCode::UnknownPartition)
-                    {
-                        // The topic changed shape (deleted and created again smaller): ask anew.
-                        counts
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&request.topic);
+                    match &result {
+                        Ok(_) => {
+                            retrying.send_if_modified(|r| r.take().is_some());
+                        }
+                        Err(e) if e.code() == Some(rill_protocol::ErrorCode::UnknownPartition) => {
+                            // The topic changed shape (deleted and created again smaller).
+                            counts
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .remove(&request.topic);
+                        }
+                        Err(_) => {}
                     }
                     let _ = ack_tx.send(result);
                     drop((slot, permits));
@@ -514,25 +557,38 @@ async fn dispatch(
     }
 }
 
+/// Resends a batch after a retriable failure, with backoff, until it is acknowledged, fails
+/// for good, or `deadline` passes (`DeliveryTimeout`, naming the last error).
 async fn retry(
     client: &Client,
     request: &ProduceRequest,
     bytes: Bytes,
     mut last: Error,
+    deadline: Instant,
+    retrying: &watch::Sender<Option<Error>>,
 ) -> Result<u64, Error> {
     let cfg = client.config();
-    let deadline = Instant::now() + cfg.retry_timeout;
     let mut backoff = cfg.min_backoff;
-    while Instant::now() + backoff < deadline {
+    loop {
         tracing::debug!(error = %last, topic = %request.topic, partition = request.partition, "retrying produce");
+        retrying.send_replace(Some(last.clone()));
+        if Instant::now() + backoff >= deadline {
+            return Err(Error::DeliveryTimeout {
+                last: last.to_string(),
+            });
+        }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(cfg.max_backoff);
-        let attempt = async { client.enqueue(request, bytes.clone()).await?.await }.await;
-        match attempt {
-            Ok((r, _)) => return Ok(r.base_offset),
-            Err(e) if e.is_retriable() => last = e,
-            Err(e) => return Err(e),
+        let attempt = async { client.enqueue(request, bytes.clone()).await?.await };
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(Ok((r, _))) => return Ok(r.base_offset),
+            Ok(Err(e)) if e.is_retriable() => last = e,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(Error::DeliveryTimeout {
+                    last: last.to_string(),
+                });
+            }
         }
     }
-    Err(last)
 }

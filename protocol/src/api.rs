@@ -92,4 +92,11 @@ impl ApiKey {
 pub trait Message: Serialize + DeserializeOwned {
     const API_KEY: ApiKey;
     type Response: Serialize + DeserializeOwned;
+
+    /// Longest time the broker may deliberately hold this request before answering (a fetch's
+    /// long poll, a join waiting at the rebalance barrier). Clients add it to their request
+    /// timeout, so a long poll is not mistaken for a dead connection.
+    fn server_wait(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }

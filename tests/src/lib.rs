@@ -211,6 +211,27 @@ impl Broker {
         child.wait().expect("wait for rilld")
     }
 
+    /// SIGSTOP: the process stops answering but keeps its sockets open (the kernel still
+    /// accepts and acknowledges bytes), as a hung or half-open peer looks to a client.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Broker::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let child = self.child.as_ref().expect("broker is running");
+        let status = Command::new("kill")
+            .arg(sig)
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} failed");
+    }
+
     /// SIGKILL: no chance to flush or mark anything.
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("broker is running");

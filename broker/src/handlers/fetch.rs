@@ -18,8 +18,7 @@ pub async fn handle(
     req: FetchRequest,
 ) -> Result<(FetchResponse, Bytes), OpError> {
     let log = ctx.topics.partition(&req.topic, req.partition)?;
-    // Bound the response by the frame limit (a lone larger batch is still sent whole).
-    let max_bytes = (req.max_bytes as usize).clamp(1, ctx.config.max_frame_bytes as usize / 2);
+    let max_bytes = max_bytes(&ctx, &req);
     let min_bytes = req.min_bytes as usize;
     let deadline = Instant::now() + Duration::from_millis(u64::from(req.max_wait_ms)).min(MAX_WAIT);
     let mut watermark = log.subscribe();
@@ -64,6 +63,12 @@ pub async fn handle(
             }
         }
     }
+}
+
+/// Most payload bytes a fetch returns, unless its first batch alone is larger (a lone larger
+/// batch is still sent whole): what it asked for, bounded by half the frame limit.
+pub fn max_bytes(ctx: &Context, req: &FetchRequest) -> usize {
+    (req.max_bytes as usize).clamp(1, ctx.config.max_frame_bytes as usize / 2)
 }
 
 /// Counts the records and bytes a fetch returns (batch headers only; payloads are not read).

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Session timeouts a member may ask for.
-const SESSION_TIMEOUT: std::ops::RangeInclusive<u32> = 100..=300_000;
+const SESSION_TIMEOUT: std::ops::RangeInclusive<u32> = SESSION_TIMEOUT_MS;
 
 pub async fn join(ctx: Arc<Context>, req: JoinGroupRequest) -> Result<JoinGroupResponse, OpError> {
     if !SESSION_TIMEOUT.contains(&req.session_timeout_ms) {

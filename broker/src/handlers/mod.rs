@@ -6,6 +6,8 @@
 //! the single place where internal errors become wire error codes.
 
 mod fetch;
+
+pub use fetch::max_bytes as fetch_bytes;
 mod groups;
 mod offsets;
 mod produce;
@@ -153,13 +155,31 @@ async fn plain<T>(f: impl Future<Output = Result<T, OpError>>) -> Result<(T, Byt
     f.await.map(|r| (r, Bytes::new()))
 }
 
-/// Decodes `frame` and starts its handler. Work that must happen in arrival order (queueing a
-/// produced batch) happens here, before returning; the returned future completes the request
-/// and may run concurrently with later ones.
-pub fn dispatch(ctx: &Arc<Context>, frame: RequestFrame) -> BoxFuture<'static, OutFrame> {
-    let cid = frame.header.correlation_id;
-    let api = ApiKey::from_u16(frame.header.api_key).map_or("unknown", ApiKey::name);
-    let request = match Request::decode(frame) {
+/// A request frame, decoded, with what its answer needs: correlation id and API name.
+#[derive(Debug)]
+pub struct Decoded {
+    cid: u32,
+    api: &'static str,
+    pub request: Result<Request, RequestError>,
+}
+
+impl Decoded {
+    pub fn new(frame: RequestFrame) -> Self {
+        Decoded {
+            cid: frame.header.correlation_id,
+            api: ApiKey::from_u16(frame.header.api_key).map_or("unknown", ApiKey::name),
+            request: Request::decode(frame),
+        }
+    }
+}
+
+/// Starts a decoded request's handler (the connection decodes first, to size the response).
+/// Work that must happen in arrival order (queueing a produced batch) happens here, before
+/// returning; the returned future completes the request and may run concurrently with later
+/// ones.
+pub fn dispatch(ctx: &Arc<Context>, decoded: Decoded) -> BoxFuture<'static, OutFrame> {
+    let Decoded { cid, api, request } = decoded;
+    let request = match request {
         Ok(r) => r,
         Err(e) => return futures::future::ready(error_frame(cid, &OpError::Request(e))).boxed(),
     };

@@ -234,6 +234,11 @@ struct ProduceArgs {
     /// Send every record to this partition.
     #[arg(long)]
     partition: Option<u32>,
+    /// Give up on a record not acknowledged this long after it was read, retries included
+    /// (e.g. 30s, 2m). On the first record given up, rill stops reading its input and exits
+    /// non-zero, saying how many records were not acknowledged.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION", default_value = "120s")]
+    delivery_timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -415,7 +420,12 @@ async fn topic(client: Client, cmd: TopicCommand, json: bool) -> anyhow::Result<
 }
 
 async fn produce(client: Client, args: ProduceArgs) -> anyhow::Result<()> {
-    let producer = Producer::new(client, ProducerConfig::default());
+    let config = ProducerConfig {
+        delivery_timeout: args.delivery_timeout,
+        ..ProducerConfig::default()
+    };
+    let unreachable = client.watch_unreachable();
+    let producer = Producer::new(client, config);
     // Read stdin on a blocking thread; lines arrive through a bounded channel.
     let (tx, mut rx) = mpsc::channel::<std::io::Result<String>>(1024);
     let input: Box<dyn BufRead + Send> = match &args.file {
@@ -431,14 +441,29 @@ async fn produce(client: Client, args: ProduceArgs) -> anyhow::Result<()> {
             }
         }
     });
+    let (acks, mut failed) = track_deliveries();
+    tokio::spawn(report_retries(
+        producer.watch_retries(),
+        unreachable,
+        args.delivery_timeout,
+    ));
     // On a terminal, a progress line every second during long runs.
     let progress = std::io::stderr()
         .is_terminal()
         .then(std::time::Instant::now);
     let mut last_report = std::time::Instant::now();
-    let mut deliveries = Vec::new();
     let mut sent = 0u64;
-    while let Some(line) = rx.recv().await {
+    let mut input_done = false;
+    loop {
+        // A record given up on stops the run: the rest would meet the same broker.
+        let line = tokio::select! {
+            line = rx.recv() => line,
+            _ = failed.wait_for(|f| *f) => break,
+        };
+        let Some(line) = line else {
+            input_done = true;
+            break;
+        };
         let line = line.context("reading standard input")?;
         let (key, value) = match (&args.key, &args.key_separator) {
             (Some(k), _) => (Some(k.clone()), line),
@@ -455,26 +480,128 @@ async fn produce(client: Client, args: ProduceArgs) -> anyhow::Result<()> {
         if let Some(p) = args.partition {
             record = record.partition(p);
         }
-        deliveries.push(producer.send(record).await?);
+        let delivery = tokio::select! {
+            d = producer.send(record) => d?,
+            _ = failed.wait_for(|f| *f) => break,
+        };
+        let _ = acks.send(delivery);
         sent += 1;
         if progress.is_some() && last_report.elapsed() >= Duration::from_secs(1) {
             last_report = std::time::Instant::now();
             eprint!("\rproduced {sent} record(s)...");
         }
     }
+    // Every batch has a delivery deadline, so this ends within the delivery timeout.
     producer.flush().await?;
-    for d in deliveries {
-        d.await?;
+    let outcome = acks.finish().await;
+    let cr = if progress.is_some() { "\r" } else { "" };
+    if let Some(first) = outcome.first_error {
+        let unread = if input_done {
+            String::new()
+        } else {
+            "; stopped reading the input there".to_string()
+        };
+        bail!(
+            "{cr}{} of {sent} record(s) sent to {} were not acknowledged{unread}: {first}",
+            sent - outcome.acknowledged,
+            args.topic
+        );
     }
     let took = progress
         .map(|t| format!(" in {:.1} s", t.elapsed().as_secs_f64()))
         .unwrap_or_default();
-    eprintln!(
-        "{}produced {sent} record(s) to {}{took}",
-        if progress.is_some() { "\r" } else { "" },
-        args.topic
-    );
+    eprintln!("{cr}produced {sent} record(s) to {}{took}", args.topic);
     Ok(())
+}
+
+/// What became of the records `rill produce` sent.
+struct Outcome {
+    acknowledged: u64,
+    first_error: Option<rill_client::Error>,
+}
+
+/// Awaits deliveries in the order they were sent, counting them; the watch turns true at the
+/// first failure.
+struct Acks {
+    tx: mpsc::UnboundedSender<rill_client::Delivery>,
+    task: tokio::task::JoinHandle<Outcome>,
+}
+
+impl Acks {
+    fn send(&self, d: rill_client::Delivery) -> Result<(), ()> {
+        self.tx.send(d).map_err(|_| ())
+    }
+
+    async fn finish(self) -> Outcome {
+        drop(self.tx);
+        self.task.await.unwrap_or(Outcome {
+            acknowledged: 0,
+            first_error: Some(rill_client::Error::Closed),
+        })
+    }
+}
+
+fn track_deliveries() -> (Acks, tokio::sync::watch::Receiver<bool>) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<rill_client::Delivery>();
+    let (failed_tx, failed) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        let mut out = Outcome {
+            acknowledged: 0,
+            first_error: None,
+        };
+        while let Some(d) = rx.recv().await {
+            match d.await {
+                Ok(_) => out.acknowledged += 1,
+                Err(e) => {
+                    if out.first_error.is_none() {
+                        out.first_error = Some(e);
+                        failed_tx.send_replace(true);
+                    }
+                }
+            }
+        }
+        out
+    });
+    (Acks { tx, task }, failed)
+}
+
+/// Tells the user, once per outage, that the broker is being retried (batches resent, or
+/// the connection re-established), and when records flow again.
+async fn report_retries(
+    mut retries: tokio::sync::watch::Receiver<Option<rill_client::Error>>,
+    mut unreachable: tokio::sync::watch::Receiver<Option<rill_client::Error>>,
+    timeout: Duration,
+) {
+    let mut retrying = false;
+    loop {
+        let now = tokio::select! {
+            r = retries.changed() => match r {
+                Ok(()) => retries.borrow_and_update().clone(),
+                Err(_) => return,
+            },
+            r = unreachable.changed() => match r {
+                // Reconnected: wait for a batch to be acknowledged before saying so.
+                Ok(()) => match unreachable.borrow_and_update().clone() {
+                    Some(e) => Some(e),
+                    None => continue,
+                },
+                Err(_) => return,
+            },
+        };
+        match now {
+            Some(e) if !retrying => {
+                retrying = true;
+                eprintln!(
+                    "\rrill: cannot deliver ({e}); retrying for up to {timeout:?} per record..."
+                );
+            }
+            None if retrying => {
+                retrying = false;
+                eprintln!("\rrill: delivering again");
+            }
+            _ => {}
+        }
+    }
 }
 
 async fn consume(client: Client, args: ConsumeArgs) -> anyhow::Result<()> {

@@ -31,4 +31,8 @@ pub struct FetchResponse {
 impl Message for FetchRequest {
     const API_KEY: ApiKey = ApiKey::Fetch;
     type Response = FetchResponse;
+
+    fn server_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(u64::from(self.max_wait_ms))
+    }
 }

@@ -214,8 +214,21 @@ macro_rules! message {
     };
 }
 
+/// Session timeouts a member may ask for, in milliseconds.
+pub const SESSION_TIMEOUT_MS: std::ops::RangeInclusive<u32> = 100..=300_000;
+
+impl Message for JoinGroupRequest {
+    const API_KEY: ApiKey = ApiKey::JoinGroup;
+    type Response = JoinGroupResponse;
+
+    /// A join waits at the barrier until every member rejoined, at most the rebalance deadline:
+    /// the longest session timeout of any member, which can be the largest allowed.
+    fn server_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(u64::from(*SESSION_TIMEOUT_MS.end()))
+    }
+}
+
 message! {
-    JoinGroupRequest => JoinGroupResponse, JoinGroup;
     HeartbeatRequest => HeartbeatResponse, Heartbeat;
     LeaveGroupRequest => LeaveGroupResponse, LeaveGroup;
     CommitOffsetsRequest => CommitOffsetsResponse, CommitOffsets;

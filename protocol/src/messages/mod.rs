@@ -17,7 +17,7 @@ pub use groups::{
     FetchOffsetsResponse, GroupSummary, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
     JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
     ListGroupsResponse, MemberInfo, PartitionLag, ResetOffsetsRequest, ResetOffsetsResponse,
-    ResetTo, TopicPartition,
+    ResetTo, SESSION_TIMEOUT_MS, TopicPartition,
 };
 pub use offsets::{ListOffsetsRequest, ListOffsetsResponse, OffsetSpec};
 pub use produce::{ProduceRequest, ProduceResponse};
