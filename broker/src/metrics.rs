@@ -71,6 +71,7 @@ pub struct Metrics {
     pub fsyncs: Counter,
     pub fsync_seconds: Histogram,
     pub recovery_truncations: Counter,
+    pub recovery_damaged_ranges: Counter,
     pub recovery_rebuilt_indexes: Counter,
     partition_end: Family<PartitionLabels, U64Gauge>,
     partition_durable: Family<PartitionLabels, U64Gauge>,
@@ -104,6 +105,7 @@ impl Metrics {
             fsyncs: Counter::default(),
             fsync_seconds: latency_histogram(),
             recovery_truncations: Counter::default(),
+            recovery_damaged_ranges: Counter::default(),
             recovery_rebuilt_indexes: Counter::default(),
             partition_end: Family::default(),
             partition_durable: Family::default(),
@@ -169,6 +171,11 @@ impl Metrics {
             "recovery_truncations",
             "Torn or corrupt log tails cut at start-up",
             m.recovery_truncations.clone(),
+        );
+        r.register(
+            "recovery_damaged_ranges",
+            "Damaged stretches of sealed segments found at start-up (kept; their records are lost)",
+            m.recovery_damaged_ranges.clone(),
         );
         r.register(
             "recovery_rebuilt_indexes",

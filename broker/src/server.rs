@@ -62,6 +62,7 @@ impl Broker {
             let m = crate::metrics::global();
             for (partition, report) in reports {
                 m.recovery_truncations.inc_by(report.truncated.len() as u64);
+                m.recovery_damaged_ranges.inc_by(report.holes.len() as u64);
                 m.recovery_rebuilt_indexes.inc_by(report.rebuilt_indexes as u64);
                 for (file, position, bytes, reason) in &report.truncated {
                     tracing::warn!(partition, file = %file.display(), position, bytes, reason, "recovery cut data");

@@ -56,6 +56,9 @@ pub enum ErrorCode {
     GroupNotEmpty = 25,
     UnknownGroup = 26,
     InvalidGroupName = 27,
+    /// The requested records were lost to damage on the broker's disk; the message names the
+    /// lost range. Records after it are still readable.
+    RecordsLost = 28,
 }
 
 impl ErrorCode {
@@ -90,6 +93,7 @@ impl ErrorCode {
             25 => GroupNotEmpty,
             26 => UnknownGroup,
             27 => InvalidGroupName,
+            28 => RecordsLost,
             _ => return Option::None,
         })
     }

@@ -195,18 +195,40 @@ async fn every_damaged_file_is_recovered_reported_or_refused_never_served() {
     assert!(err.to_string().contains("out of sequence"), "{err}");
     drop((client, broker));
 
-    // 2c. A bit flip at the end of a sealed segment: found at start, the rest of that segment
-    // dropped and reported; reads skip the gap.
+    // 2c. A bit flip at the end of a sealed segment: found at start (start-up checks a sealed
+    // segment's last batches), kept, not cut: a read inside it gets `RecordsLost` naming the
+    // range, and everything after it still reads.
     let data = case("sealed-end");
     let first = files(&part(&data), "log").remove(0);
-    let len = std::fs::metadata(&first).unwrap().len() as usize;
-    flip(&first, len - 10);
+    let len_before = std::fs::metadata(&first).unwrap().len();
+    flip(&first, len_before as usize - 10);
     let broker = Broker::start(&data, &[]);
     let client = Client::connect(broker.addr()).await.unwrap();
     let (records, err) = read(&client, 0).await;
-    assert!(err.is_none(), "{err:?}");
     assert_intact(&records);
-    assert!((records.len() as u64) < RECORDS);
+    let err = err.expect("the damaged batch must not be served");
+    assert_eq!(err.code(), Some(ErrorCode::RecordsLost), "{err}");
+    let lost_from = records.last().map_or(0, |(o, _)| o + 1);
+    assert!(
+        err.to_string().contains(&format!("offsets {lost_from}..")),
+        "the error names the lost range: {err}"
+    );
+    let second_base: u64 = files(&part(&data), "log")[1]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (rest, err) = read(&client, second_base).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_intact(&rest);
+    assert_eq!(rest.len() as u64, RECORDS - second_base);
+    assert_eq!(
+        std::fs::metadata(&first).unwrap().len(),
+        len_before,
+        "a sealed segment is never truncated"
+    );
     assert!(
         broker.log().contains("corruption in a sealed segment"),
         "{}",
@@ -378,7 +400,13 @@ async fn random_damage_never_crashes_the_broker_or_serves_a_corrupt_record() {
         let (records, err) = read(&client, start).await;
         assert_intact(&records);
         if let Some(e) = err {
-            assert_eq!(e.code(), Some(ErrorCode::StorageError), "{what}: {e}");
+            assert!(
+                matches!(
+                    e.code(),
+                    Some(ErrorCode::StorageError | ErrorCode::RecordsLost)
+                ),
+                "{what}: {e}"
+            );
         }
         let committed = client
             .call(&rill_protocol::messages::FetchOffsetsRequest {
@@ -467,7 +495,7 @@ async fn rilld_check_reports_damage_that_start_up_does_not_scan() {
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("c/0: DAMAGED"), "{text}");
     assert!(
-        text.contains(&format!("{}: byte 0: ", first.display())) && text.contains("CRC"),
+        text.contains(&format!("{}: bytes 0..", first.display())) && text.contains("CRC"),
         "{text}"
     );
     assert!(text.contains("bytes: 1 damaged,"), "{text}");

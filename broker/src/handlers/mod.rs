@@ -77,6 +77,7 @@ impl OpError {
             OpError::Append(AppendError::Failed(_)) => ErrorCode::PartitionFailed,
             OpError::Append(AppendError::ShuttingDown) => ErrorCode::ShuttingDown,
             OpError::Read(ReadError::OffsetOutOfRange { .. }) => ErrorCode::OffsetOutOfRange,
+            OpError::Read(ReadError::RecordsLost { .. }) => ErrorCode::RecordsLost,
             OpError::Request(RequestError::UnsupportedApiKey(_)) => ErrorCode::UnsupportedApiKey,
             OpError::Request(RequestError::UnsupportedVersion { .. }) => {
                 ErrorCode::UnsupportedVersion

@@ -64,8 +64,31 @@ pub fn check_partition(dir: &Path) -> Result<PartitionCheck, StorageError> {
             expected: base,
             file_len: len,
         };
-        let scanned = segment::scan(&file, &path, base, span, &mut Indexer::new(1), &mut all)?;
-        if let Some((position, reason)) = &scanned.invalid {
+        // The same scan recovery uses: a sealed segment's damage is stepped over, so what
+        // is reported is exactly what is lost; the active segment's is where it would be cut.
+        let sealed = i != last;
+        let scanned = segment::scan(
+            &file,
+            &path,
+            base,
+            span,
+            &mut Indexer::new(1),
+            &mut all,
+            sealed,
+        )?;
+        for (hole, reason) in &scanned.holes {
+            let lost = match hole.next_offset {
+                u64::MAX => format!("offsets from {} to the next segment", hole.first_offset),
+                next => format!("offsets {}..{next}", hole.first_offset),
+            };
+            out.damage.push(format!(
+                "{}: bytes {}..{}: {reason}; {lost} are unreadable, the batches after them are intact",
+                path.display(),
+                hole.position,
+                hole.position + hole.len
+            ));
+        }
+        if let Some((position, reason)) = scanned.invalid.as_ref().filter(|_| !sealed) {
             out.damage.push(format!(
                 "{}: byte {position}: {reason}; the {} bytes from there on are unreadable",
                 path.display(),

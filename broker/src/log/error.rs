@@ -72,4 +72,11 @@ pub enum ReadError {
     OffsetOutOfRange { offset: u64, start: u64, end: u64 },
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The offset falls in a stretch of a sealed segment that damage made unreadable.
+    #[error("offsets {from}..{to} were lost to damage in {}; later records are readable from offset {to}", path.display())]
+    RecordsLost {
+        from: u64,
+        to: u64,
+        path: std::path::PathBuf,
+    },
 }

@@ -186,6 +186,12 @@ impl Indexer {
         }
     }
 
+    /// Makes the next batch get an offset entry whatever the interval, so lookups of offsets
+    /// after a damaged stretch start after it rather than scanning into it.
+    pub fn restart_after_gap(&mut self) {
+        self.last_position = None;
+    }
+
     /// Largest timestamp seen in the segment so far.
     pub fn max_timestamp(&self) -> i64 {
         self.max_timestamp

@@ -341,6 +341,17 @@ impl PartitionLog {
         };
         // The segment holding `offset`, or the next one if corruption left a gap.
         let first = view.partition_point(|s| s.base <= offset).saturating_sub(1);
+        // Inside a damaged stretch of a sealed segment: say what is lost and where to resume.
+        if let Some((seg, hole)) = view
+            .get(first)
+            .and_then(|s| s.holes.iter().find(|h| h.contains(offset)).map(|h| (s, h)))
+        {
+            return Err(ReadError::RecordsLost {
+                from: hole.first_offset,
+                to: hole.next_offset,
+                path: seg.path.clone(),
+            });
+        }
         let Some(seg) = view[first..].iter().find(|s| s.next_offset > offset) else {
             return Ok(result(Bytes::new()));
         };

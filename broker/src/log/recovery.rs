@@ -4,8 +4,14 @@
 //! After a clean shutdown every segment's index files were written, so opening checks them and
 //! validates only the batches after each segment's last index entry. After an unclean stop the
 //! tail segment's index is stale or missing, so the whole tail segment is scanned, every batch's
-//! length, CRC and layout checked, and the file truncated at the first bad batch. A bad batch in
-//! a sealed segment cannot be a torn write; it is corruption and is logged as an error.
+//! length, CRC and layout checked, and the file truncated at the first bad batch.
+//!
+//! Only the active (tail) segment is ever truncated. A bad batch in a sealed segment cannot be a
+//! torn write: everything in it was fsynced and acknowledged, so the scan steps over the damage
+//! to the next intact batch and records the stretch as a hole (logged at error level, counted,
+//! reported by `rilld --check`); reads inside it get `RecordsLost`, reads after it work. A
+//! damaged sealed segment's index files are removed, so every start scans it again and finds
+//! the hole again rather than trusting an index that does not know about it.
 
 use super::error::StorageError;
 use super::index::{self, Extent, Indexer, SegmentIndex};
@@ -22,6 +28,8 @@ pub struct RecoveryReport {
     pub rebuilt_indexes: usize,
     /// `(file, position, bytes removed, reason)` for every truncation.
     pub truncated: Vec<(PathBuf, u64, u64, String)>,
+    /// Damaged stretches of sealed segments, kept and stepped over: `(file, hole, reason)`.
+    pub holes: Vec<(PathBuf, segment::Hole, String)>,
 }
 
 pub(super) struct Recovered {
@@ -54,6 +62,7 @@ pub(super) fn create_segment(dir: &Path, base: u64) -> Result<Segment, StorageEr
         next_offset: base,
         max_timestamp: i64::MIN,
         index: SegmentIndex::default(),
+        holes: Vec::new(),
     })
 }
 
@@ -141,8 +150,24 @@ pub(super) fn recover(
             },
             &mut indexer,
             &mut found,
+            !is_tail,
         )?;
         idx.append(&mut found);
+        let holes: Vec<segment::Hole> = outcome.holes.iter().map(|(h, _)| *h).collect();
+        for (hole, reason) in &outcome.holes {
+            let lost = match hole.next_offset {
+                u64::MAX => format!("offsets from {} to the next segment", hole.first_offset),
+                next => format!("offsets {}..{next}", hole.first_offset),
+            };
+            tracing::error!(partition = label, file = %path.display(), position = hole.position, bytes = hole.len, %reason, "corruption in a sealed segment: {lost} are unreadable; the intact batches after them are kept");
+            report.holes.push((path.clone(), *hole, reason.clone()));
+        }
+        if !holes.is_empty() {
+            // Not trusted next time: a later start must scan this segment and find the hole.
+            for ext in ["index", "timeindex"] {
+                let _ = fs::remove_file(path.with_extension(ext));
+            }
+        }
         if let Some(extent) = missing {
             let reason = format!(
                 "the segment is {} bytes shorter than when it was last indexed: offsets {}..{} are gone",
@@ -155,20 +180,18 @@ pub(super) fn recover(
                 .truncated
                 .push((path.clone(), len, extent.len - len, reason));
         }
-        let truncated = outcome.invalid.is_some();
-        if let Some((position, reason)) = outcome.invalid {
+        let truncated = is_tail && outcome.invalid.is_some();
+        if let Some((position, reason)) = outcome.invalid.filter(|_| is_tail) {
             let cut = len - outcome.valid_len;
-            if is_tail {
-                tracing::warn!(partition = label, file = %path.display(), position, bytes = cut, %reason, "truncating torn or corrupt tail of the log");
-            } else {
-                tracing::error!(partition = label, file = %path.display(), position, bytes = cut, %reason, "corruption in a sealed segment: dropping the rest of it");
-            }
+            tracing::warn!(partition = label, file = %path.display(), position, bytes = cut, %reason, "truncating torn or corrupt tail of the log");
             file.set_len(outcome.valid_len)
                 .map_err(StorageError::io("truncate", &path))?;
             file.sync_all().map_err(StorageError::io("fsync", &path))?;
             report.truncated.push((path.clone(), position, cut, reason));
         }
-        if (!is_tail && (rebuilt || !report.truncated.is_empty())) || missing.is_some() {
+        if holes.is_empty()
+            && ((!is_tail && (rebuilt || !report.truncated.is_empty())) || missing.is_some())
+        {
             // Save the rebuilt index so the next start does not scan this sealed segment again,
             // and replace an extent that reported lost bytes so they are reported only once.
             let extent = Extent {
@@ -179,9 +202,12 @@ pub(super) fn recover(
                 tracing::warn!(file = %path.display(), error = %e, "could not write rebuilt index");
             }
         }
-        if let Some(prev) = segments.last() {
-            let prev: &Segment = prev;
-            if prev.next_offset != base {
+        if let Some(prev) = segments.last_mut() {
+            let prev: &mut Segment = prev;
+            if let Some(hole) = prev.holes.last_mut().filter(|h| h.next_offset == u64::MAX) {
+                // Damage ran to the end of the previous segment: its lost offsets end here.
+                hole.next_offset = base;
+            } else if prev.next_offset != base {
                 tracing::error!(partition = label, file = %path.display(), expected = prev.next_offset, base, "segments do not follow each other; offsets in between are lost");
             }
         }
@@ -201,6 +227,7 @@ pub(super) fn recover(
             next_offset: outcome.next_offset,
             max_timestamp: outcome.max_timestamp,
             index: idx,
+            holes,
         });
     }
     report.segments = segments.len();

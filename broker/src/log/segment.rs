@@ -20,6 +20,27 @@ pub struct Segment {
     pub next_offset: u64,
     pub max_timestamp: i64,
     pub index: SegmentIndex,
+    /// Damaged stretches of a sealed segment, kept rather than cut: the intact batches after
+    /// them stay readable, and a read inside one gets `ReadError::RecordsLost`.
+    pub holes: Vec<Hole>,
+}
+
+/// A damaged stretch of a sealed segment: bytes `[position, position + len)` hold no readable
+/// batch, and the records `[first_offset, next_offset)` are lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hole {
+    pub position: u64,
+    pub len: u64,
+    pub first_offset: u64,
+    /// The base offset of the first intact batch after the damage (for damage running to the
+    /// segment's end, the next segment's base, filled in by recovery).
+    pub next_offset: u64,
+}
+
+impl Hole {
+    pub fn contains(&self, offset: u64) -> bool {
+        (self.first_offset..self.next_offset).contains(&offset)
+    }
 }
 
 pub fn file_name(base: u64) -> String {
@@ -150,6 +171,9 @@ pub struct ScanOutcome {
     pub max_timestamp: i64,
     /// The first invalid byte position and why, if the scan stopped before the file's end.
     pub invalid: Option<(u64, String)>,
+    /// With `resync`: damaged stretches stepped over, and why each was unreadable. The scan
+    /// then reaches the file's end unless damage runs to it (`invalid` says where it began).
+    pub holes: Vec<(Hole, String)>,
 }
 
 /// The stretch of a segment file a scan covers.
@@ -163,9 +187,109 @@ pub struct Span {
     pub file_len: u64,
 }
 
-/// Validates batches from `span.start` to the end of the file, adding index entries for them,
-/// and stops at the first torn or corrupt batch.
+/// Validates batches from `span.start` to the end of the file, adding index entries for them.
+/// Without `resync` it stops at the first torn or corrupt batch (a tail torn by a crash). With
+/// `resync` (a sealed segment, where damage cannot be a torn write and later batches were
+/// acknowledged) it looks for the next intact batch after the damage, records the stretch in
+/// between as a hole and carries on, so one bad batch does not cost everything after it.
 pub fn scan(
+    file: &File,
+    path: &Path,
+    seg_base: u64,
+    mut span: Span,
+    indexer: &mut Indexer,
+    index: &mut SegmentIndex,
+    resync: bool,
+) -> Result<ScanOutcome, StorageError> {
+    let mut holes = Vec::new();
+    loop {
+        let outcome = scan_run(file, path, seg_base, span, indexer, index)?;
+        let Some((bad, reason)) = outcome.invalid.clone() else {
+            return Ok(ScanOutcome { holes, ..outcome });
+        };
+        let next = if resync {
+            find_batch_after(file, path, bad, span.file_len, outcome.next_offset)?
+        } else {
+            None
+        };
+        let Some((position, base)) = next else {
+            if resync {
+                // Damage to the end: the lost offsets run to the next segment's base.
+                let hole = Hole {
+                    position: bad,
+                    len: span.file_len - bad,
+                    first_offset: outcome.next_offset,
+                    next_offset: u64::MAX,
+                };
+                holes.push((hole, reason));
+            }
+            return Ok(ScanOutcome { holes, ..outcome });
+        };
+        let hole = Hole {
+            position: bad,
+            len: position - bad,
+            first_offset: outcome.next_offset,
+            next_offset: base,
+        };
+        holes.push((hole, reason));
+        indexer.restart_after_gap();
+        span = Span {
+            start: position,
+            expected: base,
+            file_len: span.file_len,
+        };
+    }
+}
+
+/// The first position after `from` where an intact batch (length, magic, CRC) with a base
+/// offset of at least `min_base` starts, and that base. Reads the file in chunks; only
+/// positions holding Kafka's v2 magic byte are checked in full.
+fn find_batch_after(
+    file: &File,
+    path: &Path,
+    from: u64,
+    file_len: u64,
+    min_base: u64,
+) -> Result<Option<(u64, u64)>, StorageError> {
+    const CHUNK: u64 = 1 << 20;
+    const MAGIC_AT: usize = 16;
+    let mut chunk_start = from + 1;
+    let mut buf = Vec::new();
+    let mut candidate = Vec::new();
+    while chunk_start + (LOG_OVERHEAD as u64) <= file_len {
+        let n = CHUNK.min(file_len - chunk_start);
+        buf.resize(n as usize, 0);
+        read_exact_at(file, path, &mut buf, chunk_start)?;
+        for i in 0..buf.len() {
+            if buf.get(i + MAGIC_AT) != Some(&2) {
+                continue;
+            }
+            let pos = chunk_start + i as u64;
+            let mut head = [0u8; LOG_OVERHEAD];
+            if file_len - pos < LOG_OVERHEAD as u64 {
+                break;
+            }
+            read_exact_at(file, path, &mut head, pos)?;
+            let Some((base, len)) = batch::peek(&head) else {
+                continue;
+            };
+            if base < min_base || len < HEADER_LEN || len as u64 > file_len - pos {
+                continue;
+            }
+            candidate.resize(len, 0);
+            read_exact_at(file, path, &mut candidate, pos)?;
+            if batch::validate(&candidate).is_ok() {
+                return Ok(Some((pos, base)));
+            }
+        }
+        // Overlap so a header split across chunks is still seen.
+        chunk_start += n.saturating_sub(MAGIC_AT as u64).max(1);
+    }
+    Ok(None)
+}
+
+/// Validates batches from `span.start` on and stops at the first torn or corrupt one.
+fn scan_run(
     file: &File,
     path: &Path,
     seg_base: u64,
@@ -225,6 +349,7 @@ pub fn scan(
         next_offset: expected,
         max_timestamp: indexer.max_timestamp(),
         invalid,
+        holes: Vec::new(),
     })
 }
 
