@@ -17,8 +17,8 @@ use rill_protocol::messages::{
     AssignmentStrategy, GroupSummary, JoinGroupResponse, MemberInfo, TopicPartition,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -56,6 +56,11 @@ pub struct GroupView {
 #[derive(Debug)]
 pub struct Groups {
     slots: Mutex<HashMap<String, Slot>>,
+    /// Per group: held by an admin change (delete, reset, a tool's commit) from its "is the
+    /// group empty?" check until its write is durable, and briefly by every join, so no member
+    /// can join between the check and the write. Entries nobody holds are dropped as others
+    /// are made.
+    exclusive: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     offsets: OffsetStore,
     next_member: AtomicU64,
     initial_delay: Duration,
@@ -92,6 +97,7 @@ impl Groups {
     pub fn new(offsets: OffsetStore, initial_delay: Duration) -> Self {
         Groups {
             slots: Mutex::new(HashMap::new()),
+            exclusive: Mutex::new(HashMap::new()),
             offsets,
             next_member: AtomicU64::new(0),
             initial_delay,
@@ -100,6 +106,19 @@ impl Groups {
 
     pub fn offsets(&self) -> &OffsetStore {
         &self.offsets
+    }
+
+    /// Waits for `group`'s admin lock (see `exclusive`). Hold it across an admin change's check
+    /// and write; a join holds it only while it registers.
+    pub async fn exclusive(&self, group: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self.exclusive.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() >= 1024 {
+                map.retain(|_, l| Arc::strong_count(l) > 1);
+            }
+            map.entry(group.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {

@@ -34,9 +34,12 @@ pub async fn join(ctx: Arc<Context>, req: JoinGroupRequest) -> Result<JoinGroupR
         session_timeout: Duration::from_millis(u64::from(req.session_timeout_ms)),
         strategy: req.strategy,
     };
-    let waiting = ctx
-        .groups
-        .join(&ctx.topics, &req.group, join, Instant::now())?;
+    let waiting = {
+        // Not while an admin change is between its emptiness check and its write.
+        let _admin = ctx.groups.exclusive(&req.group).await;
+        ctx.groups
+            .join(&ctx.topics, &req.group, join, Instant::now())?
+    };
     tokio::select! {
         reply = waiting => reply.map_err(|_| OpError::Group(GroupError::RebalanceInProgress))?.map_err(OpError::Group),
         _ = ctx.shutdown.cancelled() => Err(OpError::ShuttingDown),
@@ -60,6 +63,11 @@ pub async fn commit(
     req: CommitOffsetsRequest,
 ) -> Result<CommitOffsetsResponse, OpError> {
     let partitions: Vec<TopicPartition> = req.offsets.iter().map(|(tp, _)| tp.clone()).collect();
+    // A tool's commit (no member) needs an empty group until it is written, like a reset.
+    let _admin = match req.member_id {
+        None => Some(ctx.groups.exclusive(&req.group).await),
+        Some(_) => None,
+    };
     ctx.groups.check_commit(
         &req.group,
         req.member_id.as_deref(),
@@ -161,6 +169,8 @@ pub async fn delete(
     ctx: Arc<Context>,
     req: DeleteGroupRequest,
 ) -> Result<DeleteGroupResponse, OpError> {
+    // Held until the deletion is durable: no member joins between the check and the write.
+    let _admin = ctx.groups.exclusive(&req.group).await;
     ctx.groups.require_empty(&req.group)?;
     let committed = ctx.groups.offsets().of_group(&req.group);
     if committed.is_empty() && ctx.groups.describe(&req.group).is_none() {
@@ -177,6 +187,8 @@ pub async fn reset(
     ctx: Arc<Context>,
     req: ResetOffsetsRequest,
 ) -> Result<ResetOffsetsResponse, OpError> {
+    // Held until the new offsets are durable: no member joins between the check and the write.
+    let _admin = ctx.groups.exclusive(&req.group).await;
     ctx.groups.require_empty(&req.group)?;
     let topic = ctx.topics.get(&req.topic)?;
     let mut targets = BTreeMap::new();
