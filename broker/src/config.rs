@@ -51,12 +51,20 @@ pub struct GroupsConfig {
     /// assigns partitions (each newcomer extends the wait, never past the rebalance deadline).
     /// Kafka's `group.initial.rebalance.delay.ms`; 0 assigns at once.
     pub initial_rebalance_delay_ms: u64,
+    /// Most consumer groups with members at once; a join that would create one more gets
+    /// `TooManyGroups`.
+    pub max_groups: usize,
+    /// Most members of one group (ids issued to first joins count until they expire); a join
+    /// beyond it gets `GroupFull`.
+    pub max_members: usize,
 }
 
 impl Default for GroupsConfig {
     fn default() -> Self {
         GroupsConfig {
             initial_rebalance_delay_ms: 3000,
+            max_groups: 100_000,
+            max_members: 1000,
         }
     }
 }
@@ -202,6 +210,12 @@ pub struct Args {
     /// ms; 0 assigns at once [default: 3000].
     #[arg(long, value_name = "MS")]
     pub group_initial_rebalance_delay_ms: Option<u64>,
+    /// Most consumer groups with members at once [default: 100000].
+    #[arg(long, value_name = "N")]
+    pub max_groups: Option<usize>,
+    /// Most members of one consumer group [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub max_group_members: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -248,6 +262,8 @@ impl Config {
             log_format => config.log_format,
             metrics_listen => config.metrics_listen,
             group_initial_rebalance_delay_ms => config.groups.initial_rebalance_delay_ms,
+            max_groups => config.groups.max_groups,
+            max_group_members => config.groups.max_members,
         );
         config.validate()?;
         Ok(config)
@@ -315,6 +331,14 @@ impl Config {
             fsync: self.storage.fsync,
             retention_ms: self.storage.retention_ms,
             retention_bytes: self.storage.retention_bytes,
+        }
+    }
+
+    pub fn group_limits(&self) -> crate::groups::GroupLimits {
+        crate::groups::GroupLimits {
+            initial_delay: std::time::Duration::from_millis(self.groups.initial_rebalance_delay_ms),
+            max_groups: self.groups.max_groups,
+            max_members: self.groups.max_members,
         }
     }
 

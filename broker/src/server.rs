@@ -50,7 +50,7 @@ impl Broker {
         let lock = lock_data_dir(&data_dir)?;
         let log_config = config.log_config();
         let dir = data_dir.clone();
-        let initial_delay = Duration::from_millis(config.groups.initial_rebalance_delay_ms);
+        let limits = config.group_limits();
         let (topics, groups, clean) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let clean = take_clean_marker(&dir)?;
             if !clean {
@@ -71,7 +71,7 @@ impl Broker {
                     tracing::info!(partition, segments = report.rebuilt_indexes, "rebuilt indexes");
                 }
             }
-            Ok((topics, Groups::new(offsets, initial_delay), clean))
+            Ok((topics, Groups::new(offsets, limits), clean))
         })
         .await??;
         // A crash between a topic's deletion and the deletion of its committed offsets leaves
@@ -156,7 +156,11 @@ async fn group_timer(ctx: Arc<Context>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            now = tick.tick() => ctx.groups.tick(&ctx.topics, now),
+            now = tick.tick() => {
+                // Expiry and rebalances (assignment) run off the async workers.
+                let c = ctx.clone();
+                let _ = tokio::task::spawn_blocking(move || c.groups.tick(&c.topics, now)).await;
+            }
             _ = ctx.shutdown.cancelled() => return,
         }
     }

@@ -417,7 +417,18 @@ impl Driver {
                 }
             };
             let joined = match joined {
+                // A first join only gets an id from the broker (KIP-394): join again with it.
+                Ok(j) if j.rejoin_with_id => {
+                    self.member_id = Some(j.member_id);
+                    continue;
+                }
                 Ok(j) => j,
+                // The id is not (or no longer) known, e.g. after a broker restart: start over.
+                Err(e) if is(&e, &[ErrorCode::UnknownMember]) && self.member_id.is_some() => {
+                    tracing::info!(group = %self.config.group, "member id unknown to the broker; joining as a new member");
+                    self.member_id = None;
+                    continue;
+                }
                 Err(e) => {
                     let fatal = !e.is_retriable();
                     tracing::warn!(group = %self.config.group, error = %e, "join failed");

@@ -59,6 +59,10 @@ pub enum ErrorCode {
     /// The requested records were lost to damage on the broker's disk; the message names the
     /// lost range. Records after it are still readable.
     RecordsLost = 28,
+    /// The group has its maximum number of members (`[groups] max_members`).
+    GroupFull = 29,
+    /// The broker has its maximum number of groups (`[groups] max_groups`).
+    TooManyGroups = 30,
 }
 
 impl ErrorCode {
@@ -94,6 +98,8 @@ impl ErrorCode {
             26 => UnknownGroup,
             27 => InvalidGroupName,
             28 => RecordsLost,
+            29 => GroupFull,
+            30 => TooManyGroups,
             _ => return Option::None,
         })
     }

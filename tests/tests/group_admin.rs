@@ -37,16 +37,19 @@ async fn a_join_racing_a_reset_never_has_its_offsets_reset_under_it() {
             })
             .await
             .unwrap();
+        let request = |member_id| JoinGroupRequest {
+            group: group.clone(),
+            member_id,
+            client: "race".into(),
+            topics: vec![topic.clone()],
+            session_timeout_ms: 10_000,
+            strategy: AssignmentStrategy::Sticky,
+        };
+        // The broker's id first (KIP-394); the race is with the join that makes a member.
+        let (issued, _) = member_client.call(&request(None)).await.unwrap();
         let join = async {
             let (joined, _) = member_client
-                .call(&JoinGroupRequest {
-                    group: group.clone(),
-                    member_id: None,
-                    client: "race".into(),
-                    topics: vec![topic.clone()],
-                    session_timeout_ms: 10_000,
-                    strategy: AssignmentStrategy::Sticky,
-                })
+                .call(&request(Some(issued.member_id.clone())))
                 .await
                 .unwrap();
             // What the member starts from, read as a consumer does right after joining.

@@ -448,7 +448,10 @@ async fn a_commit_from_a_stale_generation_is_refused_and_changes_nothing() {
         session_timeout_ms: 10_000,
         strategy: AssignmentStrategy::Range,
     };
-    let a = client.call(&join(None)).await.unwrap().0;
+    // A first join only gets an id; the join with it is the membership.
+    let issued = client.call(&join(None)).await.unwrap().0;
+    assert!(issued.rejoin_with_id && issued.assignment.is_empty());
+    let a = client.call(&join(Some(issued.member_id))).await.unwrap().0;
     assert_eq!((a.generation, a.assignment.len()), (1, 2));
     let tp = a.assignment[0].clone();
     let commit = |generation, offset| CommitOffsetsRequest {
@@ -461,7 +464,8 @@ async fn a_commit_from_a_stale_generation_is_refused_and_changes_nothing() {
 
     // B joins; A learns of it from its heartbeat and rejoins: generation 2.
     let b_client = client.clone();
-    let b_join = join(None);
+    let b_id = client.call(&join(None)).await.unwrap().0.member_id;
+    let b_join = join(Some(b_id));
     let b = tokio::spawn(async move { b_client.call(&b_join).await.unwrap().0 });
     let heartbeat = HeartbeatRequest {
         group: "s".into(),
@@ -665,4 +669,68 @@ async fn a_topic_gaining_partitions_rebalances_its_groups() {
         6,
         "the new count is durable"
     );
+}
+
+/// The bug: JoinGroup accepted any member id a client named, so two clients naming one id
+/// both owned the same partitions; ids are now the broker's, and groups are bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_ids_are_the_brokers_and_groups_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        &dir.path().join("data"),
+        &["--max-group-members", "2", "--max-groups", "1"],
+    );
+    let client = Client::connect(broker.addr()).await.unwrap();
+    Admin::new(client.clone())
+        .create_topic("bounded", 2, TopicConfig::default())
+        .await
+        .unwrap();
+    let join = |group: &str, member: Option<String>, client_name: String| JoinGroupRequest {
+        group: group.into(),
+        member_id: member,
+        client: client_name,
+        topics: vec![TopicName::new("bounded").unwrap()],
+        session_timeout_ms: 10_000,
+        strategy: AssignmentStrategy::Range,
+    };
+    let forged = client
+        .call(&join("b", Some("someone-else".into()), "t".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(forged.code(), Some(ErrorCode::UnknownMember), "{forged}");
+
+    // A first join resent (its answer lost): two ids issued, one used, no ghost member.
+    let lost = client.call(&join("b", None, "t".into())).await.unwrap().0;
+    let used = client.call(&join("b", None, "t".into())).await.unwrap().0;
+    assert!(lost.rejoin_with_id && used.rejoin_with_id);
+    assert_ne!(lost.member_id, used.member_id);
+    let member = client
+        .call(&join("b", Some(used.member_id.clone()), "t".into()))
+        .await
+        .unwrap()
+        .0;
+    assert_eq!((member.generation, member.assignment.len()), (1, 2));
+    let described = Admin::new(client.clone())
+        .describe_group("b")
+        .await
+        .unwrap();
+    assert_eq!(described.members.len(), 1, "{described:?}");
+
+    // Two places, both taken (a member and an issued id): the next first join is refused.
+    let full = client.call(&join("b", None, "t".into())).await.unwrap_err();
+    assert_eq!(full.code(), Some(ErrorCode::GroupFull), "{full}");
+    let too_many = client
+        .call(&join("other", None, "t".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        too_many.code(),
+        Some(ErrorCode::TooManyGroups),
+        "{too_many}"
+    );
+    let long_name = client
+        .call(&join("b", Some(used.member_id.clone()), "x".repeat(300)))
+        .await
+        .unwrap_err();
+    assert!(long_name.to_string().contains("at most 255"), "{long_name}");
 }

@@ -50,6 +50,10 @@ pub enum GroupError {
     UnknownGroup(String),
     #[error("invalid group name {0:?}: 1 to 249 printable characters")]
     InvalidName(String),
+    #[error("the group has its maximum of {max} members")]
+    GroupFull { max: usize },
+    #[error("the broker has its maximum of {max} groups")]
+    TooManyGroups { max: usize },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +94,10 @@ pub struct Join {
 /// What a join leads to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Joined {
+    /// A first join (no member id): the broker issued this id; join again with it. Nothing
+    /// else changed, so a first join resent after a lost response leaves no ghost member
+    /// (Kafka's KIP-394).
+    IdIssued(MemberId),
     /// Wait for the rebalance to complete.
     Waiting(MemberId),
     /// Nothing changed: the member's current generation and partitions.
@@ -122,6 +130,10 @@ pub struct Group {
     initial_delay: Duration,
     /// While preparing a group's first assignment: not to be completed before this.
     not_before: Option<Instant>,
+    /// Member ids issued to first joins and not yet used, with when they expire.
+    pending: BTreeMap<MemberId, Instant>,
+    /// Most members (and issued ids) at once.
+    max_members: usize,
 }
 
 impl Default for Group {
@@ -136,15 +148,19 @@ impl Default for Group {
             counts: BTreeMap::new(),
             initial_delay: Duration::ZERO,
             not_before: None,
+            pending: BTreeMap::new(),
+            max_members: usize::MAX,
         }
     }
 }
 
 impl Group {
-    /// An empty group whose first assignment waits `initial_delay` for more members.
-    pub fn new(initial_delay: Duration) -> Self {
+    /// An empty group whose first assignment waits `initial_delay` for more members, and which
+    /// admits at most `max_members`.
+    pub fn new(initial_delay: Duration, max_members: usize) -> Self {
         Group {
             initial_delay,
+            max_members,
             ..Group::default()
         }
     }
@@ -199,7 +215,23 @@ impl Group {
                 asked: join.strategy,
             });
         }
-        let id = join.member_id.clone().unwrap_or_else(new_id);
+        // Member ids come only from the broker: a first join gets one and must come back with
+        // it; an id the group never issued (forged, or from before a broker restart) is refused.
+        let id = match join.member_id.clone() {
+            None => {
+                if self.members.len() + self.pending.len() >= self.max_members {
+                    return Err(GroupError::GroupFull {
+                        max: self.max_members,
+                    });
+                }
+                let id = new_id();
+                self.pending.insert(id.clone(), now + join.session_timeout);
+                return Ok(Joined::IdIssued(id));
+            }
+            Some(id) if self.members.contains_key(&id) => id,
+            Some(id) if self.pending.remove(&id).is_some() => id,
+            Some(id) => return Err(GroupError::UnknownMember(id)),
+        };
         let unchanged = self
             .members
             .get(&id)
@@ -342,6 +374,8 @@ impl Group {
     /// starts a rebalance if the subscribed topics' partition counts changed. Returns the
     /// removed members.
     pub fn tick(&mut self, now: Instant, counts: &BTreeMap<TopicName, u32>) -> Vec<MemberId> {
+        // Ids issued to first joins that never came back.
+        self.pending.retain(|_, expires| *expires > now);
         let preparing = matches!(self.state, State::Preparing { .. });
         let expired: Vec<MemberId> = self
             .members
@@ -406,6 +440,11 @@ impl Group {
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
     }
+
+    /// No members and no ids waiting to be used: the group can be forgotten.
+    pub fn is_idle(&self) -> bool {
+        self.members.is_empty() && self.pending.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -426,6 +465,18 @@ mod tests {
         }
     }
 
+    /// Joins `id`: straight in if it is a member, else through the two steps a new member
+    /// takes (an id issued, then a join with it).
+    fn enter(g: &mut Group, id: &str, now: Instant) -> Result<Joined, GroupError> {
+        if !g.members().contains_key(id) {
+            assert_eq!(
+                g.join(join(None), now, || id.to_string())?,
+                Joined::IdIssued(id.to_string())
+            );
+        }
+        g.join(join(Some(id)), now, || unreachable!())
+    }
+
     fn counts(n: u32) -> BTreeMap<TopicName, u32> {
         [(TopicName::new("t").unwrap(), n)].into()
     }
@@ -436,6 +487,15 @@ mod tests {
         let now = Instant::now();
         assert_eq!(
             g.join(join(None), now, || "a".into()).unwrap(),
+            Joined::IdIssued("a".into())
+        );
+        assert_eq!(
+            g.try_complete(now, &counts(6)),
+            None,
+            "an issued id is not a member"
+        );
+        assert_eq!(
+            g.join(join(Some("a")), now, || unreachable!()).unwrap(),
             Joined::Waiting("a".into())
         );
         let done = g.try_complete(now, &counts(6)).expect("everyone joined");
@@ -449,9 +509,9 @@ mod tests {
     fn a_newcomer_waits_until_every_member_has_rejoined() {
         let mut g = Group::default();
         let now = Instant::now();
-        g.join(join(Some("a")), now, || unreachable!()).unwrap();
+        enter(&mut g, "a", now).unwrap();
         g.try_complete(now, &counts(6)).unwrap();
-        g.join(join(Some("b")), now, || unreachable!()).unwrap();
+        enter(&mut g, "b", now).unwrap();
         assert_eq!(
             g.try_complete(now, &counts(6)),
             None,
@@ -464,7 +524,7 @@ mod tests {
             g.heartbeat("a", 1, now),
             Err(GroupError::RebalanceInProgress)
         );
-        g.join(join(Some("a")), now, || unreachable!()).unwrap();
+        enter(&mut g, "a", now).unwrap();
         let done = g.try_complete(now, &counts(6)).unwrap();
         assert_eq!(done.generation, 2);
         assert_eq!(
@@ -483,7 +543,7 @@ mod tests {
         let mut g = Group::default();
         let t0 = Instant::now();
         for id in ["a", "b"] {
-            g.join(join(Some(id)), t0, || unreachable!()).unwrap();
+            enter(&mut g, id, t0).unwrap();
         }
         g.try_complete(t0, &counts(4)).unwrap();
         let t1 = t0 + Duration::from_secs(6);
@@ -495,7 +555,7 @@ mod tests {
             g.heartbeat("a", 1, t2),
             Err(GroupError::RebalanceInProgress)
         );
-        g.join(join(Some("a")), t2, || unreachable!()).unwrap();
+        enter(&mut g, "a", t2).unwrap();
         let done = g.try_complete(t2, &counts(4)).unwrap();
         assert_eq!(done.assignment["a"].len(), 4);
         assert!(!done.assignment.contains_key("b"));
@@ -506,11 +566,11 @@ mod tests {
         let mut g = Group::default();
         let t0 = Instant::now();
         for id in ["a", "b"] {
-            g.join(join(Some(id)), t0, || unreachable!()).unwrap();
+            enter(&mut g, id, t0).unwrap();
         }
         g.try_complete(t0, &counts(2)).unwrap();
-        g.join(join(Some("c")), t0, || unreachable!()).unwrap();
-        g.join(join(Some("a")), t0, || unreachable!()).unwrap();
+        enter(&mut g, "c", t0).unwrap();
+        enter(&mut g, "a", t0).unwrap();
         assert_eq!(
             g.try_complete(t0 + Duration::from_secs(9), &counts(2)),
             None
@@ -529,7 +589,7 @@ mod tests {
         let mut g = Group::default();
         let now = Instant::now();
         for id in ["a", "b"] {
-            g.join(join(Some(id)), now, || unreachable!()).unwrap();
+            enter(&mut g, id, now).unwrap();
         }
         g.try_complete(now, &counts(2)).unwrap();
         g.leave("b", now).unwrap();
@@ -550,7 +610,7 @@ mod tests {
     fn gaining_partitions_triggers_a_rebalance() {
         let mut g = Group::default();
         let now = Instant::now();
-        g.join(join(Some("a")), now, || unreachable!()).unwrap();
+        enter(&mut g, "a", now).unwrap();
         g.try_complete(now, &counts(2)).unwrap();
         g.tick(now, &counts(2));
         assert_eq!(g.state(), State::Stable);
@@ -563,7 +623,7 @@ mod tests {
         let mut g = Group::default();
         let now = Instant::now();
         for id in ["a", "b"] {
-            g.join(join(Some(id)), now, || unreachable!()).unwrap();
+            enter(&mut g, id, now).unwrap();
         }
         g.try_complete(now, &counts(2)).unwrap();
         let theirs = g.assignment_of("b").to_vec();
@@ -587,16 +647,16 @@ mod tests {
     #[test]
     fn a_new_group_waits_the_initial_delay_for_more_members() {
         let delay = Duration::from_secs(3);
-        let mut g = Group::new(delay);
+        let mut g = Group::new(delay, usize::MAX);
         let t0 = Instant::now();
-        g.join(join(Some("a")), t0, || unreachable!()).unwrap();
+        enter(&mut g, "a", t0).unwrap();
         assert_eq!(
             g.try_complete(t0, &counts(4)),
             None,
             "a is alone, but waits"
         );
         let t1 = t0 + Duration::from_secs(2);
-        g.join(join(Some("b")), t1, || unreachable!()).unwrap();
+        enter(&mut g, "b", t1).unwrap();
         assert_eq!(
             g.try_complete(t0 + delay, &counts(4)),
             None,
@@ -609,11 +669,9 @@ mod tests {
             (2, 2)
         );
         // Later rebalances of a group with members do not wait.
-        g.join(join(Some("c")), t1 + delay, || unreachable!())
-            .unwrap();
+        enter(&mut g, "c", t1 + delay).unwrap();
         for id in ["a", "b"] {
-            g.join(join(Some(id)), t1 + delay, || unreachable!())
-                .unwrap();
+            enter(&mut g, id, t1 + delay).unwrap();
         }
         assert!(g.try_complete(t1 + delay, &counts(4)).is_some());
     }
@@ -621,19 +679,14 @@ mod tests {
     #[test]
     fn the_initial_wait_never_passes_the_rebalance_deadline() {
         // A delay longer than the session timeout (10 s) is cut to the rebalance deadline.
-        let mut g = Group::new(Duration::from_secs(30));
+        let mut g = Group::new(Duration::from_secs(30), usize::MAX);
         let t0 = Instant::now();
-        g.join(join(Some("a")), t0, || unreachable!()).unwrap();
+        enter(&mut g, "a", t0).unwrap();
         assert_eq!(
             g.try_complete(t0 + Duration::from_secs(9), &counts(2)),
             None
         );
-        g.join(
-            join(Some("b")),
-            t0 + Duration::from_secs(9),
-            || unreachable!(),
-        )
-        .unwrap();
+        enter(&mut g, "b", t0 + Duration::from_secs(9)).unwrap();
         // b's own session moved the deadline to 19 s; the wait ends there, not at 39 s.
         assert_eq!(
             g.try_complete(t0 + Duration::from_secs(18), &counts(2)),
@@ -645,11 +698,68 @@ mod tests {
         );
     }
 
+    /// The bug: JoinGroup accepted any member id a client named, so two clients naming one id
+    /// both owned the same partitions in one generation.
+    #[test]
+    fn a_member_id_the_group_never_issued_is_refused() {
+        let mut g = Group::default();
+        let now = Instant::now();
+        enter(&mut g, "a", now).unwrap();
+        assert_eq!(
+            g.join(join(Some("forged")), now, || unreachable!()),
+            Err(GroupError::UnknownMember("forged".into()))
+        );
+        assert_eq!(g.members().len(), 1);
+    }
+
+    /// The bug: a first join resent after a lost response created a second member, a ghost
+    /// that stalled the next rebalance for a whole session timeout.
+    #[test]
+    fn a_resent_first_join_leaves_no_ghost() {
+        let mut g = Group::default();
+        let now = Instant::now();
+        let mut ids = ["lost", "used"].into_iter();
+        for _ in 0..2 {
+            g.join(join(None), now, || ids.next().unwrap().into())
+                .unwrap();
+        }
+        g.join(join(Some("used")), now, || unreachable!()).unwrap();
+        let done = g
+            .try_complete(now, &counts(2))
+            .expect("only the real member is waited for");
+        assert_eq!(done.assignment.keys().collect::<Vec<_>>(), ["used"]);
+        // The unused id expires with its session; a later join completes without waiting.
+        let later = now + Duration::from_secs(11);
+        g.heartbeat("used", 1, later).unwrap();
+        g.tick(later, &counts(2));
+        assert!(
+            g.join(join(Some("lost")), later, || unreachable!())
+                .is_err()
+        );
+        assert!(!g.is_idle());
+        g.leave("used", later).unwrap();
+        assert!(g.is_idle());
+    }
+
+    #[test]
+    fn a_full_group_refuses_new_members() {
+        let mut g = Group::new(Duration::ZERO, 2);
+        let now = Instant::now();
+        enter(&mut g, "a", now).unwrap();
+        g.join(join(None), now, || "b".into()).unwrap();
+        assert_eq!(
+            g.join(join(None), now, || "c".into()),
+            Err(GroupError::GroupFull { max: 2 }),
+            "an issued id holds a place"
+        );
+        assert!(enter(&mut g, "a", now).is_ok(), "members may rejoin");
+    }
+
     #[test]
     fn the_first_member_chooses_the_strategy() {
         let mut g = Group::default();
         let now = Instant::now();
-        g.join(join(Some("a")), now, || unreachable!()).unwrap();
+        enter(&mut g, "a", now).unwrap();
         let other = Join {
             strategy: AssignmentStrategy::Range,
             ..join(Some("b"))

@@ -1,10 +1,17 @@
 //! Consumer groups: the coordinators of every group, their waiting joins, and committed offsets.
 //!
 //! `coordinator.rs` decides (a pure state machine per group), `assignment.rs` divides
-//! partitions, `offsets.rs` keeps committed offsets durable. This module is the thin driver:
-//! it holds the groups behind one short-held mutex (never across an await), turns requests and
-//! timer ticks into coordinator calls, and answers joins that waited for a rebalance.
-//! Membership is not persisted: after a broker restart members rejoin; offsets persist.
+//! partitions, `offsets.rs` keeps committed offsets durable. This module is the thin driver: it
+//! turns requests and timer ticks into coordinator calls and answers joins that waited for a
+//! rebalance. Each group sits behind its own short-held mutex (never across an await); the map
+//! of groups is behind a read-write lock taken for writing only to add or drop a group, so
+//! groups never wait for one another. A slot dropped from the map is marked retired, so a
+//! request that found it just before is retried on the group's new slot.
+//! Membership is not persisted: after a broker restart members join again with new ids;
+//! offsets persist.
+//!
+//! Limits (`GroupLimits`): groups on the broker, members (and issued, unused ids) per group,
+//! and the length of the client name a member gives; each refusal has its own typed error.
 
 pub mod assignment;
 pub mod coordinator;
@@ -18,7 +25,7 @@ use rill_protocol::messages::{
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -27,20 +34,44 @@ pub use offsets::OffsetStore;
 
 type JoinReply = Result<JoinGroupResponse, GroupError>;
 
+/// How groups are bounded and paced (`[groups]` in the configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct GroupLimits {
+    /// How long a group with no members waits for more before its first assignment.
+    pub initial_delay: Duration,
+    /// Most groups with members (or issued ids) at once.
+    pub max_groups: usize,
+    /// Most members, counting issued and unused ids, in one group.
+    pub max_members: usize,
+}
+
 #[derive(Debug)]
 struct Slot {
     group: Group,
     /// Joins waiting for the current rebalance to complete, by member.
     waiting: HashMap<String, oneshot::Sender<JoinReply>>,
+    /// Dropped from the map: whoever still holds it must look the group up again.
+    retired: bool,
 }
 
 impl Slot {
-    fn new(initial_delay: Duration) -> Self {
+    fn new(limits: &GroupLimits) -> Self {
         Slot {
-            group: Group::new(initial_delay),
+            group: Group::new(limits.initial_delay, limits.max_members),
             waiting: HashMap::new(),
+            retired: false,
         }
     }
+
+    fn idle(&self) -> bool {
+        self.group.is_idle() && self.waiting.is_empty()
+    }
+}
+
+type SlotRef = Arc<Mutex<Slot>>;
+
+fn lock(slot: &SlotRef) -> MutexGuard<'_, Slot> {
+    slot.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A snapshot of one group for describe.
@@ -55,7 +86,7 @@ pub struct GroupView {
 
 #[derive(Debug)]
 pub struct Groups {
-    slots: Mutex<HashMap<String, Slot>>,
+    slots: RwLock<HashMap<String, SlotRef>>,
     /// Per group: held by an admin change (delete, reset, a tool's commit) from its "is the
     /// group empty?" check until its write is durable, and briefly by every join, so no member
     /// can join between the check and the write. Entries nobody holds are dropped as others
@@ -63,7 +94,7 @@ pub struct Groups {
     exclusive: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     offsets: OffsetStore,
     next_member: AtomicU64,
-    initial_delay: Duration,
+    limits: GroupLimits,
 }
 
 /// Group names follow no topic rules, but must be printable and bounded.
@@ -93,14 +124,13 @@ fn counts(topics: &Topics, names: &BTreeSet<TopicName>) -> BTreeMap<TopicName, u
 }
 
 impl Groups {
-    /// `initial_delay`: how long a group with no members waits for more before assigning.
-    pub fn new(offsets: OffsetStore, initial_delay: Duration) -> Self {
+    pub fn new(offsets: OffsetStore, limits: GroupLimits) -> Self {
         Groups {
-            slots: Mutex::new(HashMap::new()),
+            slots: RwLock::new(HashMap::new()),
             exclusive: Mutex::new(HashMap::new()),
             offsets,
             next_member: AtomicU64::new(0),
-            initial_delay,
+            limits,
         }
     }
 
@@ -121,8 +151,51 @@ impl Groups {
         lock.lock_owned().await
     }
 
-    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    /// The slot of an existing group.
+    fn slot(&self, group: &str) -> Option<SlotRef> {
+        self.slots
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(group)
+            .cloned()
+    }
+
+    /// Runs `f` on the group's live slot (retrying if it was retired under us), creating the
+    /// group if `create` and it does not exist.
+    fn with_slot<T>(
+        &self,
+        group: &str,
+        create: bool,
+        mut f: impl FnMut(&mut Slot) -> Result<T, GroupError>,
+        missing: impl Fn() -> GroupError,
+    ) -> Result<T, GroupError> {
+        loop {
+            let slot = match self.slot(group) {
+                Some(s) => s,
+                None if create => self.create(group)?,
+                None => return Err(missing()),
+            };
+            let mut guard = lock(&slot);
+            if guard.retired {
+                continue;
+            }
+            return f(&mut guard);
+        }
+    }
+
+    fn create(&self, group: &str) -> Result<SlotRef, GroupError> {
+        let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = slots.get(group) {
+            return Ok(s.clone());
+        }
+        if slots.len() >= self.limits.max_groups {
+            return Err(GroupError::TooManyGroups {
+                max: self.limits.max_groups,
+            });
+        }
+        let slot = Arc::new(Mutex::new(Slot::new(&self.limits)));
+        slots.insert(group.to_string(), slot.clone());
+        Ok(slot)
     }
 
     fn new_member_id(&self, client: &str) -> String {
@@ -138,7 +211,8 @@ impl Groups {
         format!("{client}-{n}-{nanos:08x}")
     }
 
-    /// Joins `group`; the receiver yields the member's assignment once the group is stable.
+    /// Joins `group`; the receiver yields the member's assignment once the group is stable (or
+    /// at once: an issued id for a first join, or the current assignment).
     pub fn join(
         &self,
         topics: &Topics,
@@ -150,32 +224,50 @@ impl Groups {
         let session = join.session_timeout;
         let client = join.client.clone();
         let (tx, rx) = oneshot::channel();
-        let mut slots = self.slots();
-        let slot = slots
-            .entry(group.to_string())
-            .or_insert_with(|| Slot::new(self.initial_delay));
-        match slot.group.join(join, now, || self.new_member_id(&client))? {
-            Joined::Current {
-                member_id,
-                generation,
-                assignment,
-            } => {
-                let _ = tx.send(Ok(JoinGroupResponse {
-                    member_id,
-                    generation,
-                    assignment,
-                    heartbeat_interval_ms: heartbeat_interval(session),
-                }));
-            }
-            Joined::Waiting(member) => {
-                // A repeated join from the same member replaces its earlier wait.
-                slot.waiting.insert(member, tx);
-                let counts = counts(topics, &slot.group.topics());
-                if let Some(done) = slot.group.try_complete(now, &counts) {
-                    deliver(group, slot, done);
+        let mut tx = Some(tx);
+        self.with_slot(
+            group,
+            true,
+            |slot| {
+                let outcome = slot
+                    .group
+                    .join(join.clone(), now, || self.new_member_id(&client))?;
+                let Some(tx) = tx.take() else {
+                    return Ok(());
+                };
+                let now_reply = |member_id, generation, assignment, rejoin_with_id| {
+                    Ok(JoinGroupResponse {
+                        member_id,
+                        generation,
+                        assignment,
+                        heartbeat_interval_ms: heartbeat_interval(session),
+                        rejoin_with_id,
+                    })
+                };
+                match outcome {
+                    Joined::IdIssued(member_id) => {
+                        let _ = tx.send(now_reply(member_id, 0, Vec::new(), true));
+                    }
+                    Joined::Current {
+                        member_id,
+                        generation,
+                        assignment,
+                    } => {
+                        let _ = tx.send(now_reply(member_id, generation, assignment, false));
+                    }
+                    Joined::Waiting(member) => {
+                        // A repeated join from the same member replaces its earlier wait.
+                        slot.waiting.insert(member, tx);
+                        let counts = counts(topics, &slot.group.topics());
+                        if let Some(done) = slot.group.try_complete(now, &counts) {
+                            deliver(group, slot, done);
+                        }
+                    }
                 }
-            }
-        }
+                Ok(())
+            },
+            || GroupError::UnknownGroup(group.to_string()),
+        )?;
         Ok(rx)
     }
 
@@ -186,9 +278,12 @@ impl Groups {
         generation: u32,
         now: Instant,
     ) -> Result<(), GroupError> {
-        let mut slots = self.slots();
-        let slot = member_slot(&mut slots, group, member)?;
-        slot.group.heartbeat(member, generation, now)
+        self.with_slot(
+            group,
+            false,
+            |slot| slot.group.heartbeat(member, generation, now),
+            || GroupError::UnknownMember(member.to_string()),
+        )
     }
 
     pub fn leave(
@@ -198,18 +293,23 @@ impl Groups {
         member: &str,
         now: Instant,
     ) -> Result<(), GroupError> {
-        let mut slots = self.slots();
-        let slot = member_slot(&mut slots, group, member)?;
-        slot.group.leave(member, now)?;
-        if let Some(w) = slot.waiting.remove(member) {
-            let _ = w.send(Err(GroupError::UnknownMember(member.to_string())));
-        }
-        tracing::info!(group, member, "member left");
-        let counts = counts(topics, &slot.group.topics());
-        if let Some(done) = slot.group.try_complete(now, &counts) {
-            deliver(group, slot, done);
-        }
-        Ok(())
+        self.with_slot(
+            group,
+            false,
+            |slot| {
+                slot.group.leave(member, now)?;
+                if let Some(w) = slot.waiting.remove(member) {
+                    let _ = w.send(Err(GroupError::UnknownMember(member.to_string())));
+                }
+                tracing::info!(group, member, "member left");
+                let counts = counts(topics, &slot.group.topics());
+                if let Some(done) = slot.group.try_complete(now, &counts) {
+                    deliver(group, slot, done);
+                }
+                Ok(())
+            },
+            || GroupError::UnknownMember(member.to_string()),
+        )
     }
 
     pub fn check_commit(
@@ -220,49 +320,73 @@ impl Groups {
         partitions: &[TopicPartition],
     ) -> Result<(), GroupError> {
         validate_name(group)?;
-        let slots = self.slots();
-        match slots.get(group) {
-            Some(slot) => slot
-                .group
-                .check_commit(member, generation, partitions)
-                .map_err(|e| match e {
-                    GroupError::NotEmpty { members, .. } => GroupError::NotEmpty {
-                        group: group.to_string(),
-                        members,
-                    },
-                    other => other,
-                }),
-            None => match member {
+        let Some(slot) = self.slot(group) else {
+            return match member {
                 None => Ok(()),
                 Some(m) => Err(GroupError::UnknownMember(m.to_string())),
-            },
-        }
+            };
+        };
+        lock(&slot)
+            .group
+            .check_commit(member, generation, partitions)
+            .map_err(|e| match e {
+                GroupError::NotEmpty { members, .. } => GroupError::NotEmpty {
+                    group: group.to_string(),
+                    members,
+                },
+                other => other,
+            })
     }
 
     /// Fails unless `group` has no members (for offset resets and deletion).
     pub fn require_empty(&self, group: &str) -> Result<(), GroupError> {
         validate_name(group)?;
-        match self.slots().get(group) {
-            Some(slot) if !slot.group.is_empty() => Err(GroupError::NotEmpty {
-                group: group.to_string(),
-                members: slot.group.members().len(),
-            }),
-            _ => Ok(()),
+        match self.slot(group) {
+            Some(slot) => {
+                let slot = lock(&slot);
+                if slot.group.is_empty() {
+                    Ok(())
+                } else {
+                    Err(GroupError::NotEmpty {
+                        group: group.to_string(),
+                        members: slot.group.members().len(),
+                    })
+                }
+            }
+            None => Ok(()),
         }
     }
 
     /// Forgets an empty group's coordinator state.
     pub fn forget(&self, group: &str) {
-        let mut slots = self.slots();
-        if slots.get(group).is_some_and(|s| s.group.is_empty()) {
+        let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+        let idle = slots.get(group).is_some_and(|s| {
+            let mut s = lock(s);
+            let idle = s.group.is_empty() && s.waiting.is_empty();
+            if idle {
+                s.retired = true;
+            }
+            idle
+        });
+        if idle {
             slots.remove(group);
         }
     }
 
-    /// Expires silent members, notices partition growth, completes due rebalances.
+    /// Expires silent members and unused ids, notices partition growth, completes due
+    /// rebalances, and drops groups left with nobody. Each group is handled under its own lock;
+    /// blocking (assignment can be heavy): run it off the async workers.
     pub fn tick(&self, topics: &Topics, now: Instant) {
-        let mut slots = self.slots();
-        for (name, slot) in slots.iter_mut() {
+        let all: Vec<(String, SlotRef)> = self
+            .slots
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect();
+        let mut idle = Vec::new();
+        for (name, slot) in all {
+            let mut slot = lock(&slot);
             let counts = counts(topics, &slot.group.topics());
             for member in slot.group.tick(now, &counts) {
                 tracing::info!(group = %name, %member, "member's session timed out; rebalancing");
@@ -271,15 +395,31 @@ impl Groups {
                 }
             }
             if let Some(done) = slot.group.try_complete(now, &counts) {
-                deliver(name, slot, done);
+                deliver(&name, &mut slot, done);
+            }
+            if slot.idle() {
+                idle.push(name);
             }
         }
-        slots.retain(|_, s| !(s.group.is_empty() && s.waiting.is_empty()));
+        if !idle.is_empty() {
+            let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+            for name in idle {
+                let gone = slots.get(&name).is_some_and(|s| {
+                    let mut s = lock(s);
+                    s.retired = s.idle();
+                    s.retired
+                });
+                if gone {
+                    slots.remove(&name);
+                }
+            }
+        }
     }
 
     pub fn describe(&self, group: &str) -> Option<GroupView> {
-        let slots = self.slots();
-        let g = &slots.get(group)?.group;
+        let slot = self.slot(group)?;
+        let slot = lock(&slot);
+        let g = &slot.group;
         let members = g
             .members()
             .iter()
@@ -320,11 +460,19 @@ impl Groups {
                 )
             })
             .collect();
-        for (name, slot) in self.slots().iter() {
+        let all: Vec<(String, SlotRef)> = self
+            .slots
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect();
+        for (name, slot) in all {
+            let slot = lock(&slot);
             out.insert(
                 name.clone(),
                 GroupSummary {
-                    group: name.clone(),
+                    group: name,
                     state: slot.group.state().name().into(),
                     members: slot.group.members().len() as u32,
                 },
@@ -337,17 +485,6 @@ impl Groups {
     pub fn close(&self) -> bool {
         self.offsets.close()
     }
-}
-
-/// The slot of a group that `member` claims to belong to.
-fn member_slot<'a>(
-    slots: &'a mut HashMap<String, Slot>,
-    group: &str,
-    member: &str,
-) -> Result<&'a mut Slot, GroupError> {
-    slots
-        .get_mut(group)
-        .ok_or_else(|| GroupError::UnknownMember(member.to_string()))
 }
 
 fn deliver(group: &str, slot: &mut Slot, done: Completed) {
@@ -370,6 +507,7 @@ fn deliver(group: &str, slot: &mut Slot, done: Completed) {
                     generation: done.generation,
                     assignment: assignment.clone(),
                     heartbeat_interval_ms: heartbeat_interval(session),
+                    rejoin_with_id: false,
                 })
             }
             None => Err(GroupError::UnknownMember(member)),

@@ -9,6 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// Longest client name a member may give (shown by describe).
+pub const MAX_CLIENT_NAME: usize = 255;
+
 /// Session timeouts a member may ask for.
 const SESSION_TIMEOUT: std::ops::RangeInclusive<u32> = SESSION_TIMEOUT_MS;
 
@@ -24,6 +27,12 @@ pub async fn join(ctx: Arc<Context>, req: JoinGroupRequest) -> Result<JoinGroupR
             "a member must subscribe to at least one topic".into(),
         ));
     }
+    if req.client.len() > MAX_CLIENT_NAME {
+        return Err(OpError::Invalid(format!(
+            "client name of {} bytes; at most {MAX_CLIENT_NAME}",
+            req.client.len()
+        )));
+    }
     // A subscribed topic that does not exist (yet) is not an error: the member gets no
     // partitions of it, and the group rebalances when it is created (the group timer notices
     // the partition count change), as Kafka's consumers do.
@@ -37,8 +46,9 @@ pub async fn join(ctx: Arc<Context>, req: JoinGroupRequest) -> Result<JoinGroupR
     let waiting = {
         // Not while an admin change is between its emptiness check and its write.
         let _admin = ctx.groups.exclusive(&req.group).await;
-        ctx.groups
-            .join(&ctx.topics, &req.group, join, Instant::now())?
+        // A join may complete a rebalance, and assignment can be heavy: off the async workers.
+        let (c, group) = (ctx.clone(), req.group.clone());
+        blocking(move || c.groups.join(&c.topics, &group, join, Instant::now())).await??
     };
     tokio::select! {
         reply = waiting => reply.map_err(|_| OpError::Group(GroupError::RebalanceInProgress))?.map_err(OpError::Group),

@@ -92,6 +92,8 @@ impl OpError {
                 GroupError::NotEmpty { .. } => ErrorCode::GroupNotEmpty,
                 GroupError::UnknownGroup(_) => ErrorCode::UnknownGroup,
                 GroupError::InvalidName(_) => ErrorCode::InvalidGroupName,
+                GroupError::GroupFull { .. } => ErrorCode::GroupFull,
+                GroupError::TooManyGroups { .. } => ErrorCode::TooManyGroups,
             },
             OpError::Invalid(_) => ErrorCode::InvalidConfig,
             OpError::ShuttingDown => ErrorCode::ShuttingDown,

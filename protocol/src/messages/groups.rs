@@ -79,6 +79,10 @@ pub struct JoinGroupResponse {
     pub assignment: Vec<TopicPartition>,
     /// How often the member should heartbeat.
     pub heartbeat_interval_ms: u32,
+    /// The answer to a first join (no member id): not a membership yet, only the id the broker
+    /// issued. Join again with it (Kafka's KIP-394): a first join resent after a lost answer
+    /// then leaves no ghost member behind.
+    pub rejoin_with_id: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -125,7 +125,7 @@ mod round_trip {
                 group: g.clone(), member_id: member.clone(), client: g.clone(), topics: vec![t.clone()],
                 session_timeout_ms: generation, strategy,
             });
-            round_trip(JoinGroupResponse { member_id: g.clone(), generation, assignment: vec![tp.clone()], heartbeat_interval_ms: p });
+            round_trip(JoinGroupResponse { member_id: g.clone(), generation, assignment: vec![tp.clone()], heartbeat_interval_ms: p, rejoin_with_id: generation % 2 == 0 });
             round_trip(HeartbeatRequest { group: g.clone(), member_id: g.clone(), generation });
             round_trip(HeartbeatResponse {});
             round_trip(LeaveGroupRequest { group: g.clone(), member_id: g.clone() });
