@@ -34,6 +34,9 @@ enum Scenario {
     /// The latency scenario twice in one run: alone, then beside --idle-connections idle
     /// connections and a flood of --flood-rate tiny requests/s; reports both and their ratios.
     Hostile,
+    /// --groups consumer groups of two members each join, then heartbeat every 3 s for
+    /// --duration seconds (default 30); reports heartbeat latency.
+    Groups,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -47,7 +50,7 @@ enum Api {
     name = "rill-bench",
     version,
     about = "Throughput and latency benchmark for the Rill broker.",
-    after_help = "Examples:\n  rill-bench --spawn-broker produce --messages 5000000\n  rill-bench --spawn-broker --fsync interval:1000 consume --message-size 1024\n  rill-bench --spawn-broker latency --rate 10000 --duration 10\n  rill-bench --spawn-broker --fsync interval:1000 hostile --duration 10 --idle-connections 1000 --flood-rate 40000"
+    after_help = "Examples:\n  rill-bench --spawn-broker produce --messages 5000000\n  rill-bench --spawn-broker --fsync interval:1000 consume --message-size 1024\n  rill-bench --spawn-broker latency --rate 10000 --duration 10\n  rill-bench --spawn-broker --fsync interval:1000 hostile --duration 10 --idle-connections 1000 --flood-rate 40000\n  rill-bench --spawn-broker groups --groups 10000 --duration 30"
 )]
 struct Cli {
     #[arg(value_enum)]
@@ -107,6 +110,12 @@ struct Cli {
     /// For hostile: connections the flood is spread over.
     #[arg(long, default_value_t = 2)]
     flooders: usize,
+    /// For groups: consumer groups of two members each.
+    #[arg(long, default_value_t = 10_000)]
+    groups: usize,
+    /// For groups: connections the members share.
+    #[arg(long, default_value_t = 128)]
+    group_connections: usize,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
@@ -262,6 +271,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 elapsed,
                 latency: stats::percentiles(consumed.e2e_micros),
                 latency_kind: "end to end",
+            });
+        }
+        Scenario::Groups => {
+            let beats = scenarios::group_heartbeats(
+                &params,
+                cli.groups,
+                Duration::from_secs(3),
+                cli.group_connections,
+                progress.clone(),
+            )
+            .await?;
+            extra.push(("groups", cli.groups as f64));
+            extra.push(("members", beats.members as f64));
+            extra.push(("heartbeats_refused", beats.refused as f64));
+            summaries.push(Summary {
+                phase: "heartbeat",
+                messages: beats.micros.len() as u64,
+                elapsed: timer.elapsed(),
+                latency: stats::percentiles(beats.micros),
+                latency_kind: "heartbeat round trip",
             });
         }
         Scenario::Hostile => {

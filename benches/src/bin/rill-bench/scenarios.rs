@@ -488,3 +488,87 @@ impl Abuse {
         Ok(answered)
     }
 }
+
+/// What the group-coordination scenario measured.
+#[derive(Debug, Default)]
+pub struct Heartbeats {
+    /// Latency of every heartbeat answered, in microseconds.
+    pub micros: Vec<u64>,
+    /// Heartbeats answered with an error (a rebalance, or a member the group dropped).
+    pub refused: u64,
+    pub members: usize,
+}
+
+/// `groups` consumer groups of two members each on the first target topic: every member joins
+/// (the broker's two steps), then heartbeats every `every` for `duration` (starting at a random
+/// point of the interval, so beats are spread out), over `connections` shared connections.
+pub async fn group_heartbeats(
+    p: &Params,
+    groups: usize,
+    every: Duration,
+    connections: usize,
+    progress: Arc<AtomicU64>,
+) -> anyhow::Result<Heartbeats> {
+    use rill_protocol::TopicName;
+    use rill_protocol::messages::{AssignmentStrategy, HeartbeatRequest, JoinGroupRequest};
+    let topic = TopicName::new(&p.targets.first().context("no topic")?.0)?;
+    let mut clients = Vec::new();
+    for _ in 0..connections.max(1) {
+        clients.push(Client::connect(&p.addr).await?);
+    }
+    let duration = p.duration.unwrap_or(Duration::from_secs(30));
+    let mut tasks = tokio::task::JoinSet::new();
+    for m in 0..groups * 2 {
+        let client = clients[m % clients.len()].clone();
+        let topic = topic.clone();
+        let progress = progress.clone();
+        let group = format!("bench-group-{}", m / 2);
+        tasks.spawn(async move {
+            let join = |member_id| JoinGroupRequest {
+                group: group.clone(),
+                member_id,
+                client: "rill-bench".into(),
+                topics: vec![topic.clone()],
+                session_timeout_ms: 10_000,
+                strategy: AssignmentStrategy::Range,
+            };
+            let issued = client.call(&join(None)).await?.0;
+            let mut member = client.call(&join(Some(issued.member_id))).await?.0;
+            let mut out = Heartbeats::default();
+            let phase =
+                Duration::from_micros(stats::mix(m as u64) % every.as_micros().max(1) as u64);
+            tokio::time::sleep(phase).await;
+            let mut tick = tokio::time::interval(every);
+            let until = Instant::now() + duration;
+            while Instant::now() < until {
+                tick.tick().await;
+                let beat = HeartbeatRequest {
+                    group: group.clone(),
+                    member_id: member.member_id.clone(),
+                    generation: member.generation,
+                };
+                let sent = Instant::now();
+                match client.call(&beat).await {
+                    Ok(_) => out.micros.push(sent.elapsed().as_micros() as u64),
+                    Err(_) => {
+                        out.refused += 1;
+                        // Rejoin as a member would, so the rest of the run measures beats.
+                        member = client.call(&join(Some(member.member_id.clone()))).await?.0;
+                    }
+                }
+                progress.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(out)
+        });
+    }
+    let mut all = Heartbeats {
+        members: groups * 2,
+        ..Heartbeats::default()
+    };
+    while let Some(r) = tasks.join_next().await {
+        let r = r??;
+        all.micros.extend(r.micros);
+        all.refused += r.refused;
+    }
+    Ok(all)
+}
