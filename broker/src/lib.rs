@@ -10,6 +10,7 @@ pub mod handlers;
 pub mod log;
 pub mod metrics;
 pub mod server;
+pub mod storage;
 pub mod topics;
 
 pub use config::Config;

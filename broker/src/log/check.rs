@@ -9,7 +9,7 @@
 use super::error::StorageError;
 use super::index::{self, Indexer, SegmentIndex};
 use super::segment::{self, Span};
-use std::fs::File;
+use crate::storage::Disk;
 use std::path::{Path, PathBuf};
 
 /// What a scrub of one partition found.
@@ -43,11 +43,10 @@ pub fn check_partition(dir: &Path) -> Result<PartitionCheck, StorageError> {
     };
     let last = logs.len().saturating_sub(1);
     for (i, (base, path)) in logs.into_iter().enumerate() {
-        let file = File::open(&path).map_err(StorageError::io("open segment", &path))?;
-        let len = file
-            .metadata()
-            .map_err(StorageError::io("stat", &path))?
-            .len();
+        let file = Disk
+            .open_read_only(&path)
+            .map_err(StorageError::io("open segment", &path))?;
+        let len = file.len().map_err(StorageError::io("stat", &path))?;
         if i == 0 {
             out.start_offset = base;
         } else if out.end_offset != base {
@@ -68,7 +67,7 @@ pub fn check_partition(dir: &Path) -> Result<PartitionCheck, StorageError> {
         // is reported is exactly what is lost; the active segment's is where it would be cut.
         let sealed = i != last;
         let scanned = segment::scan(
-            &file,
+            &*file,
             &path,
             base,
             span,
@@ -105,7 +104,7 @@ pub fn check_partition(dir: &Path) -> Result<PartitionCheck, StorageError> {
 /// Checks the segment's index files against `all`, an entry for every batch.
 fn check_index(path: &Path, len: u64, is_tail: bool, all: &SegmentIndex, out: &mut PartitionCheck) {
     let exists = path.with_extension("index").exists() || path.with_extension("timeindex").exists();
-    let Some((idx, extent)) = index::load(path) else {
+    let Some((idx, extent)) = index::load(&Disk, path) else {
         // The active segment's index is written only at a clean stop.
         if exists || !is_tail {
             out.rebuilds

@@ -13,7 +13,7 @@
 //! inside the extent; otherwise the segment is rescanned. The extent also tells recovery when a
 //! segment lost bytes it once held whole (a tail cut at a batch boundary leaves no torn batch).
 
-use std::fs;
+use crate::storage::Storage;
 use std::io;
 use std::path::Path;
 
@@ -68,7 +68,7 @@ impl SegmentIndex {
     }
 
     /// Writes both index files for the segment at `log_path`, which holds `extent`.
-    pub fn write(&self, log_path: &Path, extent: Extent) -> io::Result<()> {
+    pub fn write(&self, storage: &dyn Storage, log_path: &Path, extent: Extent) -> io::Result<()> {
         let mut buf = Vec::with_capacity(self.offsets.len() * 8 + EXTENT_LEN + 4);
         for e in &self.offsets {
             buf.extend_from_slice(&e.rel_offset.to_le_bytes());
@@ -77,29 +77,23 @@ impl SegmentIndex {
         buf.extend_from_slice(&extent.len.to_le_bytes());
         buf.extend_from_slice(&extent.end_offset.to_le_bytes());
         buf.extend_from_slice(&crc32c::crc32c(&buf).to_le_bytes());
-        write_synced(&log_path.with_extension("index"), &buf)?;
+        storage.write_synced(&log_path.with_extension("index"), &buf)?;
         let mut buf = Vec::with_capacity(self.times.len() * 12);
         for e in &self.times {
             buf.extend_from_slice(&e.timestamp.to_le_bytes());
             buf.extend_from_slice(&e.rel_offset.to_le_bytes());
         }
         buf.extend_from_slice(&crc32c::crc32c(&buf).to_le_bytes());
-        write_synced(&log_path.with_extension("timeindex"), &buf)
+        storage.write_synced(&log_path.with_extension("timeindex"), &buf)
     }
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let f = fs::File::create(path)?;
-    io::Write::write_all(&mut &f, bytes)?;
-    f.sync_data()
 }
 
 const EXTENT_LEN: usize = 16;
 
 /// Loads a segment's index files if they exist, their CRCs match and they are consistent with
 /// the extent they record; returns the index and that extent.
-pub fn load(log_path: &Path) -> Option<(SegmentIndex, Extent)> {
-    let mut raw = checked(fs::read(log_path.with_extension("index")).ok()?)?;
+pub fn load(storage: &dyn Storage, log_path: &Path) -> Option<(SegmentIndex, Extent)> {
+    let mut raw = checked(storage.read(&log_path.with_extension("index")).ok()?)?;
     let at = raw.len().checked_sub(EXTENT_LEN)?;
     let tail: [u8; EXTENT_LEN] = raw.split_off(at).try_into().ok()?;
     let (len, end) = tail.split_at(8);
@@ -107,7 +101,7 @@ pub fn load(log_path: &Path) -> Option<(SegmentIndex, Extent)> {
         len: u64::from_le_bytes(len.try_into().ok()?),
         end_offset: u64::from_le_bytes(end.try_into().ok()?),
     };
-    let times = checked(fs::read(log_path.with_extension("timeindex")).ok()?)?;
+    let times = checked(storage.read(&log_path.with_extension("timeindex")).ok()?)?;
     if raw.len() % 8 != 0 || times.len() % 12 != 0 {
         return None;
     }
@@ -279,12 +273,19 @@ mod tests {
             len: 300,
             end_offset: 40,
         };
-        idx.write(&log, extent).unwrap();
-        assert_eq!(load(&log), Some((idx.clone(), extent)));
+        idx.write(&crate::storage::Disk, &log, extent).unwrap();
+        assert_eq!(
+            load(&crate::storage::Disk, &log),
+            Some((idx.clone(), extent))
+        );
         let short = Extent { len: 200, ..extent };
-        idx.write(&log, short).unwrap();
-        assert_eq!(load(&log), None, "an entry past the extent is refused");
-        idx.write(&log, extent).unwrap();
+        idx.write(&crate::storage::Disk, &log, short).unwrap();
+        assert_eq!(
+            load(&crate::storage::Disk, &log),
+            None,
+            "an entry past the extent is refused"
+        );
+        idx.write(&crate::storage::Disk, &log, extent).unwrap();
         for ext in ["index", "timeindex"] {
             let path = log.with_extension(ext);
             let good = std::fs::read(&path).unwrap();
@@ -293,13 +294,17 @@ mod tests {
                 bad[i] ^= 0x04;
                 std::fs::write(&path, &bad).unwrap();
                 assert_eq!(
-                    load(&log),
+                    load(&crate::storage::Disk, &log),
                     None,
                     "a flip at byte {i} of the {ext} went unnoticed"
                 );
             }
             std::fs::write(&path, &good[..good.len() - 1]).unwrap();
-            assert_eq!(load(&log), None, "a torn {ext} file is refused");
+            assert_eq!(
+                load(&crate::storage::Disk, &log),
+                None,
+                "a torn {ext} file is refused"
+            );
             std::fs::write(&path, &good).unwrap();
         }
     }

@@ -4,6 +4,7 @@ use super::error::{AppendError, ReadError, StorageError};
 use super::recovery::{self, RecoveryReport};
 use super::segment::{self, Segment};
 use super::writer::{Command, Job, Writer};
+use crate::storage::Storage;
 use bytes::Bytes;
 use rill_protocol::FsyncPolicy;
 use rill_protocol::batch::{self, RecordIter};
@@ -59,6 +60,8 @@ pub(super) struct Shared {
     /// `fsync=interval` the records from here to the high watermark are the window a power
     /// loss could take.
     pub durable: watch::Sender<u64>,
+    /// Where the partition's files live.
+    pub storage: Arc<dyn Storage>,
 }
 
 impl Shared {
@@ -203,14 +206,27 @@ pub struct PartitionLog {
 }
 
 impl PartitionLog {
-    /// Opens (recovering if needed) the log in `dir` and starts its writer thread. Blocking.
+    /// Opens (recovering if needed) the log in `dir` on the real disk and starts its writer
+    /// thread. Blocking.
     pub fn open(
         dir: &Path,
         label: String,
         config: LogConfig,
         clean: bool,
     ) -> Result<(Self, RecoveryReport), StorageError> {
-        let recovered = recovery::recover(dir, &label, config.index_interval_bytes, clean)?;
+        Self::open_on(crate::storage::disk(), dir, label, config, clean)
+    }
+
+    /// [`PartitionLog::open`] on the given storage (a simulated disk in tests).
+    pub fn open_on(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        label: String,
+        config: LogConfig,
+        clean: bool,
+    ) -> Result<(Self, RecoveryReport), StorageError> {
+        let recovered =
+            recovery::recover(&*storage, dir, &label, config.index_interval_bytes, clean)?;
         let hw = recovered.segments.last().map_or(0, |s| s.next_offset);
         let shared = Arc::new(Shared {
             view: RwLock::new(recovered.segments),
@@ -219,6 +235,7 @@ impl PartitionLog {
             // Recovery leaves everything it kept on disk (a clean stop synced it; an unclean
             // start syncs the tail).
             durable: watch::Sender::new(hw),
+            storage,
         });
         // Unbounded on purpose: `append` runs on async workers and must never block. The queue
         // is bounded in practice by max_connections x max_in_flight requests.
@@ -363,7 +380,7 @@ impl PartitionLog {
         let (file, path, end) = (seg.file.clone(), seg.path.clone(), seg.size);
         drop(view);
         let batches = segment::read_from(
-            &file,
+            &*file,
             &path,
             u64::from(pos),
             expected,
@@ -386,9 +403,10 @@ impl PartitionLog {
         let (file, path, end) = (seg.file.clone(), seg.path.clone(), seg.size);
         drop(view);
         while pos < end {
-            let h = segment::read_header(&file, &path, pos, end)?;
+            let h = segment::read_header(&*file, &path, pos, end)?;
             if h.max_timestamp >= ts {
-                let batch = segment::read_from(&file, &path, pos, expected, end, h.base_offset, 0)?;
+                let batch =
+                    segment::read_from(&*file, &path, pos, expected, end, h.base_offset, 0)?;
                 let first = batch::Batches::new(batch).next().unwrap_or_default();
                 let records = RecordIter::new(first).map_err(|e| corrupt(&path, pos, e))?;
                 for r in records {
@@ -423,7 +441,7 @@ impl PartitionLog {
                 seg.path.with_extension("index"),
                 seg.path.with_extension("timeindex"),
             ] {
-                match std::fs::remove_file(&path) {
+                match self.shared.storage.remove_file(&path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => {
@@ -437,7 +455,7 @@ impl PartitionLog {
             }
         }
         if !removed.is_empty() {
-            recovery::sync_dir(&self.dir)?;
+            recovery::sync_dir(&*self.shared.storage, &self.dir)?;
         }
         Ok(removed.len())
     }
@@ -531,15 +549,7 @@ impl PartitionLog {
 /// What retention takes as the time of a segment's newest record: its newest timestamp,
 /// capped by when it was last written (see `enforce_retention`).
 fn newest_ms(seg: &Segment) -> i64 {
-    let written = seg
-        .file
-        .metadata()
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(i64::MAX, |d| {
-            i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-        });
+    let written = seg.file.modified_ms().unwrap_or(i64::MAX);
     seg.max_timestamp.min(written)
 }
 

@@ -16,9 +16,8 @@
 use super::error::StorageError;
 use super::index::{self, Extent, Indexer, SegmentIndex};
 use super::segment::{self, Segment};
-use std::fs::{self, File, OpenOptions};
+use crate::storage::Storage;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// What recovery did to one partition.
 #[derive(Debug, Default, Clone)]
@@ -39,25 +38,31 @@ pub(super) struct Recovered {
     pub report: RecoveryReport,
 }
 
-pub(super) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
+pub(super) fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<(), StorageError> {
+    storage
+        .sync_dir(dir)
         .map_err(StorageError::io("fsync directory", dir))
 }
 
-pub(super) fn create_segment(dir: &Path, base: u64) -> Result<Segment, StorageError> {
+/// Creates the segment file starting at `base` and makes its directory entry durable. If the
+/// directory fsync fails the new file is removed again, so a retry is not blocked by it.
+pub(super) fn create_segment(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: u64,
+) -> Result<Segment, StorageError> {
     let path = dir.join(segment::file_name(base));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
+    let file = storage
+        .create_new(&path)
         .map_err(StorageError::io("create segment", &path))?;
-    sync_dir(dir)?;
+    if let Err(e) = sync_dir(storage, dir) {
+        let _ = storage.remove_file(&path);
+        return Err(e);
+    }
     Ok(Segment {
         base,
         path,
-        file: Arc::new(file),
+        file,
         size: 0,
         next_offset: base,
         max_timestamp: i64::MIN,
@@ -67,18 +72,20 @@ pub(super) fn create_segment(dir: &Path, base: u64) -> Result<Segment, StorageEr
 }
 
 pub(super) fn recover(
+    storage: &dyn Storage,
     dir: &Path,
     label: &str,
     interval: u64,
     clean: bool,
 ) -> Result<Recovered, StorageError> {
-    fs::create_dir_all(dir).map_err(StorageError::io("create directory", dir))?;
+    storage
+        .create_dir_all(dir)
+        .map_err(StorageError::io("create directory", dir))?;
     let mut bases = Vec::new();
-    for entry in fs::read_dir(dir).map_err(StorageError::io("list", dir))? {
-        let entry = entry.map_err(StorageError::io("list", dir))?;
+    for entry in storage.list(dir).map_err(StorageError::io("list", dir))? {
         if let Some(base) = entry
             .file_name()
-            .to_str()
+            .and_then(|n| n.to_str())
             .and_then(segment::parse_file_name)
         {
             bases.push(base);
@@ -87,7 +94,7 @@ pub(super) fn recover(
     bases.sort_unstable();
     let mut report = RecoveryReport::default();
     if bases.is_empty() {
-        let seg = create_segment(dir, 0)?;
+        let seg = create_segment(storage, dir, 0)?;
         report.segments = 1;
         return Ok(Recovered {
             segments: vec![seg],
@@ -101,16 +108,11 @@ pub(super) fn recover(
     for (i, base) in bases.into_iter().enumerate() {
         let is_tail = i == last;
         let path = dir.join(segment::file_name(base));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
+        let file = storage
             .open(&path)
             .map_err(StorageError::io("open segment", &path))?;
-        let len = file
-            .metadata()
-            .map_err(StorageError::io("stat", &path))?
-            .len();
-        let loaded = index::load(&path);
+        let len = file.len().map_err(StorageError::io("stat", &path))?;
+        let loaded = index::load(storage, &path);
         // Bytes the segment held whole when its index was written (after an fsync) and no
         // longer has: lost while the broker was stopped. A cut at a batch boundary leaves no
         // torn batch to find, so the recorded extent is what tells.
@@ -140,7 +142,7 @@ pub(super) fn recover(
         };
         let mut found = SegmentIndex::default();
         let outcome = segment::scan(
-            &file,
+            &*file,
             &path,
             base,
             segment::Span {
@@ -165,7 +167,7 @@ pub(super) fn recover(
         if !holes.is_empty() {
             // Not trusted next time: a later start must scan this segment and find the hole.
             for ext in ["index", "timeindex"] {
-                let _ = fs::remove_file(path.with_extension(ext));
+                let _ = storage.remove_file(&path.with_extension(ext));
             }
         }
         if let Some(extent) = missing {
@@ -186,7 +188,7 @@ pub(super) fn recover(
             tracing::warn!(partition = label, file = %path.display(), position, bytes = cut, %reason, "truncating torn or corrupt tail of the log");
             file.set_len(outcome.valid_len)
                 .map_err(StorageError::io("truncate", &path))?;
-            file.sync_all().map_err(StorageError::io("fsync", &path))?;
+            file.sync_data().map_err(StorageError::io("fsync", &path))?;
             report.truncated.push((path.clone(), position, cut, reason));
         }
         if holes.is_empty()
@@ -198,7 +200,7 @@ pub(super) fn recover(
                 len: outcome.valid_len,
                 end_offset: outcome.next_offset,
             };
-            if let Err(e) = idx.write(&path, extent) {
+            if let Err(e) = idx.write(storage, &path, extent) {
                 tracing::warn!(file = %path.display(), error = %e, "could not write rebuilt index");
             }
         }
@@ -222,7 +224,7 @@ pub(super) fn recover(
         segments.push(Segment {
             base,
             path,
-            file: Arc::new(file),
+            file,
             size: outcome.valid_len,
             next_offset: outcome.next_offset,
             max_timestamp: outcome.max_timestamp,

@@ -3,10 +3,9 @@
 
 use super::error::StorageError;
 use super::index::{Indexer, SegmentIndex};
+use crate::storage::StorageFile;
 use bytes::{Bytes, BytesMut};
 use rill_protocol::batch::{self, BatchHeader, HEADER_LEN, LOG_OVERHEAD};
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,7 +14,7 @@ use std::sync::Arc;
 pub struct Segment {
     pub base: u64,
     pub path: PathBuf,
-    pub file: Arc<File>,
+    pub file: Arc<dyn StorageFile>,
     pub size: u64,
     pub next_offset: u64,
     pub max_timestamp: i64,
@@ -54,7 +53,12 @@ pub fn parse_file_name(name: &str) -> Option<u64> {
         .then(|| digits.parse().ok())?
 }
 
-fn read_exact_at(file: &File, path: &Path, buf: &mut [u8], pos: u64) -> Result<(), StorageError> {
+fn read_exact_at(
+    file: &dyn StorageFile,
+    path: &Path,
+    buf: &mut [u8],
+    pos: u64,
+) -> Result<(), StorageError> {
     file.read_exact_at(buf, pos)
         .map_err(StorageError::io("read", path))
 }
@@ -72,7 +76,7 @@ pub(super) fn corrupt(path: &Path, position: u64, reason: impl Into<String>) -> 
 
 /// Reads the header of the batch at `pos`.
 pub fn read_header(
-    file: &File,
+    file: &dyn StorageFile,
     path: &Path,
     pos: u64,
     end: u64,
@@ -95,7 +99,7 @@ pub fn read_header(
 /// Every batch returned is checked against its CRC and against offset continuity (the base
 /// offset is outside the CRC), so damage at rest is reported, never served.
 pub fn read_from(
-    file: &File,
+    file: &dyn StorageFile,
     path: &Path,
     mut pos: u64,
     mut expected: u64,
@@ -193,7 +197,7 @@ pub struct Span {
 /// acknowledged) it looks for the next intact batch after the damage, records the stretch in
 /// between as a hole and carries on, so one bad batch does not cost everything after it.
 pub fn scan(
-    file: &File,
+    file: &dyn StorageFile,
     path: &Path,
     seg_base: u64,
     mut span: Span,
@@ -245,7 +249,7 @@ pub fn scan(
 /// offset of at least `min_base` starts, and that base. Reads the file in chunks; only
 /// positions holding Kafka's v2 magic byte are checked in full.
 fn find_batch_after(
-    file: &File,
+    file: &dyn StorageFile,
     path: &Path,
     from: u64,
     file_len: u64,
@@ -290,7 +294,7 @@ fn find_batch_after(
 
 /// Validates batches from `span.start` on and stops at the first torn or corrupt one.
 fn scan_run(
-    file: &File,
+    file: &dyn StorageFile,
     path: &Path,
     seg_base: u64,
     span: Span,

@@ -723,10 +723,11 @@ fn the_scrub_checks_index_entries_against_the_batches() {
 
     // A CRC-valid index whose second entry points into the middle of a batch.
     let first = dir.path().join(segment::file_name(0));
-    let (mut idx, extent) = index::load(&first).expect("a sealed segment has an index");
+    let (mut idx, extent) =
+        index::load(&crate::storage::Disk, &first).expect("a sealed segment has an index");
     assert!(idx.offsets.len() >= 2, "{idx:?}");
     idx.offsets[1].position += 1;
-    idx.write(&first, extent).unwrap();
+    idx.write(&crate::storage::Disk, &first, extent).unwrap();
     let forged = check_partition(dir.path()).unwrap();
     assert!(forged.damage.is_empty(), "{forged:?}");
     assert!(
@@ -738,7 +739,7 @@ fn the_scrub_checks_index_entries_against_the_batches() {
     idx.offsets[1].position -= 1;
     let t = idx.times.last_mut().unwrap();
     t.timestamp += 1;
-    idx.write(&first, extent).unwrap();
+    idx.write(&crate::storage::Disk, &first, extent).unwrap();
     let forged = check_partition(dir.path()).unwrap();
     assert!(
         forged.rebuilds.len() == 1 && forged.rebuilds[0].contains("does not match the batches"),

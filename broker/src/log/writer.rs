@@ -19,12 +19,12 @@ use super::error::{AppendError, StorageError};
 use super::index::{Extent, Indexer, SegmentIndex};
 use super::partition::{AppendAck, LogConfig, Shared};
 use super::recovery;
+use crate::storage::StorageFile;
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
 use rill_protocol::FsyncPolicy;
 use rill_protocol::batch::BatchHeader;
-use std::fs::File;
-use std::io::{self, IoSlice, Seek, SeekFrom, Write};
+use std::io::{self, IoSlice};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -65,7 +65,7 @@ pub(super) struct Writer {
     config: LogConfig,
     shared: Arc<Shared>,
     rx: Receiver<Command>,
-    file: Arc<File>,
+    file: Arc<dyn StorageFile>,
     path: PathBuf,
     seg_base: u64,
     /// Bytes written to the active segment (committed or not).
@@ -104,9 +104,6 @@ impl Writer {
                 active.next_offset,
             )
         };
-        (&*file)
-            .seek(SeekFrom::Start(written))
-            .map_err(StorageError::io("seek", &path))?;
         Ok(Writer {
             label,
             dir,
@@ -291,7 +288,9 @@ impl Writer {
             slices.push(IoSlice::new(offset));
             slices.push(IoSlice::new(batch.get(8..).unwrap_or_default()));
         }
-        let result = write_all_vectored(&self.file, &mut slices)
+        let result = self
+            .file
+            .write_all_vectored_at(&mut slices, mark.written)
             .map_err(StorageError::io("write", &self.path));
         drop(slices);
         chunk.clear();
@@ -303,10 +302,7 @@ impl Writer {
     }
 
     fn rollback(&mut self, mark: Mark) {
-        let undo = self
-            .file
-            .set_len(mark.written)
-            .and_then(|()| (&*self.file).seek(SeekFrom::Start(mark.written)).map(drop));
+        let undo = self.file.set_len(mark.written);
         if let Err(e) = undo {
             self.fail_stop(&StorageError::Io {
                 op: "truncate after a failed write",
@@ -344,25 +340,8 @@ impl Writer {
         if self.written < self.writeback_from + WRITEBACK_CHUNK {
             return;
         }
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            let (from, len) = (self.writeback_from, self.written - self.writeback_from);
-            // SAFETY: a plain syscall on a file descriptor this writer owns; no memory is passed.
-            #[allow(unsafe_code)]
-            let rc = unsafe {
-                libc::sync_file_range(
-                    self.file.as_raw_fd(),
-                    i64::try_from(from).unwrap_or(i64::MAX),
-                    i64::try_from(len).unwrap_or(i64::MAX),
-                    libc::SYNC_FILE_RANGE_WRITE,
-                )
-            };
-            if rc != 0 {
-                // Only a hint: the syncer's fdatasync still makes the data durable.
-                tracing::debug!(partition = %self.label, error = %io::Error::last_os_error(), "sync_file_range failed");
-            }
-        }
+        self.file
+            .start_writeback(self.writeback_from, self.written - self.writeback_from);
         self.writeback_from = self.written;
     }
 
@@ -390,7 +369,7 @@ impl Writer {
         }
         self.publish();
         self.write_active_index();
-        let segment = recovery::create_segment(&self.dir, self.next_offset)?;
+        let segment = recovery::create_segment(&*self.shared.storage, &self.dir, self.next_offset)?;
         self.file = segment.file.clone();
         self.path = segment.path.clone();
         self.seg_base = segment.base;
@@ -410,6 +389,7 @@ impl Writer {
         let view = self.shared.view.read().unwrap_or_else(|p| p.into_inner());
         if let Some(active) = view.last()
             && let Err(e) = active.index.write(
+                &*self.shared.storage,
                 &active.path,
                 Extent {
                     len: active.size,
@@ -462,16 +442,4 @@ fn duplicate(e: &AppendError) -> AppendError {
         AppendError::Failed(w) => AppendError::Failed(w.clone()),
         AppendError::ShuttingDown => AppendError::ShuttingDown,
     }
-}
-
-fn write_all_vectored(mut file: &File, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
-    while !slices.is_empty() {
-        match file.write_vectored(slices) {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "wrote nothing")),
-            Ok(n) => IoSlice::advance_slices(&mut slices, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }

@@ -1,0 +1,211 @@
+//! The one narrow interface every file operation of the partition log goes through.
+//!
+//! [`Storage`] is a directory tree (list, open, create, remove, whole-file read and synced
+//! write, directory fsync); [`StorageFile`] one open file (positional reads and writes, length,
+//! truncation, `fdatasync`). [`Disk`] is the real implementation over `std::fs`;
+//! [`sim::SimDisk`] a simulated disk for tests that can fail any call, return short writes,
+//! slow writes down, and on a simulated power loss keep an arbitrary subset of every file's
+//! unsynced writes (and of unsynced directory entries).
+//!
+//! Segments, their indexes and the committed-offsets log (a partition log itself) use it.
+//! Topic metadata (`topics/metadata.rs`) still uses `std::fs` directly.
+
+pub mod sim;
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, IoSlice, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// A directory tree of files.
+pub trait Storage: Send + Sync + fmt::Debug {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// The paths of the entries of `dir`, in no particular order.
+    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>>;
+    /// Opens an existing file for reading and writing.
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn StorageFile>>;
+    /// Creates a file that must not exist yet. Durable only after `sync_dir` of its directory.
+    fn create_new(&self, path: &Path) -> io::Result<Arc<dyn StorageFile>>;
+    /// The whole content of a file.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Creates or replaces `path` with `bytes` and fsyncs the file (not its directory).
+    fn write_synced(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Makes the directory's entries (creations, removals) durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    fn exists(&self, path: &Path) -> bool;
+}
+
+/// One open file.
+pub trait StorageFile: Send + Sync + fmt::Debug {
+    fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()>;
+    /// Writes some prefix of `bufs` at `pos`; returns how many bytes (may be fewer than asked).
+    fn write_vectored_at(&self, bufs: &[IoSlice<'_>], pos: u64) -> io::Result<usize>;
+    fn len(&self) -> io::Result<u64>;
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// `fdatasync`: everything written before it survives a power loss once it returns `Ok`.
+    fn sync_data(&self) -> io::Result<()>;
+    /// A hint to start writing `len` bytes from `pos` back to the device, without waiting.
+    fn start_writeback(&self, _pos: u64, _len: u64) {}
+    /// When the file was last written, in milliseconds since the epoch.
+    fn modified_ms(&self) -> Option<i64>;
+}
+
+impl dyn StorageFile {
+    /// Writes all of `slices` at `pos`, retrying short writes.
+    pub fn write_all_vectored_at(
+        &self,
+        mut slices: &mut [IoSlice<'_>],
+        mut pos: u64,
+    ) -> io::Result<()> {
+        while !slices.is_empty() {
+            match self.write_vectored_at(slices, pos) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "wrote nothing")),
+                Ok(n) => {
+                    IoSlice::advance_slices(&mut slices, n);
+                    pos += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The real disk, through `std::fs`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Disk;
+
+/// The real disk as a shared handle.
+pub fn disk() -> Arc<dyn Storage> {
+    Arc::new(Disk)
+}
+
+impl Disk {
+    /// Opens a file for reading only (the offline check must not need write permission).
+    pub fn open_read_only(&self, path: &Path) -> io::Result<Arc<dyn StorageFile>> {
+        Ok(Arc::new(RealFile::new(File::open(path)?)))
+    }
+}
+
+impl Storage for Disk {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        std::fs::read_dir(dir)?
+            .map(|e| e.map(|e| e.path()))
+            .collect()
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn StorageFile>> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        Ok(Arc::new(RealFile::new(file)))
+    }
+
+    fn create_new(&self, path: &Path) -> io::Result<Arc<dyn StorageFile>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        Ok(Arc::new(RealFile::new(file)))
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+
+    fn write_synced(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let f = File::create(path)?;
+        (&f).write_all(bytes)?;
+        f.sync_data()
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+}
+
+/// A real file. Vectored writes go through the file's cursor (positioned first), which only
+/// the partition's writer thread uses; reads are positional and need no cursor.
+#[derive(Debug)]
+struct RealFile {
+    file: File,
+    cursor: Mutex<()>,
+}
+
+impl RealFile {
+    fn new(file: File) -> Self {
+        RealFile {
+            file,
+            cursor: Mutex::new(()),
+        }
+    }
+}
+
+impl StorageFile for RealFile {
+    fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, pos)
+    }
+
+    fn write_vectored_at(&self, bufs: &[IoSlice<'_>], pos: u64) -> io::Result<usize> {
+        let _cursor = self.cursor.lock().unwrap_or_else(|p| p.into_inner());
+        (&self.file).seek(SeekFrom::Start(pos))?;
+        (&self.file).write_vectored(bufs)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn start_writeback(&self, pos: u64, len: u64) {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a plain syscall on a file descriptor this handle owns; no memory is passed.
+            #[allow(unsafe_code)]
+            let rc = unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    i64::try_from(pos).unwrap_or(i64::MAX),
+                    i64::try_from(len).unwrap_or(i64::MAX),
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+            if rc != 0 {
+                // Only a hint: a later fdatasync still makes the data durable.
+                tracing::debug!(error = %io::Error::last_os_error(), "sync_file_range failed");
+            }
+        }
+    }
+
+    fn modified_ms(&self) -> Option<i64> {
+        let t = self.file.metadata().ok()?.modified().ok()?;
+        let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+        i64::try_from(d.as_millis()).ok()
+    }
+}
