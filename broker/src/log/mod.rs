@@ -13,6 +13,9 @@
 //! policy counts as committed, so readers never see a half-written or (under `fsync=always`)
 //! an unsynced batch. Index files are written when a segment is sealed and at clean shutdown;
 //! after a crash the tail segment's index is rebuilt by `recovery.rs`.
+//!
+//! Every file operation goes through `crate::storage`, so `fault_tests.rs` runs the same code
+//! on a simulated disk that fails calls and loses unsynced writes.
 
 mod check;
 mod error;
@@ -31,3 +34,6 @@ pub use recovery::RecoveryReport;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fault_tests;

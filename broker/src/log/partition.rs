@@ -62,6 +62,7 @@ pub(super) struct Shared {
     pub durable: watch::Sender<u64>,
     /// Where the partition's files live.
     pub storage: Arc<dyn Storage>,
+    pub dir: PathBuf,
 }
 
 impl Shared {
@@ -80,6 +81,12 @@ impl Shared {
         if failed.is_none() {
             tracing::error!(partition = label, error = %e, "fsync failed; the partition refuses further writes until the broker restarts");
             *failed = Some(e.to_string());
+            // After a failed fsync the page cache may still hold writes that never reach the
+            // disk; a restart must not serve them. Record how far the data is known durable.
+            let durable = *self.durable.borrow();
+            if let Err(e) = recovery::write_fail_mark(&*self.storage, &self.dir, durable) {
+                tracing::error!(partition = label, error = %e, durable, "could not record the durable offset after the failed fsync; a restart may serve records written after it");
+            }
         }
     }
 }
@@ -236,6 +243,7 @@ impl PartitionLog {
             // start syncs the tail).
             durable: watch::Sender::new(hw),
             storage,
+            dir: dir.to_path_buf(),
         });
         // Unbounded on purpose: `append` runs on async workers and must never block. The queue
         // is bounded in practice by max_connections x max_in_flight requests.

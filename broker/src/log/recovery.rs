@@ -38,6 +38,86 @@ pub(super) struct Recovered {
     pub report: RecoveryReport,
 }
 
+/// Written when the partition goes fail-stop: the offset below which every record was covered
+/// by a completed fsync (u64 LE, then CRC-32C of it, LE). Its presence at start-up means
+/// records from that offset on were written but never durably, so they are cut.
+const FAIL_MARK: &str = "durable-at-fail-stop";
+
+pub(super) fn write_fail_mark(
+    storage: &dyn Storage,
+    dir: &Path,
+    durable: u64,
+) -> Result<(), StorageError> {
+    let path = dir.join(FAIL_MARK);
+    let mut bytes = durable.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&crc32c::crc32c(&bytes).to_le_bytes());
+    storage
+        .write_synced(&path, &bytes)
+        .map_err(StorageError::io("write", &path))?;
+    sync_dir(storage, dir)
+}
+
+fn read_fail_mark(storage: &dyn Storage, dir: &Path) -> Option<u64> {
+    let bytes = storage.read(&dir.join(FAIL_MARK)).ok()?;
+    let (value, crc) = (bytes.get(..8)?, bytes.get(8..12)?);
+    (crc32c::crc32c(value).to_le_bytes() == crc).then(|| {
+        let mut v = [0u8; 8];
+        v.copy_from_slice(value);
+        u64::from_le_bytes(v)
+    })
+}
+
+/// Cuts the tail segment back to `durable` (a batch boundary) after a fail-stop: what lies
+/// beyond was written but its fsync failed.
+fn cut_to_durable(
+    label: &str,
+    tail: &mut Segment,
+    durable: u64,
+    report: &mut RecoveryReport,
+) -> Result<(), StorageError> {
+    if durable >= tail.next_offset {
+        return Ok(());
+    }
+    if durable < tail.base {
+        tracing::error!(
+            partition = label,
+            durable,
+            base = tail.base,
+            "the durable offset recorded at fail-stop is before the active segment; keeping the log as it is"
+        );
+        return Ok(());
+    }
+    let rel = u32::try_from(durable - tail.base).unwrap_or(u32::MAX);
+    let entry = tail.index.entry_for(rel);
+    let (mut pos, mut next) = (
+        u64::from(entry.position),
+        tail.base + u64::from(entry.rel_offset),
+    );
+    while next < durable {
+        let h = segment::read_header(&*tail.file, &tail.path, pos, tail.size)?;
+        pos += h.total_len() as u64;
+        next = h.last_offset() + 1;
+    }
+    let cut = tail.size - pos;
+    let reason = format!(
+        "offsets {durable}..{} were written after the fsync that failed before the last stop; never durable, not served",
+        tail.next_offset
+    );
+    tracing::warn!(partition = label, file = %tail.path.display(), position = pos, bytes = cut, %reason, "truncating what a failed fsync left unsynced");
+    tail.file
+        .set_len(pos)
+        .map_err(StorageError::io("truncate", &tail.path))?;
+    tail.file
+        .sync_data()
+        .map_err(StorageError::io("fsync", &tail.path))?;
+    report.truncated.push((tail.path.clone(), pos, cut, reason));
+    tail.size = pos;
+    tail.next_offset = next;
+    tail.index.offsets.retain(|e| e.rel_offset < rel);
+    tail.index.times.retain(|e| e.rel_offset < rel);
+    Ok(())
+}
+
 pub(super) fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<(), StorageError> {
     storage
         .sync_dir(dir)
@@ -231,6 +311,22 @@ pub(super) fn recover(
             index: idx,
             holes,
         });
+    }
+    if let Some(durable) = read_fail_mark(storage, dir) {
+        if let Some(tail) = segments.last_mut() {
+            cut_to_durable(label, tail, durable, &mut report)?;
+            // The writer continues indexing from the last entry that survived the cut.
+            tail_indexer = Indexer::resume(
+                interval,
+                tail.index.offsets.last().map(|e| u64::from(e.position)),
+                tail.index.times.last().map_or(i64::MIN, |t| t.timestamp),
+            );
+        }
+        let path = dir.join(FAIL_MARK);
+        storage
+            .remove_file(&path)
+            .map_err(StorageError::io("remove", &path))?;
+        sync_dir(storage, dir)?;
     }
     report.segments = segments.len();
     Ok(Recovered {
