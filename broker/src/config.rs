@@ -32,6 +32,11 @@ pub struct Config {
     pub max_connection_buffer_bytes: usize,
     /// Close a connection that sends nothing for this many milliseconds (0: never).
     pub idle_timeout_ms: u64,
+    /// Produced bytes the broker holds at most while they wait for the disk; beyond it,
+    /// producing connections are not read until room frees up (backpressure).
+    pub max_produce_queue_bytes: usize,
+    /// The same bound for each partition.
+    pub max_partition_queue_bytes: usize,
     /// Default log level (trace, debug, info, warn, error); RUST_LOG overrides it.
     pub log_level: String,
     /// Log line format: "text" or "json".
@@ -42,6 +47,10 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Consumer-group coordination.
     pub groups: GroupsConfig,
+    /// For tests only (`--test-write-rate`, never from a file): throttle partition-log writes
+    /// to this many bytes per second.
+    #[serde(skip)]
+    pub test_write_rate: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,11 +110,14 @@ impl Default for Config {
             max_in_flight: 256,
             max_connection_buffer_bytes: 64 << 20,
             idle_timeout_ms: 600_000,
+            max_produce_queue_bytes: 256 << 20,
+            max_partition_queue_bytes: 32 << 20,
             log_level: "info".into(),
             log_format: "text".into(),
             metrics_listen: DEFAULT_METRICS_LISTEN.into(),
             storage: StorageConfig::default(),
             groups: GroupsConfig::default(),
+            test_write_rate: None,
         }
     }
 }
@@ -179,6 +191,17 @@ pub struct Args {
     /// Close connections idle this many ms, 0 for never [default: 600000].
     #[arg(long, value_name = "MS")]
     pub idle_timeout_ms: Option<u64>,
+    /// Produced bytes waiting for the disk, broker-wide, before producers are slowed
+    /// [default: 268435456].
+    #[arg(long, value_name = "BYTES")]
+    pub max_produce_queue_bytes: Option<usize>,
+    /// Produced bytes waiting for the disk per partition [default: 33554432].
+    #[arg(long, value_name = "BYTES")]
+    pub max_partition_queue_bytes: Option<usize>,
+    /// For tests only: throttle writes to partition logs to this many bytes per second, as a
+    /// slow disk would be.
+    #[arg(long, value_name = "BYTES_PER_SEC", hide = true)]
+    pub test_write_rate: Option<u64>,
     /// Default segment size in bytes [default: 1073741824].
     #[arg(long, value_name = "BYTES")]
     pub segment_bytes: Option<u64>,
@@ -258,6 +281,8 @@ impl Config {
             max_in_flight => config.max_in_flight,
             max_connection_buffer_bytes => config.max_connection_buffer_bytes,
             idle_timeout_ms => config.idle_timeout_ms,
+            max_produce_queue_bytes => config.max_produce_queue_bytes,
+            max_partition_queue_bytes => config.max_partition_queue_bytes,
             log_level => config.log_level,
             log_format => config.log_format,
             metrics_listen => config.metrics_listen,
@@ -265,6 +290,7 @@ impl Config {
             max_groups => config.groups.max_groups,
             max_group_members => config.groups.max_members,
         );
+        config.test_write_rate = args.test_write_rate;
         config.validate()?;
         Ok(config)
     }
@@ -302,6 +328,13 @@ impl Config {
         if self.max_connection_buffer_bytes < (self.max_frame_bytes as usize) {
             return Err(ConfigError::Invalid(
                 "max_connection_buffer_bytes must be at least max_frame_bytes".into(),
+            ));
+        }
+        if self.max_produce_queue_bytes < self.max_frame_bytes as usize
+            || self.max_partition_queue_bytes < self.max_frame_bytes as usize
+        {
+            return Err(ConfigError::Invalid(
+                "max_produce_queue_bytes and max_partition_queue_bytes must be at least max_frame_bytes".into(),
             ));
         }
         if self.max_connections == 0 || self.max_in_flight == 0 {

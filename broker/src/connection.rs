@@ -68,10 +68,24 @@ pub async fn serve(
                 Ok(Some(request)) => {
                     let decoded = handlers::Decoded::new(request);
                     let cost = response_cost(&ctx, &decoded.request);
+                    // A produced batch waits for room in its partition's and the broker's
+                    // queue budget: until then this connection reads nothing (backpressure).
+                    let queued = match &decoded.request {
+                        Ok(Request::Produce(p, batch)) => {
+                            Some((format!("{}-{}", p.topic, p.partition), batch.len()))
+                        }
+                        _ => None,
+                    };
                     let slots = async {
                         let permit = in_flight.clone().acquire_owned().await.ok()?;
                         let bytes = budget.clone().acquire_many_owned(cost as u32).await.ok()?;
-                        Some((permit, bytes))
+                        let reserved = match &queued {
+                            Some((partition, len)) => {
+                                Some(ctx.produce_budget.reserve(partition, *len).await?)
+                            }
+                            None => None,
+                        };
+                        Some(((permit, reserved), bytes))
                     };
                     let (permit, bytes) = tokio::select! {
                         got = slots => match got {

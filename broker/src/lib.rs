@@ -2,6 +2,7 @@
 //!
 //! Dependencies point one way: `server` -> `connection` -> `handlers` -> `groups`/`topics` -> `log`.
 
+pub mod backpressure;
 pub mod check;
 pub mod config;
 pub mod connection;

@@ -27,6 +27,8 @@ pub struct Context {
     pub groups: Groups,
     pub config: Config,
     pub shutdown: CancellationToken,
+    /// Produced bytes waiting for the disk, bounded per partition and for the broker.
+    pub produce_budget: crate::backpressure::ProduceBudget,
 }
 
 const CLEAN_MARKER: &str = "clean-shutdown";
@@ -51,12 +53,21 @@ impl Broker {
         let log_config = config.log_config();
         let dir = data_dir.clone();
         let limits = config.group_limits();
+        let test_write_rate = config.test_write_rate;
         let (topics, groups, clean) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let clean = take_clean_marker(&dir)?;
             if !clean {
                 tracing::warn!(data_dir = %dir.display(), "previous run did not shut down cleanly; verifying partition tails");
             }
-            let (topics, mut reports) = Topics::open(&dir, log_config, clean)?;
+            let storage = match test_write_rate {
+                Some(rate) => {
+                    tracing::warn!(rate, "partition-log writes throttled for testing");
+                    Arc::new(crate::storage::Throttled::new(crate::storage::disk(), rate))
+                        as Arc<dyn crate::storage::Storage>
+                }
+                None => crate::storage::disk(),
+            };
+            let (topics, mut reports) = Topics::open(storage, &dir, log_config, clean)?;
             let (offsets, report) = OffsetStore::open(&dir, clean)?;
             reports.push(("__group_offsets".into(), report));
             let m = crate::metrics::global();
@@ -94,6 +105,10 @@ impl Broker {
             ctx: Arc::new(Context {
                 topics,
                 groups,
+                produce_budget: crate::backpressure::ProduceBudget::new(
+                    config.max_produce_queue_bytes,
+                    config.max_partition_queue_bytes,
+                ),
                 config,
                 shutdown,
             }),

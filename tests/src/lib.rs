@@ -176,6 +176,20 @@ impl Broker {
         kib * 1024
     }
 
+    /// Peak resident memory of the broker process so far (VmHWM), in bytes.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        let pid = self.child.as_ref().expect("broker is running").id();
+        let status =
+            std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+        let kib: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .expect("VmHWM");
+        kib * 1024
+    }
+
     /// Address of the HTTP endpoint with /metrics and /health.
     pub fn metrics_addr(&self) -> &str {
         &self.metrics

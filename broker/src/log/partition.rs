@@ -245,8 +245,9 @@ impl PartitionLog {
             storage,
             dir: dir.to_path_buf(),
         });
-        // Unbounded on purpose: `append` runs on async workers and must never block. The queue
-        // is bounded in practice by max_connections x max_in_flight requests.
+        // Unbounded on purpose: `append` runs on async workers and must never block. What it
+        // holds is bounded before it gets here: a connection reserves every produced batch in
+        // the partition's and the broker's queue budgets (`crate::backpressure`) first.
         let (tx, rx) = crossbeam_channel::unbounded();
         let sync_interval = config.fsync.interval();
         let config_copy = config.clone();

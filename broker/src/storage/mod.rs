@@ -209,3 +209,116 @@ impl StorageFile for RealFile {
         i64::try_from(d.as_millis()).ok()
     }
 }
+
+/// A storage whose writes take as long as they would at `bytes_per_sec`: a slow disk, for
+/// tests of backpressure against the real broker (`rilld --test-write-rate`).
+/// The rate is the whole device's: writes to every file share it.
+#[derive(Debug)]
+pub struct Throttled {
+    inner: Arc<dyn Storage>,
+    device: Arc<Device>,
+}
+
+/// One simulated device: when it is free again, and how fast it writes.
+#[derive(Debug)]
+struct Device {
+    busy_until: Mutex<std::time::Instant>,
+    bytes_per_sec: u64,
+}
+
+impl Device {
+    /// Books `n` bytes of device time and waits until they are written.
+    fn write(&self, n: usize) {
+        let done = {
+            let mut busy = self.busy_until.lock().unwrap_or_else(|p| p.into_inner());
+            let start = (*busy).max(std::time::Instant::now());
+            *busy =
+                start + std::time::Duration::from_secs_f64(n as f64 / self.bytes_per_sec as f64);
+            *busy
+        };
+        let wait = done.saturating_duration_since(std::time::Instant::now());
+        // The device's own time: only partition writer threads write, never async workers.
+        #[allow(clippy::disallowed_methods)]
+        std::thread::sleep(wait);
+    }
+}
+
+impl Throttled {
+    pub fn new(inner: Arc<dyn Storage>, bytes_per_sec: u64) -> Self {
+        Throttled {
+            inner,
+            device: Arc::new(Device {
+                busy_until: Mutex::new(std::time::Instant::now()),
+                bytes_per_sec: bytes_per_sec.max(1),
+            }),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ThrottledFile {
+    inner: Arc<dyn StorageFile>,
+    device: Arc<Device>,
+}
+
+impl Storage for Throttled {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        self.inner.list(dir)
+    }
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn StorageFile>> {
+        Ok(Arc::new(ThrottledFile {
+            inner: self.inner.open(path)?,
+            device: self.device.clone(),
+        }))
+    }
+    fn create_new(&self, path: &Path) -> io::Result<Arc<dyn StorageFile>> {
+        Ok(Arc::new(ThrottledFile {
+            inner: self.inner.create_new(path)?,
+            device: self.device.clone(),
+        }))
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        self.inner.read(path)
+    }
+    fn write_synced(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        self.inner.write_synced(path, bytes)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.inner.sync_dir(dir)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        self.inner.exists(path)
+    }
+}
+
+impl StorageFile for ThrottledFile {
+    fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
+        self.inner.read_exact_at(buf, pos)
+    }
+    fn write_vectored_at(&self, bufs: &[IoSlice<'_>], pos: u64) -> io::Result<usize> {
+        let n = self.inner.write_vectored_at(bufs, pos)?;
+        self.device.write(n);
+        Ok(n)
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.inner.sync_data()
+    }
+    fn start_writeback(&self, pos: u64, len: u64) {
+        self.inner.start_writeback(pos, len)
+    }
+    fn modified_ms(&self) -> Option<i64> {
+        self.inner.modified_ms()
+    }
+}

@@ -17,6 +17,7 @@ mod metadata;
 pub use metadata::TopicMeta;
 
 use crate::log::{LogConfig, PartitionLog, RecoveryReport, StorageError};
+use crate::storage::Storage;
 use rill_protocol::{TopicConfig, TopicName};
 use std::collections::HashMap;
 use std::fs;
@@ -58,6 +59,8 @@ pub struct Topics {
     map: RwLock<HashMap<TopicName, Arc<Topic>>>,
     /// Serialises create and delete (blocking file work, run off the async workers).
     admin: Mutex<()>,
+    /// Where partition logs live (topic metadata still uses `std::fs`).
+    storage: Arc<dyn Storage>,
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StorageError> {
@@ -68,6 +71,7 @@ fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 
 /// Opens partitions `range` of topic `name` under `dir` (recovering each).
 fn open_partitions(
+    storage: &Arc<dyn Storage>,
     dir: &Path,
     name: &TopicName,
     range: std::ops::Range<u32>,
@@ -76,7 +80,8 @@ fn open_partitions(
 ) -> Result<Vec<(Arc<PartitionLog>, RecoveryReport)>, StorageError> {
     range
         .map(|p| {
-            let (log, report) = PartitionLog::open(
+            let (log, report) = PartitionLog::open_on(
+                storage.clone(),
                 &dir.join(p.to_string()),
                 format!("{name}-{p}"),
                 config.clone(),
@@ -104,8 +109,10 @@ fn write_meta(path: &Path, meta: &TopicMeta) -> Result<(), StorageError> {
 }
 
 impl Topics {
-    /// Opens every topic under `data_dir`, recovering each partition. Blocking.
+    /// Opens every topic under `data_dir`, recovering each partition, with partition logs on
+    /// `storage`. Blocking.
     pub fn open(
+        storage: Arc<dyn Storage>,
         data_dir: &Path,
         defaults: LogConfig,
         clean: bool,
@@ -115,6 +122,7 @@ impl Topics {
             defaults,
             map: RwLock::new(HashMap::new()),
             admin: Mutex::new(()),
+            storage,
         };
         for dir in ["topics", "staging", "trash"] {
             fs::create_dir_all(data_dir.join(dir))
@@ -154,9 +162,14 @@ impl Topics {
                         reason,
                     })?;
             let mut partitions = Vec::with_capacity(meta.partitions as usize);
-            for (log, report) in
-                open_partitions(&path, &meta.name, 0..meta.partitions, &config, clean)?
-            {
+            for (log, report) in open_partitions(
+                &topics.storage,
+                &path,
+                &meta.name,
+                0..meta.partitions,
+                &config,
+                clean,
+            )? {
                 reports.push((log.label().to_string(), report));
                 partitions.push(log);
             }
@@ -300,10 +313,17 @@ impl Topics {
         fs::rename(&staged, &dest).map_err(StorageError::io("rename into place", &dest))?;
         sync_dir(&self.topics_dir())?;
         sync_dir(&self.root.join("staging"))?;
-        let logs = open_partitions(&dest, &name, 0..partitions, &log_config, true)?
-            .into_iter()
-            .map(|(log, _)| log)
-            .collect();
+        let logs = open_partitions(
+            &self.storage,
+            &dest,
+            &name,
+            0..partitions,
+            &log_config,
+            true,
+        )?
+        .into_iter()
+        .map(|(log, _)| log)
+        .collect();
         tracing::info!(topic = %name, partitions, "topic created");
         let topic = Topic {
             name: name.clone(),
@@ -354,9 +374,16 @@ impl Topics {
         let dir = self.topics_dir().join(name.as_str());
         let mut logs = topic.partitions.clone();
         logs.extend(
-            open_partitions(&dir, name, current..partitions, &log_config, true)?
-                .into_iter()
-                .map(|(log, _)| log),
+            open_partitions(
+                &self.storage,
+                &dir,
+                name,
+                current..partitions,
+                &log_config,
+                true,
+            )?
+            .into_iter()
+            .map(|(log, _)| log),
         );
         sync_dir(&dir)?;
         let meta = TopicMeta {
