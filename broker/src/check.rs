@@ -51,7 +51,7 @@ pub fn check_data_dir(dir: &Path, out: &mut impl Write) -> anyhow::Result<Summar
             .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path())))
             .collect();
         parts.sort();
-        match crate::topics::read_meta(&topic) {
+        match crate::topics::read_meta(&crate::storage::Disk, &topic) {
             Ok(meta) if meta.partitions as usize != parts.len() => {
                 sum.damaged += 1;
                 writeln!(

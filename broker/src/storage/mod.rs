@@ -7,8 +7,9 @@
 //! slow writes down, and on a simulated power loss keep an arbitrary subset of every file's
 //! unsynced writes (and of unsynced directory entries).
 //!
-//! Segments, their indexes and the committed-offsets log (a partition log itself) use it.
-//! Topic metadata (`topics/metadata.rs`) still uses `std::fs` directly.
+//! Segments, their indexes, the committed-offsets log (a partition log itself) and topic
+//! directories and metadata use it. Outside it: the data directory's lock and clean-shutdown
+//! marker (`server.rs`), and the offline `rilld --check` (read-only, real disk).
 
 pub mod sim;
 
@@ -36,6 +37,10 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Makes the directory's entries (creations, removals) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     fn exists(&self, path: &Path) -> bool;
+    /// Renames a file or a whole directory, atomically.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a directory and everything under it.
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()>;
 }
 
 /// One open file.
@@ -139,6 +144,14 @@ impl Storage for Disk {
 
     fn exists(&self, path: &Path) -> bool {
         path.exists()
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::remove_dir_all(dir)
     }
 }
 
@@ -294,6 +307,12 @@ impl Storage for Throttled {
     }
     fn exists(&self, path: &Path) -> bool {
         self.inner.exists(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.inner.remove_dir_all(dir)
     }
 }
 

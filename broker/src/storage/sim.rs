@@ -31,6 +31,7 @@ pub enum OpKind {
     Sync,
     SyncDir,
     Remove,
+    Rename,
     List,
 }
 
@@ -447,6 +448,66 @@ impl Storage for SimDisk {
     fn exists(&self, path: &Path) -> bool {
         let tree = self.tree();
         tree.files.contains_key(path) || tree.dirs.contains(path)
+    }
+
+    /// Applied at once and durable at once: the simulation models lost writes and lost
+    /// creations and removals of files, not lost renames.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.faults().check(OpKind::Rename, from)?;
+        let mut tree = self.tree();
+        let moved = |p: &Path| -> Option<PathBuf> {
+            p.strip_prefix(from).ok().map(|rest| {
+                if rest.as_os_str().is_empty() {
+                    to.to_path_buf()
+                } else {
+                    to.join(rest)
+                }
+            })
+        };
+        if !tree.files.contains_key(from) && !tree.dirs.contains(from) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no such file or directory",
+            ));
+        }
+        let files: Vec<PathBuf> = tree
+            .files
+            .keys()
+            .filter(|p| p.starts_with(from))
+            .cloned()
+            .collect();
+        for old in files {
+            if let (Some(file), Some(new)) = (tree.files.remove(&old), moved(&old)) {
+                tree.files.insert(new, file);
+            }
+        }
+        let dirs: Vec<PathBuf> = tree
+            .dirs
+            .iter()
+            .filter(|p| p.starts_with(from))
+            .cloned()
+            .collect();
+        for old in dirs {
+            tree.dirs.remove(&old);
+            if let Some(new) = moved(&old) {
+                tree.dirs.insert(new);
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.faults().check(OpKind::Remove, dir)?;
+        let mut tree = self.tree();
+        tree.files.retain(|p, _| !p.starts_with(dir));
+        tree.dirs.retain(|p| !p.starts_with(dir));
+        tree.unsynced.retain(|e| {
+            let path = match e {
+                Entry::Created(p) | Entry::Removed(p, _) => p,
+            };
+            !path.starts_with(dir)
+        });
+        Ok(())
     }
 }
 
