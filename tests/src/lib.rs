@@ -164,30 +164,25 @@ impl Broker {
 
     /// Resident memory of the broker process now, in bytes.
     pub fn rss_bytes(&self) -> u64 {
-        let pid = self.child.as_ref().expect("broker is running").id();
-        let status =
-            std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
-        let kib: u64 = status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .expect("VmRSS");
-        kib * 1024
+        self.proc_status_kib("VmRSS:") * 1024
     }
 
     /// Peak resident memory of the broker process so far (VmHWM), in bytes.
     pub fn peak_rss_bytes(&self) -> u64 {
+        self.proc_status_kib("VmHWM:") * 1024
+    }
+
+    /// A kB figure from the broker's /proc/<pid>/status.
+    fn proc_status_kib(&self, field: &str) -> u64 {
         let pid = self.child.as_ref().expect("broker is running").id();
         let status =
             std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
-        let kib: u64 = status
+        status
             .lines()
-            .find(|l| l.starts_with("VmHWM:"))
+            .find(|l| l.starts_with(field))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
-            .expect("VmHWM");
-        kib * 1024
+            .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
     }
 
     /// Address of the HTTP endpoint with /metrics and /health.

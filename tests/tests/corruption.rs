@@ -116,6 +116,15 @@ async fn read(client: &Client, from: u64) -> (Vec<(u64, String)>, Option<rill_cl
     }
 }
 
+/// The base offset of the partition's second segment (the first one damage left alone).
+fn second_segment_base(data: &std::path::Path) -> u64 {
+    files(&data.join("topics/c/0"), "log")[1]
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.parse().ok())
+        .expect("a segment file name is its base offset")
+}
+
 fn assert_intact(records: &[(u64, String)]) {
     for (o, v) in records {
         assert_eq!(v, &format!("record-{o:04}"), "record {o} came back altered");
@@ -168,13 +177,7 @@ async fn every_damaged_file_is_recovered_reported_or_refused_never_served() {
     let err = err.expect("the corrupt batch must not be served");
     assert_eq!(err.code(), Some(ErrorCode::StorageError), "{err}");
     assert!(err.to_string().contains("CRC"), "{err}");
-    let second_base: u64 = files(&part(&data), "log")[1]
-        .file_stem()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let second_base = second_segment_base(&data);
     let (rest, err) = read(&client, second_base).await;
     assert!(err.is_none());
     assert_eq!(rest.len() as u64, RECORDS - second_base);
@@ -213,13 +216,7 @@ async fn every_damaged_file_is_recovered_reported_or_refused_never_served() {
         err.to_string().contains(&format!("offsets {lost_from}..")),
         "the error names the lost range: {err}"
     );
-    let second_base: u64 = files(&part(&data), "log")[1]
-        .file_stem()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let second_base = second_segment_base(&data);
     let (rest, err) = read(&client, second_base).await;
     assert!(err.is_none(), "{err:?}");
     assert_intact(&rest);

@@ -373,17 +373,21 @@ impl Groups {
         }
     }
 
-    /// Expires silent members and unused ids, notices partition growth, completes due
-    /// rebalances, and drops groups left with nobody. Each group is handled under its own lock;
-    /// blocking (assignment can be heavy): run it off the async workers.
-    pub fn tick(&self, topics: &Topics, now: Instant) {
-        let all: Vec<(String, SlotRef)> = self
-            .slots
+    /// Every group and its slot, taken under the map's read lock and released at once.
+    fn snapshot(&self) -> Vec<(String, SlotRef)> {
+        self.slots
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .map(|(n, s)| (n.clone(), s.clone()))
-            .collect();
+            .collect()
+    }
+
+    /// Expires silent members and unused ids, notices partition growth, completes due
+    /// rebalances, and drops groups left with nobody. Each group is handled under its own lock;
+    /// blocking (assignment can be heavy): run it off the async workers.
+    pub fn tick(&self, topics: &Topics, now: Instant) {
+        let all = self.snapshot();
         let mut idle = Vec::new();
         for (name, slot) in all {
             let mut slot = lock(&slot);
@@ -460,14 +464,7 @@ impl Groups {
                 )
             })
             .collect();
-        let all: Vec<(String, SlotRef)> = self
-            .slots
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(n, s)| (n.clone(), s.clone()))
-            .collect();
-        for (name, slot) in all {
+        for (name, slot) in self.snapshot() {
             let slot = lock(&slot);
             out.insert(
                 name.clone(),

@@ -2,24 +2,14 @@
 //! directory fsyncs, short writes and power losses that keep an arbitrary subset of unsynced
 //! writes in every file.
 
+use super::tests::config;
 use super::*;
 use crate::storage::Storage;
 use crate::storage::sim::{OpKind, SimDisk};
 use bytes::Bytes;
-use rill_protocol::FsyncPolicy;
-use rill_protocol::batch::{BatchBuilder, Batches, RecordIter};
+use rill_protocol::batch::BatchBuilder;
 use std::path::Path;
 use std::sync::Arc;
-
-fn config(segment_bytes: u64) -> LogConfig {
-    LogConfig {
-        segment_bytes,
-        index_interval_bytes: 256,
-        fsync: FsyncPolicy::Always,
-        retention_ms: 0,
-        retention_bytes: 0,
-    }
-}
 
 fn batch(tag: &str, n: usize) -> Bytes {
     let mut b = BatchBuilder::with_capacity(64 * n);
@@ -34,25 +24,9 @@ fn open(disk: &SimDisk, dir: &Path, cfg: LogConfig, clean: bool) -> (PartitionLo
     PartitionLog::open_on(storage, dir, "sim-0".into(), cfg, clean).expect("opens")
 }
 
-/// Every record from 0 on as (offset, value).
+/// Every record the log holds, as (offset, value).
 fn read_all(log: &PartitionLog) -> Vec<(u64, String)> {
-    let mut out = Vec::new();
-    let mut next = log.stats().log_start_offset;
-    loop {
-        let r = log.read(next, 1 << 16).expect("reads");
-        if r.batches.is_empty() {
-            return out;
-        }
-        for b in Batches::new(r.batches) {
-            for rec in RecordIter::new(b).expect("valid batch") {
-                let rec = rec.unwrap();
-                if rec.offset >= next {
-                    out.push((rec.offset, String::from_utf8(rec.value.to_vec()).unwrap()));
-                }
-            }
-        }
-        next = out.last().map_or(next, |(o, _)| o + 1);
-    }
+    super::tests::read_all(log, log.stats().log_start_offset)
 }
 
 fn injected(what: &str) -> std::io::Error {

@@ -15,7 +15,7 @@ fn interval(ms: u32, segment_bytes: u64) -> LogConfig {
     }
 }
 
-fn config(segment_bytes: u64) -> LogConfig {
+pub(super) fn config(segment_bytes: u64) -> LogConfig {
     LogConfig {
         segment_bytes,
         index_interval_bytes: 256,
@@ -39,7 +39,7 @@ fn open(dir: &Path, cfg: LogConfig, clean: bool) -> (PartitionLog, RecoveryRepor
 }
 
 /// Every record from `from` on, as (offset, value), read the way a consumer would.
-fn read_all(log: &PartitionLog, from: u64) -> Vec<(u64, String)> {
+pub(super) fn read_all(log: &PartitionLog, from: u64) -> Vec<(u64, String)> {
     let mut out = Vec::new();
     let mut next = from;
     loop {
