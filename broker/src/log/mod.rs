@@ -21,6 +21,7 @@ mod check;
 mod error;
 mod index;
 mod partition;
+pub mod producers;
 mod recovery;
 mod segment;
 mod writer;

@@ -14,6 +14,24 @@ pub struct BatchBuilder {
     count: i32,
     base_timestamp: i64,
     max_timestamp: i64,
+    producer: Producer,
+}
+
+/// Who wrote a batch, for idempotence: Kafka's producer id, epoch and the sequence number of
+/// the batch's first record. `NONE` (all -1) marks a batch from a non-idempotent producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Producer {
+    pub id: i64,
+    pub epoch: i16,
+    pub base_sequence: i32,
+}
+
+impl Producer {
+    pub const NONE: Producer = Producer {
+        id: -1,
+        epoch: -1,
+        base_sequence: -1,
+    };
 }
 
 fn len_i32(n: usize) -> i32 {
@@ -29,7 +47,13 @@ impl BatchBuilder {
             count: 0,
             base_timestamp: 0,
             max_timestamp: i64::MIN,
+            producer: Producer::NONE,
         }
+    }
+
+    /// Stamps the batch with its producer's id, epoch and first sequence number (idempotence).
+    pub fn set_producer(&mut self, producer: Producer) {
+        self.producer = producer;
     }
 
     pub fn count(&self) -> usize {
@@ -163,9 +187,9 @@ impl BatchBuilder {
         } else {
             self.max_timestamp
         });
-        h.put_i64(-1); // producer id: no idempotence yet
-        h.put_i16(-1);
-        h.put_i32(-1);
+        h.put_i64(self.producer.id);
+        h.put_i16(self.producer.epoch);
+        h.put_i32(self.producer.base_sequence);
         h.put_i32(self.count);
         if let Some(header) = self.buf.get_mut(..HEADER_LEN) {
             header.copy_from_slice(&h);

@@ -28,7 +28,7 @@
 mod builder;
 mod record;
 
-pub use builder::BatchBuilder;
+pub use builder::{BatchBuilder, Producer};
 pub use record::{Header, Record, RecordIter};
 
 use crate::cursor::Cursor;

@@ -203,3 +203,23 @@ fn matches_a_batch_encoded_by_kafka_layout_rules() {
     b.push(Some(b"k"), b"v", &[], 1000);
     assert_eq!(&b.finish()[..], &expect[..]);
 }
+
+proptest! {
+    /// The producer id, epoch and base sequence a builder is given are what the header reads
+    /// back, under the CRC; a batch without them reads as not idempotent (-1).
+    #[test]
+    fn producer_fields_round_trip(id in 0i64.., epoch in 0i16.., seq in 0i32.., n in 1usize..20) {
+        let mut b = BatchBuilder::with_capacity(1024);
+        b.set_producer(Producer { id, epoch, base_sequence: seq });
+        for i in 0..n {
+            b.push(None, format!("v{i}").as_bytes(), &[], 1);
+        }
+        let bytes = b.finish();
+        let h = validate(&bytes).unwrap();
+        prop_assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (id, epoch, seq));
+        let mut plain = BatchBuilder::with_capacity(64);
+        plain.push(None, b"x", &[], 1);
+        let h = validate(&plain.finish()).unwrap();
+        prop_assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (-1, -1, -1));
+    }
+}
