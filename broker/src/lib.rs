@@ -10,6 +10,7 @@ pub mod groups;
 pub mod handlers;
 pub mod log;
 pub mod metrics;
+pub mod producer_ids;
 pub mod server;
 pub mod storage;
 pub mod topics;

@@ -9,6 +9,7 @@
 use crate::config::Config;
 use crate::connection;
 use crate::groups::{Groups, OffsetStore};
+use crate::producer_ids::ProducerIds;
 use crate::topics::Topics;
 use std::fs;
 use std::net::SocketAddr;
@@ -29,6 +30,8 @@ pub struct Context {
     pub shutdown: CancellationToken,
     /// Produced bytes waiting for the disk, bounded per partition and for the broker.
     pub produce_budget: crate::backpressure::ProduceBudget,
+    /// Durable producer ids for idempotent producers.
+    pub producer_ids: ProducerIds,
 }
 
 const CLEAN_MARKER: &str = "clean-shutdown";
@@ -54,7 +57,7 @@ impl Broker {
         let dir = data_dir.clone();
         let limits = config.group_limits();
         let test_write_rate = config.test_write_rate;
-        let (topics, groups, clean) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let (topics, groups, producer_ids, clean) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let clean = take_clean_marker(&dir)?;
             if !clean {
                 tracing::warn!(data_dir = %dir.display(), "previous run did not shut down cleanly; verifying partition tails");
@@ -82,7 +85,8 @@ impl Broker {
                     tracing::info!(partition, segments = report.rebuilt_indexes, "rebuilt indexes");
                 }
             }
-            Ok((topics, Groups::new(offsets, limits), clean))
+            let producer_ids = ProducerIds::open(&crate::storage::Disk, &dir)?;
+            Ok((topics, Groups::new(offsets, limits), producer_ids, clean))
         })
         .await??;
         // A crash between a topic's deletion and the deletion of its committed offsets leaves
@@ -105,6 +109,7 @@ impl Broker {
             ctx: Arc::new(Context {
                 topics,
                 groups,
+                producer_ids,
                 produce_budget: crate::backpressure::ProduceBudget::new(
                     config.max_produce_queue_bytes,
                     config.max_partition_queue_bytes,

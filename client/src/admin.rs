@@ -82,6 +82,16 @@ impl Admin {
         Ok(())
     }
 
+    /// A durable producer id for an idempotent producer: a new one without a name; with one,
+    /// the name's id and a bumped epoch, which fences every older instance using the name.
+    pub async fn init_producer(&self, name: Option<&str>) -> Result<(i64, i16), Error> {
+        let request = rill_protocol::messages::InitProducerRequest {
+            producer_name: name.map(str::to_string),
+        };
+        let (r, _) = self.client.call(&request).await?;
+        Ok((r.producer_id, r.epoch))
+    }
+
     pub async fn list_topics(&self) -> Result<Vec<TopicSummary>, Error> {
         Ok(self.client.call(&ListTopicsRequest {}).await?.0.topics)
     }

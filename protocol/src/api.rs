@@ -25,10 +25,11 @@ pub enum ApiKey {
     ResetOffsets = 16,
     AddPartitions = 17,
     AlterTopic = 18,
+    InitProducer = 19,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 19] = [
+    pub const ALL: [ApiKey; 20] = [
         ApiKey::ApiVersions,
         ApiKey::Produce,
         ApiKey::Fetch,
@@ -48,6 +49,7 @@ impl ApiKey {
         ApiKey::ResetOffsets,
         ApiKey::AddPartitions,
         ApiKey::AlterTopic,
+        ApiKey::InitProducer,
     ];
 
     pub fn from_u16(v: u16) -> Option<Self> {
@@ -76,6 +78,7 @@ impl ApiKey {
             ApiKey::ResetOffsets => "reset_offsets",
             ApiKey::AddPartitions => "add_partitions",
             ApiKey::AlterTopic => "alter_topic",
+            ApiKey::InitProducer => "init_producer",
         }
     }
 

@@ -29,6 +29,7 @@ pub enum Request {
     ResetOffsets(ResetOffsetsRequest),
     AddPartitions(AddPartitionsRequest),
     AlterTopic(AlterTopicRequest),
+    InitProducer(InitProducerRequest),
 }
 
 /// Why a whole frame is not a request this broker can serve. The frame boundaries are intact,
@@ -99,7 +100,8 @@ impl Request {
             DeleteGroup,
             ResetOffsets,
             AddPartitions,
-            AlterTopic
+            AlterTopic,
+            InitProducer
         ))
     }
 }

@@ -117,3 +117,28 @@ async fn keyed_records_survive_sigterm_and_restart_byte_identical_in_order() {
     let counts: u64 = verify_segments(&data).iter().map(|(_, n)| n).sum();
     assert_eq!(counts, RECORDS as u64);
 }
+
+/// Producer ids are durable: never handed out twice across a kill -9, and a producer name keeps
+/// its id with a new epoch each time it is initialised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_ids_survive_kill_9_and_names_keep_their_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = rill_e2e::Broker::start(&dir.path().join("data"), &[]);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut named = Vec::new();
+    for _ in 0..3 {
+        let admin =
+            rill_client::Admin::new(rill_client::Client::connect(broker.addr()).await.unwrap());
+        for _ in 0..10 {
+            let (id, epoch) = admin.init_producer(None).await.unwrap();
+            assert_eq!(epoch, 0);
+            assert!(seen.insert(id), "id {id} handed out twice");
+        }
+        named.push(admin.init_producer(Some("billing")).await.unwrap());
+        broker.kill9();
+        broker.restart();
+    }
+    assert!(named.iter().all(|(id, _)| *id == named[0].0), "{named:?}");
+    let epochs: Vec<i16> = named.iter().map(|(_, e)| *e).collect();
+    assert_eq!(epochs, vec![0, 1, 2]);
+}

@@ -11,6 +11,7 @@ pub use fetch::max_bytes as fetch_bytes;
 mod groups;
 mod offsets;
 mod produce;
+mod producers;
 mod topics;
 
 use crate::groups::coordinator::GroupError;
@@ -227,6 +228,7 @@ pub fn dispatch(ctx: &Arc<Context>, decoded: Decoded) -> BoxFuture<'static, OutF
         Request::ResetOffsets(req) => respond(cid, api, plain(groups::reset(ctx, req))),
         Request::AddPartitions(req) => respond(cid, api, plain(topics::add_partitions(ctx, req))),
         Request::AlterTopic(req) => respond(cid, api, plain(topics::alter(ctx, req))),
+        Request::InitProducer(req) => respond(cid, api, plain(producers::init(ctx, req))),
     }
 }
 

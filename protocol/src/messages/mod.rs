@@ -7,6 +7,7 @@ mod fetch;
 mod groups;
 mod offsets;
 mod produce;
+mod producers;
 mod topics;
 mod versions;
 
@@ -21,6 +22,7 @@ pub use groups::{
 };
 pub use offsets::{ListOffsetsRequest, ListOffsetsResponse, OffsetSpec};
 pub use produce::{ProduceRequest, ProduceResponse};
+pub use producers::{InitProducerRequest, InitProducerResponse};
 pub use topics::{
     AddPartitionsRequest, AddPartitionsResponse, AlterTopicRequest, AlterTopicResponse,
     CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse,
@@ -148,6 +150,9 @@ mod round_trip {
                 round_trip(ResetOffsetsRequest { group: g.clone(), topic: t.clone(), to });
             }
             round_trip(ResetOffsetsResponse { offsets: vec![(tp, o)] });
+            round_trip(InitProducerRequest { producer_name: Some(g.clone()) });
+            round_trip(InitProducerRequest { producer_name: None });
+            round_trip(InitProducerResponse { producer_id: o as i64, epoch: p as i16 });
             prop_assert_eq!(strategy.to_string().parse::<AssignmentStrategy>(), Ok(strategy));
         }
 
