@@ -71,18 +71,18 @@ pub async fn serve(
                     // A produced batch waits for room in its partition's and the broker's
                     // queue budget: until then this connection reads nothing (backpressure).
                     let queued = match &decoded.request {
-                        Ok(Request::Produce(p, batch)) => {
-                            Some((format!("{}-{}", p.topic, p.partition), batch.len()))
-                        }
+                        Ok(Request::Produce(p, batch)) => Some((p, batch.len())),
                         _ => None,
                     };
                     let slots = async {
                         let permit = in_flight.clone().acquire_owned().await.ok()?;
                         let bytes = budget.clone().acquire_many_owned(cost as u32).await.ok()?;
                         let reserved = match &queued {
-                            Some((partition, len)) => {
-                                Some(ctx.produce_budget.reserve(partition, *len).await?)
-                            }
+                            Some((p, len)) => Some(
+                                ctx.produce_budget
+                                    .reserve(&p.topic, p.partition, *len)
+                                    .await?,
+                            ),
                             None => None,
                         };
                         Some(((permit, reserved), bytes))
