@@ -12,6 +12,7 @@ fn config(fsync: FsyncPolicy) -> LogConfig {
         fsync,
         retention_ms: 0,
         retention_bytes: 0,
+        producer_expiration_ms: 86_400_000,
     }
 }
 

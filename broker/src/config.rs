@@ -96,6 +96,9 @@ pub struct StorageConfig {
     pub retention_bytes: u64,
     /// How often retention is checked, in milliseconds.
     pub retention_check_interval_ms: u64,
+    /// Forget an idempotent producer's sequence numbers on a partition after this many
+    /// milliseconds without a write from it there (Kafka's `producer.id.expiration.ms`).
+    pub producer_id_expiration_ms: u64,
 }
 
 impl Default for Config {
@@ -131,6 +134,7 @@ impl Default for StorageConfig {
             retention_ms: 7 * 24 * 3600 * 1000,
             retention_bytes: 0,
             retention_check_interval_ms: 60_000,
+            producer_id_expiration_ms: 24 * 3600 * 1000,
         }
     }
 }
@@ -364,6 +368,7 @@ impl Config {
             fsync: self.storage.fsync,
             retention_ms: self.storage.retention_ms,
             retention_bytes: self.storage.retention_bytes,
+            producer_expiration_ms: self.storage.producer_id_expiration_ms,
         }
     }
 

@@ -73,6 +73,8 @@ pub struct Metrics {
     pub recovery_truncations: Counter,
     pub recovery_damaged_ranges: Counter,
     pub recovery_rebuilt_indexes: Counter,
+    pub produce_duplicates: Family<TopicLabel, Counter>,
+    partition_producers: Family<PartitionLabels, U64Gauge>,
     partition_end: Family<PartitionLabels, U64Gauge>,
     partition_durable: Family<PartitionLabels, U64Gauge>,
     partition_start: Family<PartitionLabels, U64Gauge>,
@@ -107,6 +109,8 @@ impl Metrics {
             recovery_truncations: Counter::default(),
             recovery_damaged_ranges: Counter::default(),
             recovery_rebuilt_indexes: Counter::default(),
+            produce_duplicates: Family::default(),
+            partition_producers: Family::default(),
             partition_end: Family::default(),
             partition_durable: Family::default(),
             partition_start: Family::default(),
@@ -183,6 +187,17 @@ impl Metrics {
             m.recovery_rebuilt_indexes.clone(),
         );
         r.register(
+            "produce_duplicates",
+            "Produced batches recognised as retries of batches already stored (idempotent \
+             producers): answered with the original offsets, not stored again",
+            m.produce_duplicates.clone(),
+        );
+        r.register(
+            "partition_producers",
+            "Idempotent producers whose sequence state each partition keeps",
+            m.partition_producers.clone(),
+        );
+        r.register(
             "partition_log_end_offset",
             "High watermark of each partition",
             m.partition_end.clone(),
@@ -245,6 +260,7 @@ impl Metrics {
             &self.partition_durable,
             &self.partition_start,
             &self.partition_bytes,
+            &self.partition_producers,
         ] {
             f.clear();
         }
@@ -271,6 +287,9 @@ impl Metrics {
                 self.partition_bytes
                     .get_or_create(&labels)
                     .set(s.size_bytes);
+                self.partition_producers
+                    .get_or_create(&labels)
+                    .set(log.producers() as u64);
                 disk += s.size_bytes;
             }
         }

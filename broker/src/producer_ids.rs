@@ -17,7 +17,7 @@ use crate::storage::{Storage, StorageFile};
 use std::collections::HashMap;
 use std::io::IoSlice;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 pub const FILE_NAME: &str = "producer-ids";
 /// Ids reserved by one block record.
@@ -40,6 +40,9 @@ struct State {
 pub struct ProducerIds {
     path: PathBuf,
     state: Mutex<State>,
+    /// Current epoch of every named producer's id, read by each produce of an idempotent
+    /// batch (see [`ProducerIds::fenced`]); written only by `init`.
+    epochs: RwLock<HashMap<i64, i16>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,8 +151,10 @@ impl ProducerIds {
             // no id is handed out twice even when damage, not a torn append, cut the file.
             reserved += (lost as i64 / 13 + 1) * BLOCK;
         }
+        let epochs = names.values().copied().collect();
         Ok(ProducerIds {
             path,
+            epochs: RwLock::new(epochs),
             state: Mutex::new(State {
                 file,
                 len: valid as u64,
@@ -200,7 +205,19 @@ impl ProducerIds {
         };
         self.append(&mut st, &Record::Name(name.to_string(), id, epoch))?;
         st.names.insert(name.to_string(), (id, epoch));
+        self.epochs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, epoch);
         Ok((id, epoch))
+    }
+
+    /// The current epoch of a named producer's id, if `epoch` is older: a newer instance took
+    /// over, and the partitions must refuse this one's batches even where the newer one has
+    /// not written yet. Ids without a name are never fenced here.
+    pub fn fenced(&self, id: i64, epoch: i16) -> Option<i16> {
+        let epochs = self.epochs.read().unwrap_or_else(|p| p.into_inner());
+        epochs.get(&id).copied().filter(|current| epoch < *current)
     }
 }
 
@@ -252,6 +269,13 @@ mod tests {
         disk.write_synced(&path, &bytes).unwrap();
         let ids = ProducerIds::open(&disk, dir).unwrap();
         assert_eq!(ids.init(Some("a")).unwrap(), (id, 1));
+        assert_eq!(ids.fenced(id, 0), Some(1), "epoch 0 is fenced by 1");
+        assert_eq!(ids.fenced(id, 1), None);
+        let (anonymous, _) = ids.init(None).unwrap();
+        assert_eq!(ids.fenced(anonymous, 0), None);
+        drop(ids);
+        let ids = ProducerIds::open(&disk, dir).unwrap();
+        assert_eq!(ids.fenced(id, 0), Some(1), "fencing survives a restart");
         assert!(matches!(
             ids.init(Some(&"n".repeat(300))),
             Err(InitError::NameTooLong(300))

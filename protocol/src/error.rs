@@ -63,6 +63,12 @@ pub enum ErrorCode {
     GroupFull = 29,
     /// The broker has its maximum number of groups (`[groups] max_groups`).
     TooManyGroups = 30,
+    /// An idempotent producer's batch does not continue its sequence on this partition: a gap,
+    /// or an overlap with batches already stored. The message names the sequence expected.
+    OutOfOrderSequence = 31,
+    /// A newer instance of this named producer took over (`InitProducer` bumped its epoch);
+    /// this instance may write no more.
+    ProducerFenced = 32,
 }
 
 impl ErrorCode {
@@ -100,6 +106,8 @@ impl ErrorCode {
             28 => RecordsLost,
             29 => GroupFull,
             30 => TooManyGroups,
+            31 => OutOfOrderSequence,
+            32 => ProducerFenced,
             _ => return Option::None,
         })
     }

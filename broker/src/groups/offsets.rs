@@ -85,6 +85,7 @@ impl OffsetStore {
             // Compaction, not retention, bounds this log: its entries never expire.
             retention_ms: 0,
             retention_bytes: 0,
+            producer_expiration_ms: u64::MAX,
         };
         let (log, report) = PartitionLog::open(&dir, "__group_offsets".into(), config, clean)?;
         let mut entries = HashMap::new();

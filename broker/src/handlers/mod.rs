@@ -15,6 +15,7 @@ mod producers;
 mod topics;
 
 use crate::groups::coordinator::GroupError;
+use crate::log::producers::SequenceError;
 use crate::log::{AppendError, ReadError};
 use crate::metrics::{self, ApiLabel, ErrorLabels};
 use crate::server::Context;
@@ -77,6 +78,12 @@ impl OpError {
             OpError::Append(AppendError::Storage(_)) => ErrorCode::StorageError,
             OpError::Append(AppendError::Failed(_)) => ErrorCode::PartitionFailed,
             OpError::Append(AppendError::ShuttingDown) => ErrorCode::ShuttingDown,
+            OpError::Append(AppendError::Sequence(SequenceError::OutOfOrder { .. })) => {
+                ErrorCode::OutOfOrderSequence
+            }
+            OpError::Append(AppendError::Sequence(SequenceError::Fenced { .. })) => {
+                ErrorCode::ProducerFenced
+            }
             OpError::Read(ReadError::OffsetOutOfRange { .. }) => ErrorCode::OffsetOutOfRange,
             OpError::Read(ReadError::RecordsLost { .. }) => ErrorCode::RecordsLost,
             OpError::Request(RequestError::UnsupportedApiKey(_)) => ErrorCode::UnsupportedApiKey,

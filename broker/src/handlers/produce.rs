@@ -1,10 +1,12 @@
 //! Produce: validate and queue a batch in arrival order, then wait for it to be committed.
 
 use super::OpError;
-use crate::log::PendingAppend;
+use crate::log::producers::SequenceError;
+use crate::log::{AppendError, PendingAppend};
 use crate::metrics::{self, TopicLabel};
 use crate::server::Context;
 use bytes::Bytes;
+use rill_protocol::batch::BatchHeader;
 use rill_protocol::messages::{ProduceRequest, ProduceResponse};
 
 /// A queued append and what to count once it is acknowledged.
@@ -19,6 +21,21 @@ pub struct Pending {
 /// they arrived even though their acknowledgements are awaited concurrently.
 pub fn start(ctx: &Context, req: ProduceRequest, batch: Bytes) -> Result<Pending, OpError> {
     let log = ctx.topics.partition(&req.topic, req.partition)?;
+    // A fenced instance of a named producer is refused on every partition, also those its
+    // successor has not written to yet (the partitions' own windows would let it through).
+    // A header that does not parse is left for `append` to report.
+    if let Ok(h) = BatchHeader::parse(&batch)
+        && h.producer_id >= 0
+        && let Some(current) = ctx.producer_ids.fenced(h.producer_id, h.producer_epoch)
+    {
+        return Err(OpError::Append(AppendError::Sequence(
+            SequenceError::Fenced {
+                producer: h.producer_id,
+                got: h.producer_epoch,
+                current,
+            },
+        )));
+    }
     let bytes = batch.len() as u64;
     Ok(Pending {
         append: log.append(batch)?,
@@ -37,10 +54,16 @@ pub async fn finish(pending: Result<Pending, OpError>) -> Result<ProduceResponse
     let ack = append.wait().await?;
     let m = metrics::global();
     let label = TopicLabel { topic };
-    m.messages_in.get_or_create(&label).inc_by(records);
-    m.bytes_in.get_or_create(&label).inc_by(bytes);
+    if ack.duplicate {
+        // Nothing was stored: a retry whose first answer was lost.
+        m.produce_duplicates.get_or_create(&label).inc();
+    } else {
+        m.messages_in.get_or_create(&label).inc_by(records);
+        m.bytes_in.get_or_create(&label).inc_by(bytes);
+    }
     Ok(ProduceResponse {
         base_offset: ack.base_offset,
         log_end_offset: ack.log_end_offset,
+        duplicate: ack.duplicate,
     })
 }

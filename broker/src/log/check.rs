@@ -98,6 +98,18 @@ pub fn check_partition(dir: &Path) -> Result<PartitionCheck, StorageError> {
         out.bytes += len;
         check_index(&path, len, i == last, &all, &mut out);
     }
+    for (_, path) in super::producer_state::snapshots(&Disk, dir)? {
+        let why = match std::fs::read(&path) {
+            Ok(bytes) => super::producer_state::decode(&bytes).err(),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = why {
+            out.rebuilds.push(format!(
+                "{}: producer snapshot unusable ({why}); start-up rebuilds the idempotent-producer state from the log",
+                path.display()
+            ));
+        }
+    }
     Ok(out)
 }
 

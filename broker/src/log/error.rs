@@ -54,6 +54,9 @@ pub enum AppendError {
     Failed(String),
     #[error("partition is shutting down")]
     ShuttingDown,
+    /// An idempotent producer's batch out of sequence, or from a fenced epoch.
+    #[error(transparent)]
+    Sequence(super::producers::SequenceError),
 }
 
 impl From<StorageError> for AppendError {

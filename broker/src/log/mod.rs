@@ -4,6 +4,7 @@
 //! <partition dir>/00000000000000000000.log        record batches, back to back, as produced
 //!                 00000000000000000000.index      sparse: relative offset -> byte position
 //!                 00000000000000000000.timeindex  sparse: max timestamp so far -> relative offset
+//!                 00000000000000004096.producers  idempotent producers' state below that offset
 //! ```
 //!
 //! Ownership: one writer thread per partition (`writer.rs`) owns the active segment: only it
@@ -21,6 +22,7 @@ mod check;
 mod error;
 mod index;
 mod partition;
+mod producer_state;
 pub mod producers;
 mod recovery;
 mod segment;
@@ -31,6 +33,7 @@ pub use error::{AppendError, ReadError, StorageError};
 pub use partition::{
     AppendAck, LogConfig, PartitionLog, PartitionStats, PendingAppend, ReadResult,
 };
+pub use producer_state::ProducerRecovery;
 pub use recovery::RecoveryReport;
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! A partition's log as the rest of the broker sees it: append, read, look up offsets.
 
 use super::error::{AppendError, ReadError, StorageError};
+use super::producer_state;
 use super::recovery::{self, RecoveryReport};
 use super::segment::{self, Segment};
 use super::writer::{Command, Job, Writer};
@@ -25,6 +26,8 @@ pub struct LogConfig {
     pub retention_ms: u64,
     /// Delete the oldest sealed segments while the partition is larger than this (0: no limit).
     pub retention_bytes: u64,
+    /// Forget an idempotent producer's sequences after this long without a write from it.
+    pub producer_expiration_ms: u64,
 }
 
 impl LogConfig {
@@ -63,9 +66,16 @@ pub(super) struct Shared {
     /// Where the partition's files live.
     pub storage: Arc<dyn Storage>,
     pub dir: PathBuf,
+    /// Idempotent producers the writer holds state for (a metric).
+    pub producers: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
+    pub(super) fn set_producers(&self, n: usize) {
+        self.producers
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Records that an fsync covered every record below `offset`.
     pub(super) fn advance_durable(&self, offset: u64) {
         self.durable.send_if_modified(|d| {
@@ -156,6 +166,9 @@ fn stop_syncer(syncer: Syncer) {
 pub struct AppendAck {
     pub base_offset: u64,
     pub log_end_offset: u64,
+    /// A retry of a batch already stored: nothing was written and `base_offset` is the
+    /// original's.
+    pub duplicate: bool,
 }
 
 /// An append that has been queued in order and will be answered once committed.
@@ -232,8 +245,17 @@ impl PartitionLog {
         config: LogConfig,
         clean: bool,
     ) -> Result<(Self, RecoveryReport), StorageError> {
-        let recovered =
+        let mut recovered =
             recovery::recover(&*storage, dir, &label, config.index_interval_bytes, clean)?;
+        let (producers, producer_report) = producer_state::recover(
+            &*storage,
+            dir,
+            &label,
+            &recovered.segments,
+            unix_ms(),
+            i64::try_from(config.producer_expiration_ms).unwrap_or(i64::MAX),
+        )?;
+        recovered.report.producers = producer_report;
         let hw = recovered.segments.last().map_or(0, |s| s.next_offset);
         let shared = Arc::new(Shared {
             view: RwLock::new(recovered.segments),
@@ -244,6 +266,7 @@ impl PartitionLog {
             durable: watch::Sender::new(hw),
             storage,
             dir: dir.to_path_buf(),
+            producers: std::sync::atomic::AtomicUsize::new(producers.len()),
         });
         // Unbounded on purpose: `append` runs on async workers and must never block. What it
         // holds is bounded before it gets here: a connection reserves every produced batch in
@@ -258,6 +281,7 @@ impl PartitionLog {
             shared.clone(),
             rx,
             recovered.tail_indexer,
+            producers,
         )?;
         let handle = std::thread::Builder::new()
             .name(format!("rill-writer-{label}"))
@@ -288,6 +312,14 @@ impl PartitionLog {
     /// the order this is called. Never blocks.
     pub fn append(&self, batch: Bytes) -> Result<PendingAppend, AppendError> {
         let header = batch::validate(&batch).map_err(AppendError::InvalidBatch)?;
+        if header.producer_id >= 0 && (header.producer_epoch < 0 || header.base_sequence < 0) {
+            return Err(AppendError::InvalidBatch(
+                rill_protocol::DecodeError::Invalid {
+                    what: "producer fields",
+                    reason: "a batch with a producer id needs an epoch and a sequence of at least 0",
+                },
+            ));
+        }
         let records = header.records();
         if let Some(why) = self
             .shared
@@ -310,6 +342,13 @@ impl PartitionLog {
             reply: rx,
             records: u64::from(records),
         })
+    }
+
+    /// Idempotent producers with state on this partition.
+    pub fn producers(&self) -> usize {
+        self.shared
+            .producers
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn high_watermark(&self) -> u64 {
@@ -560,6 +599,12 @@ impl PartitionLog {
 fn newest_ms(seg: &Segment) -> i64 {
     let written = seg.file.modified_ms().unwrap_or(i64::MAX);
     seg.max_timestamp.min(written)
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn corrupt(path: &Path, position: u64, e: rill_protocol::DecodeError) -> StorageError {

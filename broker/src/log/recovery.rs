@@ -29,6 +29,8 @@ pub struct RecoveryReport {
     pub truncated: Vec<(PathBuf, u64, u64, String)>,
     /// Damaged stretches of sealed segments, kept and stepped over: `(file, hole, reason)`.
     pub holes: Vec<(PathBuf, segment::Hole, String)>,
+    /// How the idempotent producers' state was restored.
+    pub producers: super::producer_state::ProducerRecovery,
 }
 
 pub(super) struct Recovered {

@@ -22,6 +22,7 @@ pub(super) fn config(segment_bytes: u64) -> LogConfig {
         fsync: FsyncPolicy::Always,
         retention_ms: 0,
         retention_bytes: 0,
+        producer_expiration_ms: 86_400_000,
     }
 }
 
@@ -745,4 +746,248 @@ fn the_scrub_checks_index_entries_against_the_batches() {
         forged.rebuilds.len() == 1 && forged.rebuilds[0].contains("does not match the batches"),
         "{forged:?}"
     );
+}
+
+/// A batch of `n` records from idempotent producer `id` at `epoch`, first sequence `seq`.
+fn idem(id: i64, epoch: i16, seq: i32, n: usize) -> Bytes {
+    let mut b = BatchBuilder::with_capacity(64 * n);
+    b.set_producer(rill_protocol::batch::Producer {
+        id,
+        epoch,
+        base_sequence: seq,
+    });
+    for i in 0..n {
+        b.push(
+            None,
+            format!("p{id}e{epoch}s{}", seq + i as i32).as_bytes(),
+            &[],
+            1,
+        );
+    }
+    b.finish()
+}
+
+fn send(log: &PartitionLog, batch: Bytes) -> Result<AppendAck, AppendError> {
+    log.append(batch)?.wait_blocking()
+}
+
+#[test]
+fn an_idempotent_retry_gets_the_original_offsets_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), config(1 << 20), true);
+    let first = send(&log, idem(5, 0, 0, 3)).unwrap();
+    let plain = send(&log, batch(1, 2, 0)).unwrap();
+    let second = send(&log, idem(5, 0, 3, 2)).unwrap();
+    assert_eq!(
+        (first.base_offset, plain.base_offset, second.base_offset),
+        (0, 3, 5)
+    );
+    assert!(!first.duplicate && !second.duplicate);
+    // Retries of both, in any order, within the window: the original offsets, nothing stored.
+    let retry = send(&log, idem(5, 0, 0, 3)).unwrap();
+    assert_eq!((retry.base_offset, retry.duplicate), (0, true));
+    let retry = send(&log, idem(5, 0, 3, 2)).unwrap();
+    assert_eq!((retry.base_offset, retry.duplicate), (5, true));
+    assert_eq!(log.high_watermark(), 7);
+    // A gap, and a batch that overlaps a stored one without matching it: refused, typed.
+    assert!(matches!(
+        send(&log, idem(5, 0, 9, 1)),
+        Err(AppendError::Sequence(
+            producers::SequenceError::OutOfOrder {
+                got: 9,
+                expected: 5,
+                ..
+            }
+        ))
+    ));
+    assert!(matches!(
+        send(&log, idem(5, 0, 3, 1)),
+        Err(AppendError::Sequence(
+            producers::SequenceError::OutOfOrder { .. }
+        ))
+    ));
+    // A newer epoch takes over; the old one is fenced from then on.
+    assert_eq!(send(&log, idem(5, 1, 0, 1)).unwrap().base_offset, 7);
+    assert!(matches!(
+        send(&log, idem(5, 0, 5, 1)),
+        Err(AppendError::Sequence(producers::SequenceError::Fenced {
+            got: 0,
+            current: 1,
+            ..
+        }))
+    ));
+    // A producer id with a negative sequence is not a valid batch.
+    assert!(matches!(
+        log.append(idem(6, 0, -3, 1)),
+        Err(AppendError::InvalidBatch(_))
+    ));
+    assert_eq!(log.high_watermark(), 8);
+    assert_eq!(log.producers(), 1);
+    let values: Vec<String> = read_all(&log, 0).into_iter().map(|(_, v)| v).collect();
+    assert_eq!(
+        values,
+        [
+            "p5e0s0", "p5e0s1", "p5e0s2", "1-0", "1-1", "p5e0s3", "p5e0s4", "p5e1s0"
+        ]
+    );
+}
+
+/// Files of the partition with the given extension.
+fn files_with(dir: &Path, ext: &str) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn producer_state_survives_clean_and_unclean_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), config(4096), true);
+    for i in 0..40 {
+        send(&log, idem(1, 0, i * 2, 2)).unwrap();
+        send(&log, batch(i as u64, 1, 0)).unwrap();
+    }
+    log.close();
+    drop(log);
+    // Clean: the snapshot written at the close is the whole state; no header is read.
+    let (log, report) = open(dir.path(), config(4096), true);
+    assert_eq!(report.producers.snapshot, Some(120));
+    assert_eq!(report.producers.replayed_batches, 0);
+    let retry = send(&log, idem(1, 0, 78, 2)).unwrap();
+    assert_eq!((retry.base_offset, retry.duplicate), (117, true));
+    send(&log, idem(1, 0, 80, 2)).unwrap();
+    log.close();
+    drop(log);
+    // Unclean, as after a crash: without the close's snapshot the state is the last roll's
+    // snapshot plus the headers after it.
+    let snaps = files_with(dir.path(), "producers");
+    assert_eq!(snaps.len(), 1, "older snapshots are removed: {snaps:?}");
+    std::fs::remove_file(&snaps[0]).unwrap();
+    let (log, report) = open(dir.path(), config(4096), false);
+    assert_eq!(
+        report.producers.snapshot, None,
+        "no snapshot left at all, so the whole log is read"
+    );
+    assert_eq!(report.producers.replayed_batches, 81);
+    let retry = send(&log, idem(1, 0, 80, 2)).unwrap();
+    assert_eq!((retry.base_offset, retry.duplicate), (120, true));
+    assert_eq!(send(&log, idem(1, 0, 82, 1)).unwrap().base_offset, 122);
+    // Rolls keep a snapshot at the new segment's base: an unclean start reads only after it.
+    for i in 0..40 {
+        send(&log, batch(i, 3, 0)).unwrap();
+    }
+    drop(log);
+    let snaps = files_with(dir.path(), "producers");
+    std::fs::remove_file(snaps.last().unwrap()).unwrap();
+    let segment_bases: Vec<u64> = segments(dir.path())
+        .iter()
+        .map(|p| p.file_stem().unwrap().to_str().unwrap().parse().unwrap())
+        .collect();
+    let (log, report) = open(dir.path(), config(4096), false);
+    assert!(
+        report.producers.snapshot.is_none()
+            || segment_bases.contains(&report.producers.snapshot.unwrap()),
+        "{report:?}"
+    );
+    assert!(send(&log, idem(1, 0, 82, 1)).unwrap().duplicate);
+}
+
+#[test]
+fn a_damaged_producer_snapshot_is_rebuilt_from_the_log_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), config(1 << 20), true);
+    for i in 0..10 {
+        send(&log, idem(2, 3, i, 1)).unwrap();
+    }
+    drop(log);
+    let snap = files_with(dir.path(), "producers").pop().unwrap();
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&snap, &bytes).unwrap();
+    let scrub = check_partition(dir.path()).unwrap();
+    assert!(
+        scrub.damage.is_empty()
+            && scrub.rebuilds.len() == 1
+            && scrub.rebuilds[0].contains("producer snapshot unusable"),
+        "the offline check reports it: {scrub:?}"
+    );
+    let (log, report) = open(dir.path(), config(1 << 20), true);
+    assert_eq!(report.producers.skipped.len(), 1, "{report:?}");
+    assert_eq!(report.producers.replayed_batches, 10);
+    let retry = send(&log, idem(2, 3, 9, 1)).unwrap();
+    assert_eq!((retry.base_offset, retry.duplicate), (9, true));
+    assert!(matches!(
+        send(&log, idem(2, 2, 10, 1)),
+        Err(AppendError::Sequence(
+            producers::SequenceError::Fenced { .. }
+        ))
+    ));
+    // A snapshot beyond the log's end (the log lost its tail) is not used either.
+    drop(log);
+    let snap = files_with(dir.path(), "producers").pop().unwrap();
+    std::fs::rename(&snap, dir.path().join("00000000000000009999.producers")).unwrap();
+    let (_log, report) = open(dir.path(), config(1 << 20), true);
+    assert_eq!(report.producers.skipped.len(), 1, "{report:?}");
+    assert_eq!(report.producers.snapshot, None);
+}
+
+#[test]
+fn retention_deleting_a_producers_batches_does_not_forget_its_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        retention_bytes: 4096,
+        ..config(4096)
+    };
+    let (log, _) = open(dir.path(), cfg.clone(), true);
+    send(&log, idem(4, 0, 0, 2)).unwrap();
+    for i in 0..200 {
+        send(&log, batch(i, 2, 0)).unwrap();
+    }
+    assert!(log.enforce_retention(0).unwrap() > 0);
+    assert!(
+        log.stats().log_start_offset > 2,
+        "the producer's batch is gone"
+    );
+    drop(log);
+    let (log, _) = open(dir.path(), cfg, false);
+    assert_eq!(
+        send(&log, idem(4, 0, 2, 1)).map(|a| a.duplicate).ok(),
+        Some(false),
+        "sequence 2 continues the producer, not a restart at 0"
+    );
+    assert!(matches!(
+        send(&log, idem(4, 0, 0, 1)),
+        Err(AppendError::Sequence(_))
+    ));
+}
+
+#[test]
+fn idle_producers_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        producer_expiration_ms: 1,
+        ..config(1 << 20)
+    };
+    let (log, _) = open(dir.path(), cfg.clone(), true);
+    send(&log, idem(8, 0, 0, 1)).unwrap();
+    drop(log);
+    // Expired at the next start (its state is older than 1 ms by then): sequence 0 of a
+    // forgotten producer is a new start, and the next sequence is refused as a gap from 0.
+    let before = std::time::Instant::now();
+    while before.elapsed() < std::time::Duration::from_millis(2) {
+        std::hint::spin_loop();
+    }
+    let (log, _) = open(dir.path(), cfg, true);
+    assert_eq!(log.producers(), 0);
+    assert!(matches!(
+        send(&log, idem(8, 0, 1, 1)),
+        Err(AppendError::Sequence(
+            producers::SequenceError::OutOfOrder { expected: 0, .. }
+        ))
+    ));
 }

@@ -11,6 +11,13 @@
 //!   (`sync_file_range`, not waiting), so that fsync finds little left to do: flushing a whole
 //!   interval's writes at once held concurrent appends up for 40–80 ms on ext4.
 //!
+//! Batches of idempotent producers are checked against the partition's producer state
+//! (`producers.rs`) in the same pass that assigns offsets, so the decision and the append are
+//! in one order: a retry of a stored batch is answered with the original offsets and writes
+//! nothing, a gap or a fenced epoch is refused. The state is updated as batches are placed and
+//! put back if their write is rolled back, and saved in a snapshot at every roll and at a clean
+//! shutdown (`producer_state.rs`).
+//!
 //! A failed write (a full disk, say) is rolled back by truncating to the round's start, and only
 //! the appends in it fail; the partition keeps serving. A failed fsync leaves the file's state
 //! unknown, so the partition turns fail-stop: every later append is refused.
@@ -18,6 +25,8 @@
 use super::error::{AppendError, StorageError};
 use super::index::{Extent, Indexer, SegmentIndex};
 use super::partition::{AppendAck, LogConfig, Shared};
+use super::producer_state;
+use super::producers::{Producers, Saved, Verdict};
 use super::recovery;
 use crate::storage::StorageFile;
 use bytes::Bytes;
@@ -57,7 +66,19 @@ struct Mark {
     indexer: Indexer,
     offsets: usize,
     times: usize,
+    /// Length of the producer-state undo log.
+    undo: usize,
 }
+
+/// How an append in a round is answered once the round is committed.
+enum Placed {
+    /// Written at this base offset.
+    Written(u64),
+    /// A retry of a batch stored at this base offset: nothing written.
+    Duplicate(u64),
+}
+
+type Reply = oneshot::Sender<Result<AppendAck, AppendError>>;
 
 pub(super) struct Writer {
     label: String,
@@ -78,6 +99,12 @@ pub(super) struct Writer {
     dirty: bool,
     /// Under `fsync=interval`: the position up to which write-back has been started.
     writeback_from: u64,
+    /// Idempotent producers' sequence windows, including batches placed in this round.
+    producers: Producers,
+    /// Producer state before each change of this round, to put back if its write fails.
+    undo: Vec<Saved>,
+    /// When idle producers were last expired (ms since the epoch).
+    expired_at_ms: i64,
 }
 
 impl Writer {
@@ -88,6 +115,7 @@ impl Writer {
         shared: Arc<Shared>,
         rx: Receiver<Command>,
         indexer: Indexer,
+        producers: Producers,
     ) -> Result<Self, StorageError> {
         let (file, path, seg_base, written, next_offset) = {
             let view = shared.view.read().unwrap_or_else(|p| p.into_inner());
@@ -119,6 +147,9 @@ impl Writer {
             pending: SegmentIndex::default(),
             dirty: false,
             writeback_from: written,
+            producers,
+            undo: Vec::new(),
+            expired_at_ms: now_ms(),
         })
     }
 
@@ -148,6 +179,7 @@ impl Writer {
                 }
             }
             self.round(&mut jobs);
+            self.shared.set_producers(self.producers.len());
             if closing {
                 self.finish();
                 break;
@@ -180,6 +212,7 @@ impl Writer {
             indexer: self.indexer,
             offsets: self.pending.offsets.len(),
             times: self.pending.times.len(),
+            undo: self.undo.len(),
         }
     }
 
@@ -190,9 +223,11 @@ impl Writer {
             }
             return;
         }
-        // Appends written in this round: (reply, base offset).
-        let mut written: Vec<(oneshot::Sender<Result<AppendAck, AppendError>>, u64)> =
-            Vec::with_capacity(jobs.len());
+        let now = now_ms();
+        self.expire_producers(now);
+        self.undo.clear();
+        // Appends placed in this round, answered once it is committed.
+        let mut written: Vec<(Reply, Placed)> = Vec::with_capacity(jobs.len());
         let mut chunk: Vec<([u8; 8], Bytes)> = Vec::with_capacity(jobs.len().min(MAX_WRITE));
         let mut chunk_start = written.len();
         let mut mark = self.mark();
@@ -201,6 +236,28 @@ impl Writer {
             if let Some(e) = &error {
                 let _ = job.reply.send(Err(duplicate(e)));
                 continue;
+            }
+            let h = &job.header;
+            let idempotent = h.producer_id >= 0;
+            if idempotent {
+                let records = i32::try_from(h.records()).unwrap_or(i32::MAX);
+                match self.producers.check(
+                    h.producer_id,
+                    h.producer_epoch,
+                    h.base_sequence,
+                    records,
+                ) {
+                    Ok(Verdict::Append) => {}
+                    Ok(Verdict::Duplicate { base_offset, .. }) => {
+                        // Answered with this round, so never before the original is committed.
+                        written.push((job.reply, Placed::Duplicate(base_offset)));
+                        continue;
+                    }
+                    Err(e) => {
+                        let _ = job.reply.send(Err(AppendError::Sequence(e)));
+                        continue;
+                    }
+                }
             }
             let len = job.batch.len() as u64;
             let roll = self.written > 0 && self.written + len > self.config.segment_bytes;
@@ -232,10 +289,17 @@ impl Writer {
                 job.header.max_timestamp,
                 &mut self.pending,
             );
+            if idempotent {
+                let h = &job.header;
+                self.undo.push(self.producers.save(h.producer_id));
+                let mut placed = *h;
+                placed.base_offset = base;
+                producer_state::apply(&mut self.producers, &placed, now);
+            }
             self.written += len;
             self.next_offset = job.header.last_offset_delta as u64 + base + 1;
             chunk.push((base.to_be_bytes(), job.batch));
-            written.push((job.reply, base));
+            written.push((job.reply, Placed::Written(base)));
         }
         if error.is_none()
             && let Err(e) = self.flush(&mut chunk, mark)
@@ -266,10 +330,15 @@ impl Writer {
             return;
         }
         self.publish();
-        for (reply, base) in written {
+        for (reply, placed) in written {
+            let (base_offset, duplicate) = match placed {
+                Placed::Written(base) => (base, false),
+                Placed::Duplicate(base) => (base, true),
+            };
             let _ = reply.send(Ok(AppendAck {
-                base_offset: base,
+                base_offset,
                 log_end_offset: self.next_offset,
+                duplicate,
             }));
         }
         if !sync_now {
@@ -316,6 +385,36 @@ impl Writer {
         self.indexer = mark.indexer;
         self.pending.offsets.truncate(mark.offsets);
         self.pending.times.truncate(mark.times);
+        while self.undo.len() > mark.undo {
+            if let Some(saved) = self.undo.pop() {
+                self.producers.restore(saved);
+            }
+        }
+    }
+
+    /// Forgets producers idle for longer than `producer_expiration_ms`, checking at most once
+    /// a minute.
+    fn expire_producers(&mut self, now: i64) {
+        let max_idle = i64::try_from(self.config.producer_expiration_ms).unwrap_or(i64::MAX);
+        if now.saturating_sub(self.expired_at_ms) < max_idle.min(60_000) {
+            return;
+        }
+        self.expired_at_ms = now;
+        self.producers.expire(now, max_idle);
+        self.shared.set_producers(self.producers.len());
+    }
+
+    /// Saves the producer state as of the log end, which must be durable (see
+    /// `producer_state.rs`). A failure costs only a longer rebuild at the next start.
+    fn snapshot_producers(&self) {
+        if let Err(e) = producer_state::write_snapshot(
+            &*self.shared.storage,
+            &self.dir,
+            self.next_offset,
+            &self.producers,
+        ) {
+            tracing::warn!(partition = %self.label, error = %e, "could not save the idempotent-producer snapshot; the next start reads more of the log to rebuild it");
+        }
     }
 
     fn sync(&mut self) -> Result<(), StorageError> {
@@ -369,6 +468,7 @@ impl Writer {
         }
         self.publish();
         self.write_active_index();
+        self.snapshot_producers();
         let segment = recovery::create_segment(&*self.shared.storage, &self.dir, self.next_offset)?;
         self.file = segment.file.clone();
         self.path = segment.path.clone();
@@ -410,6 +510,7 @@ impl Writer {
         }
         self.publish();
         self.write_active_index();
+        self.snapshot_producers();
     }
 
     fn fail_stop(&self, e: &StorageError) {
@@ -441,5 +542,12 @@ fn duplicate(e: &AppendError) -> AppendError {
         AppendError::Storage(s) => AppendError::Storage(copy(s)),
         AppendError::Failed(w) => AppendError::Failed(w.clone()),
         AppendError::ShuttingDown => AppendError::ShuttingDown,
+        AppendError::Sequence(e) => AppendError::Sequence(*e),
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

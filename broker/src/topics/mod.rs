@@ -245,6 +245,7 @@ impl Topics {
             retention_bytes: overrides
                 .retention_bytes
                 .unwrap_or(self.defaults.retention_bytes),
+            producer_expiration_ms: self.defaults.producer_expiration_ms,
         };
         config.validate()?;
         Ok(config)
@@ -525,6 +526,7 @@ mod tests {
             fsync: FsyncPolicy::Always,
             retention_ms: 0,
             retention_bytes: 0,
+            producer_expiration_ms: 86_400_000,
         }
     }
 

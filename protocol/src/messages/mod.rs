@@ -67,9 +67,9 @@ mod round_trip {
 
     proptest! {
         #[test]
-        fn produce(t in topic(), p: u32, base: u64) {
+        fn produce(t in topic(), p: u32, base: u64, dup: bool) {
             round_trip(ProduceRequest { topic: t, partition: p });
-            round_trip(ProduceResponse { base_offset: base, log_end_offset: base.saturating_add(1) });
+            round_trip(ProduceResponse { base_offset: base, log_end_offset: base.saturating_add(1), duplicate: dup });
         }
 
         #[test]

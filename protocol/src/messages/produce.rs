@@ -15,6 +15,9 @@ pub struct ProduceResponse {
     pub base_offset: u64,
     /// The partition's log end offset after this append.
     pub log_end_offset: u64,
+    /// The batch was a retry of one already stored (same idempotent producer, epoch and
+    /// sequence): nothing was written, and `base_offset` is where the original is.
+    pub duplicate: bool,
 }
 
 impl Message for ProduceRequest {
