@@ -85,7 +85,10 @@ pub(super) fn decode(bytes: &[u8]) -> Result<(u64, Producers), String> {
 }
 
 /// Snapshot files in `dir`, newest first.
-pub(super) fn snapshots(storage: &dyn Storage, dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
+pub(super) fn snapshots(
+    storage: &dyn Storage,
+    dir: &Path,
+) -> Result<Vec<(u64, PathBuf)>, StorageError> {
     let mut found: Vec<(u64, PathBuf)> = storage
         .list(dir)
         .map_err(StorageError::io("list", dir))?

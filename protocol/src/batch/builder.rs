@@ -171,7 +171,16 @@ impl BatchBuilder {
     }
 
     /// Fills in the header and CRC. The base offset is left 0 for the broker to assign.
-    pub fn finish(mut self) -> Bytes {
+    pub fn finish(self) -> Bytes {
+        let producer = self.producer;
+        let mut buf = self.finish_unsealed();
+        seal(&mut buf, producer);
+        buf.freeze()
+    }
+
+    /// Fills in the header but leaves the producer fields and the CRC to [`seal`]: for a
+    /// producer that numbers its batches when it sends them, not when it builds them.
+    pub fn finish_unsealed(mut self) -> BytesMut {
         let total = self.buf.len();
         let mut h = BytesMut::with_capacity(HEADER_LEN);
         h.put_u64(0);
@@ -187,17 +196,41 @@ impl BatchBuilder {
         } else {
             self.max_timestamp
         });
-        h.put_i64(self.producer.id);
-        h.put_i16(self.producer.epoch);
-        h.put_i32(self.producer.base_sequence);
+        h.put_i64(Producer::NONE.id);
+        h.put_i16(Producer::NONE.epoch);
+        h.put_i32(Producer::NONE.base_sequence);
         h.put_i32(self.count);
         if let Some(header) = self.buf.get_mut(..HEADER_LEN) {
             header.copy_from_slice(&h);
         }
-        let crc = crc32c::crc32c(self.buf.get(CRC_START..).unwrap_or_default());
-        if let Some(slot) = self.buf.get_mut(CRC_AT..CRC_START) {
-            slot.copy_from_slice(&crc.to_be_bytes());
-        }
-        self.buf.freeze()
+        self.buf
+    }
+}
+
+/// Where the producer fields start in a batch.
+const PRODUCER_AT: usize = 43;
+
+/// Writes the producer fields of a whole batch (from [`BatchBuilder::finish_unsealed`], or a
+/// finished one being renumbered) and then its CRC. Does nothing to a buffer shorter than a
+/// batch header.
+pub fn seal(batch: &mut [u8], producer: Producer) {
+    if batch.len() < HEADER_LEN {
+        return;
+    }
+    let mut fields = [0u8; 14];
+    let parts = [
+        &producer.id.to_be_bytes()[..],
+        &producer.epoch.to_be_bytes()[..],
+        &producer.base_sequence.to_be_bytes()[..],
+    ];
+    for (dst, src) in fields.iter_mut().zip(parts.into_iter().flatten()) {
+        *dst = *src;
+    }
+    if let Some(slot) = batch.get_mut(PRODUCER_AT..PRODUCER_AT + 14) {
+        slot.copy_from_slice(&fields);
+    }
+    let crc = crc32c::crc32c(batch.get(CRC_START..).unwrap_or_default());
+    if let Some(slot) = batch.get_mut(CRC_AT..CRC_START) {
+        slot.copy_from_slice(&crc.to_be_bytes());
     }
 }

@@ -28,7 +28,7 @@
 mod builder;
 mod record;
 
-pub use builder::{BatchBuilder, Producer};
+pub use builder::{BatchBuilder, Producer, seal};
 pub use record::{Header, Record, RecordIter};
 
 use crate::cursor::Cursor;

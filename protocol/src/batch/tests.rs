@@ -222,4 +222,28 @@ proptest! {
         let h = validate(&plain.finish()).unwrap();
         prop_assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (-1, -1, -1));
     }
+
+    /// Sealing an unsealed batch, or renumbering a sealed one, gives a valid batch with
+    /// exactly the new producer fields and the records unchanged.
+    #[test]
+    fn sealing_sets_the_producer_fields_under_a_valid_crc(id in 0i64.., epoch in 0i16.., seq in 0i32.., n in 1usize..20) {
+        let build = || {
+            let mut b = BatchBuilder::with_capacity(1024);
+            for i in 0..n {
+                b.push(None, format!("v{i}").as_bytes(), &[], 1);
+            }
+            b
+        };
+        let plain = build().finish();
+        let mut unsealed = build().finish_unsealed();
+        prop_assert!(validate(&unsealed).is_err() || n == 0, "no CRC yet");
+        seal(&mut unsealed, Producer { id, epoch, base_sequence: seq });
+        let h = validate(&unsealed).unwrap();
+        prop_assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (id, epoch, seq));
+        prop_assert_eq!(&unsealed[61..], &plain[61..]);
+        let mut renumbered = unsealed.clone();
+        seal(&mut renumbered, Producer { id, epoch: epoch.wrapping_add(1), base_sequence: 0 });
+        let h = validate(&renumbered).unwrap();
+        prop_assert_eq!((h.producer_epoch, h.base_sequence), (epoch.wrapping_add(1), 0));
+    }
 }
