@@ -1,6 +1,9 @@
 //! Test harness: build the real binaries once, run `rilld` as a child process, and wait for
 //! it by reading its "listening" line rather than by sleeping.
 
+mod proxy;
+pub use proxy::Proxy;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
