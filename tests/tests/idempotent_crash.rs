@@ -89,7 +89,7 @@ async fn produce(addr: String, producer: u64, stop: Arc<AtomicBool>, sent: Arc<M
     let mut pace = tokio::time::interval(Duration::from_millis(1));
     pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !stop.load(Ordering::Relaxed) && n < MAX_RECORDS {
-        if n % PER_MS == 0 {
+        if n.is_multiple_of(PER_MS) {
             pace.tick().await;
         }
         let id = producer << 48 | n;
