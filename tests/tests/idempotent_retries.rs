@@ -141,3 +141,36 @@ async fn a_second_instance_with_the_same_name_fences_the_first() {
     assert_eq!(p0, ["first-0", "first-2", "first-4", "second-0"]);
     assert_eq!(p1, ["first-1", "first-3", "second-1"]);
 }
+
+/// `rill produce` through the lossy proxy: the lines are stored once each, and the summary
+/// says how many retried batches the broker recognised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rill_produce_reports_the_duplicates_it_avoided() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &[]);
+    let direct = Client::connect(broker.addr()).await.unwrap();
+    Admin::new(direct.clone())
+        .create_topic("cli", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let proxy = Proxy::start(broker.addr()).await;
+    proxy.drop_produce_answers(1);
+    let addr = proxy.addr().to_string();
+    let lines: String = (0..500).map(|i| format!("line-{i}\n")).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        rill_e2e::rill(Some(&addr), &["produce", "cli"], &lines)
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(proxy.dropped(), 1);
+    assert!(
+        stderr.contains("produced 500 record(s) to cli")
+            && stderr.contains("1 retried batch(es) recognised as already stored"),
+        "{stderr}"
+    );
+    let stored = values(&direct, "cli", 0).await;
+    let expected: Vec<String> = (0..500).map(|i| format!("line-{i}")).collect();
+    assert_eq!(stored, expected);
+}

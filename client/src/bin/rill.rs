@@ -510,7 +510,15 @@ async fn produce(client: Client, args: ProduceArgs) -> anyhow::Result<()> {
     let took = progress
         .map(|t| format!(" in {:.1} s", t.elapsed().as_secs_f64()))
         .unwrap_or_default();
-    eprintln!("{cr}produced {sent} record(s) to {}{took}", args.topic);
+    // Retries whose first attempt had been stored: without idempotence, each a duplicate.
+    let avoided = match producer.duplicates_avoided() {
+        0 => String::new(),
+        n => format!(" ({n} retried batch(es) recognised as already stored, not duplicated)"),
+    };
+    eprintln!(
+        "{cr}produced {sent} record(s) to {}{took}{avoided}",
+        args.topic
+    );
     Ok(())
 }
 
