@@ -44,7 +44,7 @@ use rill_protocol::messages::{ProduceRequest, ProduceResponse};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -166,6 +166,69 @@ impl Future for Delivery {
     }
 }
 
+/// A record to send, borrowed: [`Producer::send_ref`] and [`Producer::send_many`] copy it
+/// straight into its batch, allocating nothing per record.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RecordRef<'a> {
+    pub partition: Option<u32>,
+    pub key: Option<&'a [u8]>,
+    pub value: &'a [u8],
+    pub headers: &'a [(&'a str, &'a [u8])],
+    /// Milliseconds since the epoch; now if unset.
+    pub timestamp: Option<i64>,
+}
+
+impl<'a> RecordRef<'a> {
+    pub fn new(value: &'a [u8]) -> Self {
+        RecordRef {
+            value,
+            ..RecordRef::default()
+        }
+    }
+    pub fn key(mut self, key: &'a [u8]) -> Self {
+        self.key = Some(key);
+        self
+    }
+    pub fn partition(mut self, partition: u32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+    pub fn headers(mut self, headers: &'a [(&'a str, &'a [u8])]) -> Self {
+        self.headers = headers;
+        self
+    }
+    pub fn timestamp(mut self, ms: i64) -> Self {
+        self.timestamp = Some(ms);
+        self
+    }
+}
+
+/// Resolves once every record of a [`Producer::send_many`] call is acknowledged, to how many
+/// there were, or to the first failure among them.
+#[must_use = "a Receipt tells whether the records were stored; await it or drop it knowingly"]
+pub struct Receipt {
+    records: usize,
+    acks: Vec<BatchAck>,
+}
+
+impl std::fmt::Debug for Receipt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receipt")
+            .field("records", &self.records)
+            .field("batches", &self.acks.len())
+            .finish()
+    }
+}
+
+impl Receipt {
+    pub async fn wait(self) -> Result<usize, Error> {
+        for ack in self.acks {
+            ack.await?;
+        }
+        Ok(self.records)
+    }
+}
+
 struct Open {
     builder: BatchBuilder,
     ack_tx: oneshot::Sender<Result<u64, Error>>,
@@ -175,21 +238,20 @@ struct Open {
     /// When its delivery times out.
     expires: Instant,
     permits: Option<OwnedSemaphorePermit>,
-    partitions: u32,
 }
 
 impl Open {
-    fn new(config: &ProducerConfig, batch_bytes: usize, partitions: u32) -> Self {
+    fn new(config: &ProducerConfig, batch_bytes: usize) -> Open {
         let (ack_tx, rx) = oneshot::channel();
         let ack = rx.map(|r| r.unwrap_or(Err(Error::Closed))).boxed().shared();
+        let now = Instant::now();
         Open {
             builder: BatchBuilder::with_capacity(batch_bytes.min(1 << 20)),
             ack_tx,
             ack,
-            deadline: Instant::now() + config.linger,
-            expires: Instant::now() + config.delivery_timeout,
+            deadline: now + config.linger,
+            expires: now + config.delivery_timeout,
             permits: None,
-            partitions,
         }
     }
 }
@@ -200,10 +262,21 @@ struct Slot {
     tx: mpsc::UnboundedSender<Item>,
 }
 
+/// What the producer keeps per topic: found with the caller's `&str`, then partitions by index.
+struct TopicState {
+    name: TopicName,
+    /// The partition count, when it was learned, and whether a sender found it wrong.
+    count: u32,
+    learned: Instant,
+    stale: Arc<AtomicBool>,
+    /// Partition of the next unkeyed record; moves on each time that partition's batch closes.
+    sticky: u32,
+    slots: Vec<Option<Slot>>,
+}
+
 #[derive(Default)]
 struct State {
-    slots: HashMap<(TopicName, u32), Slot>,
-    sticky: HashMap<TopicName, u32>,
+    topics: HashMap<TopicName, TopicState>,
     closed: bool,
 }
 
@@ -213,11 +286,10 @@ struct Common {
     config: ProducerConfig,
     /// The producer id and epoch, asked for once (idempotence).
     identity: OnceCell<(i64, i16)>,
-    /// Partition count of each topic, and when it was learned.
-    partitions: Mutex<HashMap<TopicName, (u32, Instant)>>,
     retrying: watch::Sender<Option<Error>>,
     /// Set once the producer was fenced: every later send fails with it.
     fenced: Mutex<Option<Error>>,
+    is_fenced: AtomicBool,
     /// Retries the broker recognised as already stored.
     duplicates: AtomicU64,
 }
@@ -227,7 +299,8 @@ struct Inner {
     state: Mutex<State>,
     linger_wake: Arc<Notify>,
     buffer: Arc<Semaphore>,
-    max_frame: OnceCell<u32>,
+    /// Largest encoded record, from the broker's frame limit (learned at the first send).
+    record_limit: OnceCell<usize>,
 }
 
 /// Sends records in batches. Clones share the same batches and connection.
@@ -250,6 +323,12 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Whether a call wants a `Delivery` per record or one `Receipt`.
+enum Want<'a> {
+    Delivery(&'a mut Option<Delivery>),
+    Receipt(&'a mut Vec<BatchAck>),
+}
+
 impl Producer {
     pub fn new(client: Client, config: ProducerConfig) -> Producer {
         let linger_wake = Arc::new(Notify::new());
@@ -261,169 +340,289 @@ impl Producer {
                 client,
                 config,
                 identity: OnceCell::new(),
-                partitions: Mutex::default(),
                 retrying: watch::channel(None).0,
                 fenced: Mutex::new(None),
+                is_fenced: AtomicBool::new(false),
                 duplicates: AtomicU64::new(0),
             }),
             state: Mutex::new(State::default()),
             linger_wake: linger_wake.clone(),
-            max_frame: OnceCell::new(),
+            record_limit: OnceCell::new(),
         });
         tokio::spawn(linger(Arc::downgrade(&inner), linger_wake));
         Producer { inner }
     }
 
-    /// The topic's partition count: cached, asked again once older than `metadata_max_age`.
-    async fn partition_count(&self, topic: &TopicName) -> Result<u32, Error> {
-        let common = &self.inner.common;
-        let cached = common
-            .partitions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(topic)
-            .copied();
-        if let Some((n, at)) = cached
-            && at.elapsed() < common.config.metadata_max_age
-        {
-            return Ok(n);
-        }
-        let described = Admin::new(common.client.clone())
-            .describe_topic(topic.as_str())
+    /// Learns (or refreshes) the topic's partition count and records it. A refresh that
+    /// fails keeps the old count working; a first lookup must succeed.
+    async fn learn_topic(&self, topic: &str) -> Result<(), Error> {
+        let name = topic_name(topic)?;
+        let described = Admin::new(self.inner.common.client.clone())
+            .describe_topic(topic)
             .await;
-        let n = match (described, cached) {
+        let mut st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        let known = st.topics.get_mut(topic);
+        let n = match (described, known) {
             (Ok(d), _) => d.partitions.len() as u32,
-            // A refresh that fails keeps the old count working; a first lookup must succeed.
-            (Err(e), Some((n, _))) if e.is_retriable() => {
-                tracing::debug!(%topic, error = %e, "partition count refresh failed; keeping {n}");
-                return Ok(n);
+            (Err(e), Some(t)) if e.is_retriable() => {
+                tracing::debug!(%topic, error = %e, "partition count refresh failed; keeping {}", t.count);
+                t.learned = Instant::now();
+                return Ok(());
             }
             (Err(e), _) => return Err(e),
         };
-        if cached.is_some_and(|(old, _)| old != n) {
-            tracing::info!(%topic, partitions = n, "topic's partition count changed");
+        match st.topics.get_mut(topic) {
+            Some(t) => {
+                if t.count != n {
+                    tracing::info!(%topic, partitions = n, "topic's partition count changed");
+                }
+                t.count = n;
+                t.learned = Instant::now();
+                t.stale.store(false, Ordering::Relaxed);
+            }
+            None => {
+                st.topics.insert(
+                    name.clone(),
+                    TopicState {
+                        name,
+                        count: n,
+                        learned: Instant::now(),
+                        stale: Arc::default(),
+                        sticky: (now_ms() as u32) % n.max(1),
+                        slots: Vec::new(),
+                    },
+                );
+            }
         }
-        common
-            .partitions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(topic.clone(), (n, Instant::now()));
-        Ok(n)
+        Ok(())
     }
 
     /// Largest encoded record that fits in one produce frame (learned once from the handshake).
     async fn record_limit(&self) -> Result<usize, Error> {
-        let max_frame = self
-            .inner
-            .max_frame
-            .get_or_try_init(|| self.inner.common.client.max_frame_bytes())
-            .await?;
-        Ok((*max_frame as usize).saturating_sub(HEADER_LEN + 1024))
+        let client = &self.inner.common.client;
+        self.inner
+            .record_limit
+            .get_or_try_init(|| async {
+                let max_frame = client.max_frame_bytes().await?;
+                Ok((max_frame as usize).saturating_sub(HEADER_LEN + 1024))
+            })
+            .await
+            .copied()
     }
 
     /// Adds a record to its partition's batch. Waits only when `buffer_bytes` are outstanding.
     pub async fn send(&self, record: ProducerRecord) -> Result<Delivery, Error> {
-        if let Some(e) = self.inner.common.fenced() {
-            return Err(e);
-        }
-        let topic = topic_name(&record.topic)?;
-        let count = self.partition_count(&topic).await?;
-        let timestamp = record.timestamp.unwrap_or_else(now_ms);
         let headers: Vec<(&str, &[u8])> = record
             .headers
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_ref()))
             .collect();
-        let size = BatchBuilder::max_record_size(record.key.as_deref(), &record.value, &headers);
-        let limit = self.record_limit().await?;
-        let config = &self.inner.common.config;
-        if size > limit || size > config.buffer_bytes {
-            return Err(Error::InvalidArgument(format!(
-                "record of {size} bytes exceeds the limit of {limit} bytes"
-            )));
+        let r = RecordRef {
+            partition: record.partition,
+            key: record.key.as_deref(),
+            value: &record.value,
+            headers: &headers,
+            timestamp: record.timestamp,
+        };
+        self.send_ref(&record.topic, r).await
+    }
+
+    /// [`Producer::send`] for a borrowed record: copied into its batch, nothing allocated.
+    pub async fn send_ref(&self, topic: &str, record: RecordRef<'_>) -> Result<Delivery, Error> {
+        let mut delivery = None;
+        self.push(
+            topic,
+            std::slice::from_ref(&record),
+            Want::Delivery(&mut delivery),
+        )
+        .await?;
+        delivery.ok_or(Error::Closed)
+    }
+
+    /// Adds many records to their partitions' batches at once: one lock, one buffer
+    /// reservation and one future for the lot, the cheapest way to produce. The records of one
+    /// partition keep their order. Waits only when `buffer_bytes` are outstanding.
+    pub async fn send_many(
+        &self,
+        topic: &str,
+        records: &[RecordRef<'_>],
+    ) -> Result<Receipt, Error> {
+        let mut acks = Vec::new();
+        // Reserve at most a quarter of the buffer at a time, so large calls do not starve.
+        let share = (self.inner.common.config.buffer_bytes / 4).max(1);
+        let mut rest = records;
+        while !rest.is_empty() {
+            let mut bytes = 0;
+            let n = rest
+                .iter()
+                .take_while(|r| {
+                    bytes += BatchBuilder::max_record_size(r.key, r.value, r.headers);
+                    bytes <= share
+                })
+                .count()
+                .max(1);
+            let (chunk, tail) = rest.split_at(n);
+            self.push(topic, chunk, Want::Receipt(&mut acks)).await?;
+            rest = tail;
         }
-        let permit = self
-            .inner
-            .buffer
-            .clone()
-            .acquire_many_owned(size as u32)
-            .await
-            .map_err(|_| Error::Closed)?;
+        Ok(Receipt {
+            records: records.len(),
+            acks,
+        })
+    }
+
+    async fn push(
+        &self,
+        topic: &str,
+        records: &[RecordRef<'_>],
+        mut want: Want<'_>,
+    ) -> Result<(), Error> {
+        let common = &self.inner.common;
+        if common.is_fenced.load(Ordering::Relaxed)
+            && let Some(e) = common.fenced()
+        {
+            return Err(e);
+        }
+        let limit = self.record_limit().await?;
+        let config = &common.config;
+        let mut total = 0usize;
+        for r in records {
+            let size = BatchBuilder::max_record_size(r.key, r.value, r.headers);
+            if size > limit || size > config.buffer_bytes {
+                return Err(Error::InvalidArgument(format!(
+                    "record of {size} bytes exceeds the limit of {limit} bytes"
+                )));
+            }
+            total += size;
+        }
+        let permits = total.min(config.buffer_bytes).min(Semaphore::MAX_PERMITS) as u32;
+        let mut permit = match self.inner.buffer.clone().try_acquire_many_owned(permits) {
+            Ok(p) => p,
+            Err(_) => self
+                .inner
+                .buffer
+                .clone()
+                .acquire_many_owned(permits)
+                .await
+                .map_err(|_| Error::Closed)?,
+        };
+        // The count's age is checked whenever a batch is opened (below), not per record.
+        let known = {
+            let st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.topics
+                .get(topic)
+                .is_some_and(|t| !t.stale.load(Ordering::Relaxed))
+        };
+        if !known {
+            self.learn_topic(topic).await?;
+        }
         let batch_bytes = config.batch_bytes.min(limit).max(1);
+        let mut created = false;
         let mut st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
         if st.closed {
             return Err(Error::Closed);
         }
-        let partition = match (record.partition, &record.key) {
-            (Some(p), _) if p < count => p,
-            (Some(p), _) => {
-                return Err(Error::InvalidArgument(format!(
-                    "topic '{topic}' has {count} partitions; there is no partition {p}"
-                )));
+        let Some(t) = st.topics.get_mut(topic) else {
+            return Err(Error::Closed);
+        };
+        let count = t.count;
+        for r in records {
+            let size = BatchBuilder::max_record_size(r.key, r.value, r.headers);
+            let partition = match (r.partition, r.key) {
+                (Some(p), _) if p < count => p,
+                (Some(p), _) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "topic '{topic}' has {count} partitions; there is no partition {p}"
+                    )));
+                }
+                (None, Some(key)) => partition_for_key(key, count),
+                (None, None) => t.sticky % count.max(1),
+            };
+            let p = partition as usize;
+            if t.slots.len() <= p {
+                t.slots.resize_with(p + 1, || None);
             }
-            (None, Some(key)) => partition_for_key(key, count),
-            (None, None) => *st
-                .sticky
-                .entry(topic.clone())
-                .or_insert_with(|| (now_ms() as u32) % count.max(1)),
-        };
-        let key = (topic, partition);
-        let st = &mut *st;
-        let slot = st.slots.entry(key.clone()).or_insert_with(|| Slot {
-            open: None,
-            tx: PartitionSender::spawn(&self.inner.common, &key.0, partition),
-        });
-        if slot
-            .open
-            .as_ref()
-            .is_some_and(|o| !o.builder.is_empty() && o.builder.size() + size > batch_bytes)
-            && let Some(open) = slot.open.take()
-        {
-            ship(&mut st.sticky, &key.0, partition, slot, open);
+            let slot = t.slots[p].get_or_insert_with(|| Slot {
+                open: None,
+                tx: PartitionSender::spawn(common, &t.name, partition, t.stale.clone()),
+            });
+            if slot
+                .open
+                .as_ref()
+                .is_some_and(|o| !o.builder.is_empty() && o.builder.size() + size > batch_bytes)
+                && let Some(open) = slot.open.take()
+            {
+                ship(&mut t.sticky, count, partition, slot, open);
+            }
+            let open = match &mut slot.open {
+                Some(open) => open,
+                None => {
+                    created = true;
+                    let open = Open::new(config, batch_bytes);
+                    if open.deadline.saturating_duration_since(t.learned) >= config.metadata_max_age
+                    {
+                        // Asked again before the next call.
+                        t.stale.store(true, Ordering::Relaxed);
+                    }
+                    slot.open.insert(open)
+                }
+            };
+            let index = open.builder.count() as u32;
+            let timestamp = r.timestamp.unwrap_or_else(now_ms);
+            open.builder.push(r.key, r.value, r.headers, timestamp);
+            // The record's share of the reservation travels with its batch.
+            let mine = permit.split(size.min(permit.num_permits()));
+            match (&mut open.permits, mine) {
+                (Some(p), Some(m)) => p.merge(m),
+                (None, m) => open.permits = m,
+                (Some(_), None) => {}
+            }
+            match &mut want {
+                Want::Delivery(d) => {
+                    **d = Some(Delivery {
+                        ack: open.ack.clone(),
+                        partition,
+                        index,
+                    });
+                }
+                Want::Receipt(acks) => {
+                    // Ship order is per partition, so only a new batch needs a new entry.
+                    if acks.last().is_none_or(|a| !a.ptr_eq(&open.ack)) {
+                        acks.push(open.ack.clone());
+                    }
+                }
+            }
+            if open.builder.size() >= batch_bytes
+                && let Some(open) = slot.open.take()
+            {
+                ship(&mut t.sticky, count, partition, slot, open);
+            }
         }
-        let created = slot.open.is_none();
-        let open = slot
-            .open
-            .get_or_insert_with(|| Open::new(config, batch_bytes, count));
-        let index = open.builder.count() as u32;
-        open.builder
-            .push(record.key.as_deref(), &record.value, &headers, timestamp);
-        match &mut open.permits {
-            Some(p) => p.merge(permit),
-            None => open.permits = Some(permit),
-        }
-        let delivery = Delivery {
-            ack: open.ack.clone(),
-            partition,
-            index,
-        };
-        if open.builder.size() >= batch_bytes
-            && let Some(open) = slot.open.take()
-        {
-            ship(&mut st.sticky, &key.0, partition, slot, open);
-        }
+        drop(st);
         if created {
             self.inner.linger_wake.notify_one();
         }
-        Ok(delivery)
+        Ok(())
     }
 
     /// Sends every open batch and waits until all records sent so far are acknowledged or failed.
     pub async fn flush(&self) -> Result<(), Error> {
         let waits: Vec<oneshot::Receiver<()>> = {
             let mut st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
-            let st = &mut *st;
-            st.slots
-                .iter_mut()
-                .map(|((topic, partition), slot)| {
+            let mut waits = Vec::new();
+            for t in st.topics.values_mut() {
+                let count = t.count;
+                for (p, slot) in t.slots.iter_mut().enumerate() {
+                    let Some(slot) = slot else { continue };
                     if let Some(open) = slot.open.take() {
-                        ship(&mut st.sticky, topic, *partition, slot, open);
+                        ship(&mut t.sticky, count, p as u32, slot, open);
                     }
                     let (tx, rx) = oneshot::channel();
                     let _ = slot.tx.send(Item::Flush(tx));
-                    rx
-                })
-                .collect()
+                    waits.push(rx);
+                }
+            }
+            waits
         };
         for w in waits {
             w.await.map_err(|_| Error::Closed)?;
@@ -470,15 +669,9 @@ impl Common {
 }
 
 /// Hands a closed batch to its partition's sender (under the state lock, so in closing order).
-fn ship(
-    sticky: &mut HashMap<TopicName, u32>,
-    topic: &TopicName,
-    partition: u32,
-    slot: &Slot,
-    open: Open,
-) {
-    if sticky.get(topic) == Some(&partition) {
-        sticky.insert(topic.clone(), (partition + 1) % open.partitions.max(1));
+fn ship(sticky: &mut u32, count: u32, partition: u32, slot: &Slot, open: Open) {
+    if *sticky % count.max(1) == partition {
+        *sticky = (partition + 1) % count.max(1);
     }
     let records = open.builder.count() as i32;
     let batch = Outgoing {
@@ -494,31 +687,24 @@ fn ship(
 }
 
 impl Inner {
-    fn ship_all(&self) {
+    /// Ships open batches: all of them, or those whose linger ended by `now`. Returns the
+    /// next linger deadline among those left open.
+    fn ship_open(&self, now: Option<Instant>) -> Option<Instant> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let st = &mut *st;
-        for ((topic, partition), slot) in st.slots.iter_mut() {
-            if let Some(open) = slot.open.take() {
-                ship(&mut st.sticky, topic, *partition, slot, open);
-            }
-        }
-    }
-
-    /// Ships batches whose linger expired; returns the next deadline.
-    fn ship_expired(&self) -> Option<Instant> {
-        let now = Instant::now();
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let st = &mut *st;
         let mut next: Option<Instant> = None;
-        for ((topic, partition), slot) in st.slots.iter_mut() {
-            match slot.open.as_ref().map(|o| o.deadline) {
-                Some(d) if d <= now => {
-                    if let Some(open) = slot.open.take() {
-                        ship(&mut st.sticky, topic, *partition, slot, open);
+        for t in st.topics.values_mut() {
+            let count = t.count;
+            for (p, slot) in t.slots.iter_mut().enumerate() {
+                let Some(slot) = slot else { continue };
+                match slot.open.as_ref().map(|o| o.deadline) {
+                    Some(d) if now.is_none_or(|now| d <= now) => {
+                        if let Some(open) = slot.open.take() {
+                            ship(&mut t.sticky, count, p as u32, slot, open);
+                        }
                     }
+                    Some(d) => next = Some(next.map_or(d, |n| n.min(d))),
+                    None => {}
                 }
-                Some(d) => next = Some(next.map_or(d, |n| n.min(d))),
-                None => {}
             }
         }
         next
@@ -528,14 +714,14 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         // The last handle is gone: send what is buffered; the senders finish in the background.
-        self.ship_all();
+        self.ship_open(None);
     }
 }
 
 async fn linger(inner: Weak<Inner>, wake: Arc<Notify>) {
     loop {
         let next = match inner.upgrade() {
-            Some(i) => i.ship_expired(),
+            Some(i) => i.ship_open(Some(Instant::now())),
             None => return,
         };
         match next {
@@ -593,6 +779,8 @@ struct PartitionSender {
     backoff: Duration,
     /// The last retriable failure, named when a batch then times out.
     last_error: Option<String>,
+    /// Set when the broker says the partition does not exist: the count is asked again.
+    stale: Arc<AtomicBool>,
 }
 
 impl PartitionSender {
@@ -600,6 +788,7 @@ impl PartitionSender {
         common: &Arc<Common>,
         topic: &TopicName,
         partition: u32,
+        stale: Arc<AtomicBool>,
     ) -> mpsc::UnboundedSender<Item> {
         let (tx, rx) = mpsc::unbounded_channel();
         let limit = match common.config.idempotent {
@@ -619,6 +808,7 @@ impl PartitionSender {
             next_seq: 0,
             backoff: common.client.config().min_backoff,
             last_error: None,
+            stale,
         };
         tokio::spawn(sender.run(rx));
         tx
@@ -738,11 +928,7 @@ impl PartitionSender {
     fn fail(&self, out: Outgoing, e: Error) {
         if e.code() == Some(ErrorCode::UnknownPartition) {
             // The topic changed shape (deleted and created again smaller).
-            self.common
-                .partitions
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&self.request.topic);
+            self.stale.store(true, Ordering::Relaxed);
         }
         let _ = out.ack_tx.send(Err(e));
     }

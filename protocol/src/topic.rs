@@ -40,6 +40,14 @@ impl TopicName {
     }
 }
 
+/// Lets maps keyed by topic name be searched with a `&str` (the hash of a `String` is its
+/// `str`'s), so a client looks a topic up without validating or allocating its name again.
+impl std::borrow::Borrow<str> for TopicName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for TopicName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(&self.0)

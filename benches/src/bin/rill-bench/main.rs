@@ -101,6 +101,9 @@ struct Cli {
     /// With --api producer: how long a batch waits for more records, in milliseconds.
     #[arg(long, default_value_t = 5)]
     linger: u64,
+    /// With --api producer: turn the producer's idempotence off (it is on by default).
+    #[arg(long)]
+    no_idempotence: bool,
     /// For hostile: connections opened and left idle during the second measurement.
     #[arg(long, default_value_t = 1000)]
     idle_connections: usize,
@@ -181,6 +184,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         rate: cli.rate,
         via_producer: cli.api == Api::Producer,
         linger: Duration::from_millis(cli.linger),
+        idempotent: !cli.no_idempotence,
         start: Instant::now(),
     };
     let progress = Arc::new(AtomicU64::new(0));

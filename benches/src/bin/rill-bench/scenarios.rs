@@ -7,7 +7,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use rill_client::{
     Client, Consumer, ConsumerConfig, FetchOptions, OffsetReset, Producer, ProducerConfig,
-    ProducerRecord,
+    RecordRef,
 };
 use rill_protocol::batch::BatchBuilder;
 use std::sync::Arc;
@@ -29,6 +29,8 @@ pub struct Params {
     /// Send through `rill_client::Producer` (per-record API with linger) instead of pre-built batches.
     pub via_producer: bool,
     pub linger: Duration,
+    /// With `via_producer`: the producer's idempotence (on by default).
+    pub idempotent: bool,
     pub start: Instant,
 }
 
@@ -135,8 +137,11 @@ async fn produce_one(
     Ok(out)
 }
 
-/// The same load through the per-record `Producer` API: it batches by `batch` messages' worth
-/// of bytes or `linger`, whichever comes first, with `in_flight` batches outstanding.
+/// The same load through the per-record `Producer` API (`send_ref`: one call per record, the
+/// value borrowed): it batches by `batch` messages' worth of bytes or `linger`, whichever comes
+/// first. Like an application that does not await every record, it keeps the `Delivery` of
+/// the last record of every `batch` (the records of a partition are acknowledged in order)
+/// and drops the others; what the broker stored is verified afterwards either way.
 async fn produce_records(
     client: Client,
     p: &Params,
@@ -149,45 +154,62 @@ async fn produce_records(
         linger: p.linger,
         batch_bytes: p.batch * (p.message_size + 12),
         max_in_flight: p.in_flight,
+        idempotent: p.idempotent,
         ..ProducerConfig::default()
     };
     let sender = Producer::new(client, config);
     let mut out = Produced::default();
-    let mut pending = FuturesUnordered::new();
+    let mut pending = std::collections::VecDeque::new();
     let deadline = p.duration.map(|d| Instant::now() + d);
+    let mut value = stats::payload(0, 0, p.message_size);
+    let (mut group, mut sum, mut now) = (0u64, 0u64, 0u64);
     for next in 0..share {
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            break;
+        if next % p.batch as u64 == 0 {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            now = p.start.elapsed().as_nanos() as u64;
         }
         let seq = producer << 40 | next;
+        stats::stamp(&mut value, seq, now);
         let (topic, partition) = &targets[next as usize / p.batch % targets.len()];
-        let value = stats::payload(seq, p.start.elapsed().as_nanos() as u64, p.message_size);
         let delivery = sender
-            .send(ProducerRecord::new(topic.clone(), value).partition(*partition))
+            .send_ref(topic, RecordRef::new(&value).partition(*partition))
             .await?;
-        pending.push(async move { (delivery.await, seq) });
-        // Settle acknowledgements as they come, keeping memory bounded.
-        while pending.len() > 4 * p.batch * p.in_flight {
-            settle(pending.next().await, &mut out, &progress)?;
+        group += 1;
+        sum = sum.wrapping_add(stats::mix(seq));
+        if group == p.batch as u64 || next + 1 == share {
+            pending.push_back((delivery, group, sum));
+            (group, sum) = (0, 0);
+            // Settle acknowledgements as they come, keeping memory bounded.
+            while pending.len() > 4 * p.in_flight.max(5) {
+                settle(pending.pop_front(), &mut out, &progress).await?;
+            }
         }
     }
+    if group > 0 {
+        // The run stopped by time in the middle of a group: wait for everything sent.
+        sender.flush().await?;
+        out.messages += group;
+        out.checksum = out.checksum.wrapping_add(sum);
+    }
     sender.flush().await?;
-    while let Some(done) = pending.next().await {
-        settle(Some(done), &mut out, &progress)?;
+    while !pending.is_empty() {
+        settle(pending.pop_front(), &mut out, &progress).await?;
     }
     Ok(out)
 }
 
-fn settle(
-    done: Option<(Result<rill_client::RecordMetadata, rill_client::Error>, u64)>,
+async fn settle(
+    done: Option<(rill_client::Delivery, u64, u64)>,
     out: &mut Produced,
     progress: &AtomicU64,
 ) -> anyhow::Result<()> {
-    if let Some((result, seq)) = done {
-        result.context("produce failed")?;
-        out.messages += 1;
-        out.checksum = out.checksum.wrapping_add(stats::mix(seq));
-        progress.fetch_add(1, Ordering::Relaxed);
+    if let Some((delivery, n, sum)) = done {
+        delivery.await.context("produce failed")?;
+        out.messages += n;
+        out.checksum = out.checksum.wrapping_add(sum);
+        progress.fetch_add(n, Ordering::Relaxed);
     }
     Ok(())
 }

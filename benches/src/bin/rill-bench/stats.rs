@@ -12,6 +12,12 @@ pub fn payload(seq: u64, sent_ns: u64, size: usize) -> Vec<u8> {
     v
 }
 
+/// Rewrites the sequence number and send time of a payload made by [`payload`].
+pub fn stamp(value: &mut [u8], seq: u64, sent_ns: u64) {
+    value[..8].copy_from_slice(&seq.to_be_bytes());
+    value[8..16].copy_from_slice(&sent_ns.to_be_bytes());
+}
+
 pub fn seq_of(value: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(value.get(..8)?.try_into().ok()?))
 }
