@@ -19,6 +19,12 @@
 //! dies early cannot make its successor reset again to a later `Latest` and skip what came in
 //! between.
 //!
+//! [`Consumer::commit_async`] commits without waiting: it takes a ticket and wakes the driver,
+//! which commits the positions of every record finished so far; tickets taken while a commit
+//! is on its way are covered by the next one, so committing after every poll costs one
+//! commit (and one fsync on the broker) per round trip, not per poll. [`CommitHandle`]s
+//! resolve in the order their tickets were taken.
+//!
 //! "Finished" is tracked under the same lock the driver takes when it revokes, tagged with an
 //! epoch that changes at every (re)assignment, so no record is handed out after its partition's
 //! position was committed for a rebalance.
@@ -144,6 +150,62 @@ impl State {
 
 type Reply = oneshot::Sender<Result<(), Error>>;
 
+/// Where asynchronous commits stand: tickets `1..=completed` are done; `failures` holds the
+/// ticket ranges `(from, to]` of recent failed commits and why (errors are rare; the oldest
+/// are forgotten past [`KEPT_FAILURES`]).
+#[derive(Debug, Clone, Default)]
+struct CommitStatus {
+    completed: u64,
+    failures: VecDeque<(u64, u64, Error)>,
+}
+
+const KEPT_FAILURES: usize = 64;
+
+#[derive(Debug)]
+struct AsyncCommits {
+    /// Tickets handed out.
+    issued: std::sync::atomic::AtomicU64,
+    wake: tokio::sync::Notify,
+    status: watch::Sender<CommitStatus>,
+}
+
+/// The outcome of one [`Consumer::commit_async`]: resolves once a commit covering it is done.
+#[must_use = "dropping a CommitHandle is fine: the commit still happens"]
+#[derive(Debug)]
+pub struct CommitHandle {
+    ticket: u64,
+    status: watch::Receiver<CommitStatus>,
+}
+
+impl CommitHandle {
+    pub async fn wait(mut self) -> Result<(), Error> {
+        let ticket = self.ticket;
+        let status = self
+            .status
+            .wait_for(|s| s.completed >= ticket)
+            .await
+            .map_err(|_| Error::Closed)?;
+        match status
+            .failures
+            .iter()
+            .find(|(from, to, _)| *from < ticket && ticket <= *to)
+        {
+            Some((_, _, e)) => Err(e.clone()),
+            None if status
+                .failures
+                .front()
+                .is_some_and(|(from, _, _)| ticket <= *from)
+                && status.failures.len() == KEPT_FAILURES =>
+            {
+                Err(Error::InvalidArgument(
+                    "commit outcome forgotten: too many failed commits since".into(),
+                ))
+            }
+            None => Ok(()),
+        }
+    }
+}
+
 enum Command {
     Commit(Reply),
     CommitOffsets(Vec<(TopicPartition, u64)>, Reply),
@@ -159,6 +221,7 @@ pub struct Consumer {
     state: Arc<Mutex<State>>,
     commands: mpsc::Sender<Command>,
     assignment: watch::Receiver<Assignment>,
+    commits: Arc<AsyncCommits>,
     driver: JoinHandle<()>,
 }
 
@@ -189,7 +252,13 @@ impl Consumer {
         let (commands_tx, commands) = mpsc::channel(16);
         let (assignment_tx, assignment) = watch::channel(Assignment::default());
         let state = Arc::new(Mutex::new(State::default()));
+        let commits = Arc::new(AsyncCommits {
+            issued: std::sync::atomic::AtomicU64::new(0),
+            wake: tokio::sync::Notify::new(),
+            status: watch::channel(CommitStatus::default()).0,
+        });
         let driver = Driver {
+            commits: commits.clone(),
             coord: client.with_own_connection(),
             client,
             config,
@@ -209,6 +278,7 @@ impl Consumer {
             state,
             commands: commands_tx,
             assignment,
+            commits,
             driver,
         })
     }
@@ -237,6 +307,24 @@ impl Consumer {
     pub async fn commit(&self) -> Result<(), Error> {
         lock(&self.state).finish_in_hand();
         self.command(Command::Commit).await
+    }
+
+    /// Starts a commit of the position after every record returned so far and returns at
+    /// once, without waiting for the broker: cheap enough to call after every poll. Commits
+    /// started while one is on its way are folded into the next; the handles resolve in the
+    /// order they were taken (dropping one is fine).
+    pub fn commit_async(&self) -> CommitHandle {
+        lock(&self.state).finish_in_hand();
+        let ticket = self
+            .commits
+            .issued
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        self.commits.wake.notify_one();
+        CommitHandle {
+            ticket,
+            status: self.commits.status.subscribe(),
+        }
     }
 
     /// Commits explicit next-offsets for partitions this member owns.
@@ -306,6 +394,7 @@ enum Next {
 }
 
 struct Driver {
+    commits: Arc<AsyncCommits>,
     /// Fetches and offset lookups.
     client: Client,
     /// Group coordination, on its own connection.
@@ -595,6 +684,13 @@ impl Driver {
                         tracing::debug!(error = %e, "auto-commit failed");
                     }
                 }
+                () = self.commits.wake.notified() => {
+                    if let Err(e) = self.commit_tickets().await
+                        && is(&e, &REJOIN)
+                    {
+                        return Next::Rejoin;
+                    }
+                }
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::Commit(reply)) => { let _ = reply.send(self.commit_positions().await); }
                     Some(Command::CommitOffsets(offsets, reply)) => { let _ = reply.send(self.commit(offsets).await); }
@@ -618,6 +714,38 @@ impl Driver {
         self.coord.enqueue(&request, Bytes::new()).await?.await?;
         self.committed.extend(offsets);
         Ok(())
+    }
+
+    /// Commits the positions for every asynchronous commit ticket taken so far, and reports
+    /// the outcome for them.
+    async fn commit_tickets(&mut self) -> Result<(), Error> {
+        let through = self
+            .commits
+            .issued
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let from = self.commits.status.borrow().completed;
+        if through <= from {
+            return Ok(());
+        }
+        let result = self.commit_positions().await;
+        self.settle_tickets(from, through, &result);
+        result
+    }
+
+    /// Reports the outcome of the commit that covered tickets `(from, through]`.
+    fn settle_tickets(&self, from: u64, through: u64, result: &Result<(), Error>) {
+        if through <= from {
+            return;
+        }
+        self.commits.status.send_modify(|s| {
+            s.completed = s.completed.max(through);
+            if let Err(e) = result {
+                if s.failures.len() == KEPT_FAILURES {
+                    s.failures.pop_front();
+                }
+                s.failures.push_back((from, through, e.clone()));
+            }
+        });
     }
 
     /// Commits each partition's position where it moved since the last commit.
@@ -645,9 +773,17 @@ impl Driver {
                 .filter(|(tp, pos)| self.committed.get(tp) != Some(pos))
                 .collect()
         };
-        if let Err(e) = self.commit(changed).await {
+        // Asynchronous commits taken so far are answered by this one.
+        let through = self
+            .commits
+            .issued
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let from = self.commits.status.borrow().completed;
+        let result = self.commit(changed).await;
+        if let Err(e) = &result {
             tracing::info!(group = %self.config.group, error = %e, "could not commit before rebalancing; those records may be read again");
         }
+        self.settle_tickets(from, through, &result);
         self.assignment.send_replace(Assignment {
             generation: self.generation,
             partitions: Vec::new(),

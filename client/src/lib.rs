@@ -35,14 +35,16 @@ mod reader;
 
 pub use admin::Admin;
 pub use client::{Client, ClientConfig};
-pub use consumer::{Assignment, Consumer, ConsumerConfig, ConsumerRecord, OffsetReset};
+pub use consumer::{
+    Assignment, CommitHandle, Consumer, ConsumerConfig, ConsumerRecord, OffsetReset,
+};
 pub use error::Error;
 pub use partitioner::{murmur2, partition_for_key};
 pub use producer::{
     Delivery, Producer, ProducerConfig, ProducerRecord, Receipt, RecordMetadata, RecordRef,
 };
 pub use reader::{FetchOptions, FetchResult, PartitionReader, StartOffset};
-pub use rill_protocol::batch::{Header, Record};
+pub use rill_protocol::batch::{BatchBuilder, Header, Record};
 pub use rill_protocol::messages::{
     AssignmentStrategy, DescribeGroupResponse, DescribeTopicResponse, GroupSummary, MemberInfo,
     OffsetSpec, PartitionInfo, PartitionLag, ResetTo, TopicPartition, TopicSummary,

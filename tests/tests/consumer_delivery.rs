@@ -366,3 +366,60 @@ async fn members_started_together_share_a_new_groups_partitions() {
     }
     assert_eq!(all.len(), values.len(), "every record delivered");
 }
+
+/// `commit_async` after every poll: the handles resolve in order, the group ends up committed
+/// after the last record, and the commits folded together (far fewer commit requests than
+/// polls reached the broker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_async_after_every_poll_folds_commits_and_commits_the_last_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &[]);
+    let client = Client::connect(broker.addr()).await.unwrap();
+    Admin::new(client.clone())
+        .create_topic("async", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let values: Vec<String> = (0..5000).map(|i| format!("v{i}")).collect();
+    produce_values(broker.addr(), "async", &values).await;
+    let commits_before = commit_requests(broker.metrics_addr());
+    let mut config = ConsumerConfig::new("async-group", ["async"]);
+    config.auto_offset_reset = OffsetReset::Earliest;
+    config.auto_commit_interval = None;
+    let mut consumer = Consumer::subscribe(client.clone(), config).unwrap();
+    let mut handles = Vec::new();
+    for _ in 0..values.len() {
+        let r = tokio::time::timeout(WAIT, consumer.next())
+            .await
+            .expect("a record in time")
+            .expect("stream open")
+            .expect("no error");
+        handles.push((r.offset, consumer.commit_async()));
+    }
+    let mut last = None;
+    for (offset, h) in handles {
+        h.wait().await.expect("commit succeeded");
+        last = Some(offset);
+    }
+    assert_eq!(last, Some(4999));
+    assert_eq!(
+        committed(&client, "async-group", &tp("async", 0)).await,
+        Some(5000),
+        "the last handle resolved after the position past the last record was committed"
+    );
+    let commits = commit_requests(broker.metrics_addr()) - commits_before;
+    assert!(
+        commits >= 1 && commits < 1000,
+        "{commits} commit requests for 5000 polls"
+    );
+    consumer.close().await.unwrap();
+}
+
+/// Commit requests the broker has handled (its metrics).
+fn commit_requests(metrics: &str) -> u64 {
+    let (_, body) = rill_e2e::http_get(metrics, "/metrics");
+    body.lines()
+        .find(|l| l.starts_with("rill_requests_total{api=\"commit_offsets\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
