@@ -165,6 +165,9 @@ const KEPT_FAILURES: usize = 64;
 struct AsyncCommits {
     /// Tickets handed out.
     issued: std::sync::atomic::AtomicU64,
+    /// Set by a ticket, cleared by the driver when it starts a commit: only the first
+    /// ticket after that wakes it.
+    requested: std::sync::atomic::AtomicBool,
     wake: tokio::sync::Notify,
     status: watch::Sender<CommitStatus>,
 }
@@ -174,14 +177,14 @@ struct AsyncCommits {
 #[derive(Debug)]
 pub struct CommitHandle {
     ticket: u64,
-    status: watch::Receiver<CommitStatus>,
+    commits: Arc<AsyncCommits>,
 }
 
 impl CommitHandle {
-    pub async fn wait(mut self) -> Result<(), Error> {
+    pub async fn wait(self) -> Result<(), Error> {
         let ticket = self.ticket;
-        let status = self
-            .status
+        let mut status = self.commits.status.subscribe();
+        let status = status
             .wait_for(|s| s.completed >= ticket)
             .await
             .map_err(|_| Error::Closed)?;
@@ -254,6 +257,7 @@ impl Consumer {
         let state = Arc::new(Mutex::new(State::default()));
         let commits = Arc::new(AsyncCommits {
             issued: std::sync::atomic::AtomicU64::new(0),
+            requested: std::sync::atomic::AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
             status: watch::channel(CommitStatus::default()).0,
         });
@@ -320,10 +324,16 @@ impl Consumer {
             .issued
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
             + 1;
-        self.commits.wake.notify_one();
+        if !self
+            .commits
+            .requested
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.commits.wake.notify_one();
+        }
         CommitHandle {
             ticket,
-            status: self.commits.status.subscribe(),
+            commits: self.commits.clone(),
         }
     }
 
@@ -719,6 +729,10 @@ impl Driver {
     /// Commits the positions for every asynchronous commit ticket taken so far, and reports
     /// the outcome for them.
     async fn commit_tickets(&mut self) -> Result<(), Error> {
+        // Tickets taken from here on wake the driver again for the next commit.
+        self.commits
+            .requested
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         let through = self
             .commits
             .issued

@@ -101,6 +101,10 @@ struct Cli {
     /// With --api producer: how long a batch waits for more records, in milliseconds.
     #[arg(long, default_value_t = 5)]
     linger: u64,
+    /// For group-consume: how members commit. `auto` (the default: every 5 s), `async`
+    /// (`commit_async` after every record) or `sync` (`commit().await` after every record).
+    #[arg(long, value_enum, default_value = "auto")]
+    commit: scenarios::Commit,
     /// With --api producer: turn the producer's idempotence off (it is on by default).
     #[arg(long)]
     no_idempotence: bool,
@@ -185,6 +189,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         via_producer: cli.api == Api::Producer,
         linger: Duration::from_millis(cli.linger),
         idempotent: !cli.no_idempotence,
+        commit: cli.commit,
         start: Instant::now(),
     };
     let progress = Arc::new(AtomicU64::new(0));
@@ -220,7 +225,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 scenarios::group_consume(&params, produced.messages, progress.clone()).await?
             };
-            let elapsed = timer.elapsed();
+            // A group is timed from its first record: joining is not reading.
+            let elapsed = consumed.first_at.unwrap_or(timer).elapsed();
             scenarios::verify(produced.messages, produced.checksum, &consumed)?;
             summaries.push(Summary {
                 phase: "consume",

@@ -31,6 +31,8 @@ pub struct Params {
     pub linger: Duration,
     /// With `via_producer`: the producer's idempotence (on by default).
     pub idempotent: bool,
+    /// How group members commit.
+    pub commit: Commit,
     pub start: Instant,
 }
 
@@ -49,6 +51,9 @@ pub struct Consumed {
     pub messages: u64,
     pub checksum: u64,
     pub e2e_micros: Vec<u64>,
+    /// When the first record arrived (group-consume: the group's join, with the broker's
+    /// initial rebalance delay, comes before it and is not timed).
+    pub first_at: Option<Instant>,
 }
 
 fn split<T: Clone>(items: &[T], n: usize, i: usize) -> Vec<T> {
@@ -283,6 +288,17 @@ async fn consume_one(
     Ok(out)
 }
 
+/// How group-consume members commit their position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Commit {
+    /// Auto-commit every 5 s (the consumer's default).
+    Auto,
+    /// `commit_async` after every record.
+    Async,
+    /// `commit().await` after every record.
+    Sync,
+}
+
 /// `consumers` members of a fresh consumer group read until `expected` messages arrived.
 pub async fn group_consume(
     p: &Params,
@@ -298,6 +314,7 @@ pub async fn group_consume(
         .into_iter()
         .collect();
     let read = Arc::new(AtomicU64::new(0));
+    let first_at = Arc::new(std::sync::OnceLock::new());
     let mut tasks = Vec::new();
     for _ in 0..p.consumers {
         let mut config = ConsumerConfig::new(group.clone(), topics.clone());
@@ -308,19 +325,26 @@ pub async fn group_consume(
             max_wait: Duration::from_millis(100),
         };
         let mut consumer = Consumer::subscribe(Client::connect(&p.addr).await?, config)?;
-        let (progress, read) = (progress.clone(), read.clone());
+        let (progress, read, commit) = (progress.clone(), read.clone(), p.commit);
+        let first_at = first_at.clone();
         tasks.push(tokio::spawn(async move {
             let mut out = Consumed::default();
             while read.load(Ordering::Relaxed) < expected {
                 let next = tokio::time::timeout(Duration::from_millis(200), consumer.next()).await;
                 let Ok(next) = next else { continue };
                 let rec = next.context("consumer stopped")??;
+                first_at.get_or_init(Instant::now);
                 out.checksum = out.checksum.wrapping_add(stats::mix(
                     stats::seq_of(&rec.value).context("short message")?,
                 ));
                 out.messages += 1;
                 read.fetch_add(1, Ordering::Relaxed);
                 progress.fetch_add(1, Ordering::Relaxed);
+                match commit {
+                    Commit::Auto => {}
+                    Commit::Async => drop(consumer.commit_async()),
+                    Commit::Sync => consumer.commit().await?,
+                }
             }
             consumer.close().await?;
             anyhow::Ok(out)
@@ -332,6 +356,7 @@ pub async fn group_consume(
         total.messages += r.messages;
         total.checksum = total.checksum.wrapping_add(r.checksum);
     }
+    total.first_at = first_at.get().copied();
     Ok(total)
 }
 
