@@ -174,3 +174,74 @@ async fn rill_produce_reports_the_duplicates_it_avoided() {
     let expected: Vec<String> = (0..500).map(|i| format!("line-{i}")).collect();
     assert_eq!(stored, expected);
 }
+
+/// A broker that forgot a producer (its state expired: here after 1 ms) refuses its next
+/// sequence as out of order; an unnamed producer moves the partition to a new epoch and
+/// carries on, a named one reports the error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_the_broker_forgot_starts_over_unless_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rilld.toml");
+    std::fs::write(&config, "[storage]\nproducer_id_expiration_ms = 1\n").unwrap();
+    let broker = Broker::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let client = Client::connect(broker.addr()).await.unwrap();
+    Admin::new(client.clone())
+        .create_topic("forgot", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let send = |p: &Producer, value: &str| {
+        let (p, value) = (p.clone(), value.to_string());
+        async move {
+            let record = ProducerRecord::new("forgot", value).partition(0);
+            p.send(record).await?.await
+        }
+    };
+    // Expiry is measured in wall-clock milliseconds since the producer's last write.
+    let idle = || async {
+        let since = std::time::Instant::now();
+        while since.elapsed() < Duration::from_millis(5) {
+            tokio::task::yield_now().await;
+        }
+    };
+    let anonymous = Producer::new(client.clone(), ProducerConfig::default());
+    assert_eq!(send(&anonymous, "a0").await.unwrap().offset, 0);
+    idle().await;
+    assert_eq!(
+        send(&anonymous, "a1").await.unwrap().offset,
+        1,
+        "renumbered at a new epoch and stored"
+    );
+    assert_eq!(
+        out_of_order_errors(broker.metrics_addr()),
+        1,
+        "the broker had forgotten it: the first attempt was refused"
+    );
+    let named = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            producer_name: Some("forgetful".into()),
+            ..ProducerConfig::default()
+        },
+    );
+    send(&named, "n0").await.unwrap();
+    idle().await;
+    let refused = send(&named, "n1").await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(ErrorCode::OutOfOrderSequence),
+        "{refused}"
+    );
+    assert_eq!(values(&client, "forgot", 0).await, ["a0", "a1", "n0"]);
+}
+
+/// `OutOfOrderSequence` answers to produce requests so far (the broker's metrics).
+fn out_of_order_errors(metrics: &str) -> u64 {
+    let (_, body) = rill_e2e::http_get(metrics, "/metrics");
+    body.lines()
+        .filter(|l| l.starts_with("rill_request_errors_total{") && l.contains("OutOfOrderSequence"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
