@@ -1,8 +1,9 @@
 //! Segment recovery. The first input byte picks what is damaged:
 //! - even: arbitrary bytes appended after valid batches, as if torn or corrupted, opened
 //!   uncleanly: recovery must cut at the first bad batch and keep every valid one before it;
-//! - odd: arbitrary `.index` and `.timeindex` files beside a valid segment, opened cleanly:
-//!   they must be refused or be consistent, and nothing invalid may be served.
+//! - odd: arbitrary `.index` and `.timeindex` files (and an idempotent-producer snapshot)
+//!   beside a valid segment, opened cleanly: they must be refused or be consistent, and
+//!   nothing invalid may be served.
 //!
 //! Either way every record read back passes full validation, in offset order.
 #![no_main]
@@ -33,6 +34,9 @@ fuzz_target!(|data: &[u8]| {
         let (index, times) = rest.split_at(split);
         std::fs::write(log_path.with_extension("index"), index).expect("write index");
         std::fs::write(log_path.with_extension("timeindex"), times).expect("write timeindex");
+        // The same bytes as an idempotent-producer snapshot: refused or used, never a failure.
+        std::fs::write(dir.path().join("00000000000000000003.producers"), times)
+            .expect("write producer snapshot");
     } else {
         file.extend_from_slice(rest);
     }
@@ -43,6 +47,7 @@ fuzz_target!(|data: &[u8]| {
         fsync: FsyncPolicy::Interval { ms: 1000 },
         retention_ms: 0,
         retention_bytes: 0,
+        producer_expiration_ms: 86_400_000,
     };
     let (log, _report) = PartitionLog::open(dir.path(), "fuzz-0".into(), config, clean)
         .expect("recovery never fails on bad data");
