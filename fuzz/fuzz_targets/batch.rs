@@ -12,7 +12,10 @@ fuzz_target!(|data: &[u8]| {
         assert!(stored.is_ok(), "a validated batch failed the at-rest check");
         // Whatever validates must also iterate cleanly.
         let records: Vec<_> = RecordIter::new(bytes.clone()).expect("validated").collect();
-        assert!(records.iter().all(|r| r.is_ok()), "a validated batch failed to iterate");
+        assert!(
+            records.iter().all(|r| r.is_ok()),
+            "a validated batch failed to iterate"
+        );
     }
     for b in Batches::new(bytes) {
         let _ = RecordIter::new(b).map(|it| it.count());

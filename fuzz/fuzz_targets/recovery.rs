@@ -69,8 +69,13 @@ fuzz_target!(|data: &[u8]| {
             };
             let mut next = offset;
             for batch in rill_protocol::batch::Batches::new(r.batches) {
-                let h = rill_protocol::batch::validate(&batch).expect("only valid batches are kept");
-                assert!(h.base_offset <= next.max(offset), "a gap before {}", h.base_offset);
+                let h =
+                    rill_protocol::batch::validate(&batch).expect("only valid batches are kept");
+                assert!(
+                    h.base_offset <= next.max(offset),
+                    "a gap before {}",
+                    h.base_offset
+                );
                 next = h.last_offset() + 1;
             }
             assert!(next > offset, "no progress at {offset}");

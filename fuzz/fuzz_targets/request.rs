@@ -12,7 +12,11 @@ fuzz_target!(|data: &[u8]| {
     let api_key = u16::from(data[0] % 24);
     let api_version = u16::from(data[1] % 2);
     let frame = RequestFrame {
-        header: RequestHeader { api_key, api_version, correlation_id: 0 },
+        header: RequestHeader {
+            api_key,
+            api_version,
+            correlation_id: 0,
+        },
         body: Bytes::copy_from_slice(&data[2..]),
     };
     let _ = Request::decode(frame);
