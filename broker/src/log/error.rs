@@ -83,3 +83,16 @@ pub enum ReadError {
         path: std::path::PathBuf,
     },
 }
+
+/// Why the log could not be cut back (see `PartitionLog::truncate_from`).
+#[derive(Debug, thiserror::Error)]
+pub enum TruncateError {
+    #[error("cannot truncate at offset {offset}: the log holds [{start}, {end})")]
+    OutOfRange { offset: u64, start: u64, end: u64 },
+    #[error("offset {0} is not the first offset of a batch")]
+    NotABatchBoundary(u64),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("partition is shutting down")]
+    ShuttingDown,
+}

@@ -29,7 +29,7 @@ mod segment;
 mod writer;
 
 pub use check::{PartitionCheck, check_partition};
-pub use error::{AppendError, ReadError, StorageError};
+pub use error::{AppendError, ReadError, StorageError, TruncateError};
 pub use partition::{
     AppendAck, LogConfig, PartitionLog, PartitionStats, PendingAppend, ReadResult,
 };

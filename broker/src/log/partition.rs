@@ -1,6 +1,6 @@
 //! A partition's log as the rest of the broker sees it: append, read, look up offsets.
 
-use super::error::{AppendError, ReadError, StorageError};
+use super::error::{AppendError, ReadError, StorageError, TruncateError};
 use super::producer_state;
 use super::recovery::{self, RecoveryReport};
 use super::segment::{self, Segment};
@@ -71,6 +71,15 @@ pub(super) struct Shared {
 }
 
 impl Shared {
+    /// Lowers the durable offset to `offset` after a truncation.
+    pub(super) fn cut_durable(&self, offset: u64) {
+        self.durable.send_if_modified(|d| {
+            let cut = *d > offset;
+            *d = (*d).min(offset);
+            cut
+        });
+    }
+
     pub(super) fn set_producers(&self, n: usize) {
         self.producers
             .store(n, std::sync::atomic::Ordering::Relaxed);
@@ -468,6 +477,18 @@ impl PartitionLog {
             pos += h.total_len() as u64;
         }
         Ok(None)
+    }
+
+    /// Removes every record from `offset` on (which must start a batch), after the appends
+    /// queued before this call: the building block for a replica cutting a divergent suffix.
+    /// Readers see the high watermark move back. Blocking.
+    pub fn truncate_from(&self, offset: u64) -> Result<(), TruncateError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Truncate(offset, reply))
+            .map_err(|_| TruncateError::ShuttingDown)?;
+        rx.blocking_recv()
+            .unwrap_or(Err(TruncateError::ShuttingDown))
     }
 
     /// Deletes whole sealed segments that end at or before `offset`, moving the log start

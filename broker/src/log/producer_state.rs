@@ -125,6 +125,28 @@ pub(super) fn write_snapshot(
     Ok(())
 }
 
+/// Removes the snapshots that describe records from beyond `offset` (before the log is cut
+/// there), and makes that durable.
+pub(super) fn remove_snapshots_after(
+    storage: &dyn Storage,
+    dir: &Path,
+    offset: u64,
+) -> Result<(), StorageError> {
+    let mut removed = false;
+    for (o, path) in snapshots(storage, dir)? {
+        if o > offset {
+            storage
+                .remove_file(&path)
+                .map_err(StorageError::io("remove", &path))?;
+            removed = true;
+        }
+    }
+    if removed {
+        sync_dir(storage, dir)?;
+    }
+    Ok(())
+}
+
 /// How the state was found at start-up.
 #[derive(Debug, Default, Clone)]
 pub struct ProducerRecovery {

@@ -991,3 +991,80 @@ fn idle_producers_expire() {
         ))
     ));
 }
+
+/// Every stored record value from the log start.
+fn values(log: &PartitionLog) -> Vec<String> {
+    read_all(log, log.stats().log_start_offset)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect()
+}
+
+#[test]
+fn truncation_cuts_across_segments_and_appends_continue_from_the_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), config(4096), true);
+    let bases = append_batches(&log, 300, 3);
+    assert!(log.stats().segments >= 4, "several segments to cut across");
+    let before = values(&log);
+    // A cut in an early segment: every later segment goes.
+    let cut = bases[30];
+    assert!(matches!(
+        log.truncate_from(cut + 1),
+        Err(TruncateError::NotABatchBoundary(_))
+    ));
+    assert!(matches!(
+        log.truncate_from(log.high_watermark() + 3),
+        Err(TruncateError::OutOfRange { .. })
+    ));
+    assert_eq!(values(&log), before, "a refused cut changes nothing");
+    log.truncate_from(cut).unwrap();
+    assert_eq!(log.high_watermark(), cut);
+    assert!(log.durable_offset() <= cut);
+    assert_eq!(values(&log), before[..cut as usize].to_vec());
+    let cut_segments = log.stats().segments;
+    assert_eq!(
+        segments(dir.path()).len() as u32,
+        cut_segments,
+        "no segment file beyond the cut is left"
+    );
+    // Appends continue at the cut, and the log reads back whole, from every offset.
+    let more: Vec<u64> = (0..40)
+        .map(|t| send(&log, batch(1000 + t, 2, 5)).unwrap().base_offset)
+        .collect();
+    assert_eq!(more[0], cut);
+    for offset in (0..log.high_watermark()).step_by(7) {
+        let r = log.read(offset, 1).unwrap();
+        let first = Batches::new(r.batches).next().expect("a batch");
+        let h = rill_protocol::batch::validate(&first).unwrap();
+        assert!(h.base_offset <= offset && offset <= h.last_offset());
+    }
+    let expected = values(&log);
+    drop(log);
+    // Both kinds of restart see exactly that.
+    for clean in [true, false] {
+        let (log, report) = open(dir.path(), config(4096), clean);
+        assert!(report.truncated.is_empty(), "{report:?}");
+        assert_eq!(values(&log), expected);
+        drop(log);
+    }
+}
+
+#[test]
+fn truncation_within_the_active_segment_forgets_the_producer_batches_it_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), config(1 << 20), true);
+    send(&log, idem(3, 0, 0, 2)).unwrap();
+    let second = send(&log, idem(3, 0, 2, 2)).unwrap();
+    send(&log, batch(9, 1, 0)).unwrap();
+    log.truncate_from(second.base_offset).unwrap();
+    assert_eq!(log.high_watermark(), 2);
+    // The cut batch is not remembered: sending it again stores it, at the cut.
+    let again = send(&log, idem(3, 0, 2, 2)).unwrap();
+    assert_eq!((again.base_offset, again.duplicate), (2, false));
+    assert!(send(&log, idem(3, 0, 2, 2)).unwrap().duplicate);
+    assert_eq!(values(&log), ["p3e0s0", "p3e0s1", "p3e0s2", "p3e0s3"]);
+    // Truncating at the end changes nothing.
+    log.truncate_from(log.high_watermark()).unwrap();
+    assert_eq!(log.high_watermark(), 4);
+}

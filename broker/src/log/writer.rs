@@ -22,7 +22,7 @@
 //! the appends in it fail; the partition keeps serving. A failed fsync leaves the file's state
 //! unknown, so the partition turns fail-stop: every later append is refused.
 
-use super::error::{AppendError, StorageError};
+use super::error::{AppendError, StorageError, TruncateError};
 use super::index::{Extent, Indexer, SegmentIndex};
 use super::partition::{AppendAck, LogConfig, Shared};
 use super::producer_state;
@@ -49,6 +49,8 @@ pub(super) enum Command {
     Append(Job),
     /// New settings, taken before the next round.
     Reconfigure(LogConfig),
+    /// Cut every record from this offset on (a batch boundary), after the queued appends.
+    Truncate(u64, oneshot::Sender<Result<(), TruncateError>>),
     Close,
 }
 
@@ -168,6 +170,16 @@ impl Writer {
                         // Settings apply from the next round: finish this one under the old ones.
                         self.round(&mut jobs);
                         self.config = config;
+                    }
+                    Command::Truncate(offset, reply) => {
+                        // In order: the appends queued before it are written first.
+                        self.round(&mut jobs);
+                        let result = self.truncate(offset);
+                        if let Err(TruncateError::Storage(e)) = &result {
+                            // Half cut: refuse writes; the next start sorts out what is left.
+                            self.fail_stop(e);
+                        }
+                        let _ = reply.send(result);
                     }
                     Command::Close => {
                         closing = true;
@@ -456,6 +468,135 @@ impl Writer {
             }
         }
         self.shared.high_watermark.send_replace(self.next_offset);
+    }
+
+    /// Cuts the log back to `offset`, a batch boundary: later segments are deleted (newest
+    /// first, so a crash part-way never leaves a later segment behind a shorter one), the
+    /// segment holding `offset` is cut there and becomes the active one, its index is rebuilt
+    /// from the entries before the cut, and the durable offset, the high watermark and the
+    /// idempotent-producer state follow. Producer snapshots beyond the cut go first, so none
+    /// can describe records that are no longer there.
+    fn truncate(&mut self, offset: u64) -> Result<(), TruncateError> {
+        if offset == self.next_offset {
+            return Ok(());
+        }
+        let storage = self.shared.storage.clone();
+        let (start, end) = {
+            let view = self.shared.view.read().unwrap_or_else(|p| p.into_inner());
+            (view.first().map_or(0, |s| s.base), self.next_offset)
+        };
+        if offset < start || offset > end {
+            return Err(TruncateError::OutOfRange { offset, start, end });
+        }
+        producer_state::remove_snapshots_after(&*storage, &self.dir, offset)?;
+        let mut view = self.shared.view.write().unwrap_or_else(|p| p.into_inner());
+        let keep = view.partition_point(|s| s.base <= offset).max(1);
+        // Find the cut position first: refusing a bad offset must change nothing.
+        let seg = &view[keep - 1];
+        let rel = u32::try_from(offset - seg.base).unwrap_or(u32::MAX);
+        let entry = seg.index.entry_for(rel);
+        let (mut pos, mut next) = (
+            u64::from(entry.position),
+            seg.base + u64::from(entry.rel_offset),
+        );
+        let size = if keep == view.len() {
+            self.written
+        } else {
+            seg.size
+        };
+        while next < offset && pos < size {
+            let h = super::segment::read_header(&*seg.file, &seg.path, pos, size)?;
+            pos += h.total_len() as u64;
+            next = h.last_offset() + 1;
+        }
+        if next != offset {
+            return Err(TruncateError::NotABatchBoundary(offset));
+        }
+        for later in view.drain(keep..).rev() {
+            for path in [
+                later.path.with_extension("index"),
+                later.path.with_extension("timeindex"),
+                later.path.clone(),
+            ] {
+                match storage.remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StorageError::io("delete segment", &path)(e).into()),
+                }
+            }
+        }
+        recovery::sync_dir(&*storage, &self.dir)?;
+        let seg = view.last_mut().ok_or_else(|| StorageError::Corrupt {
+            path: self.dir.clone(),
+            position: 0,
+            reason: "partition has no segment".into(),
+        })?;
+        seg.file
+            .set_len(pos)
+            .map_err(StorageError::io("truncate", &seg.path))?;
+        seg.file
+            .sync_data()
+            .map_err(StorageError::io("fsync", &seg.path))?;
+        // It is the active segment now: its index is written when it is sealed or closed.
+        for ext in ["index", "timeindex"] {
+            let _ = storage.remove_file(&seg.path.with_extension(ext));
+        }
+        // Keep the index entries before the cut, then index the rest up to it exactly as
+        // recovery would (from the last kept entry on).
+        seg.index.offsets.retain(|e| e.rel_offset < rel);
+        seg.index.times.retain(|e| e.rel_offset < rel);
+        seg.holes.retain(|h| h.position < pos);
+        let last = seg.index.offsets.last().copied();
+        let mut indexer = Indexer::resume(
+            self.config.index_interval_bytes,
+            last.map(|e| u64::from(e.position)),
+            seg.index.times.last().map_or(i64::MIN, |t| t.timestamp),
+        );
+        let (from_pos, from_offset) = last.map_or((0, seg.base), |e| {
+            (u64::from(e.position), seg.base + u64::from(e.rel_offset))
+        });
+        let mut found = SegmentIndex::default();
+        let outcome = super::segment::scan(
+            &*seg.file,
+            &seg.path,
+            seg.base,
+            super::segment::Span {
+                start: from_pos,
+                expected: from_offset,
+                file_len: pos,
+            },
+            &mut indexer,
+            &mut found,
+            false,
+        )?;
+        seg.index.append(&mut found);
+        seg.size = pos;
+        seg.next_offset = offset;
+        seg.max_timestamp = outcome.max_timestamp;
+        self.file = seg.file.clone();
+        self.path = seg.path.clone();
+        self.seg_base = seg.base;
+        self.written = pos;
+        self.writeback_from = self.writeback_from.min(pos);
+        self.next_offset = offset;
+        self.indexer = indexer;
+        self.pending = SegmentIndex::default();
+        self.dirty = false;
+        let now = now_ms();
+        let (producers, _) = producer_state::recover(
+            &*storage,
+            &self.dir,
+            &self.label,
+            &view,
+            now,
+            i64::try_from(self.config.producer_expiration_ms).unwrap_or(i64::MAX),
+        )?;
+        self.producers = producers;
+        drop(view);
+        self.shared.cut_durable(offset);
+        self.shared.high_watermark.send_replace(offset);
+        tracing::info!(partition = %self.label, offset, "log truncated");
+        Ok(())
     }
 
     /// Seals the active segment (synced, published, index written) and starts a new one.
