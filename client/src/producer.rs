@@ -853,6 +853,13 @@ impl PartitionSender {
             let Some(Item::Batch(mut out)) = self.queue.pop_front() else {
                 return;
             };
+            if self.common.is_fenced.load(Ordering::Relaxed)
+                && let Some(e) = self.common.fenced()
+            {
+                // Fenced on another partition: nothing more goes out.
+                self.fail(out, e);
+                continue;
+            }
             if Instant::now() >= out.deadline {
                 let last = self.last_error.as_deref().unwrap_or("no acknowledgement");
                 self.fail(out, timeout(last));
