@@ -331,7 +331,11 @@ impl Writer {
             }
             return;
         }
-        self.dirty = true;
+        // A round of duplicates only wrote nothing: their originals are as durable as they
+        // were acknowledged, so no fsync is owed for them.
+        if written.iter().any(|(_, p)| matches!(p, Placed::Written(_))) {
+            self.dirty = true;
+        }
         let sync_now = self.config.fsync == FsyncPolicy::Always;
         if sync_now && let Err(e) = self.sync() {
             self.fail_stop(&e);
