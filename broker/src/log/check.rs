@@ -19,6 +19,8 @@ pub struct PartitionCheck {
     /// First offset held and the offset after the last one.
     pub start_offset: u64,
     pub end_offset: u64,
+    /// Log index after the last batch (batches counted from the oldest segment's first index).
+    pub end_index: u64,
     pub bytes: u64,
     /// Records that are unreadable or missing: invalid batches, gaps, bytes lost while stopped.
     pub damage: Vec<String>,
@@ -56,11 +58,21 @@ pub fn check_partition(dir: &Path) -> Result<PartitionCheck, StorageError> {
                 out.end_offset
             ));
         }
+        // Log indexes continue from the segment before; the oldest segment's first one is
+        // only recorded in its own index file.
+        let first_index = if i == 0 {
+            index::load(&Disk, &path)
+                .and_then(|(idx, _)| idx.offsets.first().map(|e| e.log_index))
+                .unwrap_or(0)
+        } else {
+            out.end_index
+        };
         // Every batch, indexed at every position, so any index entry can be checked against it.
         let mut all = SegmentIndex::default();
         let span = Span {
             start: 0,
             expected: base,
+            index: first_index,
             file_len: len,
         };
         // The same scan recovery uses: a sealed segment's damage is stepped over, so what
@@ -95,6 +107,7 @@ pub fn check_partition(dir: &Path) -> Result<PartitionCheck, StorageError> {
             ));
         }
         out.end_offset = scanned.next_offset;
+        out.end_index = scanned.next_index;
         out.bytes += len;
         check_index(&path, len, i == last, &all, &mut out);
     }

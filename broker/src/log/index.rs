@@ -6,8 +6,13 @@
 //! entry whenever the segment's maximum timestamp has grown, and means "every batch up to and
 //! including the one at `rel` has timestamps <= ts".
 //!
-//! Files (little-endian, see docs/format.md): `.index` is `(rel_offset u32, position u32)*`
-//! then the segment's [`Extent`] when it was written (`len u64, end_offset u64`), `.timeindex`
+//! Every batch also has a *log index*: its number in the partition's log, counting batches from
+//! 0 (or from where the oldest kept segment started). A replicated partition uses it as the
+//! batch's Raft log index; offsets advance by record count, so offset entries carry both.
+//!
+//! Files (little-endian, see docs/format.md): `.index` is the magic `RIX2`, then
+//! `(rel_offset u32, position u32, log_index u64)*`, then the segment's [`Extent`] when it was
+//! written (`len u64, end_offset u64, end_index u64`), `.timeindex`
 //! is `(timestamp i64, rel_offset u32)*`, each followed by a CRC-32C (u32) of everything before
 //! it. They are trusted only after [`load`] checks the CRC, and that the entries are ordered and
 //! inside the extent; otherwise the segment is rescanned. The extent also tells recovery when a
@@ -21,6 +26,8 @@ use std::path::Path;
 pub struct OffsetEntry {
     pub rel_offset: u32,
     pub position: u32,
+    /// The batch's log index (its Raft log index in a replicated partition).
+    pub log_index: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,12 +36,13 @@ pub struct TimeEntry {
     pub rel_offset: u32,
 }
 
-/// What a segment held when its index was written (after an fsync): its length in bytes and
-/// the offset after its last record.
+/// What a segment held when its index was written (after an fsync): its length in bytes, the
+/// offset after its last record and the log index after its last batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {
     pub len: u64,
     pub end_offset: u64,
+    pub end_index: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -51,9 +59,21 @@ impl SegmentIndex {
             OffsetEntry {
                 rel_offset: 0,
                 position: 0,
+                log_index: self.first_index(),
             },
             |i| self.offsets[i],
         )
+    }
+
+    /// The last entry at or before the batch with log index `log_index`.
+    pub fn entry_for_index(&self, log_index: u64) -> Option<OffsetEntry> {
+        let i = self.offsets.partition_point(|e| e.log_index <= log_index);
+        i.checked_sub(1).map(|i| self.offsets[i])
+    }
+
+    /// The log index of the segment's first batch (0 for an index with no entries).
+    fn first_index(&self) -> u64 {
+        self.offsets.first().map_or(0, |e| e.log_index)
     }
 
     /// Relative offset from which to scan for the first batch with a timestamp >= `ts`.
@@ -69,13 +89,17 @@ impl SegmentIndex {
 
     /// Writes both index files for the segment at `log_path`, which holds `extent`.
     pub fn write(&self, storage: &dyn Storage, log_path: &Path, extent: Extent) -> io::Result<()> {
-        let mut buf = Vec::with_capacity(self.offsets.len() * 8 + EXTENT_LEN + 4);
+        let mut buf =
+            Vec::with_capacity(MAGIC.len() + self.offsets.len() * ENTRY_LEN + EXTENT_LEN + 4);
+        buf.extend_from_slice(MAGIC);
         for e in &self.offsets {
             buf.extend_from_slice(&e.rel_offset.to_le_bytes());
             buf.extend_from_slice(&e.position.to_le_bytes());
+            buf.extend_from_slice(&e.log_index.to_le_bytes());
         }
         buf.extend_from_slice(&extent.len.to_le_bytes());
         buf.extend_from_slice(&extent.end_offset.to_le_bytes());
+        buf.extend_from_slice(&extent.end_index.to_le_bytes());
         buf.extend_from_slice(&crc32c::crc32c(&buf).to_le_bytes());
         storage.write_synced(&log_path.with_extension("index"), &buf)?;
         let mut buf = Vec::with_capacity(self.times.len() * 12);
@@ -88,30 +112,49 @@ impl SegmentIndex {
     }
 }
 
-const EXTENT_LEN: usize = 16;
+/// Starts an offset index file; files of the earlier format (without log indexes) lack it and
+/// are rebuilt by scanning.
+const MAGIC: &[u8; 4] = b"RIX2";
+const ENTRY_LEN: usize = 16;
+const EXTENT_LEN: usize = 24;
+
+fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+}
 
 /// Loads a segment's index files if they exist, their CRCs match and they are consistent with
 /// the extent they record; returns the index and that extent.
 pub fn load(storage: &dyn Storage, log_path: &Path) -> Option<(SegmentIndex, Extent)> {
     let mut raw = checked(storage.read(&log_path.with_extension("index")).ok()?)?;
-    let at = raw.len().checked_sub(EXTENT_LEN)?;
-    let tail: [u8; EXTENT_LEN] = raw.split_off(at).try_into().ok()?;
-    let (len, end) = tail.split_at(8);
-    let extent = Extent {
-        len: u64::from_le_bytes(len.try_into().ok()?),
-        end_offset: u64::from_le_bytes(end.try_into().ok()?),
-    };
-    let times = checked(storage.read(&log_path.with_extension("timeindex")).ok()?)?;
-    if raw.len() % 8 != 0 || times.len() % 12 != 0 {
+    if raw.get(..MAGIC.len())? != MAGIC {
         return None;
     }
-    let offsets: Vec<OffsetEntry> = raw
-        .chunks_exact(8)
-        .map(|c| OffsetEntry {
-            rel_offset: u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
-            position: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+    let at = raw.len().checked_sub(EXTENT_LEN)?;
+    let tail = raw.split_off(at);
+    let extent = Extent {
+        len: u64_at(&tail, 0)?,
+        end_offset: u64_at(&tail, 8)?,
+        end_index: u64_at(&tail, 16)?,
+    };
+    let raw = raw.get(MAGIC.len()..)?;
+    let times = checked(storage.read(&log_path.with_extension("timeindex")).ok()?)?;
+    if raw.len() % ENTRY_LEN != 0 || times.len() % 12 != 0 {
+        return None;
+    }
+    let offsets = raw
+        .chunks_exact(ENTRY_LEN)
+        .map(|c| {
+            Some(OffsetEntry {
+                rel_offset: u32_at(c, 0)?,
+                position: u32_at(c, 4)?,
+                log_index: u64_at(c, 8)?,
+            })
         })
-        .collect();
+        .collect::<Option<Vec<OffsetEntry>>>()?;
     let times: Vec<TimeEntry> = times
         .chunks_exact(12)
         .map(|c| TimeEntry {
@@ -119,19 +162,20 @@ pub fn load(storage: &dyn Storage, log_path: &Path) -> Option<(SegmentIndex, Ext
             rel_offset: u32::from_le_bytes([c[8], c[9], c[10], c[11]]),
         })
         .collect();
-    let ordered = offsets
+    let ordered = offsets.windows(2).all(|w| {
+        w[0].rel_offset < w[1].rel_offset
+            && w[0].position < w[1].position
+            && w[0].log_index < w[1].log_index
+    }) && times
         .windows(2)
-        .all(|w| w[0].rel_offset < w[1].rel_offset && w[0].position < w[1].position)
-        && times
-            .windows(2)
-            .all(|w| w[0].timestamp < w[1].timestamp && w[0].rel_offset < w[1].rel_offset);
+        .all(|w| w[0].timestamp < w[1].timestamp && w[0].rel_offset < w[1].rel_offset);
     let starts_right = match offsets.first() {
         None => extent.len == 0,
         Some(first) => first.position == 0 && first.rel_offset == 0,
     };
     let inside = offsets
         .last()
-        .is_none_or(|e| u64::from(e.position) < extent.len);
+        .is_none_or(|e| u64::from(e.position) < extent.len && e.log_index < extent.end_index);
     let times_indexed = times.iter().all(|t| {
         offsets
             .binary_search_by_key(&t.rel_offset, |o| o.rel_offset)
@@ -196,6 +240,7 @@ impl Indexer {
         &mut self,
         rel_offset: u32,
         position: u64,
+        log_index: u64,
         batch_max_ts: i64,
         out: &mut SegmentIndex,
     ) {
@@ -211,6 +256,7 @@ impl Indexer {
         out.offsets.push(OffsetEntry {
             rel_offset,
             position: position as u32,
+            log_index,
         });
         if self.max_timestamp > self.last_time_entry {
             self.last_time_entry = self.max_timestamp;
@@ -236,8 +282,10 @@ mod tests {
             let mut ix = Indexer::new(interval);
             let (mut rel, mut pos) = (0u32, 0u64);
             let mut batches = Vec::new();
-            for (count, size) in &sizes {
-                ix.observe(rel, pos, 0, &mut idx);
+            for (n, (count, size)) in sizes.iter().enumerate() {
+                ix.observe(rel, pos, 7 + n as u64, 0, &mut idx);
+                let found = idx.entry_for_index(7 + n as u64).unwrap();
+                prop_assert!(found.position as u64 <= pos && found.log_index <= 7 + n as u64);
                 batches.push((rel, *count, pos));
                 rel += count;
                 pos += size;
@@ -262,7 +310,7 @@ mod tests {
         let mut idx = SegmentIndex::default();
         let mut ix = Indexer::new(100);
         for (i, pos) in [0u64, 50, 120, 260].into_iter().enumerate() {
-            ix.observe(i as u32 * 10, pos, 1000 + i as i64, &mut idx);
+            ix.observe(i as u32 * 10, pos, 5 + i as u64, 1000 + i as i64, &mut idx);
         }
         assert_eq!(
             idx.offsets.len(),
@@ -272,6 +320,7 @@ mod tests {
         let extent = Extent {
             len: 300,
             end_offset: 40,
+            end_index: 9,
         };
         idx.write(&crate::storage::Disk, &log, extent).unwrap();
         assert_eq!(
@@ -284,6 +333,16 @@ mod tests {
             load(&crate::storage::Disk, &log),
             None,
             "an entry past the extent is refused"
+        );
+        let few = Extent {
+            end_index: 7,
+            ..extent
+        };
+        idx.write(&crate::storage::Disk, &log, few).unwrap();
+        assert_eq!(
+            load(&crate::storage::Disk, &log),
+            None,
+            "an entry past the extent's log index is refused"
         );
         idx.write(&crate::storage::Disk, &log, extent).unwrap();
         for ext in ["index", "timeindex"] {
@@ -316,14 +375,17 @@ mod tests {
                 OffsetEntry {
                     rel_offset: 0,
                     position: 0,
+                    log_index: 0,
                 },
                 OffsetEntry {
                     rel_offset: 10,
                     position: 100,
+                    log_index: 1,
                 },
                 OffsetEntry {
                     rel_offset: 20,
                     position: 200,
+                    log_index: 2,
                 },
             ],
             times: vec![

@@ -448,6 +448,76 @@ impl PartitionLog {
         Ok(result(batches))
     }
 
+    /// Log indexes held: the first batch's and the one after the last batch published.
+    pub fn index_range(&self) -> (u64, u64) {
+        let view = self.view();
+        (
+            view.first().map_or(0, |s| s.first_index),
+            view.last().map_or(0, |s| s.next_index),
+        )
+    }
+
+    /// Where the batch with log index `log_index` starts: its segment (by position in the
+    /// view), byte position and base offset. `None` outside the published log.
+    fn locate(view: &[Segment], log_index: u64) -> Result<Option<(usize, u64, u64)>, ReadError> {
+        let i = view.partition_point(|s| s.first_index <= log_index);
+        let Some(at) = i.checked_sub(1) else {
+            return Ok(None);
+        };
+        let seg = &view[at];
+        if log_index >= seg.next_index {
+            return Ok(None);
+        }
+        let (mut pos, mut offset, mut index) = match seg.index.entry_for_index(log_index) {
+            Some(e) => (
+                u64::from(e.position),
+                seg.base + u64::from(e.rel_offset),
+                e.log_index,
+            ),
+            None => (0, seg.base, seg.first_index),
+        };
+        while index < log_index {
+            let h = segment::read_header(&*seg.file, &seg.path, pos, seg.size)?;
+            pos += h.total_len() as u64;
+            offset = h.last_offset() + 1;
+            index += 1;
+        }
+        Ok(Some((at, pos, offset)))
+    }
+
+    /// The base offset of the batch with log index `log_index`, or the log end offset for the
+    /// index after the last batch; `None` outside the log. Blocking.
+    pub fn offset_of_index(&self, log_index: u64) -> Result<Option<u64>, ReadError> {
+        let view = self.view();
+        if view.last().is_some_and(|s| s.next_index == log_index) {
+            return Ok(view.last().map(|s| s.next_offset));
+        }
+        Ok(Self::locate(&view, log_index)?.map(|(_, _, offset)| offset))
+    }
+
+    /// Whole batches from the one with log index `from` on, each with its log index, as
+    /// stored (base offset written in): about `max_bytes` at most but always one batch, and
+    /// never past the end of the segment holding `from`. Empty outside the published log.
+    /// Blocking.
+    pub fn read_indexed(
+        &self,
+        from: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Bytes)>, ReadError> {
+        let view = self.view();
+        let Some((at, pos, offset)) = Self::locate(&view, from)? else {
+            return Ok(Vec::new());
+        };
+        let seg = &view[at];
+        let (file, path, end) = (seg.file.clone(), seg.path.clone(), seg.size);
+        drop(view);
+        let bytes = segment::read_from(&*file, &path, pos, offset, end, offset, max_bytes)?;
+        Ok(batch::Batches::new(bytes)
+            .enumerate()
+            .map(|(i, b)| (from + i as u64, b))
+            .collect())
+    }
+
     /// The offset of the first record with a timestamp at or after `ts`, if any. Blocking.
     pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<u64>, ReadError> {
         let view = self.view();

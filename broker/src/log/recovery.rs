@@ -91,14 +91,21 @@ fn cut_to_durable(
     }
     let rel = u32::try_from(durable - tail.base).unwrap_or(u32::MAX);
     let entry = tail.index.entry_for(rel);
-    let (mut pos, mut next) = (
+    let (mut pos, mut next, mut next_index) = (
         u64::from(entry.position),
         tail.base + u64::from(entry.rel_offset),
+        // An index's first entry (position 0) is the segment's first batch.
+        if entry.position == 0 {
+            tail.first_index
+        } else {
+            entry.log_index
+        },
     );
     while next < durable {
         let h = segment::read_header(&*tail.file, &tail.path, pos, tail.size)?;
         pos += h.total_len() as u64;
         next = h.last_offset() + 1;
+        next_index += 1;
     }
     let cut = tail.size - pos;
     let reason = format!(
@@ -115,6 +122,7 @@ fn cut_to_durable(
     report.truncated.push((tail.path.clone(), pos, cut, reason));
     tail.size = pos;
     tail.next_offset = next;
+    tail.next_index = next_index;
     tail.index.offsets.retain(|e| e.rel_offset < rel);
     tail.index.times.retain(|e| e.rel_offset < rel);
     Ok(())
@@ -132,6 +140,7 @@ pub(super) fn create_segment(
     storage: &dyn Storage,
     dir: &Path,
     base: u64,
+    first_index: u64,
 ) -> Result<Segment, StorageError> {
     let path = dir.join(segment::file_name(base));
     let file = storage
@@ -147,6 +156,8 @@ pub(super) fn create_segment(
         file,
         size: 0,
         next_offset: base,
+        first_index,
+        next_index: first_index,
         max_timestamp: i64::MIN,
         index: SegmentIndex::default(),
         holes: Vec::new(),
@@ -176,7 +187,7 @@ pub(super) fn recover(
     bases.sort_unstable();
     let mut report = RecoveryReport::default();
     if bases.is_empty() {
-        let seg = create_segment(storage, dir, 0)?;
+        let seg = create_segment(storage, dir, 0, 0)?;
         report.segments = 1;
         return Ok(Recovered {
             segments: vec![seg],
@@ -202,24 +213,55 @@ pub(super) fn recover(
             .as_ref()
             .map(|(_, extent)| *extent)
             .filter(|extent| extent.len > len);
+        // Log indexes continue from the segment before. The oldest segment's first one is
+        // recorded only in its own index (retention deleted what came before it); if that is
+        // unreadable, counting starts again from 0, which matters only to a replicated
+        // partition (whose replica then has to be refilled from its leader).
+        let start_index = match segments.last() {
+            Some(prev) => {
+                let prev: &Segment = prev;
+                prev.next_index
+            }
+            None => loaded
+                .as_ref()
+                .and_then(|(idx, _)| idx.offsets.first().map(|e| e.log_index))
+                .unwrap_or(0),
+        };
         let trusted = loaded
-            .filter(|(_, extent)| (clean || !is_tail) && extent.len == len)
+            .filter(|(idx, extent)| {
+                (clean || !is_tail)
+                    && extent.len == len
+                    && idx
+                        .offsets
+                        .first()
+                        .is_none_or(|e| e.log_index == start_index)
+            })
             .map(|(idx, _)| idx);
         let rebuilt = trusted.is_none();
-        let (mut idx, mut indexer, start_pos, start_offset) = match trusted {
+        let (mut idx, mut indexer, start_pos, start_offset, scan_index) = match trusted {
             Some(idx) => {
                 let last_entry = idx.offsets.last().copied();
                 let max_ts = idx.times.last().map_or(i64::MIN, |t| t.timestamp);
                 let indexer =
                     Indexer::resume(interval, last_entry.map(|e| u64::from(e.position)), max_ts);
-                let (pos, off) = last_entry.map_or((0, base), |e| {
-                    (u64::from(e.position), base + u64::from(e.rel_offset))
+                let (pos, off, at) = last_entry.map_or((0, base, start_index), |e| {
+                    (
+                        u64::from(e.position),
+                        base + u64::from(e.rel_offset),
+                        e.log_index,
+                    )
                 });
-                (idx, indexer, pos, off)
+                (idx, indexer, pos, off, at)
             }
             None => {
                 report.rebuilt_indexes += 1;
-                (SegmentIndex::default(), Indexer::new(interval), 0, base)
+                (
+                    SegmentIndex::default(),
+                    Indexer::new(interval),
+                    0,
+                    base,
+                    start_index,
+                )
             }
         };
         let mut found = SegmentIndex::default();
@@ -230,6 +272,7 @@ pub(super) fn recover(
             segment::Span {
                 start: start_pos,
                 expected: start_offset,
+                index: scan_index,
                 file_len: len,
             },
             &mut indexer,
@@ -281,6 +324,7 @@ pub(super) fn recover(
             let extent = Extent {
                 len: outcome.valid_len,
                 end_offset: outcome.next_offset,
+                end_index: outcome.next_index,
             };
             if let Err(e) = idx.write(storage, &path, extent) {
                 tracing::warn!(file = %path.display(), error = %e, "could not write rebuilt index");
@@ -309,6 +353,8 @@ pub(super) fn recover(
             file,
             size: outcome.valid_len,
             next_offset: outcome.next_offset,
+            first_index: start_index,
+            next_index: outcome.next_index,
             max_timestamp: outcome.max_timestamp,
             index: idx,
             holes,

@@ -17,6 +17,10 @@ pub struct Segment {
     pub file: Arc<dyn StorageFile>,
     pub size: u64,
     pub next_offset: u64,
+    /// Log index of the segment's first batch (of the next batch while it is empty).
+    pub first_index: u64,
+    /// Log index after its last batch.
+    pub next_index: u64,
     pub max_timestamp: i64,
     pub index: SegmentIndex,
     /// Damaged stretches of a sealed segment, kept rather than cut: the intact batches after
@@ -172,6 +176,8 @@ pub struct ScanOutcome {
     pub valid_len: u64,
     /// Offset after the last valid batch.
     pub next_offset: u64,
+    /// Log index after the last valid batch.
+    pub next_index: u64,
     pub max_timestamp: i64,
     /// The first invalid byte position and why, if the scan stopped before the file's end.
     pub invalid: Option<(u64, String)>,
@@ -187,6 +193,8 @@ pub struct Span {
     pub start: u64,
     /// The base offset that batch must have.
     pub expected: u64,
+    /// Its log index.
+    pub index: u64,
     /// Length of the file.
     pub file_len: u64,
 }
@@ -195,7 +203,9 @@ pub struct Span {
 /// Without `resync` it stops at the first torn or corrupt batch (a tail torn by a crash). With
 /// `resync` (a sealed segment, where damage cannot be a torn write and later batches were
 /// acknowledged) it looks for the next intact batch after the damage, records the stretch in
-/// between as a hole and carries on, so one bad batch does not cost everything after it.
+/// between as a hole and carries on, so one bad batch does not cost everything after it. How
+/// many batches a hole held is unknown: log indexes continue counting after it as if it held
+/// none (a replicated partition with a hole has to be refilled from its leader).
 pub fn scan(
     file: &dyn StorageFile,
     path: &Path,
@@ -240,6 +250,7 @@ pub fn scan(
         span = Span {
             start: position,
             expected: base,
+            index: outcome.next_index,
             file_len: span.file_len,
         };
     }
@@ -304,6 +315,7 @@ fn scan_run(
     let Span {
         start: mut pos,
         mut expected,
+        index: mut log_index,
         file_len,
     } = span;
     let mut buf = Vec::new();
@@ -344,13 +356,15 @@ fn scan_run(
             ));
         }
         let rel = u32::try_from(base - seg_base).unwrap_or(u32::MAX);
-        indexer.observe(rel, pos, header.max_timestamp, index);
+        indexer.observe(rel, pos, log_index, header.max_timestamp, index);
         expected = header.last_offset() + 1;
+        log_index += 1;
         pos += len as u64;
     };
     Ok(ScanOutcome {
         valid_len: pos,
         next_offset: expected,
+        next_index: log_index,
         max_timestamp: indexer.max_timestamp(),
         invalid,
         holes: Vec::new(),

@@ -1068,3 +1068,84 @@ fn truncation_within_the_active_segment_forgets_the_producer_batches_it_cut() {
     log.truncate_from(log.high_watermark()).unwrap();
     assert_eq!(log.high_watermark(), 4);
 }
+
+/// Every batch read back by log index: `(log index, base offset)` for the whole log.
+fn by_index(log: &PartitionLog) -> Vec<(u64, u64)> {
+    let (mut next, end) = log.index_range();
+    let mut out = Vec::new();
+    while next < end {
+        let got = log.read_indexed(next, 700).unwrap();
+        assert!(
+            !got.is_empty(),
+            "index {next} below the end {end} is readable"
+        );
+        for (i, b) in got {
+            assert_eq!(i, next, "consecutive indexes");
+            let h = rill_protocol::batch::validate(&b).unwrap();
+            assert_eq!(log.offset_of_index(i).unwrap(), Some(h.base_offset));
+            out.push((i, h.base_offset));
+            next += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn log_indexes_count_batches_across_rolls_restarts_cuts_and_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), config(4096), true);
+    // Batches of varying size, so offsets and indexes drift apart.
+    let bases: Vec<u64> = (0..240u64)
+        .map(|t| {
+            send(&log, batch(t, 1 + (t % 5) as usize, 0))
+                .unwrap()
+                .base_offset
+        })
+        .collect();
+    assert!(log.stats().segments >= 4);
+    let expected: Vec<(u64, u64)> = bases
+        .iter()
+        .copied()
+        .enumerate()
+        .map(|(i, b)| (i as u64, b))
+        .collect();
+    assert_eq!(by_index(&log), expected);
+    assert_eq!(log.index_range(), (0, 240));
+    assert_eq!(
+        log.offset_of_index(240).unwrap(),
+        Some(log.high_watermark())
+    );
+    assert_eq!(log.offset_of_index(241).unwrap(), None);
+    assert!(log.read_indexed(240, 100).unwrap().is_empty());
+    drop(log);
+    // Restarts: clean (indexes trusted), crash (tail rescanned), and with every index file gone.
+    for (clean, wipe) in [(true, false), (false, false), (false, true)] {
+        if wipe {
+            for f in files_with(dir.path(), "index") {
+                std::fs::remove_file(f).unwrap();
+            }
+        }
+        let (log, _) = open(dir.path(), config(4096), clean);
+        assert_eq!(by_index(&log), expected, "clean {clean} wipe {wipe}");
+        drop(log);
+    }
+    let (log, _) = open(dir.path(), config(4096), true);
+    // A cut at index 100 leaves indexes 0..100, and appends continue at 100.
+    log.truncate_from(bases[100]).unwrap();
+    assert_eq!(log.index_range(), (0, 100));
+    let next = send(&log, batch(999, 2, 0)).unwrap().base_offset;
+    assert_eq!(next, bases[100]);
+    let mut after_cut = expected[..100].to_vec();
+    after_cut.push((100, next));
+    assert_eq!(by_index(&log), after_cut);
+    // Retention: the oldest kept segment's first index survives a restart.
+    let removed = log.delete_segments_before(bases[60]).unwrap();
+    assert!(removed > 0);
+    let (first, _) = log.index_range();
+    assert!(first > 0);
+    let kept = after_cut[first as usize..].to_vec();
+    assert_eq!(by_index(&log), kept);
+    drop(log);
+    let (log, _) = open(dir.path(), config(4096), false);
+    assert_eq!(by_index(&log), kept);
+}

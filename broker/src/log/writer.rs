@@ -65,6 +65,7 @@ pub(super) struct Job {
 struct Mark {
     written: u64,
     next_offset: u64,
+    next_index: u64,
     indexer: Indexer,
     offsets: usize,
     times: usize,
@@ -94,6 +95,8 @@ pub(super) struct Writer {
     /// Bytes written to the active segment (committed or not).
     written: u64,
     next_offset: u64,
+    /// Log index of the next batch.
+    next_index: u64,
     indexer: Indexer,
     /// Index entries for written batches not yet published to readers.
     pending: SegmentIndex,
@@ -119,7 +122,7 @@ impl Writer {
         indexer: Indexer,
         producers: Producers,
     ) -> Result<Self, StorageError> {
-        let (file, path, seg_base, written, next_offset) = {
+        let (file, path, seg_base, written, next_offset, next_index) = {
             let view = shared.view.read().unwrap_or_else(|p| p.into_inner());
             let active = view.last().ok_or_else(|| StorageError::Corrupt {
                 path: dir.clone(),
@@ -132,6 +135,7 @@ impl Writer {
                 active.base,
                 active.size,
                 active.next_offset,
+                active.next_index,
             )
         };
         Ok(Writer {
@@ -145,6 +149,7 @@ impl Writer {
             seg_base,
             written,
             next_offset,
+            next_index,
             indexer,
             pending: SegmentIndex::default(),
             dirty: false,
@@ -221,6 +226,7 @@ impl Writer {
         Mark {
             written: self.written,
             next_offset: self.next_offset,
+            next_index: self.next_index,
             indexer: self.indexer,
             offsets: self.pending.offsets.len(),
             times: self.pending.times.len(),
@@ -298,6 +304,7 @@ impl Writer {
             self.indexer.observe(
                 rel,
                 self.written,
+                self.next_index,
                 job.header.max_timestamp,
                 &mut self.pending,
             );
@@ -310,6 +317,7 @@ impl Writer {
             }
             self.written += len;
             self.next_offset = job.header.last_offset_delta as u64 + base + 1;
+            self.next_index += 1;
             chunk.push((base.to_be_bytes(), job.batch));
             written.push((job.reply, Placed::Written(base)));
         }
@@ -398,6 +406,7 @@ impl Writer {
         self.written = mark.written;
         self.writeback_from = self.writeback_from.min(mark.written);
         self.next_offset = mark.next_offset;
+        self.next_index = mark.next_index;
         self.indexer = mark.indexer;
         self.pending.offsets.truncate(mark.offsets);
         self.pending.times.truncate(mark.times);
@@ -467,6 +476,7 @@ impl Writer {
             if let Some(active) = view.last_mut() {
                 active.size = self.written;
                 active.next_offset = self.next_offset;
+                active.next_index = self.next_index;
                 active.max_timestamp = self.indexer.max_timestamp();
                 active.index.append(&mut self.pending);
             }
@@ -556,9 +566,14 @@ impl Writer {
             last.map(|e| u64::from(e.position)),
             seg.index.times.last().map_or(i64::MIN, |t| t.timestamp),
         );
-        let (from_pos, from_offset) = last.map_or((0, seg.base), |e| {
-            (u64::from(e.position), seg.base + u64::from(e.rel_offset))
-        });
+        let (from_pos, from_offset, from_index) =
+            last.map_or((0, seg.base, seg.first_index), |e| {
+                (
+                    u64::from(e.position),
+                    seg.base + u64::from(e.rel_offset),
+                    e.log_index,
+                )
+            });
         let mut found = SegmentIndex::default();
         let outcome = super::segment::scan(
             &*seg.file,
@@ -567,6 +582,7 @@ impl Writer {
             super::segment::Span {
                 start: from_pos,
                 expected: from_offset,
+                index: from_index,
                 file_len: pos,
             },
             &mut indexer,
@@ -576,6 +592,7 @@ impl Writer {
         seg.index.append(&mut found);
         seg.size = pos;
         seg.next_offset = offset;
+        seg.next_index = outcome.next_index;
         seg.max_timestamp = outcome.max_timestamp;
         self.file = seg.file.clone();
         self.path = seg.path.clone();
@@ -583,6 +600,7 @@ impl Writer {
         self.written = pos;
         self.writeback_from = self.writeback_from.min(pos);
         self.next_offset = offset;
+        self.next_index = outcome.next_index;
         self.indexer = indexer;
         self.pending = SegmentIndex::default();
         self.dirty = false;
@@ -614,7 +632,12 @@ impl Writer {
         self.publish();
         self.write_active_index();
         self.snapshot_producers();
-        let segment = recovery::create_segment(&*self.shared.storage, &self.dir, self.next_offset)?;
+        let segment = recovery::create_segment(
+            &*self.shared.storage,
+            &self.dir,
+            self.next_offset,
+            self.next_index,
+        )?;
         self.file = segment.file.clone();
         self.path = segment.path.clone();
         self.seg_base = segment.base;
@@ -639,6 +662,7 @@ impl Writer {
                 Extent {
                     len: active.size,
                     end_offset: active.next_offset,
+                    end_index: active.next_index,
                 },
             )
         {
