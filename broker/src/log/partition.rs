@@ -4,7 +4,7 @@ use super::error::{AppendError, ReadError, StorageError, TruncateError};
 use super::producer_state;
 use super::recovery::{self, RecoveryReport};
 use super::segment::{self, Segment};
-use super::writer::{Command, Job, Writer};
+use super::writer::{Command, Job, RaftPosition, Writer};
 use crate::storage::Storage;
 use bytes::Bytes;
 use rill_protocol::FsyncPolicy;
@@ -68,6 +68,11 @@ pub(super) struct Shared {
     pub dir: PathBuf,
     /// Idempotent producers the writer holds state for (a metric).
     pub producers: std::sync::atomic::AtomicUsize,
+    /// Log index after the last batch published in `view`.
+    pub published_index: watch::Sender<u64>,
+    /// A replicated partition: the high watermark follows the Raft commit
+    /// ([`PartitionLog::set_high_watermark`]), not the writer.
+    pub replicated: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -78,6 +83,10 @@ impl Shared {
             *d = (*d).min(offset);
             cut
         });
+    }
+
+    pub(super) fn is_replicated(&self) -> bool {
+        self.replicated.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub(super) fn set_producers(&self, n: usize) {
@@ -266,6 +275,7 @@ impl PartitionLog {
         )?;
         recovered.report.producers = producer_report;
         let hw = recovered.segments.last().map_or(0, |s| s.next_offset);
+        let next_index = recovered.segments.last().map_or(0, |s| s.next_index);
         let shared = Arc::new(Shared {
             view: RwLock::new(recovered.segments),
             high_watermark: watch::Sender::new(hw),
@@ -276,6 +286,8 @@ impl PartitionLog {
             storage,
             dir: dir.to_path_buf(),
             producers: std::sync::atomic::AtomicUsize::new(producers.len()),
+            published_index: watch::Sender::new(next_index),
+            replicated: std::sync::atomic::AtomicBool::new(false),
         });
         // Unbounded on purpose: `append` runs on async workers and must never block. What it
         // holds is bounded before it gets here: a connection reserves every produced batch in
@@ -320,6 +332,14 @@ impl PartitionLog {
     /// Validates `batch` and queues it for the writer. Appends from one caller are committed in
     /// the order this is called. Never blocks.
     pub fn append(&self, batch: Bytes) -> Result<PendingAppend, AppendError> {
+        self.queue(batch, None)
+    }
+
+    fn queue(
+        &self,
+        batch: Bytes,
+        raft: Option<RaftPosition>,
+    ) -> Result<PendingAppend, AppendError> {
         let header = batch::validate(&batch).map_err(AppendError::InvalidBatch)?;
         if header.producer_id >= 0 && (header.producer_epoch < 0 || header.base_sequence < 0) {
             return Err(AppendError::InvalidBatch(
@@ -344,6 +364,7 @@ impl PartitionLog {
             .send(Command::Append(Job {
                 batch,
                 header,
+                raft,
                 reply,
             }))
             .map_err(|_| AppendError::ShuttingDown)?;
@@ -362,6 +383,43 @@ impl PartitionLog {
 
     pub fn high_watermark(&self) -> u64 {
         *self.shared.high_watermark.borrow()
+    }
+
+    /// Turns this into a replicated partition's log, before anything reads it: from now on
+    /// readers see only what [`set_high_watermark`](Self::set_high_watermark) allows (the
+    /// Raft commit), starting at `committed`, and appends come from Raft ([`append_entry`](
+    /// Self::append_entry)).
+    pub fn make_replicated(&self, committed: u64) {
+        self.shared
+            .replicated
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.shared.high_watermark.send_replace(committed);
+    }
+
+    /// Moves a replicated partition's high watermark (its Raft commit, as an offset).
+    pub fn set_high_watermark(&self, offset: u64) {
+        self.shared.high_watermark.send_if_modified(|hw| {
+            let moved = *hw != offset;
+            *hw = offset;
+            moved
+        });
+    }
+
+    /// A receiver of the log index after the last published batch.
+    pub fn subscribe_index(&self) -> watch::Receiver<u64> {
+        self.shared.published_index.subscribe()
+    }
+
+    /// Queues a Raft entry of a replicated partition: written as it is at log index `index`
+    /// (which must be the next one) with `term` in its leader epoch, never refused as a
+    /// duplicate. Acknowledged when durable under the fsync policy. Never blocks.
+    pub fn append_entry(
+        &self,
+        batch: Bytes,
+        index: u64,
+        term: i32,
+    ) -> Result<PendingAppend, AppendError> {
+        self.queue(batch, Some(RaftPosition { index, term }))
     }
 
     /// Offset after the last record a completed fsync covered: equal to the high watermark under
@@ -400,7 +458,11 @@ impl PartitionLog {
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadResult, ReadError> {
         let view = self.view();
         let start = view.first().map_or(0, |s| s.base);
-        let hw = view.last().map_or(0, |s| s.next_offset);
+        // A replicated partition's log may run ahead of its commit; readers stop at the commit.
+        let hw = view
+            .last()
+            .map_or(0, |s| s.next_offset)
+            .min(self.high_watermark());
         if offset < start || offset > hw {
             return Err(ReadError::OffsetOutOfRange {
                 offset,
@@ -426,7 +488,11 @@ impl PartitionLog {
                 path: seg.path.clone(),
             });
         }
-        let Some(seg) = view[first..].iter().find(|s| s.next_offset > offset) else {
+        let Some(seg) = view[first..]
+            .iter()
+            .find(|s| s.next_offset > offset)
+            .filter(|_| offset < hw)
+        else {
             return Ok(result(Bytes::new()));
         };
         let entry = match offset.checked_sub(seg.base) {
@@ -445,7 +511,7 @@ impl PartitionLog {
             offset,
             max_bytes,
         )?;
-        Ok(result(batches))
+        Ok(result(below(batches, hw)))
     }
 
     /// Log indexes held: the first batch's and the one after the last batch published.
@@ -706,4 +772,18 @@ impl Drop for PartitionLog {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// The leading batches of `batches` (whole, back to back) that start below `end`: a read of a
+/// replicated partition stops at its commit even where the log runs further.
+fn below(mut batches: Bytes, end: u64) -> Bytes {
+    let mut keep = 0;
+    while let Some((base, len)) = batches.get(keep..).and_then(batch::peek) {
+        if base >= end || keep + len > batches.len() {
+            break;
+        }
+        keep += len;
+    }
+    batches.truncate(keep);
+    batches
 }

@@ -1149,3 +1149,38 @@ fn log_indexes_count_batches_across_rolls_restarts_cuts_and_retention() {
     let (log, _) = open(dir.path(), config(4096), false);
     assert_eq!(by_index(&log), kept);
 }
+
+#[test]
+fn raft_entries_carry_their_term_and_reads_stop_at_the_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), config(4096), true);
+    log.make_replicated(0);
+    let entry = |b: Bytes, i: u64, term: i32| log.append_entry(b, i, term).unwrap().wait_blocking();
+    assert_eq!(entry(batch(1, 3, 0), 0, 7).unwrap().base_offset, 0);
+    // The same idempotent batch twice is two Raft entries: the leader decided, nothing dedups.
+    assert_eq!(entry(idem(5, 0, 0, 2), 1, 7).unwrap().base_offset, 3);
+    assert_eq!(entry(idem(5, 0, 0, 2), 2, 8).unwrap().base_offset, 5);
+    // An entry that does not follow the log is refused and changes nothing.
+    assert!(matches!(
+        entry(batch(2, 1, 0), 5, 8),
+        Err(AppendError::Failed(_))
+    ));
+    assert_eq!(log.index_range(), (0, 3));
+    // Stored with the term in the leader epoch; the CRC still holds (the epoch is outside it).
+    let stored = log.read_indexed(0, 1 << 20).unwrap();
+    let terms: Vec<i32> = stored
+        .iter()
+        .map(|(_, b)| rill_protocol::batch::validate(b).unwrap().leader_epoch)
+        .collect();
+    assert_eq!(terms, [7, 7, 8]);
+    // Readers see only what is committed.
+    assert!(log.read(0, 1 << 20).unwrap().batches.is_empty());
+    log.set_high_watermark(5);
+    let r = log.read(0, 1 << 20).unwrap();
+    assert_eq!(r.high_watermark, 5);
+    let bases: Vec<u64> = Batches::new(r.batches)
+        .map(|b| rill_protocol::batch::validate(&b).unwrap().base_offset)
+        .collect();
+    assert_eq!(bases, [0, 3], "the batch at 5 is not committed yet");
+    assert!(log.read(5, 1 << 20).unwrap().batches.is_empty());
+}

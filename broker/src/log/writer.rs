@@ -32,7 +32,7 @@ use crate::storage::StorageFile;
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
 use rill_protocol::FsyncPolicy;
-use rill_protocol::batch::BatchHeader;
+use rill_protocol::batch::{self, BatchHeader};
 use std::io::{self, IoSlice};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,8 +40,9 @@ use tokio::sync::oneshot;
 
 /// Appends handled in one round at most, bounding a round's latency.
 const MAX_ROUND: usize = 1024;
-/// Batches per vectored write (two slices each, below the usual IOV_MAX of 1024).
-const MAX_WRITE: usize = 500;
+/// Slices per vectored write (two per batch, four per Raft entry), below the usual IOV_MAX of
+/// 1024.
+const MAX_SLICES: usize = 1000;
 /// Under `fsync=interval`, how much is written before write-back of it is started.
 const WRITEBACK_CHUNK: u64 = 4 << 20;
 
@@ -57,8 +58,22 @@ pub(super) enum Command {
 pub(super) struct Job {
     pub batch: Bytes,
     pub header: BatchHeader,
+    /// A replicated partition's Raft entry: the log index it must get and the term to stamp
+    /// into its leader epoch. Written as it is, never refused by the sequence check: the
+    /// leader decided what goes into the Raft log.
+    pub raft: Option<RaftPosition>,
     pub reply: oneshot::Sender<Result<AppendAck, AppendError>>,
 }
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RaftPosition {
+    pub index: u64,
+    pub term: i32,
+}
+
+/// A batch as written: its base offset and, for a Raft entry, its term, each in place of the
+/// batch's own bytes.
+type Placement = ([u8; 8], Option<[u8; 4]>, Bytes);
 
 /// Where the active segment stood before a write, to roll back to if it fails.
 #[derive(Clone, Copy)]
@@ -246,7 +261,8 @@ impl Writer {
         self.undo.clear();
         // Appends placed in this round, answered once it is committed.
         let mut written: Vec<(Reply, Placed)> = Vec::with_capacity(jobs.len());
-        let mut chunk: Vec<([u8; 8], Bytes)> = Vec::with_capacity(jobs.len().min(MAX_WRITE));
+        let mut chunk: Vec<Placement> = Vec::with_capacity(jobs.len().min(MAX_SLICES / 2));
+        let mut chunk_slices = 0;
         let mut chunk_start = written.len();
         let mut mark = self.mark();
         let mut error: Option<AppendError> = None;
@@ -257,7 +273,16 @@ impl Writer {
             }
             let h = &job.header;
             let idempotent = h.producer_id >= 0;
-            if idempotent {
+            if let Some(raft) = job.raft
+                && raft.index != self.next_index
+            {
+                let _ = job.reply.send(Err(AppendError::Failed(format!(
+                    "Raft entry {} does not follow the log, which ends before {}",
+                    raft.index, self.next_index
+                ))));
+                continue;
+            }
+            if idempotent && job.raft.is_none() {
                 let records = i32::try_from(h.records()).unwrap_or(i32::MAX);
                 match self.producers.check(
                     h.producer_id,
@@ -279,7 +304,9 @@ impl Writer {
             }
             let len = job.batch.len() as u64;
             let roll = self.written > 0 && self.written + len > self.config.segment_bytes;
-            if roll || chunk.len() == MAX_WRITE {
+            let slices = if job.raft.is_some() { 4 } else { 2 };
+            if roll || chunk_slices + slices > MAX_SLICES {
+                chunk_slices = 0;
                 if let Err(e) = self.flush(&mut chunk, mark) {
                     let e = AppendError::from(e);
                     for (reply, _) in written.drain(chunk_start..) {
@@ -318,7 +345,9 @@ impl Writer {
             self.written += len;
             self.next_offset = job.header.last_offset_delta as u64 + base + 1;
             self.next_index += 1;
-            chunk.push((base.to_be_bytes(), job.batch));
+            let term = job.raft.map(|r| r.term.to_be_bytes());
+            chunk_slices += slices;
+            chunk.push((base.to_be_bytes(), term, job.batch));
             written.push((job.reply, Placed::Written(base)));
         }
         if error.is_none()
@@ -372,14 +401,22 @@ impl Writer {
     }
 
     /// Writes `chunk` at the end of the active segment; on failure truncates back to `mark`.
-    fn flush(&mut self, chunk: &mut Vec<([u8; 8], Bytes)>, mark: Mark) -> Result<(), StorageError> {
+    fn flush(&mut self, chunk: &mut Vec<Placement>, mark: Mark) -> Result<(), StorageError> {
         if chunk.is_empty() {
             return Ok(());
         }
-        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(chunk.len() * 2);
-        for (offset, batch) in chunk.iter() {
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(chunk.len() * 4);
+        for (offset, term, batch) in chunk.iter() {
             slices.push(IoSlice::new(offset));
-            slices.push(IoSlice::new(batch.get(8..).unwrap_or_default()));
+            match term {
+                None => slices.push(IoSlice::new(batch.get(8..).unwrap_or_default())),
+                Some(term) => {
+                    let at = batch::LEADER_EPOCH_AT;
+                    slices.push(IoSlice::new(batch.get(8..at).unwrap_or_default()));
+                    slices.push(IoSlice::new(term));
+                    slices.push(IoSlice::new(batch.get(at + 4..).unwrap_or_default()));
+                }
+            }
         }
         let result = self
             .file
@@ -481,7 +518,11 @@ impl Writer {
                 active.index.append(&mut self.pending);
             }
         }
-        self.shared.high_watermark.send_replace(self.next_offset);
+        self.shared.published_index.send_replace(self.next_index);
+        // A replicated partition's high watermark is its Raft commit, set as entries apply.
+        if !self.shared.is_replicated() {
+            self.shared.high_watermark.send_replace(self.next_offset);
+        }
     }
 
     /// Cuts the log back to `offset`, a batch boundary: later segments are deleted (newest
@@ -616,7 +657,10 @@ impl Writer {
         self.producers = producers;
         drop(view);
         self.shared.cut_durable(offset);
-        self.shared.high_watermark.send_replace(offset);
+        self.shared.published_index.send_replace(self.next_index);
+        self.shared
+            .high_watermark
+            .send_if_modified(|hw| std::mem::replace(hw, (*hw).min(offset)) != *hw);
         tracing::info!(partition = %self.label, offset, "log truncated");
         Ok(())
     }

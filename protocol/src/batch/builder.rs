@@ -15,6 +15,7 @@ pub struct BatchBuilder {
     base_timestamp: i64,
     max_timestamp: i64,
     producer: Producer,
+    attributes: i16,
 }
 
 /// Who wrote a batch, for idempotence: Kafka's producer id, epoch and the sequence number of
@@ -48,7 +49,13 @@ impl BatchBuilder {
             base_timestamp: 0,
             max_timestamp: i64::MIN,
             producer: Producer::NONE,
+            attributes: 0,
         }
+    }
+
+    /// Makes this a control batch (see [`super::CONTROL`]): for the broker's own entries.
+    pub fn set_control(&mut self) {
+        self.attributes |= super::CONTROL;
     }
 
     /// Stamps the batch with its producer's id, epoch and first sequence number (idempotence).
@@ -188,7 +195,7 @@ impl BatchBuilder {
         h.put_i32(-1); // partition leader epoch: unused on a single node
         h.put_i8(MAGIC);
         h.put_u32(0); // crc, below
-        h.put_i16(0); // attributes: no compression, create time, not transactional
+        h.put_i16(self.attributes); // no compression, create time, not transactional
         h.put_i32(self.count.saturating_sub(1));
         h.put_i64(self.base_timestamp);
         h.put_i64(if self.count == 0 {

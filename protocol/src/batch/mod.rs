@@ -42,6 +42,12 @@ pub const HEADER_LEN: usize = 61;
 /// Where the CRC-covered region starts.
 pub const CRC_START: usize = 21;
 const CRC_AT: usize = 17;
+/// Where the partition leader epoch sits: outside the CRC, like the base offset, so a
+/// replicated partition's leader writes its Raft term there when it appends.
+pub const LEADER_EPOCH_AT: usize = 12;
+/// Attributes bit of a *control batch*: written by the broker (a replicated partition's Raft
+/// bookkeeping entries), never by producers; consumers skip them, as Kafka's do.
+pub const CONTROL: i16 = 0x20;
 
 /// The fixed header of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +106,11 @@ impl BatchHeader {
 
     pub fn compression(&self) -> u8 {
         (self.attributes & 0x7) as u8
+    }
+
+    /// Whether this is a control batch (see [`CONTROL`]).
+    pub fn is_control(&self) -> bool {
+        self.attributes & CONTROL != 0
     }
 }
 
