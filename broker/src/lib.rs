@@ -11,6 +11,7 @@ pub mod handlers;
 pub mod log;
 pub mod metrics;
 pub mod producer_ids;
+pub mod raft;
 pub mod server;
 pub mod storage;
 pub mod topics;

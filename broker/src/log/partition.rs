@@ -4,7 +4,7 @@ use super::error::{AppendError, ReadError, StorageError, TruncateError};
 use super::producer_state;
 use super::recovery::{self, RecoveryReport};
 use super::segment::{self, Segment};
-use super::writer::{Command, Job, RaftPosition, Writer};
+use super::writer::{Command, Cut, Job, RaftPosition, Writer};
 use crate::storage::Storage;
 use bytes::Bytes;
 use rill_protocol::FsyncPolicy;
@@ -329,6 +329,11 @@ impl PartitionLog {
         &self.dir
     }
 
+    /// The storage the partition's files live on.
+    pub fn storage(&self) -> Arc<dyn Storage> {
+        self.shared.storage.clone()
+    }
+
     /// Validates `batch` and queues it for the writer. Appends from one caller are committed in
     /// the order this is called. Never blocks.
     pub fn append(&self, batch: Bytes) -> Result<PendingAppend, AppendError> {
@@ -403,6 +408,11 @@ impl PartitionLog {
             *hw = offset;
             moved
         });
+    }
+
+    /// The log index after the last published batch.
+    pub fn published_index(&self) -> u64 {
+        *self.shared.published_index.borrow()
     }
 
     /// A receiver of the log index after the last published batch.
@@ -523,34 +533,6 @@ impl PartitionLog {
         )
     }
 
-    /// Where the batch with log index `log_index` starts: its segment (by position in the
-    /// view), byte position and base offset. `None` outside the published log.
-    fn locate(view: &[Segment], log_index: u64) -> Result<Option<(usize, u64, u64)>, ReadError> {
-        let i = view.partition_point(|s| s.first_index <= log_index);
-        let Some(at) = i.checked_sub(1) else {
-            return Ok(None);
-        };
-        let seg = &view[at];
-        if log_index >= seg.next_index {
-            return Ok(None);
-        }
-        let (mut pos, mut offset, mut index) = match seg.index.entry_for_index(log_index) {
-            Some(e) => (
-                u64::from(e.position),
-                seg.base + u64::from(e.rel_offset),
-                e.log_index,
-            ),
-            None => (0, seg.base, seg.first_index),
-        };
-        while index < log_index {
-            let h = segment::read_header(&*seg.file, &seg.path, pos, seg.size)?;
-            pos += h.total_len() as u64;
-            offset = h.last_offset() + 1;
-            index += 1;
-        }
-        Ok(Some((at, pos, offset)))
-    }
-
     /// The base offset of the batch with log index `log_index`, or the log end offset for the
     /// index after the last batch; `None` outside the log. Blocking.
     pub fn offset_of_index(&self, log_index: u64) -> Result<Option<u64>, ReadError> {
@@ -558,9 +540,23 @@ impl PartitionLog {
         if view.last().is_some_and(|s| s.next_index == log_index) {
             return Ok(view.last().map(|s| s.next_offset));
         }
-        Ok(Self::locate(&view, log_index)?.map(|(_, _, offset)| offset))
+        Ok(locate(&view, log_index)?.map(|(_, _, offset)| offset))
     }
 
+    /// Removes the batch with log index `index` and every later one, after the appends queued
+    /// before this call (nothing if the log ends before it). Blocking.
+    pub fn truncate_from_index(&self, index: u64) -> Result<(), TruncateError> {
+        self.cut(Cut::Index(index))
+    }
+
+    fn cut(&self, cut: Cut) -> Result<(), TruncateError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Truncate(cut, reply))
+            .map_err(|_| TruncateError::ShuttingDown)?;
+        rx.blocking_recv()
+            .unwrap_or(Err(TruncateError::ShuttingDown))
+    }
     /// Whole batches from the one with log index `from` on, each with its log index, as
     /// stored (base offset written in): about `max_bytes` at most but always one batch, and
     /// never past the end of the segment holding `from`. Empty outside the published log.
@@ -571,7 +567,7 @@ impl PartitionLog {
         max_bytes: usize,
     ) -> Result<Vec<(u64, Bytes)>, ReadError> {
         let view = self.view();
-        let Some((at, pos, offset)) = Self::locate(&view, from)? else {
+        let Some((at, pos, offset)) = locate(&view, from)? else {
             return Ok(Vec::new());
         };
         let seg = &view[at];
@@ -619,12 +615,7 @@ impl PartitionLog {
     /// queued before this call: the building block for a replica cutting a divergent suffix.
     /// Readers see the high watermark move back. Blocking.
     pub fn truncate_from(&self, offset: u64) -> Result<(), TruncateError> {
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Truncate(offset, reply))
-            .map_err(|_| TruncateError::ShuttingDown)?;
-        rx.blocking_recv()
-            .unwrap_or(Err(TruncateError::ShuttingDown))
+        self.cut(Cut::Offset(offset))
     }
 
     /// Deletes whole sealed segments that end at or before `offset`, moving the log start
@@ -786,4 +777,35 @@ fn below(mut batches: Bytes, end: u64) -> Bytes {
     }
     batches.truncate(keep);
     batches
+}
+
+/// Where the batch with log index `log_index` starts: its segment (by position in the view),
+/// byte position and base offset. `None` outside the published log.
+pub(super) fn locate(
+    view: &[Segment],
+    log_index: u64,
+) -> Result<Option<(usize, u64, u64)>, StorageError> {
+    let i = view.partition_point(|s| s.first_index <= log_index);
+    let Some(at) = i.checked_sub(1) else {
+        return Ok(None);
+    };
+    let seg = &view[at];
+    if log_index >= seg.next_index {
+        return Ok(None);
+    }
+    let (mut pos, mut offset, mut index) = match seg.index.entry_for_index(log_index) {
+        Some(e) => (
+            u64::from(e.position),
+            seg.base + u64::from(e.rel_offset),
+            e.log_index,
+        ),
+        None => (0, seg.base, seg.first_index),
+    };
+    while index < log_index {
+        let h = segment::read_header(&*seg.file, &seg.path, pos, seg.size)?;
+        pos += h.total_len() as u64;
+        offset = h.last_offset() + 1;
+        index += 1;
+    }
+    Ok(Some((at, pos, offset)))
 }

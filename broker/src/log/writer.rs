@@ -51,7 +51,7 @@ pub(super) enum Command {
     /// New settings, taken before the next round.
     Reconfigure(LogConfig),
     /// Cut every record from this offset on (a batch boundary), after the queued appends.
-    Truncate(u64, oneshot::Sender<Result<(), TruncateError>>),
+    Truncate(Cut, oneshot::Sender<Result<(), TruncateError>>),
     Close,
 }
 
@@ -63,6 +63,15 @@ pub(super) struct Job {
     /// leader decided what goes into the Raft log.
     pub raft: Option<RaftPosition>,
     pub reply: oneshot::Sender<Result<AppendAck, AppendError>>,
+}
+
+/// Where a truncation starts.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Cut {
+    /// At this offset, which must start a batch.
+    Offset(u64),
+    /// At the batch with this log index (nothing to cut if the log ends before it).
+    Index(u64),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -191,10 +200,13 @@ impl Writer {
                         self.round(&mut jobs);
                         self.config = config;
                     }
-                    Command::Truncate(offset, reply) => {
+                    Command::Truncate(cut, reply) => {
                         // In order: the appends queued before it are written first.
                         self.round(&mut jobs);
-                        let result = self.truncate(offset);
+                        let result = match cut {
+                            Cut::Offset(offset) => self.truncate(offset),
+                            Cut::Index(index) => self.truncate_at_index(index),
+                        };
                         if let Err(TruncateError::Storage(e)) = &result {
                             // Half cut: refuse writes; the next start sorts out what is left.
                             self.fail_stop(e);
@@ -522,6 +534,25 @@ impl Writer {
         // A replicated partition's high watermark is its Raft commit, set as entries apply.
         if !self.shared.is_replicated() {
             self.shared.high_watermark.send_replace(self.next_offset);
+        }
+    }
+
+    /// Cuts the log back to the batch with log index `index`, if the log holds it.
+    fn truncate_at_index(&mut self, index: u64) -> Result<(), TruncateError> {
+        if index >= self.next_index {
+            return Ok(());
+        }
+        let offset = {
+            let view = self.shared.view.read().unwrap_or_else(|p| p.into_inner());
+            super::partition::locate(&view, index)?
+        };
+        match offset {
+            Some((_, _, offset)) => self.truncate(offset),
+            None => Err(TruncateError::OutOfRange {
+                offset: index,
+                start: 0,
+                end: self.next_index,
+            }),
         }
     }
 

@@ -33,6 +33,11 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// Creates or replaces `path` with `bytes` and fsyncs the file (not its directory).
     fn write_synced(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    /// Creates or replaces a file with `bytes`, not waiting for them to reach the disk (for
+    /// hints that cost only work if lost). Synced unless the storage knows better.
+    fn write_unsynced(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        self.write_synced(path, bytes)
+    }
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Makes the directory's entries (creations, removals) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
@@ -132,6 +137,10 @@ impl Storage for Disk {
         let f = File::create(path)?;
         (&f).write_all(bytes)?;
         f.sync_data()
+    }
+
+    fn write_unsynced(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        std::fs::write(path, bytes)
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {

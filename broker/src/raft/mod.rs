@@ -1,0 +1,107 @@
+//! Replication: Raft groups whose log is a partition's segment log (see ARCHITECTURE.md,
+//! "Replication"). Consensus, elections and commit are openraft's; this module supplies its
+//! storage ([`store::LogStore`], [`store::Machine`]) and, later, transport.
+//!
+//! One type configuration serves every group: an entry's application data is a record batch,
+//! stored as it is. openraft's own entries (a new leader's blank entry, membership changes)
+//! are stored as *control batches*: one record whose value is the bincode of the payload.
+
+// openraft's traits return its `StorageError` (over 200 bytes); helpers return it too.
+#![allow(clippy::result_large_err)]
+
+pub mod store;
+
+use bytes::{Bytes, BytesMut};
+use openraft::{Entry, EntryPayload, LogId};
+use rill_protocol::batch::{self, BatchBuilder, RecordIter};
+use rill_protocol::codec;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A node as Raft knows it: where its peers reach it and where clients do.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub cluster_addr: String,
+    pub client_addr: String,
+}
+
+impl fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (clients {})", self.cluster_addr, self.client_addr)
+    }
+}
+
+/// What applying an entry reports back to the proposer: where its records landed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub base_offset: u64,
+}
+
+openraft::declare_raft_types!(
+    /// The type configuration of every Rill Raft group.
+    pub Rill:
+        D = Bytes,
+        R = Applied,
+        NodeId = u64,
+        Node = NodeInfo,
+        Entry = Entry<Rill>,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+);
+
+pub type RaftEntry = Entry<Rill>;
+pub type StorageError = openraft::StorageError<u64>;
+
+/// The batch that stores `entry`: its own for application data, a control batch otherwise.
+pub fn entry_batch(entry: &RaftEntry) -> Bytes {
+    match &entry.payload {
+        EntryPayload::Normal(batch) => batch.clone(),
+        other => {
+            let mut value = BytesMut::new();
+            codec::encode(other, &mut value);
+            let mut b = BatchBuilder::with_capacity(value.len() + 96);
+            b.set_control();
+            b.push(None, &value, &[], now_ms());
+            b.finish()
+        }
+    }
+}
+
+/// The entry a stored batch holds, given its log index (the term is in its leader epoch).
+pub fn batch_entry(index: u64, stored: Bytes) -> Result<RaftEntry, String> {
+    let header = batch::BatchHeader::parse(&stored).map_err(|e| e.to_string())?;
+    let term = u64::try_from(header.leader_epoch).map_err(|_| {
+        format!(
+            "entry {index} has no term (leader epoch {})",
+            header.leader_epoch
+        )
+    })?;
+    let log_id = LogId::new(openraft::CommittedLeaderId::new(term, 0), index);
+    let payload = if header.is_control() {
+        let record = RecordIter::new(stored)
+            .map_err(|e| e.to_string())?
+            .next()
+            .ok_or("control batch without a record")?
+            .map_err(|e| e.to_string())?;
+        codec::decode::<EntryPayload<Rill>>(&record.value, "raft entry")
+            .map_err(|e| e.to_string())?
+    } else {
+        EntryPayload::Normal(stored)
+    };
+    Ok(Entry { log_id, payload })
+}
+
+/// Records an entry's batch holds (a control batch holds one).
+pub fn entry_records(entry: &RaftEntry) -> u64 {
+    match &entry.payload {
+        EntryPayload::Normal(b) => {
+            batch::BatchHeader::parse(b).map_or(0, |h| u64::from(h.records()))
+        }
+        _ => 1,
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
