@@ -26,6 +26,30 @@ pub fn encode<T: Serialize>(value: &T, out: &mut BytesMut) {
     }
 }
 
+/// Upper bound on one decoded node-to-node replication message (Raft entries carry batches).
+pub const MAX_REPLICATION_BYTES: usize = 64 << 20;
+
+/// [`decode`] for node-to-node replication messages, bounded by [`MAX_REPLICATION_BYTES`].
+pub fn decode_replication<T: DeserializeOwned>(
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<T, DecodeError> {
+    let config = bincode::config::standard().with_limit::<MAX_REPLICATION_BYTES>();
+    let (value, used) = bincode::serde::decode_from_slice(bytes, config).map_err(|e| {
+        DecodeError::InvalidDetail {
+            what,
+            detail: e.to_string(),
+        }
+    })?;
+    if used != bytes.len() {
+        return Err(DecodeError::Invalid {
+            what,
+            reason: "trailing bytes after replication message",
+        });
+    }
+    Ok(value)
+}
+
 /// Decodes exactly one value that fills all of `bytes`.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
     let (value, used) = bincode::serde::decode_from_slice(bytes, config()).map_err(|e| {

@@ -9,14 +9,19 @@
 // openraft's traits return its `StorageError` (over 200 bytes); helpers return it too.
 #![allow(clippy::result_large_err)]
 
+pub mod net;
 pub mod store;
+#[cfg(test)]
+mod tests;
 
+use crate::log::PartitionLog;
 use bytes::{Bytes, BytesMut};
 use openraft::{Entry, EntryPayload, LogId};
 use rill_protocol::batch::{self, BatchBuilder, RecordIter};
 use rill_protocol::codec;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 /// A node as Raft knows it: where its peers reach it and where clients do.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +54,63 @@ openraft::declare_raft_types!(
 );
 
 pub type RaftEntry = Entry<Rill>;
+pub type Raft = openraft::Raft<Rill>;
+
+/// Timing of every group: a heartbeat each `heartbeat_ms`, an election after a silence of
+/// 4 to 8 heartbeats. Failover lands near 1–2 s plus the election itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            heartbeat_ms: 250,
+            election_min_ms: 1000,
+            election_max_ms: 2000,
+        }
+    }
+}
+
+/// openraft's settings for a group: no snapshots (a partition's log is its own snapshot and is
+/// never purged by openraft; segment transfer comes later).
+pub fn raft_config(timing: Timing) -> Result<Arc<openraft::Config>, String> {
+    let config = openraft::Config {
+        cluster_name: "rill".into(),
+        heartbeat_interval: timing.heartbeat_ms,
+        election_timeout_min: timing.election_min_ms,
+        election_timeout_max: timing.election_max_ms,
+        snapshot_policy: openraft::SnapshotPolicy::Never,
+        max_payload_entries: 256,
+        ..Default::default()
+    };
+    config.validate().map(Arc::new).map_err(|e| e.to_string())
+}
+
+/// Starts this node's replica of `group` over `log` and makes it reachable through `router`.
+pub async fn start_group(
+    node: u64,
+    group: net::GroupId,
+    config: Arc<openraft::Config>,
+    log: Arc<PartitionLog>,
+    peers: &net::Peers,
+    router: &net::Router,
+) -> Result<Raft, String> {
+    let machine = store::Machine::open(log.clone()).map_err(|e| e.to_string())?;
+    let store = store::LogStore::open(log).map_err(|e| e.to_string())?;
+    let network = net::GroupNetwork {
+        group,
+        peers: peers.clone(),
+    };
+    let raft = openraft::Raft::new(node, config, network, store, machine)
+        .await
+        .map_err(|e| e.to_string())?;
+    router.add(group, raft.clone());
+    Ok(raft)
+}
 pub type StorageError = openraft::StorageError<u64>;
 
 /// The batch that stores `entry`: its own for application data, a control batch otherwise.
@@ -60,7 +122,8 @@ pub fn entry_batch(entry: &RaftEntry) -> Bytes {
             codec::encode(other, &mut value);
             let mut b = BatchBuilder::with_capacity(value.len() + 96);
             b.set_control();
-            b.push(None, &value, &[], now_ms());
+            // Timestamp 0: every replica builds this batch itself and must store the same bytes.
+            b.push(None, &value, &[], 0);
             b.finish()
         }
     }
@@ -98,10 +161,4 @@ pub fn entry_records(entry: &RaftEntry) -> u64 {
         }
         _ => 1,
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

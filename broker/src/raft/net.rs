@@ -1,0 +1,422 @@
+//! Node-to-node transport for every Raft group: one TCP connection per ordered pair of nodes
+//! carries the RPCs of all groups between them, each tagged with its group id.
+//!
+//! Frames are `[length u32 BE][correlation u64 BE][body]`; a request's body is
+//! `[group u64 BE][bincode Rpc]`, a response's is a bincode [`Reply`]. The sending side keeps
+//! one connection per peer (`Peer`), opened on first use and again after it fails; a writer
+//! task writes queued frames back to back and flushes when its queue is empty, so the RPCs of
+//! many groups to one peer leave in few writes. Responses are matched by correlation id and
+//! may arrive in any order. A call that fails to connect, times out or loses its connection is
+//! `Unreachable` to openraft, which retries with backoff.
+
+use super::{NodeInfo, Rill};
+use bytes::{BufMut, Bytes, BytesMut};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{AnyError, Raft};
+use rill_protocol::codec;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+/// Identifies a Raft group: 0 is the cluster metadata, others are partitions.
+pub type GroupId = u64;
+
+/// Largest frame accepted (a replication message plus its header).
+const MAX_FRAME: usize = codec::MAX_REPLICATION_BYTES + 64;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Rpc {
+    Append(AppendEntriesRequest<Rill>),
+    Vote(VoteRequest<u64>),
+    Snapshot(InstallSnapshotRequest<Rill>),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Reply {
+    Append(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
+    Vote(Result<VoteResponse<u64>, RaftError<u64>>),
+    Snapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+    /// The receiving node has no such group (not created there yet, or removed).
+    NoGroup,
+}
+
+/// The Raft groups this node serves to its peers.
+#[derive(Default, Clone)]
+pub struct Router {
+    groups: Arc<RwLock<HashMap<GroupId, Raft<Rill>>>>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.groups.read().map_or(0, |g| g.len());
+        f.debug_struct("Router").field("groups", &n).finish()
+    }
+}
+
+impl Router {
+    pub fn add(&self, group: GroupId, raft: Raft<Rill>) {
+        self.groups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(group, raft);
+    }
+
+    pub fn remove(&self, group: GroupId) -> Option<Raft<Rill>> {
+        self.groups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&group)
+    }
+
+    pub fn get(&self, group: GroupId) -> Option<Raft<Rill>> {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&group)
+            .cloned()
+    }
+
+    async fn handle(&self, group: GroupId, rpc: Rpc) -> Reply {
+        let Some(raft) = self.get(group) else {
+            return Reply::NoGroup;
+        };
+        match rpc {
+            Rpc::Append(r) => Reply::Append(raft.append_entries(r).await),
+            Rpc::Vote(r) => Reply::Vote(raft.vote(r).await),
+            Rpc::Snapshot(r) => Reply::Snapshot(raft.install_snapshot(r).await),
+        }
+    }
+}
+
+fn frame(correlation: u64, body: impl FnOnce(&mut BytesMut)) -> Bytes {
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_u32(0);
+    buf.put_u64(correlation);
+    body(&mut buf);
+    let len = u32::try_from(buf.len() - 4).unwrap_or(u32::MAX);
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    buf.freeze()
+}
+
+/// Reads one frame: `(correlation, body)`, or `None` at a clean end of stream.
+async fn read_frame<R: AsyncReadExt + Unpin>(
+    r: &mut R,
+) -> std::io::Result<Option<(u64, BytesMut)>> {
+    let len = match r.read_u32().await {
+        Ok(n) => n as usize,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !(8..=MAX_FRAME).contains(&len) {
+        return Err(std::io::Error::other(format!(
+            "cluster frame of {len} bytes refused"
+        )));
+    }
+    let correlation = r.read_u64().await?;
+    let mut body = BytesMut::zeroed(len - 8);
+    r.read_exact(&mut body).await?;
+    Ok(Some((correlation, body)))
+}
+
+/// Writes queued frames, flushing whenever the queue runs dry.
+async fn write_frames(
+    stream: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+) {
+    let mut w = BufWriter::with_capacity(64 << 10, stream);
+    while let Some(f) = rx.recv().await {
+        if w.write_all(&f).await.is_err() {
+            return;
+        }
+        while let Ok(f) = rx.try_recv() {
+            if w.write_all(&f).await.is_err() {
+                return;
+            }
+        }
+        if w.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Accepts peers' connections and answers their RPCs from `router` until the listener fails.
+pub async fn serve(listener: TcpListener, router: Router) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster listener accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        tokio::spawn(async move {
+            let (read, write) = stream.into_split();
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(write_frames(write, rx));
+            let mut read = BufReader::with_capacity(64 << 10, read);
+            loop {
+                let (correlation, body) = match read_frame(&mut read).await {
+                    Ok(Some(f)) => f,
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "cluster connection closed");
+                        return;
+                    }
+                };
+                let (router, tx) = (router.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let Some(group) = body
+                        .get(..8)
+                        .and_then(|g| g.try_into().ok())
+                        .map(u64::from_be_bytes)
+                    else {
+                        return;
+                    };
+                    let rpc = match codec::decode_replication::<Rpc>(&body[8..], "raft rpc") {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!(%peer, error = %e, "undecodable cluster request");
+                            return;
+                        }
+                    };
+                    let reply = router.handle(group, rpc).await;
+                    let _ = tx.send(frame(correlation, |b| codec::encode(&reply, b)));
+                });
+            }
+        });
+    }
+}
+
+#[derive(Debug)]
+struct Conn {
+    tx: mpsc::UnboundedSender<Bytes>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<BytesMut>>>,
+}
+
+/// The connection to one peer, shared by every group.
+#[derive(Debug)]
+pub struct Peer {
+    addr: String,
+    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    next: AtomicU64,
+}
+
+impl Peer {
+    pub fn new(addr: String) -> Self {
+        Peer {
+            addr,
+            conn: tokio::sync::Mutex::new(None),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    async fn connection(&self) -> std::io::Result<Arc<Conn>> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref().filter(|c| !c.tx.is_closed()) {
+            return Ok(c.clone());
+        }
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("connecting to {}", self.addr),
+                )
+            })??;
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let conn = Arc::new(Conn {
+            tx,
+            pending: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(write_frames(write, rx));
+        let reader = Arc::downgrade(&conn);
+        tokio::spawn(async move {
+            let mut read = BufReader::with_capacity(64 << 10, read);
+            while let Ok(Some((correlation, body))) = read_frame(&mut read).await {
+                let Some(conn) = reader.upgrade() else { return };
+                let waiter = conn
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&correlation);
+                if let Some(w) = waiter {
+                    let _ = w.send(body);
+                }
+            }
+            // Lost: fail every call still waiting, and make the next one reconnect.
+            if let Some(conn) = reader.upgrade() {
+                conn.pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
+            }
+        });
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn call(&self, group: GroupId, rpc: &Rpc, ttl: Duration) -> Result<Reply, Unreachable> {
+        let unreachable = |e: &dyn std::fmt::Display| {
+            Unreachable::from(AnyError::error(format!("{}: {e}", self.addr)))
+        };
+        let conn = self.connection().await.map_err(|e| unreachable(&e))?;
+        let correlation = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        conn.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(correlation, tx);
+        let f = frame(correlation, |b| {
+            b.put_u64(group);
+            codec::encode(rpc, b);
+        });
+        if conn.tx.send(f).is_err() {
+            conn.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&correlation);
+            return Err(unreachable(&"connection closed"));
+        }
+        let body = match tokio::time::timeout(ttl, rx).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(_)) => return Err(unreachable(&"connection lost")),
+            Err(_) => {
+                conn.pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&correlation);
+                return Err(unreachable(&"timed out"));
+            }
+        };
+        codec::decode_replication::<Reply>(&body, "raft reply").map_err(|e| unreachable(&e))
+    }
+}
+
+/// The peers of this node, by node id.
+#[derive(Debug, Default, Clone)]
+pub struct Peers {
+    peers: Arc<Mutex<HashMap<u64, Arc<Peer>>>>,
+}
+
+impl Peers {
+    /// The connection to node `id` at `addr` (replaced if the address changed).
+    pub fn get(&self, id: u64, addr: &str) -> Arc<Peer> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let peer = peers
+            .entry(id)
+            .or_insert_with(|| Arc::new(Peer::new(addr.to_string())));
+        if peer.addr != addr {
+            *peer = Arc::new(Peer::new(addr.to_string()));
+        }
+        peer.clone()
+    }
+}
+
+/// openraft's network for one group.
+#[derive(Debug, Clone)]
+pub struct GroupNetwork {
+    pub group: GroupId,
+    pub peers: Peers,
+}
+
+impl RaftNetworkFactory<Rill> for GroupNetwork {
+    type Network = GroupClient;
+
+    async fn new_client(&mut self, target: u64, node: &NodeInfo) -> GroupClient {
+        GroupClient {
+            group: self.group,
+            target,
+            peer: self.peers.get(target, &node.cluster_addr),
+        }
+    }
+}
+
+/// One group's RPCs to one peer.
+#[derive(Debug)]
+pub struct GroupClient {
+    group: GroupId,
+    target: u64,
+    peer: Arc<Peer>,
+}
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<u64, NodeInfo, RaftError<u64, E>>>;
+
+fn unexpected<T, E: std::error::Error>(what: &str) -> RpcResult<T, E> {
+    Err(RPCError::Network(NetworkError::new(&AnyError::error(
+        format!("unexpected reply to {what}"),
+    ))))
+}
+
+impl GroupClient {
+    fn remote<T, E: std::error::Error>(&self, r: Result<T, RaftError<u64, E>>) -> RpcResult<T, E> {
+        r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn call<E: std::error::Error>(
+        &self,
+        rpc: Rpc,
+        option: &RPCOption,
+    ) -> Result<Reply, RPCError<u64, NodeInfo, RaftError<u64, E>>> {
+        match self.peer.call(self.group, &rpc, option.hard_ttl()).await {
+            Ok(Reply::NoGroup) => Err(RPCError::Unreachable(Unreachable::from(AnyError::error(
+                format!("node {} has no group {}", self.target, self.group),
+            )))),
+            Ok(r) => Ok(r),
+            Err(e) => Err(RPCError::Unreachable(e)),
+        }
+    }
+}
+
+impl RaftNetwork<Rill> for GroupClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<Rill>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<u64>> {
+        match self.call(Rpc::Append(rpc), &option).await? {
+            Reply::Append(r) => self.remote(r),
+            _ => unexpected("append entries"),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<Rill>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
+        match self.call(Rpc::Snapshot(rpc), &option).await? {
+            Reply::Snapshot(r) => self.remote(r),
+            _ => unexpected("install snapshot"),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<u64>> {
+        match self.call(Rpc::Vote(rpc), &option).await? {
+            Reply::Vote(r) => self.remote(r),
+            _ => unexpected("vote"),
+        }
+    }
+}

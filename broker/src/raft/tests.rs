@@ -1,0 +1,201 @@
+//! Three replicas of one group in one process, over real loopback connections.
+
+use super::*;
+use crate::log::LogConfig;
+use openraft::ServerState;
+use rill_protocol::batch::BatchBuilder;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+struct Node {
+    id: u64,
+    log: Arc<PartitionLog>,
+    raft: Raft,
+    _dir: tempfile::TempDir,
+}
+
+fn config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 64 << 10,
+        index_interval_bytes: 4096,
+        fsync: rill_protocol::FsyncPolicy::Always,
+        retention_ms: 0,
+        retention_bytes: 0,
+        producer_expiration_ms: 86_400_000,
+    }
+}
+
+const TIMING: Timing = Timing {
+    heartbeat_ms: 100,
+    election_min_ms: 500,
+    election_max_ms: 1000,
+};
+
+async fn start(n: u64) -> (Vec<Node>, BTreeMap<u64, NodeInfo>) {
+    let mut listeners = Vec::new();
+    let mut members = BTreeMap::new();
+    for id in 1..=n {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        members.insert(
+            id,
+            NodeInfo {
+                cluster_addr: l.local_addr().unwrap().to_string(),
+                client_addr: String::new(),
+            },
+        );
+        listeners.push(l);
+    }
+    let mut nodes = Vec::new();
+    for (id, l) in (1..=n).zip(listeners) {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = PartitionLog::open(dir.path(), format!("n{id}"), config(), true).unwrap();
+        let log = Arc::new(log);
+        let router = net::Router::default();
+        let raft = start_group(
+            id,
+            7,
+            raft_config(TIMING).unwrap(),
+            log.clone(),
+            &net::Peers::default(),
+            &router,
+        )
+        .await
+        .unwrap();
+        tokio::spawn(net::serve(l, router));
+        nodes.push(Node {
+            id,
+            log,
+            raft,
+            _dir: dir,
+        });
+    }
+    nodes[0].raft.initialize(members.clone()).await.unwrap();
+    (nodes, members)
+}
+
+async fn leader(nodes: &[Node]) -> usize {
+    let mut watches: Vec<_> = nodes.iter().map(|n| n.raft.metrics()).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(i) = watches
+            .iter()
+            .position(|w| w.borrow().state == ServerState::Leader)
+        {
+            return i;
+        }
+        let changes = watches.iter_mut().map(|w| Box::pin(w.changed()));
+        let (changed, _, _) =
+            tokio::time::timeout_at(deadline, futures::future::select_all(changes))
+                .await
+                .expect("a leader is elected");
+        changed.expect("the group is running");
+    }
+}
+
+fn batch(tag: u64) -> Bytes {
+    let mut b = BatchBuilder::with_capacity(128);
+    for r in 0..3 {
+        b.push(None, format!("{tag}-{r}").as_bytes(), &[], 0);
+    }
+    b.finish()
+}
+
+/// Every stored batch up to log index `end`, as bytes.
+fn stored(log: &PartitionLog, end: u64) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut next = 0;
+    while next < end {
+        let got = log.read_indexed(next, 1 << 20).unwrap();
+        assert!(!got.is_empty(), "entry {next} readable");
+        for (_, b) in got {
+            out.push(b);
+            next += 1;
+        }
+    }
+    out.truncate(end as usize);
+    out
+}
+
+/// Two replicas' batches are byte-identical (reported by the first index that differs).
+fn assert_same(a: &[Bytes], b: &[Bytes]) {
+    assert_eq!(a.len(), b.len(), "entry counts differ");
+    if let Some(i) = (0..a.len()).find(|&i| a[i] != b[i]) {
+        panic!("replicas differ at log index {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_commit_the_same_bytes_and_survive_losing_the_leader() {
+    let (mut nodes, _) = start(3).await;
+    let first = leader(&nodes).await;
+    let mut offsets = Vec::new();
+    for t in 0..50 {
+        let r = nodes[first].raft.client_write(batch(t)).await.unwrap();
+        offsets.push(r.data.base_offset);
+    }
+    assert!(
+        offsets.windows(2).all(|w| w[1] == w[0] + 3),
+        "3 records per batch: {offsets:?}"
+    );
+    // The old leader goes away; another is elected and carries on from the same log.
+    let gone = nodes.remove(first);
+    gone.raft.shutdown().await.unwrap();
+    let next = leader(&nodes).await;
+    assert_ne!(nodes[next].id, gone.id);
+    let mut later = Vec::new();
+    for t in 50..80 {
+        later.push(
+            nodes[next]
+                .raft
+                .client_write(batch(t))
+                .await
+                .unwrap()
+                .data
+                .base_offset,
+        );
+    }
+    let end_offset = later.last().unwrap() + 3;
+    assert!(
+        later[0] > *offsets.last().unwrap(),
+        "nothing acknowledged is overwritten"
+    );
+    // Both remaining replicas commit everything and hold identical bytes at identical offsets.
+    for n in &nodes {
+        let mut hw = n.log.subscribe();
+        tokio::time::timeout(Duration::from_secs(10), hw.wait_for(|o| *o >= end_offset))
+            .await
+            .expect("the follower learns the commit")
+            .unwrap();
+    }
+    let end = nodes[0]
+        .log
+        .index_range()
+        .1
+        .min(nodes[1].log.index_range().1);
+    assert_same(&stored(&nodes[0].log, end), &stored(&nodes[1].log, end));
+    // The deposed leader's log agrees on everything it held.
+    let old_end = gone.log.index_range().1;
+    assert_same(&stored(&gone.log, old_end), &stored(&nodes[0].log, old_end));
+    // Consumers read the records exactly once, in order, on every replica.
+    for n in &nodes {
+        let mut values = Vec::new();
+        let mut at = 0;
+        while at < end_offset {
+            let r = n.log.read(at, 1 << 20).unwrap();
+            for b in rill_protocol::batch::Batches::new(r.batches) {
+                let h = rill_protocol::batch::validate(&b).unwrap();
+                at = h.last_offset() + 1;
+                if h.is_control() {
+                    continue;
+                }
+                for rec in rill_protocol::batch::RecordIter::new(b).unwrap() {
+                    values.push(String::from_utf8(rec.unwrap().value.to_vec()).unwrap());
+                }
+            }
+        }
+        let expected: Vec<String> = (0..80)
+            .flat_map(|t| (0..3).map(move |r| format!("{t}-{r}")))
+            .collect();
+        assert_eq!(values, expected, "node {}", n.id);
+    }
+}
