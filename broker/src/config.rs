@@ -47,6 +47,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Consumer-group coordination.
     pub groups: GroupsConfig,
+    /// Replication across several rilld nodes; absent: a single-node broker.
+    pub cluster: Option<ClusterConfig>,
     /// For tests only (`--test-write-rate`, never from a file): throttle partition-log writes
     /// to this many bytes per second.
     #[serde(skip)]
@@ -66,6 +68,86 @@ pub struct GroupsConfig {
     /// Most members of one group (ids issued to first joins count until they expire); a join
     /// beyond it gets `GroupFull`.
     pub max_members: usize,
+}
+
+/// Settings of a node in a cluster (`[cluster]`, or `--node-id`, `--cluster-listen`, `--peers`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's id: unique in the cluster, never reused for another machine's data.
+    pub node_id: u64,
+    /// Address for node-to-node traffic (Raft), apart from the client listener.
+    pub listen: SocketAddr,
+    /// Every node of the cluster at start, this one included: node id -> cluster address.
+    pub peers: std::collections::BTreeMap<u64, String>,
+    /// Interval of Raft heartbeats, in ms; a group elects a new leader after 4 to 8 silent
+    /// intervals.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// Replication factor of topics created without one (capped at the number of nodes).
+    #[serde(default = "default_replication_factor")]
+    pub default_replication_factor: u32,
+}
+
+fn default_heartbeat_ms() -> u64 {
+    250
+}
+
+fn default_replication_factor() -> u32 {
+    3
+}
+
+impl ClusterConfig {
+    /// Raft timing from the heartbeat interval.
+    pub fn timing(&self) -> crate::raft::Timing {
+        crate::raft::Timing {
+            heartbeat_ms: self.heartbeat_ms,
+            election_min_ms: self.heartbeat_ms * 4,
+            election_max_ms: self.heartbeat_ms * 8,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.node_id == 0 {
+            return invalid("cluster node_id must be at least 1".into());
+        }
+        if !self.peers.contains_key(&self.node_id) {
+            return invalid(format!(
+                "cluster peers must include this node ({}); got ids {:?}",
+                self.node_id,
+                self.peers.keys().collect::<Vec<_>>()
+            ));
+        }
+        if self.heartbeat_ms < 10 {
+            return invalid("cluster heartbeat_ms must be at least 10".into());
+        }
+        if self.default_replication_factor == 0 {
+            return invalid("cluster default_replication_factor must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Parses `1=host:port,2=host:port,...`.
+pub fn parse_peers(s: &str) -> Result<std::collections::BTreeMap<u64, String>, String> {
+    let mut peers = std::collections::BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("peer {part:?} is not ID=ADDRESS"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("peer id {id:?} is not a number"))?;
+        if peers.insert(id, addr.trim().to_string()).is_some() {
+            return Err(format!("peer id {id} given twice"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("no peers given".into());
+    }
+    Ok(peers)
 }
 
 impl Default for GroupsConfig {
@@ -120,6 +202,7 @@ impl Default for Config {
             metrics_listen: DEFAULT_METRICS_LISTEN.into(),
             storage: StorageConfig::default(),
             groups: GroupsConfig::default(),
+            cluster: None,
             test_write_rate: None,
         }
     }
@@ -243,6 +326,19 @@ pub struct Args {
     /// Most members of one consumer group [default: 1000].
     #[arg(long, value_name = "N")]
     pub max_group_members: Option<usize>,
+    /// Run as node N of a cluster (with --cluster-listen and --peers).
+    #[arg(long, value_name = "N", requires_all = ["cluster_listen", "peers"])]
+    pub node_id: Option<u64>,
+    /// Address for node-to-node traffic of this cluster node.
+    #[arg(long, value_name = "ADDR", requires = "node_id")]
+    pub cluster_listen: Option<SocketAddr>,
+    /// Every node of the cluster, this one included: 1=ADDR,2=ADDR,... (cluster addresses).
+    #[arg(long, value_name = "PEERS", value_parser = parse_peers, requires = "node_id")]
+    pub peers: Option<std::collections::BTreeMap<u64, String>>,
+    /// Raft heartbeat interval in ms; failover takes 4 to 8 of them plus an election
+    /// [default: 250].
+    #[arg(long, value_name = "MS")]
+    pub heartbeat_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -294,6 +390,27 @@ impl Config {
             max_groups => config.groups.max_groups,
             max_group_members => config.groups.max_members,
         );
+        if let (Some(node_id), Some(listen), Some(peers)) =
+            (args.node_id, args.cluster_listen, args.peers.clone())
+        {
+            let old = config.cluster.take();
+            config.cluster = Some(ClusterConfig {
+                node_id,
+                listen,
+                peers,
+                heartbeat_ms: old
+                    .as_ref()
+                    .map_or(default_heartbeat_ms(), |c| c.heartbeat_ms),
+                default_replication_factor: old
+                    .as_ref()
+                    .map_or(default_replication_factor(), |c| {
+                        c.default_replication_factor
+                    }),
+            });
+        }
+        if let (Some(ms), Some(c)) = (args.heartbeat_ms, config.cluster.as_mut()) {
+            c.heartbeat_ms = ms;
+        }
         config.test_write_rate = args.test_write_rate;
         config.validate()?;
         Ok(config)
@@ -324,6 +441,9 @@ impl Config {
             )));
         }
         self.metrics_addr()?;
+        if let Some(c) = &self.cluster {
+            c.validate()?;
+        }
         if self.storage.retention_check_interval_ms == 0 {
             return Err(ConfigError::Invalid(
                 "retention_check_interval_ms must be at least 1".into(),
@@ -430,6 +550,56 @@ mod tests {
         assert!(
             err.contains("segmnet_bytes") && err.contains("line 2"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn cluster_settings_come_from_the_file_or_the_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rill.toml");
+        std::fs::write(
+            &file,
+            "[cluster]\nnode_id = 2\nlisten = \"127.0.0.1:7272\"\nheartbeat_ms = 100\n[cluster.peers]\n1 = \"127.0.0.1:7271\"\n2 = \"127.0.0.1:7272\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&args(&["--config", file.to_str().unwrap()])).unwrap();
+        let cluster = c.cluster.clone().unwrap();
+        assert_eq!((cluster.node_id, cluster.heartbeat_ms), (2, 100));
+        assert_eq!(cluster.peers.len(), 2);
+        assert_eq!(toml::from_str::<Config>(&c.to_toml()).unwrap(), c);
+        let c = Config::load(&args(&[
+            "--node-id",
+            "3",
+            "--cluster-listen",
+            "127.0.0.1:9003",
+            "--peers",
+            "1=127.0.0.1:9001, 2=127.0.0.1:9002,3=127.0.0.1:9003",
+        ]))
+        .unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.node_id, 3);
+        assert_eq!(
+            cluster.peers.get(&2).map(String::as_str),
+            Some("127.0.0.1:9002")
+        );
+        assert_eq!(cluster.timing().election_min_ms, 1000);
+        // This node must be among the peers; peers must parse.
+        let err = Config::load(&args(&[
+            "--node-id",
+            "4",
+            "--cluster-listen",
+            "127.0.0.1:9004",
+            "--peers",
+            "1=a:1",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("must include this node"), "{err}");
+        assert!(parse_peers("1=a:1,1=b:2").unwrap_err().contains("twice"));
+        assert!(parse_peers("x=a:1").unwrap_err().contains("not a number"));
+        assert!(
+            Config::load(&args(&[])).unwrap().cluster.is_none(),
+            "no flags: a single node"
         );
     }
 
