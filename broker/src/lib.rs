@@ -4,6 +4,7 @@
 
 pub mod backpressure;
 pub mod check;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod groups;

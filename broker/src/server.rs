@@ -32,6 +32,8 @@ pub struct Context {
     pub produce_budget: crate::backpressure::ProduceBudget,
     /// Durable producer ids for idempotent producers.
     pub producer_ids: ProducerIds,
+    /// This node's part of a cluster (`[cluster]`); `None` for a single-node broker.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 const CLEAN_MARKER: &str = "clean-shutdown";
@@ -105,6 +107,18 @@ impl Broker {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
         tracing::info!(topics = topics.list().len(), clean, "storage ready");
+        let cluster = match config.cluster.clone() {
+            Some(c) => Some(
+                crate::cluster::Cluster::start(
+                    c,
+                    listener.local_addr()?,
+                    &config.data_dir,
+                    config.log_config(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         Ok(Broker {
             ctx: Arc::new(Context {
                 topics,
@@ -116,6 +130,7 @@ impl Broker {
                 ),
                 config,
                 shutdown,
+                cluster,
             }),
             listener,
             _lock: lock,
@@ -144,7 +159,15 @@ impl Broker {
         } = self;
         let ticker = tokio::spawn(group_timer(ctx.clone()));
         let retention = tokio::spawn(retention_timer(ctx.clone()));
+        let cluster = ctx
+            .cluster
+            .clone()
+            .map(|c| tokio::spawn(c.run(ctx.clone())));
         accept_loop(&listener, &ctx).await;
+        if let Some(cluster) = cluster {
+            // Raft groups stop before the logs under them close.
+            let _ = cluster.await;
+        }
         let _ = ticker.await;
         let _ = retention.await;
         drop(listener);

@@ -75,6 +75,11 @@ impl Client {
             let iter = RecordIter::new(batch)
                 .map_err(|e| Error::Protocol(format!("corrupt batch from broker: {e}")))?;
             next_offset = next_offset.max(iter.header().last_offset() + 1);
+            // A replicated partition's control batches (the brokers' Raft bookkeeping) take
+            // offsets but hold no records for applications, as in Kafka.
+            if iter.header().is_control() {
+                continue;
+            }
             for record in iter {
                 let record = record
                     .map_err(|e| Error::Protocol(format!("corrupt record from broker: {e}")))?;

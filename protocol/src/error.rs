@@ -69,6 +69,12 @@ pub enum ErrorCode {
     /// A newer instance of this named producer took over (`InitProducer` bumped its epoch);
     /// this instance may write no more.
     ProducerFenced = 32,
+    /// This node of a cluster does not lead the partition; the message names the leader's
+    /// node id and client address. Refresh metadata and retry there.
+    NotLeader = 33,
+    /// The partition (or the cluster's metadata) has no leader at the moment: an election is
+    /// under way, or too few replicas are reachable. Retry shortly.
+    LeaderNotAvailable = 34,
 }
 
 impl ErrorCode {
@@ -108,6 +114,8 @@ impl ErrorCode {
             30 => TooManyGroups,
             31 => OutOfOrderSequence,
             32 => ProducerFenced,
+            33 => NotLeader,
+            34 => LeaderNotAvailable,
             _ => return Option::None,
         })
     }
@@ -120,7 +128,11 @@ impl ErrorCode {
     pub fn is_retriable(self) -> bool {
         matches!(
             self,
-            ErrorCode::DiskFull | ErrorCode::ShuttingDown | ErrorCode::TopicBusy
+            ErrorCode::DiskFull
+                | ErrorCode::ShuttingDown
+                | ErrorCode::TopicBusy
+                | ErrorCode::NotLeader
+                | ErrorCode::LeaderNotAvailable
         )
     }
 }

@@ -17,6 +17,10 @@ pub async fn handle(
     ctx: Arc<Context>,
     req: FetchRequest,
 ) -> Result<(FetchResponse, Bytes), OpError> {
+    if let Some(cluster) = &ctx.cluster {
+        // Served by the partition's leader, up to its commit (the high watermark).
+        cluster.leader_replica(&req.topic, req.partition)?;
+    }
     let log = ctx.topics.partition(&req.topic, req.partition)?;
     let max_bytes = max_bytes(&ctx, &req);
     let min_bytes = req.min_bytes as usize;

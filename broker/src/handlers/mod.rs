@@ -45,6 +45,8 @@ pub enum OpError {
     Request(#[from] RequestError),
     #[error(transparent)]
     Group(#[from] GroupError),
+    #[error(transparent)]
+    Route(#[from] crate::cluster::RouteError),
     #[error("{0}")]
     Invalid(String),
     #[error("the broker is shutting down")]
@@ -103,6 +105,8 @@ impl OpError {
                 GroupError::GroupFull { .. } => ErrorCode::GroupFull,
                 GroupError::TooManyGroups { .. } => ErrorCode::TooManyGroups,
             },
+            OpError::Route(crate::cluster::RouteError::NotLeader { .. }) => ErrorCode::NotLeader,
+            OpError::Route(_) => ErrorCode::LeaderNotAvailable,
             OpError::Invalid(_) => ErrorCode::InvalidConfig,
             OpError::ShuttingDown => ErrorCode::ShuttingDown,
             OpError::Internal(_) => ErrorCode::Unknown,

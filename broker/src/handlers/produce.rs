@@ -6,20 +6,49 @@ use crate::log::{AppendError, PendingAppend};
 use crate::metrics::{self, TopicLabel};
 use crate::server::Context;
 use bytes::Bytes;
+use futures::FutureExt;
 use rill_protocol::batch::BatchHeader;
 use rill_protocol::messages::{ProduceRequest, ProduceResponse};
 
 /// A queued append and what to count once it is acknowledged.
-#[derive(Debug)]
 pub struct Pending {
-    append: PendingAppend,
+    append: Append,
     topic: String,
     bytes: u64,
 }
 
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("topic", &self.topic)
+            .field("bytes", &self.bytes)
+            .finish()
+    }
+}
+
+/// Where the batch went: the local log, or a partition group's Raft log (cluster).
+enum Append {
+    Local(PendingAppend),
+    Replicated {
+        answer: RaftAnswer,
+        records: u64,
+        what: String,
+    },
+}
+
+type RaftAnswer = tokio::sync::oneshot::Receiver<
+    Result<
+        openraft::raft::ClientWriteResponse<crate::raft::Rill>,
+        openraft::error::ClientWriteError<u64, crate::raft::NodeInfo>,
+    >,
+>;
+
 /// Runs in the connection's read loop, so batches from one connection are queued in the order
 /// they arrived even though their acknowledgements are awaited concurrently.
 pub fn start(ctx: &Context, req: ProduceRequest, batch: Bytes) -> Result<Pending, OpError> {
+    if let Some(cluster) = &ctx.cluster {
+        return start_replicated(cluster, req, batch);
+    }
     let log = ctx.topics.partition(&req.topic, req.partition)?;
     // A fenced instance of a named producer is refused on every partition, also those its
     // successor has not written to yet (the partitions' own windows would let it through).
@@ -38,10 +67,74 @@ pub fn start(ctx: &Context, req: ProduceRequest, batch: Bytes) -> Result<Pending
     }
     let bytes = batch.len() as u64;
     Ok(Pending {
-        append: log.append(batch)?,
+        append: Append::Local(log.append(batch)?),
         topic: req.topic.to_string(),
         bytes,
     })
+}
+
+/// Produce in a cluster: on the partition's leader, the batch becomes a Raft entry (proposed
+/// here, in arrival order); it is acknowledged once a majority holds it.
+fn start_replicated(
+    cluster: &crate::cluster::Cluster,
+    req: ProduceRequest,
+    batch: Bytes,
+) -> Result<Pending, OpError> {
+    let replica = cluster.leader_replica(&req.topic, req.partition)?;
+    let header = rill_protocol::batch::validate(&batch).map_err(AppendError::InvalidBatch)?;
+    if header.is_control() {
+        return Err(OpError::Invalid(
+            "control batches are written by brokers only".into(),
+        ));
+    }
+    let bytes = batch.len() as u64;
+    // The proposal is queued at once (an unbounded channel to the group's Raft task), so
+    // batches from one connection enter the Raft log in the order they arrived.
+    let answer = replica
+        .raft
+        .client_write_ff(batch)
+        .now_or_never()
+        .and_then(Result::ok)
+        .ok_or(OpError::ShuttingDown)?;
+    Ok(Pending {
+        append: Append::Replicated {
+            answer,
+            records: u64::from(header.records()),
+            what: format!("{}-{}", req.topic, req.partition),
+        },
+        topic: req.topic.to_string(),
+        bytes,
+    })
+}
+
+/// Waits for a replicated produce: its base offset, or where the leader went.
+async fn replicated(
+    answer: RaftAnswer,
+    records: u64,
+    what: String,
+) -> Result<crate::log::AppendAck, OpError> {
+    use crate::cluster::RouteError;
+    use openraft::error::ClientWriteError;
+    match answer.await {
+        Ok(Ok(r)) => Ok(crate::log::AppendAck {
+            base_offset: r.data.base_offset,
+            log_end_offset: r.data.base_offset + records,
+            duplicate: false,
+        }),
+        Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(match (f.leader_id, f.leader_node) {
+            (Some(leader), Some(node)) => OpError::Route(RouteError::NotLeader {
+                what,
+                leader,
+                addr: node.client_addr,
+            }),
+            _ => OpError::Route(RouteError::NoLeader { what }),
+        }),
+        Ok(Err(e)) => Err(OpError::Route(RouteError::Unavailable(format!(
+            "{what}: {e}"
+        )))),
+        // The group stopped (the node is shutting down, or its storage failed).
+        Err(_) => Err(OpError::ShuttingDown),
+    }
 }
 
 pub async fn finish(pending: Result<Pending, OpError>) -> Result<ProduceResponse, OpError> {
@@ -50,8 +143,14 @@ pub async fn finish(pending: Result<Pending, OpError>) -> Result<ProduceResponse
         topic,
         bytes,
     } = pending?;
-    let records = append.records();
-    let ack = append.wait().await?;
+    let (records, ack) = match append {
+        Append::Local(append) => (append.records(), append.wait().await?),
+        Append::Replicated {
+            answer,
+            records,
+            what,
+        } => (records, replicated(answer, records, what).await?),
+    };
     let m = metrics::global();
     let label = TopicLabel { topic };
     if ack.duplicate {

@@ -9,6 +9,35 @@ pub async fn create(
     ctx: Arc<Context>,
     req: CreateTopicRequest,
 ) -> Result<CreateTopicResponse, OpError> {
+    if let Some(cluster) = &ctx.cluster {
+        // Checked before proposing: every node must be able to create what is committed.
+        if req.partitions == 0 || req.partitions > crate::topics::MAX_PARTITIONS {
+            return Err(OpError::Topic(crate::topics::TopicError::InvalidConfig(
+                format!(
+                    "partitions must be between 1 and {}, got {}",
+                    crate::topics::MAX_PARTITIONS,
+                    req.partitions
+                ),
+            )));
+        }
+        ctx.topics
+            .log_config(&req.config)
+            .map_err(|e| OpError::Topic(crate::topics::TopicError::InvalidConfig(e)))?;
+        let nodes = cluster.state().nodes.len().max(1) as u32;
+        let command = crate::cluster::Command::CreateTopic {
+            replication_factor: cluster.default_replication_factor().min(nodes),
+            name: req.name.clone(),
+            partitions: req.partitions,
+            config: req.config,
+        };
+        return match cluster.propose(&command).await {
+            Ok(()) => Ok(CreateTopicResponse {}),
+            Err(why) if why.contains("already exists") => Err(OpError::Topic(
+                crate::topics::TopicError::AlreadyExists(req.name),
+            )),
+            Err(why) => Err(OpError::Route(crate::cluster::RouteError::Unavailable(why))),
+        };
+    }
     blocking(move || ctx.topics.create(req.name, req.partitions, req.config)).await??;
     Ok(CreateTopicResponse {})
 }

@@ -90,16 +90,21 @@ pub fn raft_config(timing: Timing) -> Result<Arc<openraft::Config>, String> {
     config.validate().map(Arc::new).map_err(|e| e.to_string())
 }
 
-/// Starts this node's replica of `group` over `log` and makes it reachable through `router`.
+/// Starts this node's replica of `group` over `log` (whose state machine is `machine`, by
+/// default [`store::Machine::open`]) and makes it reachable through `router`.
 pub async fn start_group(
     node: u64,
     group: net::GroupId,
     config: Arc<openraft::Config>,
     log: Arc<PartitionLog>,
+    machine: Option<store::Machine>,
     peers: &net::Peers,
     router: &net::Router,
 ) -> Result<Raft, String> {
-    let machine = store::Machine::open(log.clone()).map_err(|e| e.to_string())?;
+    let machine = match machine {
+        Some(m) => m,
+        None => store::Machine::open(log.clone()).map_err(|e| e.to_string())?,
+    };
     let store = store::LogStore::open(log).map_err(|e| e.to_string())?;
     let network = net::GroupNetwork {
         group,

@@ -42,6 +42,10 @@ enum Rpc {
     Append(AppendEntriesRequest<Rill>),
     Vote(VoteRequest<u64>),
     Snapshot(InstallSnapshotRequest<Rill>),
+    /// Who are you? (node-level, no group)
+    Hello,
+    /// Propose this command to the metadata group (sent to its leader).
+    Propose(Bytes),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -49,14 +53,33 @@ enum Reply {
     Append(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
     Vote(Result<VoteResponse<u64>, RaftError<u64>>),
     Snapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+    Hello(Hello),
+    /// The proposal's log index once committed, or why it was refused.
+    Proposed(Result<u64, String>),
     /// The receiving node has no such group (not created there yet, or removed).
     NoGroup,
+}
+
+/// A node's answer to [`Peer::hello`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    pub node_id: u64,
+    pub info: NodeInfo,
+    /// Whether its metadata group already has a membership (the cluster was formed).
+    pub initialized: bool,
+}
+
+/// What a node answers besides Raft RPCs.
+pub trait NodeService: Send + Sync + 'static {
+    fn hello(&self) -> Hello;
+    fn propose(&self, command: Bytes) -> futures::future::BoxFuture<'static, Result<u64, String>>;
 }
 
 /// The Raft groups this node serves to its peers.
 #[derive(Default, Clone)]
 pub struct Router {
     groups: Arc<RwLock<HashMap<GroupId, Raft<Rill>>>>,
+    service: Arc<std::sync::OnceLock<Arc<dyn NodeService>>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -89,7 +112,23 @@ impl Router {
             .cloned()
     }
 
+    /// Sets what answers node-level requests (once).
+    pub fn set_service(&self, service: Arc<dyn NodeService>) {
+        let _ = self.service.set(service);
+    }
+
     async fn handle(&self, group: GroupId, rpc: Rpc) -> Reply {
+        match (&rpc, self.service.get()) {
+            (Rpc::Hello, Some(s)) => return Reply::Hello(s.hello()),
+            (Rpc::Propose(_), Some(s)) => {
+                let Rpc::Propose(command) = rpc else {
+                    return Reply::NoGroup;
+                };
+                return Reply::Proposed(s.propose(command).await);
+            }
+            (Rpc::Hello | Rpc::Propose(_), None) => return Reply::NoGroup,
+            _ => {}
+        }
         let Some(raft) = self.get(group) else {
             return Reply::NoGroup;
         };
@@ -97,6 +136,7 @@ impl Router {
             Rpc::Append(r) => Reply::Append(raft.append_entries(r).await),
             Rpc::Vote(r) => Reply::Vote(raft.vote(r).await),
             Rpc::Snapshot(r) => Reply::Snapshot(raft.install_snapshot(r).await),
+            Rpc::Hello | Rpc::Propose(_) => Reply::NoGroup,
         }
     }
 }
@@ -307,6 +347,23 @@ impl Peer {
             }
         };
         codec::decode_replication::<Reply>(&body, "raft reply").map_err(|e| unreachable(&e))
+    }
+
+    /// Asks the peer who it is.
+    pub async fn hello(&self, ttl: Duration) -> Result<Hello, Unreachable> {
+        match self.call(0, &Rpc::Hello, ttl).await? {
+            Reply::Hello(h) => Ok(h),
+            _ => Err(Unreachable::from(AnyError::error("the node is not ready"))),
+        }
+    }
+
+    /// Has the peer (the metadata leader) propose `command`.
+    pub async fn propose(&self, command: Bytes, ttl: Duration) -> Result<u64, String> {
+        match self.call(0, &Rpc::Propose(command), ttl).await {
+            Ok(Reply::Proposed(r)) => r,
+            Ok(_) => Err(format!("node at {} is not ready", self.addr)),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 

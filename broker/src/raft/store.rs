@@ -370,12 +370,27 @@ struct AppliedState {
     membership: StoredMembership<u64, NodeInfo>,
 }
 
+/// Called with every entry a [`Machine`] applies, in log order.
+pub type ApplyHook = Box<dyn FnMut(&RaftEntry) + Send + Sync>;
+
 /// A replicated partition's state machine: applying an entry commits its records.
-#[derive(Debug)]
 pub struct Machine {
     log: Arc<PartitionLog>,
     state: AppliedState,
     saved_at: Option<Instant>,
+    /// Without a saved state, every start applies the whole log again (the metadata group,
+    /// whose state lives only in memory).
+    persist: bool,
+    hook: Option<ApplyHook>,
+}
+
+impl std::fmt::Debug for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Machine")
+            .field("log", &self.log.label())
+            .field("applied", &self.state.applied)
+            .finish()
+    }
 }
 
 impl Machine {
@@ -400,10 +415,28 @@ impl Machine {
             log,
             state,
             saved_at: None,
+            persist: true,
+            hook: None,
         })
     }
 
+    /// A machine that keeps nothing between starts (every start applies the whole log) and
+    /// hands each applied entry to `hook`.
+    pub fn replaying(log: Arc<PartitionLog>, hook: ApplyHook) -> Self {
+        log.make_replicated(0);
+        Machine {
+            log,
+            state: AppliedState::default(),
+            saved_at: None,
+            persist: false,
+            hook: Some(hook),
+        }
+    }
+
     fn save(&mut self, synced: bool) {
+        if !self.persist {
+            return;
+        }
         let (storage, dir) = (self.log.storage(), self.log.dir().to_path_buf());
         if let Err(e) = save(&*storage, &dir, APPLIED_FILE, &self.state, synced) {
             tracing::warn!(partition = self.log.label(), error = %e, "could not save the applied Raft state; a restart replays more of the log");
@@ -448,6 +481,9 @@ impl RaftStateMachine<Rill> for Machine {
         let mut out = Vec::with_capacity(entries.len());
         let mut membership_changed = false;
         for entry in &entries {
+            if let Some(hook) = self.hook.as_mut() {
+                hook(entry);
+            }
             out.push(Applied {
                 base_offset: offset,
             });

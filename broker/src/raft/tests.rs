@@ -56,6 +56,7 @@ async fn start(n: u64) -> (Vec<Node>, BTreeMap<u64, NodeInfo>) {
             7,
             raft_config(TIMING).unwrap(),
             log.clone(),
+            None,
             &net::Peers::default(),
             &router,
         )

@@ -1,0 +1,578 @@
+//! A rilld node in a cluster (`[cluster]`): the metadata group, the node's partition replicas,
+//! and how requests find leaders. Without cluster settings none of this exists.
+//!
+//! - **Metadata group** (Raft group 0, every node a voter): its log is an internal partition
+//!   log at `<data>/cluster/metadata`; its commands ([`Command`]) are bincode in one-record
+//!   batches. The state ([`ClusterState`]: nodes, topics, each partition's replicas) lives in
+//!   memory and is rebuilt at every start by applying the whole log again (it is small: one
+//!   entry per topic created). The node with the lowest id forms the cluster once every peer
+//!   answers and none is formed yet.
+//! - **Reconciling**: whenever the state changes, each node creates the topics it does not
+//!   have yet (all partitions, locally), and starts a Raft group for every partition it
+//!   replicates; a fresh group is formed by its first replica (the preferred leader).
+//! - **Requests**: produce and fetch on a partition are served by its leader; elsewhere they
+//!   get `NotLeader` naming the leader's client address. Produce goes through the group's
+//!   `client_write`: acknowledged once a majority holds the batch under the topic's fsync
+//!   policy, with its base offset from the state machine.
+
+use crate::config::ClusterConfig;
+use crate::log::{LogConfig, PartitionLog};
+use crate::raft::net::{GroupId, Hello, NodeService, Peers, Router};
+use crate::raft::{self, NodeInfo, Raft, store};
+use crate::server::Context;
+use bytes::Bytes;
+use openraft::{EntryPayload, ServerState};
+use rill_protocol::batch::{BatchBuilder, RecordIter};
+use rill_protocol::{TopicConfig, TopicName, codec};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The metadata group's id.
+pub const METADATA_GROUP: GroupId = 0;
+/// Bits of a partition group id that hold the partition (the rest is the topic's id).
+const PARTITION_BITS: u32 = 20;
+const RPC_TTL: Duration = Duration::from_secs(5);
+
+/// A change to the cluster's metadata.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Command {
+    CreateTopic {
+        name: TopicName,
+        partitions: u32,
+        config: TopicConfig,
+        replication_factor: u32,
+    },
+}
+
+/// A topic as the cluster knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicState {
+    pub id: u64,
+    pub config: TopicConfig,
+    /// For each partition, its replicas' node ids, the preferred leader first.
+    pub replicas: Vec<Vec<u64>>,
+}
+
+/// The metadata group's state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterState {
+    /// Nodes of the metadata group's membership.
+    pub nodes: BTreeMap<u64, NodeInfo>,
+    pub topics: BTreeMap<TopicName, TopicState>,
+    next_topic_id: u64,
+    /// Why the last command was refused, by its log index (for the proposer).
+    refusals: BTreeMap<u64, String>,
+    /// Log index of the last entry applied.
+    pub applied: u64,
+}
+
+impl ClusterState {
+    /// Applies one committed metadata entry.
+    fn apply(&mut self, entry: &raft::RaftEntry) {
+        self.applied = entry.log_id.index;
+        match &entry.payload {
+            EntryPayload::Membership(m) => {
+                self.nodes = m.nodes().map(|(id, n)| (*id, n.clone())).collect();
+            }
+            EntryPayload::Normal(batch) => match decode_command(batch) {
+                Ok(cmd) => {
+                    if let Err(why) = self.command(cmd) {
+                        self.refusals.insert(entry.log_id.index, why);
+                        while self.refusals.len() > 100 {
+                            self.refusals.pop_first();
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(index = entry.log_id.index, error = %e, "undecodable metadata entry; skipped")
+                }
+            },
+            EntryPayload::Blank => {}
+        }
+    }
+
+    fn command(&mut self, cmd: Command) -> Result<(), String> {
+        match cmd {
+            Command::CreateTopic {
+                name,
+                partitions,
+                config,
+                replication_factor,
+            } => {
+                if self.topics.contains_key(&name) {
+                    return Err(format!("topic '{name}' already exists"));
+                }
+                let nodes: Vec<u64> = self.nodes.keys().copied().collect();
+                let rf = replication_factor as usize;
+                if rf == 0 || rf > nodes.len() {
+                    return Err(format!(
+                        "replication factor {replication_factor} needs between 1 and {} nodes",
+                        nodes.len()
+                    ));
+                }
+                self.next_topic_id += 1;
+                let id = self.next_topic_id;
+                // Replicas spread round-robin, so preferred leaders (the first) are balanced.
+                let replicas = (0..partitions as usize)
+                    .map(|p| {
+                        (0..rf)
+                            .map(|r| nodes[(id as usize + p + r) % nodes.len()])
+                            .collect()
+                    })
+                    .collect();
+                self.topics.insert(
+                    name,
+                    TopicState {
+                        id,
+                        config,
+                        replicas,
+                    },
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+fn encode_command(cmd: &Command) -> Bytes {
+    let mut value = bytes::BytesMut::new();
+    codec::encode(cmd, &mut value);
+    let mut b = BatchBuilder::with_capacity(value.len() + 96);
+    b.push(None, &value, &[], 0);
+    b.finish()
+}
+
+fn decode_command(batch: &Bytes) -> Result<Command, String> {
+    let record = RecordIter::new(batch.clone())
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("empty command batch")?
+        .map_err(|e| e.to_string())?;
+    codec::decode(&record.value, "metadata command").map_err(|e| e.to_string())
+}
+
+/// The group id of a topic's partition.
+pub fn group_id(topic_id: u64, partition: u32) -> GroupId {
+    (topic_id << PARTITION_BITS) | u64::from(partition)
+}
+
+/// This node's replica of a partition.
+#[derive(Clone)]
+pub struct Replica {
+    pub raft: Raft,
+    pub log: Arc<PartitionLog>,
+    pub group: GroupId,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("log", &self.log.label())
+            .field("group", &self.group)
+            .finish()
+    }
+}
+
+/// Why a request cannot be served here.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RouteError {
+    #[error("not the leader of {what}; the leader is node {leader} at {addr}")]
+    NotLeader {
+        what: String,
+        leader: u64,
+        addr: String,
+    },
+    #[error("{what} has no leader at the moment (an election is under way)")]
+    NoLeader { what: String },
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// This node's part of the cluster.
+pub struct Cluster {
+    pub node_id: u64,
+    pub info: NodeInfo,
+    config: ClusterConfig,
+    raft_config: Arc<openraft::Config>,
+    peers: Peers,
+    router: Router,
+    meta: Raft,
+    state: watch::Receiver<Arc<ClusterState>>,
+    replicas: RwLock<HashMap<(TopicName, u32), Replica>>,
+    /// The metadata log index this node's topics and replicas were last brought in line with.
+    reconciled: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node_id", &self.node_id)
+            .finish()
+    }
+}
+
+struct Service {
+    cluster: std::sync::Weak<Cluster>,
+}
+
+impl NodeService for Service {
+    fn hello(&self) -> Hello {
+        let c = self.cluster.upgrade();
+        Hello {
+            node_id: c.as_ref().map_or(0, |c| c.node_id),
+            info: c.as_ref().map(|c| c.info.clone()).unwrap_or_default(),
+            initialized: c.as_ref().is_some_and(|c| {
+                c.meta
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .next()
+                    .is_some()
+            }),
+        }
+    }
+
+    fn propose(&self, command: Bytes) -> futures::future::BoxFuture<'static, Result<u64, String>> {
+        let c = self.cluster.upgrade();
+        Box::pin(async move {
+            match c {
+                Some(c) => c.write_metadata(command).await,
+                None => Err("the node is shutting down".into()),
+            }
+        })
+    }
+}
+
+impl Cluster {
+    /// Opens the metadata log, starts the metadata group and the cluster listener. Blocking
+    /// parts run off the async workers.
+    pub async fn start(
+        config: ClusterConfig,
+        client_addr: SocketAddr,
+        data_dir: &std::path::Path,
+        log_config: LogConfig,
+    ) -> anyhow::Result<Arc<Cluster>> {
+        let raft_config = raft::raft_config(config.timing()).map_err(anyhow::Error::msg)?;
+        let dir = data_dir.join("cluster").join("metadata");
+        let meta_log = tokio::task::spawn_blocking(move || {
+            PartitionLog::open(
+                &dir,
+                "__cluster_metadata".into(),
+                LogConfig {
+                    retention_ms: 0,
+                    retention_bytes: 0,
+                    ..log_config
+                },
+                false,
+            )
+        })
+        .await??
+        .0;
+        let meta_log = Arc::new(meta_log);
+        let (tx, rx) = watch::channel(Arc::new(ClusterState::default()));
+        let state = Arc::new(Mutex::new(ClusterState::default()));
+        let machine = store::Machine::replaying(
+            meta_log.clone(),
+            Box::new(move |entry| {
+                let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+                s.apply(entry);
+                tx.send_replace(Arc::new(s.clone()));
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen for cluster traffic on {}: {e}",
+                    config.listen
+                )
+            })?;
+        let info = NodeInfo {
+            cluster_addr: config
+                .peers
+                .get(&config.node_id)
+                .cloned()
+                .unwrap_or_else(|| config.listen.to_string()),
+            client_addr: client_addr.to_string(),
+        };
+        let (peers, router) = (Peers::default(), Router::default());
+        let meta = raft::start_group(
+            config.node_id,
+            METADATA_GROUP,
+            raft_config.clone(),
+            meta_log,
+            Some(machine),
+            &peers,
+            &router,
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+        let cluster = Arc::new(Cluster {
+            node_id: config.node_id,
+            info,
+            config,
+            raft_config,
+            peers,
+            router: router.clone(),
+            meta,
+            state: rx,
+            replicas: RwLock::new(HashMap::new()),
+            reconciled: watch::Sender::new(0),
+        });
+        router.set_service(Arc::new(Service {
+            cluster: Arc::downgrade(&cluster),
+        }));
+        tokio::spawn(crate::raft::net::serve(listener, router));
+        tracing::info!(node = cluster.node_id, cluster_listen = %cluster.config.listen, "cluster node started");
+        Ok(cluster)
+    }
+
+    /// The current metadata.
+    pub fn state(&self) -> Arc<ClusterState> {
+        self.state.borrow().clone()
+    }
+
+    pub fn default_replication_factor(&self) -> u32 {
+        self.config.default_replication_factor
+    }
+
+    /// Forms the cluster (lowest node id only, once every peer answers and none is formed),
+    /// then keeps this node's topics and replicas in line with the metadata until shutdown.
+    pub async fn run(self: Arc<Self>, ctx: Arc<Context>) {
+        let bootstrap = self.clone();
+        tokio::spawn(async move { bootstrap.bootstrap().await });
+        let mut state = self.state.clone();
+        loop {
+            let current = state.borrow_and_update().clone();
+            let applied = current.applied;
+            match self.reconcile(&ctx, &current).await {
+                Ok(()) => {
+                    self.reconciled.send_if_modified(|r| {
+                        let moved = applied > *r;
+                        *r = (*r).max(applied);
+                        moved
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not apply the cluster metadata yet; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                        _ = ctx.shutdown.cancelled() => break,
+                    }
+                }
+            }
+            tokio::select! {
+                changed = state.changed() => if changed.is_err() { break },
+                _ = ctx.shutdown.cancelled() => break,
+            }
+        }
+        self.shutdown().await;
+    }
+
+    async fn bootstrap(&self) {
+        if self.config.peers.keys().next() != Some(&self.node_id) {
+            return;
+        }
+        let mut members = BTreeMap::new();
+        for (&id, addr) in &self.config.peers {
+            loop {
+                if self.formed() {
+                    return;
+                }
+                if id == self.node_id {
+                    members.insert(id, self.info.clone());
+                    break;
+                }
+                match self.peers.get(id, addr).hello(RPC_TTL).await {
+                    Ok(h) if h.initialized => return,
+                    Ok(h) => {
+                        members.insert(id, h.info);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::info!(node = id, %addr, error = %e, "waiting for peer to form the cluster");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        }
+        match self.meta.initialize(members).await {
+            Ok(()) => tracing::info!(nodes = self.config.peers.len(), "cluster formed"),
+            Err(e) => tracing::info!(error = %e, "cluster already formed"),
+        }
+    }
+
+    fn formed(&self) -> bool {
+        self.meta
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .next()
+            .is_some()
+    }
+
+    /// Proposes a metadata command from any node: directly on the metadata leader, otherwise
+    /// through it. Returns once it is committed and applied here.
+    pub async fn propose(&self, cmd: &Command) -> Result<(), String> {
+        let batch = encode_command(cmd);
+        let leader = self.meta.metrics().borrow().current_leader;
+        let index = match leader {
+            Some(l) if l == self.node_id => self.write_metadata(batch).await?,
+            Some(l) => {
+                let addr = self
+                    .state()
+                    .nodes
+                    .get(&l)
+                    .map(|n| n.cluster_addr.clone())
+                    .ok_or_else(|| format!("metadata leader {l} unknown"))?;
+                self.peers.get(l, &addr).propose(batch, RPC_TTL).await?
+            }
+            None => return Err("the cluster has no metadata leader at the moment".into()),
+        };
+        // Applied and reconciled here too before answering, so the caller sees the change.
+        let mut done = self.reconciled.subscribe();
+        tokio::time::timeout(RPC_TTL, done.wait_for(|applied| *applied >= index))
+            .await
+            .map_err(|_| {
+                "the change was committed but this node has not applied it yet".to_string()
+            })?
+            .map_err(|_| "the node is shutting down".to_string())?;
+        Ok(())
+    }
+
+    async fn write_metadata(&self, batch: Bytes) -> Result<u64, String> {
+        let r = self
+            .meta
+            .client_write(batch)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(why) = self.state().refusals.get(&r.log_id.index) {
+            return Err(why.clone());
+        }
+        Ok(r.log_id.index)
+    }
+
+    /// Creates missing topics locally and starts this node's missing replicas.
+    async fn reconcile(&self, ctx: &Arc<Context>, state: &ClusterState) -> anyhow::Result<()> {
+        for (name, topic) in &state.topics {
+            if ctx.topics.get(name).is_err() {
+                let (c, n, t) = (ctx.clone(), name.clone(), topic.clone());
+                tokio::task::spawn_blocking(move || {
+                    c.topics.create(n, t.replicas.len() as u32, t.config)
+                })
+                .await??;
+            }
+            for (p, replicas) in topic.replicas.iter().enumerate() {
+                let p = p as u32;
+                if !replicas.contains(&self.node_id) || self.replica_of(name, p).is_some() {
+                    continue;
+                }
+                let log = ctx.topics.partition(name, p)?;
+                let group = group_id(topic.id, p);
+                let raft = raft::start_group(
+                    self.node_id,
+                    group,
+                    self.raft_config.clone(),
+                    log.clone(),
+                    None,
+                    &self.peers,
+                    &self.router,
+                )
+                .await
+                .map_err(anyhow::Error::msg)?;
+                if replicas.first() == Some(&self.node_id) && log.index_range() == (0, 0) {
+                    let members: BTreeMap<u64, NodeInfo> = replicas
+                        .iter()
+                        .filter_map(|id| state.nodes.get(id).map(|n| (*id, n.clone())))
+                        .collect();
+                    if let Err(e) = raft.initialize(members).await {
+                        tracing::debug!(topic = %name, partition = p, error = %e, "partition group already formed");
+                    }
+                }
+                self.replicas
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((name.clone(), p), Replica { raft, log, group });
+                tracing::info!(topic = %name, partition = p, group, "replica started");
+            }
+        }
+        Ok(())
+    }
+
+    fn replica_of(&self, topic: &TopicName, partition: u32) -> Option<Replica> {
+        self.replicas
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(topic.clone(), partition))
+            .cloned()
+    }
+
+    /// This node's replica of the partition, if this node leads it; otherwise where to go.
+    pub fn leader_replica(&self, topic: &TopicName, partition: u32) -> Result<Replica, RouteError> {
+        let what = format!("{topic}-{partition}");
+        let state = self.state();
+        let Some(t) = state.topics.get(topic) else {
+            return Err(RouteError::Unavailable(format!(
+                "topic '{topic}' is not known to this node yet"
+            )));
+        };
+        let replica = self.replica_of(topic, partition);
+        let leader = match &replica {
+            Some(r) => r.raft.metrics().borrow().current_leader,
+            // Not a replica here: the preferred leader is the best guess.
+            None => t
+                .replicas
+                .get(partition as usize)
+                .and_then(|r| r.first().copied()),
+        };
+        match (replica, leader) {
+            (Some(r), Some(l))
+                if l == self.node_id && r.raft.metrics().borrow().state == ServerState::Leader =>
+            {
+                Ok(r)
+            }
+            (_, Some(l)) if l != self.node_id => Err(RouteError::NotLeader {
+                what,
+                leader: l,
+                addr: state
+                    .nodes
+                    .get(&l)
+                    .map(|n| n.client_addr.clone())
+                    .unwrap_or_default(),
+            }),
+            _ => Err(RouteError::NoLeader { what }),
+        }
+    }
+
+    /// Node ids that replicate the partition (empty if unknown).
+    pub fn replicas_of(&self, topic: &TopicName, partition: u32) -> BTreeSet<u64> {
+        self.state()
+            .topics
+            .get(topic)
+            .and_then(|t| t.replicas.get(partition as usize))
+            .map(|r| r.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    async fn shutdown(&self) {
+        let replicas: Vec<Replica> = self
+            .replicas
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, r)| r)
+            .collect();
+        for r in replicas {
+            let _ = r.raft.shutdown().await;
+        }
+        let _ = self.meta.shutdown().await;
+    }
+}
