@@ -204,7 +204,12 @@ impl Client {
         loop {
             let result = async { self.enqueue(request, Bytes::new()).await?.await }.await;
             match result {
-                Err(e) if e.is_retriable() && Instant::now() + backoff < deadline => {
+                // NotLeader is retriable on another node; this connection cannot follow it.
+                Err(e)
+                    if e.is_retriable()
+                        && !e.is_not_leader()
+                        && Instant::now() + backoff < deadline =>
+                {
                     tracing::debug!(error = %e, "retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(cfg.max_backoff);

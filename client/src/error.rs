@@ -37,6 +37,17 @@ pub enum Error {
 
 impl Error {
     /// Whether sending the same request again later may succeed.
+    /// The node answered that another node leads the partition (a cluster).
+    pub fn is_not_leader(&self) -> bool {
+        matches!(
+            self,
+            Error::Broker {
+                code: rill_protocol::ErrorCode::NotLeader,
+                ..
+            }
+        )
+    }
+
     pub fn is_retriable(&self) -> bool {
         match self {
             Error::Broker { code, .. } => code.is_retriable(),

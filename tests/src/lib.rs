@@ -1,7 +1,9 @@
 //! Test harness: build the real binaries once, run `rilld` as a child process, and wait for
 //! it by reading its "listening" line rather than by sleeping.
 
+mod cluster;
 mod proxy;
+pub use cluster::Cluster;
 pub use proxy::Proxy;
 
 use std::io::{BufRead, BufReader, Read};

@@ -45,6 +45,9 @@ pub enum Command {
         partitions: u32,
         config: TopicConfig,
         replication_factor: u32,
+        /// The replication factor was not asked for: use at most as many replicas as there
+        /// are nodes (decided when applied, when the membership is known).
+        capped: bool,
     },
 }
 
@@ -102,12 +105,17 @@ impl ClusterState {
                 partitions,
                 config,
                 replication_factor,
+                capped,
             } => {
                 if self.topics.contains_key(&name) {
                     return Err(format!("topic '{name}' already exists"));
                 }
                 let nodes: Vec<u64> = self.nodes.keys().copied().collect();
-                let rf = replication_factor as usize;
+                let rf = if capped {
+                    (replication_factor as usize).min(nodes.len())
+                } else {
+                    replication_factor as usize
+                };
                 if rf == 0 || rf > nodes.len() {
                     return Err(format!(
                         "replication factor {replication_factor} needs between 1 and {} nodes",
@@ -423,15 +431,31 @@ impl Cluster {
     /// through it. Returns once it is committed and applied here.
     pub async fn propose(&self, cmd: &Command) -> Result<(), String> {
         let batch = encode_command(cmd);
-        let leader = self.meta.metrics().borrow().current_leader;
+        // Just after start, or during an election, wait a little for a leader.
+        let known = self.meta.metrics().borrow().current_leader;
+        let leader = match known {
+            Some(l) => Some(l),
+            None => self
+                .meta
+                .wait(Some(RPC_TTL))
+                .metrics(|m| m.current_leader.is_some(), "a metadata leader")
+                .await
+                .ok()
+                .and_then(|m| m.current_leader),
+        };
         let index = match leader {
             Some(l) if l == self.node_id => self.write_metadata(batch).await?,
             Some(l) => {
+                // From the membership openraft knows (it may be ahead of what was applied).
                 let addr = self
-                    .state()
-                    .nodes
-                    .get(&l)
+                    .meta
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .get_node(&l)
                     .map(|n| n.cluster_addr.clone())
+                    .or_else(|| self.config.peers.get(&l).cloned())
                     .ok_or_else(|| format!("metadata leader {l} unknown"))?;
                 self.peers.get(l, &addr).propose(batch, RPC_TTL).await?
             }

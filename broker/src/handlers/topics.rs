@@ -23,9 +23,9 @@ pub async fn create(
         ctx.topics
             .log_config(&req.config)
             .map_err(|e| OpError::Topic(crate::topics::TopicError::InvalidConfig(e)))?;
-        let nodes = cluster.state().nodes.len().max(1) as u32;
         let command = crate::cluster::Command::CreateTopic {
-            replication_factor: cluster.default_replication_factor().min(nodes),
+            replication_factor: cluster.default_replication_factor(),
+            capped: true,
             name: req.name.clone(),
             partitions: req.partitions,
             config: req.config,
