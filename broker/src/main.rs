@@ -32,8 +32,10 @@ fn main() -> ExitCode {
             }
         };
     }
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        // openraft narrates every vote and membership step at info; its warnings suffice.
+        EnvFilter::new(format!("{},openraft=warn", config.log_level))
+    });
     use std::io::IsTerminal;
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)

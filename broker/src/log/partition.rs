@@ -691,6 +691,11 @@ impl PartitionLog {
     /// appends move): a producer can make data expire early only by claiming old timestamps,
     /// which it could do anyway, and can no longer make it live forever.
     pub fn enforce_retention(&self, now_ms: i64) -> Result<usize, StorageError> {
+        // A replicated partition's log is its Raft log: a follower that is behind may still
+        // need the oldest entries, and there is no snapshot (segment transfer) to send it yet.
+        if self.shared.is_replicated() {
+            return Ok(0);
+        }
         let config = self.config();
         let cut = {
             let view = self.view();

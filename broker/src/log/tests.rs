@@ -1184,3 +1184,29 @@ fn raft_entries_carry_their_term_and_reads_stop_at_the_commit() {
     assert_eq!(bases, [0, 3], "the batch at 5 is not committed yet");
     assert!(log.read(5, 1 << 20).unwrap().batches.is_empty());
 }
+
+#[test]
+fn retention_leaves_a_replicated_log_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        retention_bytes: 4096,
+        ..config(4096)
+    };
+    let (log, _) = open(dir.path(), cfg, true);
+    log.make_replicated(0);
+    for i in 0..200u64 {
+        log.append_entry(batch(i, 3, 0), i, 1)
+            .unwrap()
+            .wait_blocking()
+            .unwrap();
+    }
+    let before = log.stats();
+    assert!(before.segments >= 4);
+    assert_eq!(log.enforce_retention(i64::MAX).unwrap(), 0);
+    assert_eq!(log.stats().segments, before.segments);
+    assert_eq!(
+        log.index_range(),
+        (0, 200),
+        "every Raft entry is still there"
+    );
+}
