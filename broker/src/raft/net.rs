@@ -2,7 +2,7 @@
 //! carries the RPCs of all groups between them, each tagged with its group id.
 //!
 //! Frames are `[length u32 BE][correlation u64 BE][body]`; a request's body is
-//! `[group u64 BE][bincode Rpc]`, a response's is a bincode [`Reply`]. The sending side keeps
+//! `[group u64 BE][bincode Rpc]`, a response's is a bincode `Reply`. The sending side keeps
 //! one connection per peer (`Peer`), opened on first use and again after it fails; a writer
 //! task writes queued frames back to back and flushes when its queue is empty, so the RPCs of
 //! many groups to one peer leave in few writes. Responses are matched by correlation id and
