@@ -46,6 +46,7 @@ pub async fn add_partitions(
     ctx: Arc<Context>,
     req: AddPartitionsRequest,
 ) -> Result<AddPartitionsResponse, OpError> {
+    refuse_in_cluster(&ctx)?;
     blocking(move || ctx.topics.add_partitions(&req.name, req.partitions)).await??;
     Ok(AddPartitionsResponse {})
 }
@@ -54,6 +55,7 @@ pub async fn alter(
     ctx: Arc<Context>,
     req: AlterTopicRequest,
 ) -> Result<AlterTopicResponse, OpError> {
+    refuse_in_cluster(&ctx)?;
     let config = blocking(move || ctx.topics.alter(&req.name, &req.changes)).await??;
     Ok(AlterTopicResponse { config })
 }
@@ -62,6 +64,7 @@ pub async fn delete(
     ctx: Arc<Context>,
     req: DeleteTopicRequest,
 ) -> Result<DeleteTopicResponse, OpError> {
+    refuse_in_cluster(&ctx)?;
     let (topics, name) = (ctx.clone(), req.name.clone());
     blocking(move || topics.topics.delete(&name)).await??;
     // The topic is gone from the registry, so new commits for it are refused; now its old
@@ -116,4 +119,16 @@ pub fn describe(
         config: topic.config.clone(),
         partitions,
     })
+}
+
+/// Topic changes other than creation go through the metadata group; until they do, a cluster
+/// refuses them rather than changing one node only.
+fn refuse_in_cluster(ctx: &Context) -> Result<(), OpError> {
+    if ctx.cluster.is_some() {
+        return Err(OpError::Invalid(
+            "deleting, altering or adding partitions to a topic is not supported in a cluster yet"
+                .into(),
+        ));
+    }
+    Ok(())
 }
