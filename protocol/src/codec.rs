@@ -34,7 +34,23 @@ pub fn decode_replication<T: DeserializeOwned>(
     bytes: &[u8],
     what: &'static str,
 ) -> Result<T, DecodeError> {
-    let config = bincode::config::standard().with_limit::<MAX_REPLICATION_BYTES>();
+    decode_whole(
+        bytes,
+        what,
+        bincode::config::standard().with_limit::<MAX_REPLICATION_BYTES>(),
+    )
+}
+
+/// Decodes exactly one value that fills all of `bytes`.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
+    decode_whole(bytes, what, config())
+}
+
+fn decode_whole<T: DeserializeOwned>(
+    bytes: &[u8],
+    what: &'static str,
+    config: impl bincode::config::Config,
+) -> Result<T, DecodeError> {
     let (value, used) = bincode::serde::decode_from_slice(bytes, config).map_err(|e| {
         DecodeError::InvalidDetail {
             what,
@@ -44,24 +60,7 @@ pub fn decode_replication<T: DeserializeOwned>(
     if used != bytes.len() {
         return Err(DecodeError::Invalid {
             what,
-            reason: "trailing bytes after replication message",
-        });
-    }
-    Ok(value)
-}
-
-/// Decodes exactly one value that fills all of `bytes`.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
-    let (value, used) = bincode::serde::decode_from_slice(bytes, config()).map_err(|e| {
-        DecodeError::InvalidDetail {
-            what,
-            detail: e.to_string(),
-        }
-    })?;
-    if used != bytes.len() {
-        return Err(DecodeError::Invalid {
-            what,
-            reason: "trailing bytes after control body",
+            reason: "trailing bytes after the encoded value",
         });
     }
     Ok(value)

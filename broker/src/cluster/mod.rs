@@ -233,16 +233,7 @@ impl NodeService for Service {
         Hello {
             node_id: c.as_ref().map_or(0, |c| c.node_id),
             info: c.as_ref().map(|c| c.info.clone()).unwrap_or_default(),
-            initialized: c.as_ref().is_some_and(|c| {
-                c.meta
-                    .metrics()
-                    .borrow()
-                    .membership_config
-                    .membership()
-                    .voter_ids()
-                    .next()
-                    .is_some()
-            }),
+            initialized: c.as_ref().is_some_and(|c| c.formed()),
         }
     }
 
