@@ -79,6 +79,10 @@ pub struct Metrics {
     partition_durable: Family<PartitionLabels, U64Gauge>,
     partition_start: Family<PartitionLabels, U64Gauge>,
     partition_bytes: Family<PartitionLabels, U64Gauge>,
+    raft_leader: Family<PartitionLabels, U64Gauge>,
+    raft_term: Family<PartitionLabels, U64Gauge>,
+    raft_applied_index: Family<PartitionLabels, U64Gauge>,
+    raft_log_end_index: Family<PartitionLabels, U64Gauge>,
     group_committed: Family<GroupLabels, U64Gauge>,
     group_lag: Family<GroupLabels, U64Gauge>,
     disk_bytes: U64Gauge,
@@ -111,6 +115,10 @@ impl Metrics {
             recovery_rebuilt_indexes: Counter::default(),
             produce_duplicates: Family::default(),
             partition_producers: Family::default(),
+            raft_leader: Family::default(),
+            raft_term: Family::default(),
+            raft_applied_index: Family::default(),
+            raft_log_end_index: Family::default(),
             partition_end: Family::default(),
             partition_durable: Family::default(),
             partition_start: Family::default(),
@@ -193,6 +201,26 @@ impl Metrics {
             m.produce_duplicates.clone(),
         );
         r.register(
+            "raft_leader",
+            "Cluster: 1 for each partition replica this node leads, 0 for the others",
+            m.raft_leader.clone(),
+        );
+        r.register(
+            "raft_term",
+            "Cluster: the Raft term each partition replica on this node is in",
+            m.raft_term.clone(),
+        );
+        r.register(
+            "raft_applied_index",
+            "Cluster: the last Raft log index each partition replica applied (committed)",
+            m.raft_applied_index.clone(),
+        );
+        r.register(
+            "raft_log_end_index",
+            "Cluster: the last Raft log index each partition replica holds",
+            m.raft_log_end_index.clone(),
+        );
+        r.register(
             "partition_producers",
             "Idempotent producers whose sequence state each partition keeps",
             m.partition_producers.clone(),
@@ -261,8 +289,31 @@ impl Metrics {
             &self.partition_start,
             &self.partition_bytes,
             &self.partition_producers,
+            &self.raft_leader,
+            &self.raft_term,
+            &self.raft_applied_index,
+            &self.raft_log_end_index,
         ] {
             f.clear();
+        }
+        if let Some(cluster) = &ctx.cluster {
+            for ((topic, partition), m) in cluster.replica_metrics() {
+                let labels = PartitionLabels {
+                    topic: topic.to_string(),
+                    partition: partition.to_string(),
+                };
+                let leader = m.state == openraft::ServerState::Leader;
+                self.raft_leader
+                    .get_or_create(&labels)
+                    .set(u64::from(leader));
+                self.raft_term.get_or_create(&labels).set(m.current_term);
+                self.raft_applied_index
+                    .get_or_create(&labels)
+                    .set(m.last_applied.map_or(0, |l| l.index));
+                self.raft_log_end_index
+                    .get_or_create(&labels)
+                    .set(m.last_log_index.unwrap_or(0));
+            }
         }
         for f in [&self.group_committed, &self.group_lag] {
             f.clear();

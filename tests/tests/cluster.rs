@@ -194,6 +194,26 @@ async fn three_nodes_replicate_byte_identical_logs_and_survive_kill_9_of_a_leade
             "partition {p}"
         );
     }
+    // Each partition has exactly one leader, and its replicas report the same applied index.
+    for p in 0..PARTITIONS {
+        let mut leaders = 0;
+        for n in &cluster.nodes {
+            let (status, body) = rill_e2e::http_get(n.metrics_addr(), "/metrics");
+            assert_eq!(status, 200);
+            let label = format!("topic=\"events\",partition=\"{p}\"");
+            let value = |name: &str| {
+                body.lines()
+                    .find(|l| l.starts_with(name) && l.contains(&label))
+                    .and_then(|l| l.rsplit(' ').next())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or_else(|| panic!("{name} for partition {p} in:\n{body}"))
+            };
+            leaders += value("rill_raft_leader{");
+            assert!(value("rill_raft_term{") >= 1);
+            assert!(value("rill_raft_applied_index{") >= per_partition / PER_BATCH);
+        }
+        assert_eq!(leaders, 1, "partition {p} has one leader");
+    }
     // kill -9 the leader of partition 0: another node takes over and acknowledges again.
     let victim = leader_of(&clients, "events", 0).await;
     let mut clients = clients;

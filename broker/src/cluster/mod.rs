@@ -567,6 +567,16 @@ impl Cluster {
         }
     }
 
+    /// openraft's view of every partition replica on this node.
+    pub fn replica_metrics(&self) -> Vec<((TopicName, u32), openraft::RaftMetrics<u64, NodeInfo>)> {
+        self.replicas
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, r)| (k.clone(), r.raft.metrics().borrow().clone()))
+            .collect()
+    }
+
     /// Node ids that replicate the partition (empty if unknown).
     pub fn replicas_of(&self, topic: &TopicName, partition: u32) -> BTreeSet<u64> {
         self.state()
