@@ -70,6 +70,10 @@ pub struct GroupsConfig {
     pub max_members: usize,
 }
 
+/// Largest node id: producer ids handed out by a node carry its id above bit 44, so ids from
+/// different nodes never meet (`handlers/producers.rs`).
+pub const MAX_NODE_ID: u64 = (1 << 18) - 1;
+
 /// Settings of a node in a cluster (`[cluster]`, or `--node-id`, `--cluster-listen`, `--peers`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -109,8 +113,16 @@ impl ClusterConfig {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
-        if self.node_id == 0 {
-            return invalid("cluster node_id must be at least 1".into());
+        if self.node_id == 0 || self.node_id > MAX_NODE_ID {
+            return invalid(format!(
+                "cluster node_id must be between 1 and {MAX_NODE_ID}; got {}",
+                self.node_id
+            ));
+        }
+        if let Some(id) = self.peers.keys().find(|id| **id == 0 || **id > MAX_NODE_ID) {
+            return invalid(format!(
+                "cluster peer ids must be between 1 and {MAX_NODE_ID}; got {id}"
+            ));
         }
         if !self.peers.contains_key(&self.node_id) {
             return invalid(format!(

@@ -20,16 +20,31 @@ impl Admin {
         Admin { client }
     }
 
+    /// Creates a topic with the broker's default replication factor.
     pub async fn create_topic(
         &self,
         name: &str,
         partitions: u32,
         config: TopicConfig,
     ) -> Result<(), Error> {
+        self.create_topic_replicated(name, partitions, None, config)
+            .await
+    }
+
+    /// Creates a topic with `replication_factor` replicas per partition (`None`: the broker's
+    /// default). A single-node broker accepts only 1.
+    pub async fn create_topic_replicated(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: Option<u32>,
+        config: TopicConfig,
+    ) -> Result<(), Error> {
         let request = CreateTopicRequest {
             name: topic_name(name)?,
             partitions,
             config,
+            replication_factor,
         };
         // Not retried: a create that was applied before a disconnect would then fail as a duplicate.
         self.client
@@ -104,6 +119,16 @@ impl Admin {
             })
             .await?
             .0)
+    }
+
+    /// The nodes, and for the named topics (every topic when empty) each partition's leader
+    /// and replicas, as the bootstrap node sees them.
+    pub async fn metadata(&self, topics: &[&str]) -> Result<MetadataResponse, Error> {
+        let topics = topics
+            .iter()
+            .map(|t| topic_name(t))
+            .collect::<Result<_, _>>()?;
+        Ok(self.client.call(&MetadataRequest { topics }).await?.0)
     }
 
     pub async fn list_groups(&self) -> Result<Vec<GroupSummary>, Error> {

@@ -1,11 +1,21 @@
-//! [`Client`]: a handle to one broker that reconnects by itself.
+//! [`Client`]: a handle to a broker or a cluster that reconnects by itself.
+//!
+//! Requests that any node can answer (topic and group administration) go over the bootstrap
+//! connection: the first of the given addresses that answers. In a cluster, a partition's
+//! produce, fetch and offset lookups must reach its leader: the client learns the nodes and each
+//! partition's leader with a `Metadata` request, keeps one connection per node it talks to, and
+//! forgets a partition's leader when a request to it fails (`NotLeader`, a lost connection), so
+//! the next attempt asks again. Against a single node, the first `Metadata` answer (one node)
+//! turns routing off for good.
 
 use crate::connection::Connection;
 use crate::error::Error;
 use bytes::Bytes;
-use rill_protocol::Message;
+use rill_protocol::messages::{MetadataRequest, MetadataResponse};
+use rill_protocol::{Message, TopicName};
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -59,6 +69,27 @@ struct Inner {
     conn: tokio::sync::Mutex<Option<Arc<Connection>>>,
     /// `Some(last error)` while reconnecting fails; `None` once connected.
     unreachable: tokio::sync::watch::Sender<Option<Error>>,
+    /// Where partitions are led; `None` for a client to one node of a cluster (a link), which
+    /// never routes and tries each connection once.
+    routes: Option<Mutex<Routes>>,
+    /// One metadata refresh at a time.
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct Routes {
+    /// Whether the broker is a cluster (more than one node); unknown until the first answer.
+    cluster: Option<bool>,
+    /// Client address of each node.
+    nodes: HashMap<u64, String>,
+    /// Each partition's leader and the Raft term it was learned in.
+    leaders: HashMap<(TopicName, u32), (u64, u64)>,
+    /// A client per node address, connected on first use.
+    links: HashMap<String, Client>,
+}
+
+fn lock(m: &Mutex<Routes>) -> std::sync::MutexGuard<'_, Routes> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Client {
@@ -77,17 +108,23 @@ impl Client {
         if addrs.is_empty() {
             return Err(Error::InvalidArgument("no broker address given".into()));
         }
-        let client = Client {
+        let client = Client::unconnected(addrs, config, true);
+        let conn = client.open_once().await?;
+        *client.inner.conn.lock().await = Some(conn);
+        Ok(client)
+    }
+
+    fn unconnected(addrs: Vec<String>, config: ClientConfig, routing: bool) -> Client {
+        Client {
             inner: Arc::new(Inner {
                 addrs,
                 config,
                 conn: tokio::sync::Mutex::new(None),
                 unreachable: tokio::sync::watch::channel(None).0,
+                routes: routing.then(Mutex::default),
+                refreshing: tokio::sync::Mutex::new(()),
             }),
-        };
-        let conn = client.open_once().await?;
-        *client.inner.conn.lock().await = Some(conn);
-        Ok(client)
+        }
     }
 
     pub fn config(&self) -> &ClientConfig {
@@ -100,9 +137,17 @@ impl Client {
         self.inner.unreachable.subscribe()
     }
 
+    /// One connection attempt to each bootstrap address in turn, then to the other nodes of
+    /// the cluster this client learned of, until one answers.
     async fn open_once(&self) -> Result<Arc<Connection>, Error> {
         let mut last = None;
-        for addr in &self.inner.addrs {
+        let mut addrs = self.inner.addrs.clone();
+        if let Some(routes) = &self.inner.routes {
+            let r = lock(routes);
+            let known = r.nodes.values().filter(|a| !self.inner.addrs.contains(a));
+            addrs.extend(known.cloned());
+        }
+        for addr in &addrs {
             let cfg = &self.inner.config;
             let attempt = tokio::time::timeout(
                 cfg.connect_timeout,
@@ -147,7 +192,9 @@ impl Client {
                 Err(e) => {
                     tracing::debug!(error = %e, ?backoff, "reconnect failed");
                     self.inner.unreachable.send_replace(Some(e.clone()));
-                    if Instant::now() + backoff >= deadline {
+                    // A link to one node of a cluster fails at once: its caller asks the
+                    // cluster where to go instead.
+                    if self.inner.routes.is_none() || Instant::now() + backoff >= deadline {
                         return Err(e);
                     }
                 }
@@ -185,13 +232,143 @@ impl Client {
     /// A client to the same broker with the same settings and its own connection: for traffic
     /// that must not queue behind another's (a consumer's group coordination beside its fetches).
     pub fn with_own_connection(&self) -> Client {
-        Client {
-            inner: Arc::new(Inner {
-                addrs: self.inner.addrs.clone(),
-                config: self.inner.config.clone(),
-                conn: tokio::sync::Mutex::new(None),
-                unreachable: tokio::sync::watch::channel(None).0,
-            }),
+        Client::unconnected(
+            self.inner.addrs.clone(),
+            self.inner.config.clone(),
+            self.inner.routes.is_some(),
+        )
+    }
+
+    /// The client to send a partition's produce, fetch or offset lookup to: in a cluster, a
+    /// connection to its leader (asking the cluster first if the leader is not known); this
+    /// client otherwise, or when no leader is known yet (the node then answers `NotLeader` or
+    /// `LeaderNotAvailable`, and the caller retries).
+    pub(crate) async fn leader_for(&self, topic: &TopicName, partition: u32) -> Client {
+        if let Some(link) = self.known_leader(topic, partition) {
+            return link;
+        }
+        if let Err(e) = self.refresh(topic, partition).await {
+            tracing::debug!(%topic, partition, error = %e, "metadata refresh failed");
+        }
+        self.known_leader(topic, partition)
+            .unwrap_or_else(|| self.clone())
+    }
+
+    /// `Some` once the route is settled: this client (not a cluster), or the leader's link.
+    fn known_leader(&self, topic: &TopicName, partition: u32) -> Option<Client> {
+        let Some(routes) = &self.inner.routes else {
+            return Some(self.clone());
+        };
+        let mut r = lock(routes);
+        match r.cluster {
+            Some(false) => return Some(self.clone()),
+            None => return None,
+            Some(true) => {}
+        }
+        let (leader, _) = *r.leaders.get(&(topic.clone(), partition))?;
+        let addr = r.nodes.get(&leader)?.clone();
+        let config = &self.inner.config;
+        let link = r
+            .links
+            .entry(addr.clone())
+            .or_insert_with(|| Client::unconnected(vec![addr], config.clone(), false));
+        Some(link.clone())
+    }
+
+    /// Forgets the partition's leader after a request to it failed, so the next one asks.
+    pub(crate) fn forget_leader(&self, topic: &TopicName, partition: u32) {
+        if let Some(routes) = &self.inner.routes {
+            lock(routes).leaders.remove(&(topic.clone(), partition));
+        }
+    }
+
+    /// Asks the cluster for the topic's leaders: the bootstrap node first, then, for
+    /// partitions it cannot place (it holds no replica of them), one of their replicas.
+    async fn refresh(&self, topic: &TopicName, partition: u32) -> Result<(), Error> {
+        let _one = self.inner.refreshing.lock().await;
+        if self.known_leader(topic, partition).is_some() {
+            return Ok(()); // Another caller's refresh found it.
+        }
+        let request = MetadataRequest {
+            topics: vec![topic.clone()],
+        };
+        let (answer, _) = self.call(&request).await?;
+        let asked = answer.node_id;
+        let unplaced = self.learn(answer);
+        for node in unplaced.into_iter().filter(|n| *n != asked) {
+            let Some(addr) = self
+                .inner
+                .routes
+                .as_ref()
+                .and_then(|r| lock(r).nodes.get(&node).cloned())
+            else {
+                continue;
+            };
+            let link = Client::unconnected(vec![addr], self.inner.config.clone(), false);
+            match async { link.enqueue(&request, Bytes::new()).await?.await }.await {
+                Ok((answer, _)) => {
+                    if self.learn(answer).is_empty() {
+                        break;
+                    }
+                }
+                Err(e) => tracing::debug!(node, error = %e, "metadata from a replica failed"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes in a metadata answer; returns the replicas of partitions still without a leader.
+    fn learn(&self, answer: MetadataResponse) -> BTreeSet<u64> {
+        let mut unplaced = BTreeSet::new();
+        let Some(routes) = &self.inner.routes else {
+            return unplaced;
+        };
+        let mut r = lock(routes);
+        r.cluster = Some(answer.nodes.len() > 1);
+        r.nodes = answer
+            .nodes
+            .into_iter()
+            .map(|n| (n.node_id, n.addr))
+            .collect();
+        for t in answer.topics {
+            for p in t.partitions {
+                let key = (t.name.clone(), p.partition);
+                match p.leader {
+                    Some(leader) if r.leaders.get(&key).is_none_or(|(_, term)| *term <= p.term) => {
+                        r.leaders.insert(key, (leader, p.term));
+                    }
+                    Some(_) => {}
+                    None if !r.leaders.contains_key(&key) => unplaced.extend(p.replicas),
+                    None => {}
+                }
+            }
+        }
+        unplaced
+    }
+
+    /// Sends a partition's request to its leader, retrying retriable failures (a moved leader
+    /// included) with backoff until `retry_timeout`. Only for requests that are safe to repeat.
+    pub(crate) async fn call_partition<M: Message>(
+        &self,
+        topic: &TopicName,
+        partition: u32,
+        request: &M,
+    ) -> Result<(M::Response, Bytes), Error> {
+        let cfg = &self.inner.config;
+        let deadline = Instant::now() + cfg.retry_timeout;
+        let mut backoff = cfg.min_backoff;
+        loop {
+            let to = self.leader_for(topic, partition).await;
+            let result = async { to.enqueue(request, Bytes::new()).await?.await }.await;
+            match result {
+                Err(e) if e.is_retriable() && Instant::now() + backoff < deadline => {
+                    tracing::debug!(%topic, partition, error = %e, "retrying");
+                    self.forget_leader(topic, partition);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(cfg.max_backoff);
+                }
+                other => return other,
+            }
         }
     }
 

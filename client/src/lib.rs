@@ -47,7 +47,8 @@ pub use reader::{FetchOptions, FetchResult, PartitionReader, StartOffset};
 pub use rill_protocol::batch::{BatchBuilder, Header, Record};
 pub use rill_protocol::messages::{
     AssignmentStrategy, DescribeGroupResponse, DescribeTopicResponse, GroupSummary, MemberInfo,
-    OffsetSpec, PartitionInfo, PartitionLag, ResetTo, TopicPartition, TopicSummary,
+    MetadataResponse, NodeAddress, OffsetSpec, PartitionInfo, PartitionLag, PartitionMetadata,
+    ResetTo, TopicMetadata, TopicPartition, TopicSummary,
 };
 pub use rill_protocol::{ErrorCode, FsyncPolicy, TopicConfig};
 

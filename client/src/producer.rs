@@ -872,10 +872,11 @@ impl PartitionSender {
                     continue;
                 }
             };
-            let sent = tokio::time::timeout_at(
-                out.deadline,
-                self.common.client.enqueue(&self.request, bytes),
-            )
+            let (client, request) = (&self.common.client, &self.request);
+            let sent = tokio::time::timeout_at(out.deadline, async {
+                let leader = client.leader_for(&request.topic, request.partition).await;
+                leader.enqueue(request, bytes).await
+            })
             .await;
             let deadline = out.deadline;
             let answer: Answer = match sent {
@@ -970,6 +971,9 @@ impl PartitionSender {
             // With idempotence they now follow a gap and are renumbered below.
             return self.fail(out, e);
         }
+        // The partition may have a new leader (a cluster): ask again before resending.
+        let (topic, partition) = (&self.request.topic, self.request.partition);
+        self.common.client.forget_leader(topic, partition);
         // Every outstanding batch is answered before any is resent, so resends go out in
         // order behind nothing older.
         let mut again = vec![out];

@@ -60,15 +60,16 @@ impl Client {
         offset: u64,
         options: &FetchOptions,
     ) -> Result<FetchResult, Error> {
+        let name = topic_name(topic)?;
         let request = FetchRequest {
-            topic: topic_name(topic)?,
+            topic: name.clone(),
             partition,
             offset,
             max_bytes: options.max_bytes,
             min_bytes: options.min_bytes,
             max_wait_ms: u32::try_from(options.max_wait.as_millis()).unwrap_or(u32::MAX),
         };
-        let (response, payload) = self.call(&request).await?;
+        let (response, payload) = self.call_partition(&name, partition, &request).await?;
         let mut records = Vec::new();
         let mut next_offset = offset;
         for batch in Batches::new(payload) {
@@ -110,7 +111,8 @@ impl Client {
             topic: topic_name(topic)?,
             partition,
         };
-        let response = self.enqueue(&request, batch).await?;
+        let leader = self.leader_for(&request.topic, partition).await;
+        let response = leader.enqueue(&request, batch).await?;
         Ok(async move { response.await.map(|(r, _)| r.base_offset) })
     }
 
@@ -126,7 +128,8 @@ impl Client {
             partition,
             spec,
         };
-        Ok(self.call(&request).await?.0.offset)
+        let response = self.call_partition(&request.topic, partition, &request);
+        Ok(response.await?.0.offset)
     }
 }
 

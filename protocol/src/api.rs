@@ -26,10 +26,11 @@ pub enum ApiKey {
     AddPartitions = 17,
     AlterTopic = 18,
     InitProducer = 19,
+    Metadata = 20,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 20] = [
+    pub const ALL: [ApiKey; 21] = [
         ApiKey::ApiVersions,
         ApiKey::Produce,
         ApiKey::Fetch,
@@ -50,6 +51,7 @@ impl ApiKey {
         ApiKey::AddPartitions,
         ApiKey::AlterTopic,
         ApiKey::InitProducer,
+        ApiKey::Metadata,
     ];
 
     pub fn from_u16(v: u16) -> Option<Self> {
@@ -79,6 +81,7 @@ impl ApiKey {
             ApiKey::AddPartitions => "add_partitions",
             ApiKey::AlterTopic => "alter_topic",
             ApiKey::InitProducer => "init_producer",
+            ApiKey::Metadata => "metadata",
         }
     }
 

@@ -30,6 +30,7 @@ pub enum Request {
     AddPartitions(AddPartitionsRequest),
     AlterTopic(AlterTopicRequest),
     InitProducer(InitProducerRequest),
+    Metadata(MetadataRequest),
 }
 
 /// Why a whole frame is not a request this broker can serve. The frame boundaries are intact,
@@ -101,7 +102,8 @@ impl Request {
             ResetOffsets,
             AddPartitions,
             AlterTopic,
-            InitProducer
+            InitProducer,
+            Metadata
         ))
     }
 }

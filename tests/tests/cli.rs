@@ -24,6 +24,19 @@ fn topics_produce_and_consume_through_the_cli() {
         "",
     ));
     assert_eq!(stdout(&rill(b, &["topic", "list"], "")), "clicks\t3\n");
+    // One node holds one replica: asking for more is a clear error, and creates nothing.
+    let out = rill(
+        b,
+        &["topic", "create", "wide", "--replication-factor", "3"],
+        "",
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("replication factor 3 needs a cluster"),
+        "{err}"
+    );
+    assert_eq!(stdout(&rill(b, &["topic", "list"], "")), "clicks\t3\n");
 
     let lines: String = (0..30)
         .map(|i| format!("user-{}:click-{i}\n", i % 4))

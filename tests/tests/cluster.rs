@@ -1,11 +1,9 @@
-//! Replication end to end: real rilld nodes on loopback forming a cluster.
-//!
-//! Clients here talk to each node directly and find a partition's leader by asking (only the
-//! leader serves it; the others answer NotLeader); routing inside the client comes with the
-//! Metadata API.
+//! Replication end to end: real rilld nodes on loopback forming a cluster, used through the
+//! public client as an application would: one `Client` given every node's address, which
+//! routes each partition's produce and fetch to its leader.
 
-use bytes::Bytes;
-use rill_client::{BatchBuilder, Client, Error, ErrorCode, FetchOptions, TopicConfig};
+use rill_client::{Admin, Client, MetadataResponse, Producer, ProducerConfig, ProducerRecord};
+use rill_client::{FetchOptions, TopicConfig};
 use rill_e2e::Cluster;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -19,100 +17,59 @@ fn records() -> u64 {
 }
 
 const PARTITIONS: u32 = 6;
-const PER_BATCH: u64 = 100;
 
-async fn connect_all(cluster: &Cluster) -> Vec<Option<Client>> {
-    let mut out = Vec::new();
-    for n in &cluster.nodes {
-        out.push(Some(Client::connect(n.addr()).await.expect("connect")));
-    }
-    out
-}
-
-fn is_routing(e: &Error) -> bool {
-    matches!(
-        e,
-        Error::Broker {
-            code: ErrorCode::NotLeader | ErrorCode::LeaderNotAvailable,
-            ..
-        }
-    )
-}
-
-/// The index of the node leading `topic`-`p`: the one that serves a fetch of it. Retries
-/// (every 50 ms, up to 20 s) while an election is under way.
-async fn leader_of(clients: &[Option<Client>], topic: &str, p: u32) -> usize {
+/// Waits (up to 20 s) until the metadata names a leader for every partition of `topic`.
+async fn settled_metadata(admin: &Admin, topic: &str) -> MetadataResponse {
     let deadline = Instant::now() + Duration::from_secs(20);
-    let quick = FetchOptions {
-        max_wait: Duration::ZERO,
-        min_bytes: 0,
-        max_bytes: 1,
-    };
     loop {
-        for (i, c) in clients.iter().enumerate() {
-            let Some(c) = c else { continue };
-            match c.fetch(topic, p, 0, &quick).await {
-                Ok(_) => return i,
-                Err(e)
-                    if is_routing(&e)
-                        || matches!(
-                            e,
-                            Error::Disconnected(_) | Error::Connect { .. } | Error::Timeout(_)
-                        ) => {}
-                Err(e) => panic!("fetch of {topic}-{p} from node {}: {e}", i + 1),
-            }
+        let m = admin.metadata(&[topic]).await.expect("metadata");
+        let led = m.topics.first().is_some_and(|t| {
+            t.partitions.len() == PARTITIONS as usize
+                && t.partitions.iter().all(|p| p.leader.is_some())
+        });
+        if led {
+            return m;
         }
         assert!(
             Instant::now() < deadline,
-            "{topic}-{p} has no leader after 20 s"
+            "{topic} still has partitions without a leader after 20 s: {m:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-fn batch(p: u32, first: u64, n: u64) -> Bytes {
-    let mut b = BatchBuilder::with_capacity(64 * n as usize);
-    for i in first..first + n {
-        b.push(
-            Some(format!("k{p}-{i}").as_bytes()),
-            format!("{p}-{i}").as_bytes(),
-            &[],
-            0,
-        );
-    }
-    b.finish()
+fn leader(m: &MetadataResponse, p: u32) -> u64 {
+    m.topics[0].partitions[p as usize]
+        .leader
+        .expect("settled metadata has leaders")
 }
 
-/// Produces records `first..first + n` of partition `p` in batches, each to whichever node
-/// leads it at the time; returns how long the first acknowledgement took.
-async fn produce(clients: &[Option<Client>], topic: &str, p: u32, first: u64, n: u64) -> Duration {
-    let started = Instant::now();
-    let mut first_ack = None;
-    let mut next = first;
-    while next < first + n {
-        let leader = leader_of(clients, topic, p).await;
-        let c = clients[leader].as_ref().expect("leader is running");
-        let count = PER_BATCH.min(first + n - next);
-        match c.send_batch(topic, p, batch(p, next, count)).await {
-            Ok(ack) => match ack.await {
-                Ok(_) => {
-                    first_ack.get_or_insert(started.elapsed());
-                    next += count;
-                }
-                Err(e) if is_routing(&e) => {}
-                Err(e) => panic!("produce to {topic}-{p}: {e}"),
-            },
-            Err(e) if is_routing(&e) => {}
-            Err(e) => panic!("produce to {topic}-{p}: {e}"),
-        }
+/// An acknowledged record: partition, offset, value.
+type Acked = (u32, u64, String);
+
+/// Produces `values` keyed by themselves through one idempotent producer, awaiting every
+/// delivery in order; returns what was acknowledged and when.
+async fn produce(
+    producer: &Producer,
+    values: impl Iterator<Item = String>,
+) -> Vec<(Acked, Instant)> {
+    let mut deliveries = Vec::new();
+    for v in values {
+        let record = ProducerRecord::new("events", v.clone()).key(v.clone());
+        deliveries.push((v, producer.send(record).await.expect("send")));
     }
-    first_ack.unwrap_or_default()
+    let mut out = Vec::with_capacity(deliveries.len());
+    for (v, d) in deliveries {
+        let m = d
+            .await
+            .expect("every record is acknowledged, retries included");
+        out.push(((m.partition, m.offset, v), Instant::now()));
+    }
+    out
 }
 
-/// Every record of partition `p`, as `value`, read from its leader.
-async fn read_all(clients: &[Option<Client>], topic: &str, p: u32) -> Vec<String> {
-    let leader = leader_of(clients, topic, p).await;
-    let c = clients[leader].as_ref().expect("leader is running");
+/// Every record of partition `p` as (offset, value), read through the routing client.
+async fn read_all(client: &Client, p: u32) -> Vec<(u64, String)> {
     let opts = FetchOptions {
         max_wait: Duration::ZERO,
         min_bytes: 0,
@@ -121,9 +78,10 @@ async fn read_all(clients: &[Option<Client>], topic: &str, p: u32) -> Vec<String
     let mut out = Vec::new();
     let mut at = 0;
     loop {
-        let r = c.fetch(topic, p, at, &opts).await.expect("fetch");
+        let r = client.fetch("events", p, at, &opts).await.expect("fetch");
         for rec in &r.records {
-            out.push(String::from_utf8(rec.value.to_vec()).expect("utf-8"));
+            let v = String::from_utf8(rec.value.to_vec()).expect("utf-8");
+            out.push((rec.offset, v));
         }
         if r.next_offset >= r.high_watermark {
             return out;
@@ -134,20 +92,20 @@ async fn read_all(clients: &[Option<Client>], topic: &str, p: u32) -> Vec<String
 
 /// Waits (up to 30 s) until every replica of every partition holds the same bytes. Followers
 /// learn of the last entries a heartbeat later; the test can only look at their files.
-async fn await_identical(cluster: &Cluster, topic: &str, nodes: &[u64]) {
+async fn await_identical(cluster: &Cluster, nodes: &[u64]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     for p in 0..PARTITIONS {
         loop {
             let logs: Vec<Vec<u8>> = nodes
                 .iter()
-                .map(|&n| cluster.partition_bytes(n, topic, p))
+                .map(|&n| cluster.partition_bytes(n, "events", p))
                 .collect();
             if logs.windows(2).all(|w| w[0] == w[1]) && !logs[0].is_empty() {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "replicas of {topic}-{p} still differ after 30 s: sizes {:?}",
+                "replicas of events-{p} still differ after 30 s: sizes {:?}",
                 logs.iter().map(Vec::len).collect::<Vec<_>>()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -155,50 +113,101 @@ async fn await_identical(cluster: &Cluster, topic: &str, nodes: &[u64]) {
     }
 }
 
-/// What a checker saw for one partition: acknowledged values against those read back.
-fn check(acked: &[String], read: &[String]) -> (usize, usize) {
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    for v in read {
-        *seen.entry(v.as_str()).or_default() += 1;
+/// What the checker counts: acknowledged records missing from what a consumer reads back
+/// (lost), values read more than once (duplicated), and acknowledged records found at another
+/// offset than acknowledged (moved).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Checked {
+    acknowledged: usize,
+    lost: usize,
+    duplicated: usize,
+    moved: usize,
+}
+
+async fn check(client: &Client, acked: &[Acked]) -> Checked {
+    let mut c = Checked {
+        acknowledged: acked.len(),
+        ..Checked::default()
+    };
+    let mut read: HashMap<(u32, String), Vec<u64>> = HashMap::new();
+    for p in 0..PARTITIONS {
+        for (offset, v) in read_all(client, p).await {
+            read.entry((p, v)).or_default().push(offset);
+        }
     }
-    let lost = acked
-        .iter()
-        .filter(|v| !seen.contains_key(v.as_str()))
-        .count();
-    let duplicated = seen.values().filter(|&&n| n > 1).count();
-    (lost, duplicated)
+    c.duplicated = read.values().filter(|o| o.len() > 1).count();
+    for (p, offset, v) in acked {
+        match read.get(&(*p, v.clone())) {
+            None => c.lost += 1,
+            Some(o) if !o.contains(offset) => c.moved += 1,
+            Some(_) => {}
+        }
+    }
+    c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_replicate_byte_identical_logs_and_survive_kill_9_of_a_leader() {
+async fn a_routing_client_produces_exactly_once_through_kill_9_of_a_leader() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(dir.path(), 3, &["--heartbeat-ms", "100"]);
-    let clients = connect_all(&cluster).await;
-    // Any node takes admin requests; the topic is replicated on all three.
-    rill_client::Admin::new(clients[1].clone().unwrap())
+    // One client for the whole cluster, as an application would configure it.
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    let admin = Admin::new(client.clone());
+    admin
         .create_topic("events", PARTITIONS, TopicConfig::default())
         .await
         .expect("create");
-    let per_partition = records() / u64::from(PARTITIONS);
-    for p in 0..PARTITIONS {
-        produce(&clients, "events", p, 0, per_partition).await;
+    // The metadata names three nodes; every partition has three replicas and one leader, and
+    // the preferred leaders (first replicas) are spread over the nodes.
+    let m = settled_metadata(&admin, "events").await;
+    assert_eq!(m.nodes.len(), 3, "{m:?}");
+    let mut preferred = [0; 3];
+    for p in &m.topics[0].partitions {
+        assert_eq!(p.replicas.len(), 3, "{p:?}");
+        preferred[p.replicas[0] as usize - 1] += 1;
     }
-    let expected = |p: u32, n: u64| -> Vec<String> { (0..n).map(|i| format!("{p}-{i}")).collect() };
-    // Every replica holds byte-identical batches at identical offsets, and a consumer reads
-    // every record once, in order.
-    await_identical(&cluster, "events", &[1, 2, 3]).await;
-    for p in 0..PARTITIONS {
-        assert_eq!(
-            read_all(&clients, "events", p).await,
-            expected(p, per_partition),
-            "partition {p}"
-        );
-    }
-    // Each partition has exactly one leader, and its replicas report the same applied index.
+    assert_eq!(preferred, [2, 2, 2], "preferred leaders per node");
+
+    // A replication factor asked for is kept, and one beyond the node count is refused.
+    admin
+        .create_topic_replicated("pairs", 3, Some(2), TopicConfig::default())
+        .await
+        .expect("create with RF 2");
+    let pairs = admin.metadata(&["pairs"]).await.expect("metadata");
+    assert!(
+        pairs.topics[0]
+            .partitions
+            .iter()
+            .all(|p| p.replicas.len() == 2),
+        "{pairs:?}"
+    );
+    let wide = admin
+        .create_topic_replicated("wide", 1, Some(4), TopicConfig::default())
+        .await
+        .expect_err("RF 4 on 3 nodes");
+    assert_eq!(
+        wide.code(),
+        Some(rill_client::ErrorCode::InvalidConfig),
+        "{wide}"
+    );
+
+    // Phase 1: every record acknowledged once, at the offset a consumer then reads it at.
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let n = records();
+    let mut acked: Vec<Acked> = produce(&producer, (0..n).map(|i| format!("r{i}")))
+        .await
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect();
+    await_identical(&cluster, &[1, 2, 3]).await;
+    let c = check(&client, &acked).await;
+    assert_eq!((c.lost, c.duplicated, c.moved), (0, 0, 0), "{c:?}");
+
+    // Each partition has exactly one leader among the nodes' own metrics.
     for p in 0..PARTITIONS {
         let mut leaders = 0;
-        for n in &cluster.nodes {
-            let (status, body) = rill_e2e::http_get(n.metrics_addr(), "/metrics");
+        for node in &cluster.nodes {
+            let (status, body) = rill_e2e::http_get(node.metrics_addr(), "/metrics");
             assert_eq!(status, 200);
             let label = format!("topic=\"events\",partition=\"{p}\"");
             let value = |name: &str| {
@@ -210,41 +219,60 @@ async fn three_nodes_replicate_byte_identical_logs_and_survive_kill_9_of_a_leade
             };
             leaders += value("rill_raft_leader{");
             assert!(value("rill_raft_term{") >= 1);
-            assert!(value("rill_raft_applied_index{") >= per_partition / PER_BATCH);
         }
         assert_eq!(leaders, 1, "partition {p} has one leader");
     }
-    // kill -9 the leader of partition 0: another node takes over and acknowledges again.
-    let victim = leader_of(&clients, "events", 0).await;
-    let mut clients = clients;
-    clients[victim] = None;
-    cluster.nodes[victim].kill9();
-    let failover = produce(&clients, "events", 0, per_partition, 1000).await;
+
+    // Phase 2: kill -9 the leader of partition 0 while records are in flight. The producer
+    // follows the new leader by itself; every record is still acknowledged exactly once.
+    let victim = leader(&m, 0);
+    // Chunks of 100 records, each acknowledged before the next is sent: records keep flowing
+    // across the kill, and the time of each chunk's acknowledgements shows the failover.
+    const CHUNKS: u64 = 60;
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let producing = {
+        let producer = producer.clone();
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            let mut started = Some(started_tx);
+            for c in 0..CHUNKS {
+                let first = n + c * 100;
+                out.extend(produce(&producer, (first..first + 100).map(|i| format!("r{i}"))).await);
+                if let Some(tx) = started.take() {
+                    let _ = tx.send(());
+                }
+            }
+            out
+        })
+    };
+    started_rx.await.expect("the first chunk is acknowledged");
+    let killed_at = Instant::now();
+    cluster.node(victim).kill9();
+    let late = producing.await.expect("producer task");
+    // The first acknowledgement on partition 0 that came after the kill.
+    let failover = late
+        .iter()
+        .filter(|((p, _, _), t)| *p == 0 && *t > killed_at)
+        .map(|(_, t)| *t - killed_at)
+        .min();
     eprintln!(
-        "failover after kill -9 of node {}: first acknowledgement after {failover:?}",
-        victim + 1
+        "failover after kill -9 of node {victim}: first acknowledgement on partition 0 after {failover:?}"
     );
-    assert!(
-        failover < Duration::from_secs(10),
-        "failover took {failover:?}"
-    );
+    acked.extend(late.into_iter().map(|(a, _)| a));
+
     // The killed node comes back, catches up, and all three agree again.
-    cluster.nodes[victim].restart();
-    clients[victim] = Some(Client::connect(cluster.nodes[victim].addr()).await.unwrap());
-    await_identical(&cluster, "events", &[1, 2, 3]).await;
-    let mut lost = 0;
-    let mut duplicated = 0;
-    for p in 0..PARTITIONS {
-        let n = per_partition + if p == 0 { 1000 } else { 0 };
-        let read = read_all(&clients, "events", p).await;
-        let (l, d) = check(&expected(p, n), &read);
-        lost += l;
-        duplicated += d;
-        assert_eq!(read, expected(p, n), "partition {p} after the failover");
-    }
+    cluster.node(victim).restart();
+    await_identical(&cluster, &[1, 2, 3]).await;
+    let c = check(&client, &acked).await;
     eprintln!(
-        "checker: acknowledged {}, lost {lost}, duplicated {duplicated}",
-        records() + 1000
+        "checker: {c:?}; retries the leaders recognised as stored: {}",
+        producer.duplicates_avoided()
     );
-    assert_eq!((lost, duplicated), (0, 0));
+    assert_eq!(
+        c,
+        Checked {
+            acknowledged: (n + CHUNKS * 100) as usize,
+            ..Checked::default()
+        }
+    );
 }

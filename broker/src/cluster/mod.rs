@@ -15,6 +15,10 @@
 //!   `client_write`: acknowledged once a majority holds the batch under the topic's fsync
 //!   policy, with its base offset from the state machine.
 
+mod sequencer;
+
+pub use sequencer::{Answer, Refused, Sequencer, Stored};
+
 use crate::config::ClusterConfig;
 use crate::log::{LogConfig, PartitionLog};
 use crate::raft::net::{GroupId, Hello, NodeService, Peers, Router};
@@ -174,6 +178,8 @@ pub struct Replica {
     pub raft: Raft,
     pub log: Arc<PartitionLog>,
     pub group: GroupId,
+    /// Where produce goes when this replica leads.
+    pub sequencer: Sequencer,
 }
 
 impl std::fmt::Debug for Replica {
@@ -515,7 +521,15 @@ impl Cluster {
                 self.replicas
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert((name.clone(), p), Replica { raft, log, group });
+                    .insert(
+                        (name.clone(), p),
+                        Replica {
+                            sequencer: Sequencer::start(raft.clone(), log.clone()),
+                            raft,
+                            log,
+                            group,
+                        },
+                    );
                 tracing::info!(topic = %name, partition = p, group, "replica started");
             }
         }
@@ -564,6 +578,18 @@ impl Cluster {
                     .unwrap_or_default(),
             }),
             _ => Err(RouteError::NoLeader { what }),
+        }
+    }
+
+    /// The partition's leader and the term it leads in, as far as this node knows: its own
+    /// replica's view; `(None, 0)` where it holds no replica (it does not follow that group).
+    pub fn leadership(&self, topic: &TopicName, partition: u32) -> (Option<u64>, u64) {
+        match self.replica_of(topic, partition) {
+            Some(r) => {
+                let m = r.raft.metrics().borrow().clone();
+                (m.current_leader, m.current_term)
+            }
+            None => (None, 0),
         }
     }
 

@@ -9,6 +9,7 @@ mod fetch;
 
 pub use fetch::max_bytes as fetch_bytes;
 mod groups;
+mod metadata;
 mod offsets;
 mod produce;
 mod producers;
@@ -240,6 +241,9 @@ pub fn dispatch(ctx: &Arc<Context>, decoded: Decoded) -> BoxFuture<'static, OutF
         Request::AddPartitions(req) => respond(cid, api, plain(topics::add_partitions(ctx, req))),
         Request::AlterTopic(req) => respond(cid, api, plain(topics::alter(ctx, req))),
         Request::InitProducer(req) => respond(cid, api, plain(producers::init(ctx, req))),
+        Request::Metadata(req) => {
+            respond(cid, api, plain(async move { metadata::handle(&ctx, req) }))
+        }
     }
 }
 

@@ -6,7 +6,6 @@ use crate::log::{AppendError, PendingAppend};
 use crate::metrics::{self, TopicLabel};
 use crate::server::Context;
 use bytes::Bytes;
-use futures::FutureExt;
 use rill_protocol::batch::BatchHeader;
 use rill_protocol::messages::{ProduceRequest, ProduceResponse};
 
@@ -26,22 +25,15 @@ impl std::fmt::Debug for Pending {
     }
 }
 
-/// Where the batch went: the local log, or a partition group's Raft log (cluster).
+/// Where the batch went: the local log, or a partition leader's sequencer (cluster).
 enum Append {
     Local(PendingAppend),
     Replicated {
-        answer: RaftAnswer,
+        answer: crate::cluster::Answer,
         records: u64,
         what: String,
     },
 }
-
-type RaftAnswer = tokio::sync::oneshot::Receiver<
-    Result<
-        openraft::raft::ClientWriteResponse<crate::raft::Rill>,
-        openraft::error::ClientWriteError<u64, crate::raft::NodeInfo>,
-    >,
->;
 
 /// Runs in the connection's read loop, so batches from one connection are queued in the order
 /// they arrived even though their acknowledgements are awaited concurrently.
@@ -88,14 +80,9 @@ fn start_replicated(
         ));
     }
     let bytes = batch.len() as u64;
-    // The proposal is queued at once (an unbounded channel to the group's Raft task), so
-    // batches from one connection enter the Raft log in the order they arrived.
-    let answer = replica
-        .raft
-        .client_write_ff(batch)
-        .now_or_never()
-        .and_then(Result::ok)
-        .ok_or(OpError::ShuttingDown)?;
+    // Queued at once to the partition's sequencer, so batches from one connection enter the
+    // Raft log in the order they arrived.
+    let answer = replica.sequencer.propose(batch, header);
     Ok(Pending {
         append: Append::Replicated {
             answer,
@@ -107,34 +94,42 @@ fn start_replicated(
     })
 }
 
-/// Waits for a replicated produce: its base offset, or where the leader went.
+/// Waits for a replicated produce: its base offset, or why it was not stored.
 async fn replicated(
-    answer: RaftAnswer,
+    answer: crate::cluster::Answer,
     records: u64,
     what: String,
 ) -> Result<crate::log::AppendAck, OpError> {
-    use crate::cluster::RouteError;
+    use crate::cluster::{Refused, RouteError};
     use openraft::error::ClientWriteError;
-    match answer.await {
-        Ok(Ok(r)) => Ok(crate::log::AppendAck {
-            base_offset: r.data.base_offset,
-            log_end_offset: r.data.base_offset + records,
-            duplicate: false,
-        }),
-        Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(match (f.leader_id, f.leader_node) {
-            (Some(leader), Some(node)) => OpError::Route(RouteError::NotLeader {
-                what,
-                leader,
-                addr: node.client_addr,
-            }),
-            _ => OpError::Route(RouteError::NoLeader { what }),
-        }),
-        Ok(Err(e)) => Err(OpError::Route(RouteError::Unavailable(format!(
-            "{what}: {e}"
-        )))),
+    let refused = match answer.await {
+        Ok(Ok(stored)) => {
+            return Ok(crate::log::AppendAck {
+                base_offset: stored.base_offset,
+                log_end_offset: stored.base_offset + records,
+                duplicate: stored.duplicate,
+            });
+        }
+        Ok(Err(refused)) => refused,
+        Err(_) => Refused::Stopped,
+    };
+    Err(match refused {
+        Refused::Sequence(e) => OpError::Append(AppendError::Sequence(e)),
+        Refused::Write(ClientWriteError::ForwardToLeader(f)) => {
+            match (f.leader_id, f.leader_node) {
+                (Some(leader), Some(node)) => OpError::Route(RouteError::NotLeader {
+                    what,
+                    leader,
+                    addr: node.client_addr,
+                }),
+                _ => OpError::Route(RouteError::NoLeader { what }),
+            }
+        }
+        Refused::Write(e) => OpError::Route(RouteError::Unavailable(format!("{what}: {e}"))),
+        Refused::Moved => OpError::Route(RouteError::NoLeader { what }),
         // The group stopped (the node is shutting down, or its storage failed).
-        Err(_) => Err(OpError::ShuttingDown),
-    }
+        Refused::Stopped => OpError::ShuttingDown,
+    })
 }
 
 pub async fn finish(pending: Result<Pending, OpError>) -> Result<ProduceResponse, OpError> {

@@ -23,9 +23,19 @@ pub async fn create(
         ctx.topics
             .log_config(&req.config)
             .map_err(|e| OpError::Topic(crate::topics::TopicError::InvalidConfig(e)))?;
+        let nodes = cluster.state().nodes.len() as u32;
+        if let Some(rf) = req.replication_factor
+            && (rf == 0 || rf > nodes)
+        {
+            return Err(invalid(format!(
+                "replication factor must be between 1 and the number of nodes ({nodes}), got {rf}"
+            )));
+        }
         let command = crate::cluster::Command::CreateTopic {
-            replication_factor: cluster.default_replication_factor(),
-            capped: true,
+            replication_factor: req
+                .replication_factor
+                .unwrap_or(cluster.default_replication_factor()),
+            capped: req.replication_factor.is_none(),
             name: req.name.clone(),
             partitions: req.partitions,
             config: req.config,
@@ -35,11 +45,21 @@ pub async fn create(
             Err(why) if why.contains("already exists") => Err(OpError::Topic(
                 crate::topics::TopicError::AlreadyExists(req.name),
             )),
+            Err(why) if why.contains("replication factor") => Err(invalid(why)),
             Err(why) => Err(OpError::Route(crate::cluster::RouteError::Unavailable(why))),
         };
     }
+    if let Some(rf) = req.replication_factor.filter(|rf| *rf != 1) {
+        return Err(invalid(format!(
+            "a single-node broker keeps one replica of each partition; replication factor {rf} needs a cluster"
+        )));
+    }
     blocking(move || ctx.topics.create(req.name, req.partitions, req.config)).await??;
     Ok(CreateTopicResponse {})
+}
+
+fn invalid(why: String) -> OpError {
+    OpError::Topic(crate::topics::TopicError::InvalidConfig(why))
 }
 
 pub async fn add_partitions(

@@ -549,6 +549,14 @@ impl PartitionLog {
         self.cut(Cut::Index(index))
     }
 
+    /// The idempotent producers' state as of every append queued so far (a partition leader's
+    /// sequencer starts from it).
+    pub async fn producer_state(&self) -> Option<super::producers::Producers> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Producers(reply)).ok()?;
+        rx.await.ok()
+    }
+
     fn cut(&self, cut: Cut) -> Result<(), TruncateError> {
         let (reply, rx) = oneshot::channel();
         self.commands

@@ -175,6 +175,20 @@ impl Producers {
         entry.last_write_ms = entry.last_write_ms.max(now_ms);
     }
 
+    /// Sets the offsets of a batch recorded before they were known (a cluster's partition
+    /// leader records a batch when it proposes it, and learns its offset when it commits).
+    pub fn settle(&mut self, producer: i64, first_seq: i32, base_offset: u64) {
+        let batch = self
+            .entries
+            .get_mut(&producer)
+            .and_then(|e| e.batches.iter_mut().find(|b| b.first_seq == first_seq));
+        if let Some(b) = batch {
+            let span = b.last_offset - b.base_offset;
+            b.base_offset = base_offset;
+            b.last_offset = base_offset + span;
+        }
+    }
+
     /// The state of one producer, to put back with [`Producers::restore`] if the write that
     /// follows is rolled back.
     pub fn save(&self, producer: i64) -> Saved {

@@ -52,6 +52,8 @@ pub(super) enum Command {
     Reconfigure(LogConfig),
     /// Cut every record from this offset on (a batch boundary), after the queued appends.
     Truncate(Cut, oneshot::Sender<Result<(), TruncateError>>),
+    /// A copy of the idempotent producers' state, after the queued appends.
+    Producers(oneshot::Sender<Producers>),
     Close,
 }
 
@@ -212,6 +214,10 @@ impl Writer {
                             self.fail_stop(e);
                         }
                         let _ = reply.send(result);
+                    }
+                    Command::Producers(reply) => {
+                        self.round(&mut jobs);
+                        let _ = reply.send(self.producers.clone());
                     }
                     Command::Close => {
                         closing = true;

@@ -200,3 +200,91 @@ async fn three_replicas_commit_the_same_bytes_and_survive_losing_the_leader() {
         assert_eq!(values, expected, "node {}", n.id);
     }
 }
+
+/// An idempotent producer's batch `seq..seq + 3` of producer 7.
+fn numbered(tag: u64, seq: i32) -> (Bytes, rill_protocol::batch::BatchHeader) {
+    let mut b = bytes::BytesMut::from(&batch(tag)[..]);
+    rill_protocol::batch::seal(
+        &mut b,
+        rill_protocol::batch::Producer {
+            id: 7,
+            epoch: 0,
+            base_sequence: seq,
+        },
+    );
+    let b = b.freeze();
+    let h = rill_protocol::batch::validate(&b).unwrap();
+    (b, h)
+}
+
+async fn offered(
+    seq: &crate::cluster::Sequencer,
+    tag: u64,
+    first: i32,
+) -> Result<crate::cluster::Stored, crate::cluster::Refused> {
+    let (b, h) = numbered(tag, first);
+    seq.propose(b, h).await.expect("the sequencer answers")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leaders_sequencer_stores_each_idempotent_batch_once_across_a_failover() {
+    use crate::cluster::{Refused, Sequencer};
+    let (mut nodes, _) = start(3).await;
+    let first = leader(&nodes).await;
+    let seq = Sequencer::start(nodes[first].raft.clone(), nodes[first].log.clone());
+    let a = offered(&seq, 0, 0).await.unwrap();
+    assert!(!a.duplicate);
+    // A retry of a committed batch: its offset, nothing stored.
+    let again = offered(&seq, 0, 0).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.base_offset, a.base_offset);
+    // A retry sent while the original is still being replicated waits for it.
+    let (b1, h1) = numbered(1, 3);
+    let original = seq.propose(b1.clone(), h1);
+    let retry = seq.propose(b1, h1);
+    let (original, retry) = (
+        original.await.unwrap().unwrap(),
+        retry.await.unwrap().unwrap(),
+    );
+    assert!(!original.duplicate && retry.duplicate);
+    assert_eq!(original.base_offset, retry.base_offset);
+    // A gap is refused, naming the sequence expected.
+    match offered(&seq, 2, 10).await {
+        Err(Refused::Sequence(e)) => assert!(e.to_string().contains("expected 6"), "{e}"),
+        other => panic!("a gap is refused: {other:?}"),
+    }
+    // The leader goes away. The next leader's sequencer starts from its own log's windows: a
+    // retry of the last batch is recognised, and the producer carries on from sequence 6.
+    let gone = nodes.remove(first);
+    gone.raft.shutdown().await.unwrap();
+    let next = leader(&nodes).await;
+    let seq = Sequencer::start(nodes[next].raft.clone(), nodes[next].log.clone());
+    let replay = offered(&seq, 1, 3).await.unwrap();
+    assert!(replay.duplicate);
+    assert_eq!(replay.base_offset, original.base_offset);
+    let c = offered(&seq, 3, 6).await.unwrap();
+    assert!(!c.duplicate && c.base_offset > original.base_offset);
+    // Each batch is in the log once.
+    let end = c.base_offset + 3;
+    let mut hw = nodes[next].log.subscribe();
+    hw.wait_for(|o| *o >= end).await.unwrap();
+    let mut values = Vec::new();
+    let mut at = 0;
+    while at < end {
+        let r = nodes[next].log.read(at, 1 << 20).unwrap();
+        for b in rill_protocol::batch::Batches::new(r.batches) {
+            let h = rill_protocol::batch::validate(&b).unwrap();
+            at = h.last_offset() + 1;
+            if !h.is_control() {
+                for rec in rill_protocol::batch::RecordIter::new(b).unwrap() {
+                    values.push(String::from_utf8(rec.unwrap().value.to_vec()).unwrap());
+                }
+            }
+        }
+    }
+    let expected: Vec<String> = [0, 1, 3]
+        .iter()
+        .flat_map(|t| (0..3).map(move |r| format!("{t}-{r}")))
+        .collect();
+    assert_eq!(values, expected);
+}

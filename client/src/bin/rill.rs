@@ -41,7 +41,8 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     about = "Command-line tool for the Rill message broker."
 )]
 struct Cli {
-    /// Broker address (host:port); also read from RILL_BROKER.
+    /// Broker address (host:port), or several comma-separated (a cluster's nodes: the first
+    /// that answers is asked where each partition's leader is); also read from RILL_BROKER.
     #[arg(long, global = true, env = "RILL_BROKER", default_value = DEFAULT_BROKER)]
     broker: String,
     /// Print list and describe results as JSON (for scripts) instead of a table.
@@ -164,13 +165,16 @@ enum GroupCommand {
 enum TopicCommand {
     /// Create a topic.
     #[command(
-        after_help = "Example:\n  rill topic create orders --partitions 4 --fsync interval:100"
+        after_help = "Examples:\n  rill topic create orders --partitions 4 --fsync interval:100\n  rill topic create orders --partitions 6 --replication-factor 3   (a cluster)"
     )]
     Create {
         name: String,
         /// Number of partitions.
         #[arg(long, short, default_value_t = 1)]
         partitions: u32,
+        /// Replicas per partition (a cluster); the broker default if unset (1 on a single node).
+        #[arg(long, short = 'r')]
+        replication_factor: Option<u32>,
         /// Durability: "always" (fsync before ack) or "interval:MS"; the broker default if unset.
         #[arg(long)]
         fsync: Option<FsyncPolicy>,
@@ -328,6 +332,7 @@ async fn topic(client: Client, cmd: TopicCommand, json: bool) -> anyhow::Result<
         TopicCommand::Create {
             name,
             partitions,
+            replication_factor,
             fsync,
             segment_bytes,
             retention_ms,
@@ -339,8 +344,15 @@ async fn topic(client: Client, cmd: TopicCommand, json: bool) -> anyhow::Result<
                 retention_ms,
                 retention_bytes,
             };
-            admin.create_topic(&name, partitions, config).await?;
-            outln!("created topic {name} with {partitions} partition(s)");
+            admin
+                .create_topic_replicated(&name, partitions, replication_factor, config)
+                .await?;
+            match replication_factor {
+                Some(rf) => outln!(
+                    "created topic {name} with {partitions} partition(s), {rf} replica(s) each"
+                ),
+                None => outln!("created topic {name} with {partitions} partition(s)"),
+            }
         }
         TopicCommand::List if json => {
             outln!("{}", serde_json::to_string(&admin.list_topics().await?)?)

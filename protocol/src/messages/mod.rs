@@ -5,6 +5,7 @@
 
 mod fetch;
 mod groups;
+mod metadata;
 mod offsets;
 mod produce;
 mod producers;
@@ -19,6 +20,9 @@ pub use groups::{
     JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
     ListGroupsResponse, MemberInfo, PartitionLag, ResetOffsetsRequest, ResetOffsetsResponse,
     ResetTo, SESSION_TIMEOUT_MS, TopicPartition,
+};
+pub use metadata::{
+    MetadataRequest, MetadataResponse, NodeAddress, PartitionMetadata, TopicMetadata,
 };
 pub use offsets::{ListOffsetsRequest, ListOffsetsResponse, OffsetSpec};
 pub use produce::{ProduceRequest, ProduceResponse};
@@ -89,7 +93,7 @@ mod round_trip {
         #[test]
         fn topics(t in topic(), n: u32, f in fsync(), seg: Option<u64>, sizes: Vec<(u64, u64, u64)>) {
             let config = TopicConfig { fsync: f, segment_bytes: seg, retention_ms: seg, retention_bytes: seg.map(|s| s / 2) };
-            round_trip(CreateTopicRequest { name: t.clone(), partitions: n, config: config.clone() });
+            round_trip(CreateTopicRequest { name: t.clone(), partitions: n, config: config.clone(), replication_factor: seg.map(|s| s as u32) });
             round_trip(CreateTopicResponse {});
             round_trip(DeleteTopicRequest { name: t.clone() });
             round_trip(AddPartitionsRequest { name: t.clone(), partitions: n });
@@ -153,6 +157,15 @@ mod round_trip {
             round_trip(InitProducerRequest { producer_name: Some(g.clone()) });
             round_trip(InitProducerRequest { producer_name: None });
             round_trip(InitProducerResponse { producer_id: o as i64, epoch: p as i16 });
+            round_trip(MetadataRequest { topics: vec![t.clone()] });
+            round_trip(MetadataResponse {
+                node_id: o,
+                nodes: vec![NodeAddress { node_id: o, addr: g.clone() }],
+                topics: vec![TopicMetadata {
+                    name: t.clone(),
+                    partitions: vec![PartitionMetadata { partition: p, leader: opt, term: lag, replicas: vec![o, lag] }],
+                }],
+            });
             prop_assert_eq!(strategy.to_string().parse::<AssignmentStrategy>(), Ok(strategy));
         }
 

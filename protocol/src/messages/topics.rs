@@ -8,6 +8,9 @@ pub struct CreateTopicRequest {
     pub name: TopicName,
     pub partitions: u32,
     pub config: TopicConfig,
+    /// Replicas per partition; the broker's default when `None` (a cluster's
+    /// `default_replication_factor`, capped at its node count; 1 on a single node).
+    pub replication_factor: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
