@@ -5,8 +5,8 @@
 //! produce, fetch and offset lookups must reach its leader: the client learns the nodes and each
 //! partition's leader with a `Metadata` request, keeps one connection per node it talks to, and
 //! forgets a partition's leader when a request to it fails (`NotLeader`, a lost connection), so
-//! the next attempt asks again. Against a single node, the first `Metadata` answer (one node)
-//! turns routing off for good.
+//! the next attempt asks again. Against a single node, the first `Metadata` answer (from node
+//! 0, which only a single-node broker is) turns routing off for good.
 
 use crate::connection::Connection;
 use crate::error::Error;
@@ -78,7 +78,8 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct Routes {
-    /// Whether the broker is a cluster (more than one node); unknown until the first answer.
+    /// Whether the broker is a cluster (its nodes have ids from 1); unknown until the first
+    /// answer.
     cluster: Option<bool>,
     /// Client address of each node.
     nodes: HashMap<u64, String>,
@@ -324,7 +325,8 @@ impl Client {
             return unplaced;
         };
         let mut r = lock(routes);
-        r.cluster = Some(answer.nodes.len() > 1);
+        // Cluster nodes have ids from 1; a single-node broker answers as node 0.
+        r.cluster = Some(answer.node_id != 0);
         r.nodes = answer
             .nodes
             .into_iter()

@@ -1,6 +1,8 @@
 //! A cluster of real `rilld` nodes on loopback, for replication tests.
 
 use super::Broker;
+use crate::link::Link;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Several `rilld` processes forming one cluster; node `i` (from 1) is `nodes[i - 1]`.
@@ -8,28 +10,58 @@ use std::path::{Path, PathBuf};
 pub struct Cluster {
     pub nodes: Vec<Broker>,
     pub cluster_addrs: Vec<String>,
+    /// With [`Cluster::start_linked`]: node j reaches node k through `links[(j, k)]`.
+    links: BTreeMap<(u64, u64), Link>,
     root: PathBuf,
-}
-
-/// A free loopback port (bound and released; nothing else on a test machine races for it).
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local address").to_string()
 }
 
 impl Cluster {
     /// Starts `n` nodes under `root` (`root/n1`, ...), each with `extra` flags.
     pub fn start(root: &Path, n: u64, extra: &[&str]) -> Cluster {
-        let cluster_addrs: Vec<String> = (0..n).map(|_| free_addr()).collect();
-        let peers = cluster_addrs
+        Self::launch(root, n, extra, false)
+    }
+
+    /// Like [`Cluster::start`], but every node reaches every other through its own proxied
+    /// link, which [`Cluster::isolate`] cuts: a network partition the test controls.
+    pub fn start_linked(root: &Path, n: u64, extra: &[&str]) -> Cluster {
+        Self::launch(root, n, extra, true)
+    }
+
+    fn launch(root: &Path, n: u64, extra: &[&str], linked: bool) -> Cluster {
+        // Held until the links are bound, so no link proxy gets a node's port.
+        let held: Vec<std::net::TcpListener> = (0..n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+            .collect();
+        let cluster_addrs: Vec<String> = held
             .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
+            .map(|l| l.local_addr().expect("local address").to_string())
+            .collect();
+        let mut links = BTreeMap::new();
+        if linked {
+            for j in 1..=n {
+                for k in (1..=n).filter(|k| *k != j) {
+                    links.insert((j, k), Link::start(cluster_addrs[k as usize - 1].clone()));
+                }
+            }
+        }
+        drop(held);
+        // Node `id`'s view: itself at its own address, the others through its links.
+        let peers_of = |id: u64| {
+            (1..=n)
+                .map(|k| {
+                    let addr = match links.get(&(id, k)) {
+                        Some(link) => link.addr(),
+                        None => &cluster_addrs[k as usize - 1],
+                    };
+                    format!("{k}={addr}")
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         let nodes = (1..=n)
             .map(|id| {
                 let id_s = id.to_string();
+                let peers = peers_of(id);
                 let mut args = vec![
                     "--node-id",
                     &id_s,
@@ -45,7 +77,24 @@ impl Cluster {
         Cluster {
             nodes,
             cluster_addrs,
+            links,
             root: root.to_path_buf(),
+        }
+    }
+
+    /// Cuts every link to and from node `id` (a cluster started with `start_linked`).
+    pub fn isolate(&self, id: u64) {
+        for ((j, k), link) in &self.links {
+            if *j == id || *k == id {
+                link.cut();
+            }
+        }
+    }
+
+    /// Heals every link.
+    pub fn heal(&self) {
+        for link in self.links.values() {
+            link.heal();
         }
     }
 

@@ -2,8 +2,10 @@
 //! it by reading its "listening" line rather than by sleeping.
 
 mod cluster;
+mod link;
 mod proxy;
 pub use cluster::Cluster;
+pub use link::Link;
 pub use proxy::Proxy;
 
 use std::io::{BufRead, BufReader, Read};

@@ -37,6 +37,34 @@ use tokio::sync::watch;
 
 /// The metadata group's id.
 pub const METADATA_GROUP: GroupId = 0;
+/// `<data>/cluster/joined`: this node joined the cluster and caught up once.
+const JOINED: &str = "joined";
+/// `<data>/cluster/incarnation`: this data directory's random id (see `NodeInfo`).
+const INCARNATION: &str = "incarnation";
+
+/// This data directory's incarnation: read, or chosen and written (synced) the first time.
+fn incarnation(path: &std::path::Path) -> anyhow::Result<u64> {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        return text
+            .trim()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{} is damaged: {e}", path.display()));
+    }
+    // Random enough to tell two lives of a data directory apart.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let value = now ^ (u64::from(std::process::id()) << 40) | 1;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, value.to_string())?;
+    std::fs::File::open(path)?.sync_all()?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(value)
+}
 /// Bits of a partition group id that hold the partition (the rest is the topic's id).
 const PARTITION_BITS: u32 = 20;
 const RPC_TTL: Duration = Duration::from_secs(5);
@@ -219,6 +247,8 @@ pub struct Cluster {
     replicas: RwLock<HashMap<(TopicName, u32), Replica>>,
     /// The metadata log index this node's topics and replicas were last brought in line with.
     reconciled: watch::Sender<u64>,
+    /// Where to record that this node joined, if it has no record yet.
+    joined: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -240,6 +270,13 @@ impl NodeService for Service {
             node_id: c.as_ref().map_or(0, |c| c.node_id),
             info: c.as_ref().map(|c| c.info.clone()).unwrap_or_default(),
             initialized: c.as_ref().is_some_and(|c| c.formed()),
+            members: c
+                .as_ref()
+                .map(|c| {
+                    let m = c.meta.metrics().borrow().membership_config.clone();
+                    m.nodes().map(|(id, n)| (*id, n.clone())).collect()
+                })
+                .unwrap_or_default(),
         }
     }
 
@@ -298,7 +335,9 @@ impl Cluster {
                     config.listen
                 )
             })?;
+        let incarnation = incarnation(&data_dir.join("cluster").join(INCARNATION))?;
         let info = NodeInfo {
+            incarnation,
             cluster_addr: config
                 .peers
                 .get(&config.node_id)
@@ -306,7 +345,12 @@ impl Cluster {
                 .unwrap_or_else(|| config.listen.to_string()),
             client_addr: client_addr.to_string(),
         };
-        let (peers, router) = (Peers::default(), Router::default());
+        let (peers, router) = (Peers::with_routes(config.peers.clone()), Router::default());
+        // No record of having joined: a new node, or one whose data was lost. Until the peers
+        // tell which, its groups abstain from voting (see `Cluster::rejoin`).
+        let joined = data_dir.join("cluster").join(JOINED);
+        let rejoining = !joined.exists();
+        router.set_rejoining(rejoining);
         let meta = raft::start_group(
             config.node_id,
             METADATA_GROUP,
@@ -329,6 +373,7 @@ impl Cluster {
             state: rx,
             replicas: RwLock::new(HashMap::new()),
             reconciled: watch::Sender::new(0),
+            joined: rejoining.then_some(joined),
         });
         router.set_service(Arc::new(Service {
             cluster: Arc::downgrade(&cluster),
@@ -352,6 +397,10 @@ impl Cluster {
     pub async fn run(self: Arc<Self>, ctx: Arc<Context>) {
         let bootstrap = self.clone();
         tokio::spawn(async move { bootstrap.bootstrap().await });
+        if let Some(marker) = self.joined.clone() {
+            let rejoin = self.clone();
+            tokio::spawn(async move { rejoin.rejoin(marker).await });
+        }
         let mut state = self.state.clone();
         loop {
             let current = state.borrow_and_update().clone();
@@ -378,6 +427,72 @@ impl Cluster {
             }
         }
         self.shutdown().await;
+    }
+
+    /// For a node with no record of having joined: asks the peers for the membership. If the
+    /// cluster has not formed, or records this node with its own incarnation, this is a new
+    /// node and its groups vote at once. If the membership records another incarnation, this
+    /// node lost its data: each group abstains until it caught up with its leader's commit, and
+    /// only then is the record written (a crash before that leaves it abstaining again).
+    async fn rejoin(&self, marker: std::path::PathBuf) {
+        let poll = Duration::from_millis(200);
+        let lost = loop {
+            let mut decided = None;
+            for (&id, addr) in self
+                .config
+                .peers
+                .iter()
+                .filter(|(id, _)| **id != self.node_id)
+            {
+                let Ok(h) = self.peers.get(id, addr).hello(Duration::from_secs(1)).await else {
+                    continue;
+                };
+                decided = match h.members.get(&self.node_id) {
+                    _ if h.members.is_empty() => Some(false),
+                    Some(me) => Some(me.incarnation != self.info.incarnation),
+                    // A member set without this node: not a voter of it anyway.
+                    None => Some(false),
+                };
+                break;
+            }
+            if let Some(lost) = decided {
+                break lost;
+            }
+            tokio::time::sleep(poll).await;
+        };
+        if lost {
+            tracing::warn!(
+                "this node lost its data (the cluster knows an earlier incarnation of it): its replicas catch up before they vote"
+            );
+        } else {
+            self.router.set_rejoining(false);
+        }
+        // Caught up: the metadata, every replica the metadata gives this node, and their logs.
+        loop {
+            let caught_up = self.formed() && !self.router.is_abstaining(METADATA_GROUP) && {
+                let applied = self
+                    .meta
+                    .metrics()
+                    .borrow()
+                    .last_applied
+                    .map_or(0, |l| l.index);
+                *self.reconciled.borrow() >= applied && self.router.abstaining() == 0
+            };
+            if caught_up {
+                break;
+            }
+            tokio::time::sleep(poll).await;
+        }
+        self.router.set_rejoining(false);
+        let written = std::fs::write(&marker, self.node_id.to_string())
+            .and_then(|()| std::fs::File::open(&marker)?.sync_all())
+            .and_then(|()| std::fs::File::open(marker.parent().unwrap_or(&marker))?.sync_all());
+        match written {
+            Ok(()) => tracing::info!("joined the cluster"),
+            Err(e) => {
+                tracing::warn!(error = %e, path = %marker.display(), "cannot record that this node joined")
+            }
+        }
     }
 
     async fn bootstrap(&self) {
@@ -544,6 +659,20 @@ impl Cluster {
             .cloned()
     }
 
+    /// Whether this node's replica leads and knows it still does: a majority acknowledged it
+    /// within the lease (half the shortest election timeout), so no other replica can have
+    /// been elected meanwhile. A leader cut off from the others (a network partition, a pause)
+    /// stops serving and stops naming itself in metadata, so clients look for the new leader
+    /// instead of waiting on one that cannot commit; what it served was committed anyway.
+    fn confirmed_leader(&self, m: &openraft::RaftMetrics<u64, NodeInfo>) -> bool {
+        if m.state != ServerState::Leader || m.current_leader != Some(self.node_id) {
+            return false;
+        }
+        let lease = self.config.timing().election_min_ms / 2;
+        let alone = m.membership_config.membership().voter_ids().count() <= 1;
+        alone || m.millis_since_quorum_ack.is_some_and(|ms| ms < lease)
+    }
+
     /// This node's replica of the partition, if this node leads it; otherwise where to go.
     pub fn leader_replica(&self, topic: &TopicName, partition: u32) -> Result<Replica, RouteError> {
         let what = format!("{topic}-{partition}");
@@ -555,20 +684,21 @@ impl Cluster {
         };
         let replica = self.replica_of(topic, partition);
         let leader = match &replica {
-            Some(r) => r.raft.metrics().borrow().current_leader,
+            Some(r) => {
+                let m = r.raft.metrics().borrow().clone();
+                if self.confirmed_leader(&m) {
+                    return Ok(r.clone());
+                }
+                m.current_leader
+            }
             // Not a replica here: the preferred leader is the best guess.
             None => t
                 .replicas
                 .get(partition as usize)
                 .and_then(|r| r.first().copied()),
         };
-        match (replica, leader) {
-            (Some(r), Some(l))
-                if l == self.node_id && r.raft.metrics().borrow().state == ServerState::Leader =>
-            {
-                Ok(r)
-            }
-            (_, Some(l)) if l != self.node_id => Err(RouteError::NotLeader {
+        match leader {
+            Some(l) if l != self.node_id => Err(RouteError::NotLeader {
                 what,
                 leader: l,
                 addr: state
@@ -583,11 +713,15 @@ impl Cluster {
 
     /// The partition's leader and the term it leads in, as far as this node knows: its own
     /// replica's view; `(None, 0)` where it holds no replica (it does not follow that group).
+    /// This node names itself only while its leadership is confirmed.
     pub fn leadership(&self, topic: &TopicName, partition: u32) -> (Option<u64>, u64) {
         match self.replica_of(topic, partition) {
             Some(r) => {
                 let m = r.raft.metrics().borrow().clone();
-                (m.current_leader, m.current_term)
+                let leader = m
+                    .current_leader
+                    .filter(|l| *l != self.node_id || self.confirmed_leader(&m));
+                (leader, m.current_term)
             }
             None => (None, 0),
         }

@@ -38,6 +38,12 @@ pub fn handle(ctx: &Context, req: MetadataRequest) -> Result<MetadataResponse, O
         });
     };
     let state = cluster.state();
+    if state.nodes.is_empty() {
+        // Just started, or not yet caught up with the metadata group: nothing to tell.
+        return Err(OpError::Route(crate::cluster::RouteError::Unavailable(
+            "this node has not caught up with the cluster's metadata yet".into(),
+        )));
+    }
     let nodes = state
         .nodes
         .iter()

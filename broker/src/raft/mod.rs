@@ -28,6 +28,9 @@ use std::sync::Arc;
 pub struct NodeInfo {
     pub cluster_addr: String,
     pub client_addr: String,
+    /// Random, chosen when the node's data directory was first used: a node that comes back
+    /// with another incarnation than the membership records lost its data.
+    pub incarnation: u64,
 }
 
 impl fmt::Display for NodeInfo {

@@ -67,6 +67,8 @@ pub struct Hello {
     pub info: NodeInfo,
     /// Whether its metadata group already has a membership (the cluster was formed).
     pub initialized: bool,
+    /// The metadata group's members as it knows them (empty before the cluster formed).
+    pub members: std::collections::BTreeMap<u64, NodeInfo>,
 }
 
 /// What a node answers besides Raft RPCs.
@@ -80,6 +82,19 @@ pub trait NodeService: Send + Sync + 'static {
 pub struct Router {
     groups: Arc<RwLock<HashMap<GroupId, Raft<Rill>>>>,
     service: Arc<std::sync::OnceLock<Arc<dyn NodeService>>>,
+    abstain: Arc<Mutex<Abstain>>,
+}
+
+/// A node that lost its data (a wiped or replaced disk) must not vote until it holds what the
+/// cluster committed: its empty log would let a candidate that misses committed entries win
+/// (see `cluster::Cluster::rejoin` for how a node finds out).
+/// While `rejoining`, every group added abstains (vote requests go unanswered) until its log
+/// reaches the commit index the leader sent with the first AppendEntries it received.
+#[derive(Debug, Default)]
+struct Abstain {
+    rejoining: bool,
+    /// Abstaining groups, with the commit index to reach once a leader told it.
+    groups: HashMap<GroupId, Option<u64>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -90,7 +105,60 @@ impl std::fmt::Debug for Router {
 }
 
 impl Router {
+    /// Puts the node in rejoining mode (`true`: groups added from now on abstain) or out of
+    /// it (`false`: every group votes again; a fresh cluster).
+    pub fn set_rejoining(&self, rejoining: bool) {
+        let mut a = self.abstain.lock().unwrap_or_else(|p| p.into_inner());
+        a.rejoining = rejoining;
+        if !rejoining {
+            a.groups.clear();
+        }
+    }
+
+    /// Whether `group` is still catching up before it votes again.
+    pub fn is_abstaining(&self, group: GroupId) -> bool {
+        let a = self.abstain.lock().unwrap_or_else(|p| p.into_inner());
+        a.groups.contains_key(&group)
+    }
+
+    /// Groups still catching up before they vote again.
+    pub fn abstaining(&self) -> usize {
+        let a = self.abstain.lock().unwrap_or_else(|p| p.into_inner());
+        a.groups.len()
+    }
+
+    /// Whether `group` may vote: not abstaining, or caught up (then it stops abstaining).
+    fn may_vote(&self, group: GroupId, raft: &Raft<Rill>) -> bool {
+        let mut a = self.abstain.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(target) = a.groups.get(&group).copied() else {
+            return true;
+        };
+        let last = raft.metrics().borrow().last_log_index;
+        match target {
+            Some(t) if last.is_some_and(|l| l >= t) => {
+                a.groups.remove(&group);
+                tracing::info!(group, "caught up with the cluster's commit; voting again");
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Notes the leader's commit index from the first AppendEntries an abstaining group gets.
+    fn heard_leader(&self, group: GroupId, commit: Option<u64>) {
+        let mut a = self.abstain.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(target @ None) = a.groups.get_mut(&group) {
+            *target = Some(commit.unwrap_or(0));
+        }
+    }
+
     pub fn add(&self, group: GroupId, raft: Raft<Rill>) {
+        {
+            let mut a = self.abstain.lock().unwrap_or_else(|p| p.into_inner());
+            if a.rejoining {
+                a.groups.insert(group, None);
+            }
+        }
         self.groups
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -133,7 +201,15 @@ impl Router {
             return Reply::NoGroup;
         };
         match rpc {
-            Rpc::Append(r) => Reply::Append(raft.append_entries(r).await),
+            Rpc::Append(r) => {
+                self.heard_leader(group, r.leader_commit.map(|l| l.index));
+                let reply = raft.append_entries(r).await;
+                // Caught up by this append? Then it votes again.
+                self.may_vote(group, &raft);
+                Reply::Append(reply)
+            }
+            // Abstaining: no answer, as if unreachable; the candidate needs other votes.
+            Rpc::Vote(_) if !self.may_vote(group, &raft) => Reply::NoGroup,
             Rpc::Vote(r) => Reply::Vote(raft.vote(r).await),
             Rpc::Snapshot(r) => Reply::Snapshot(raft.install_snapshot(r).await),
             Rpc::Hello | Rpc::Propose(_) => Reply::NoGroup,
@@ -247,6 +323,15 @@ pub async fn serve(listener: TcpListener, router: Router) {
 struct Conn {
     tx: mpsc::UnboundedSender<Bytes>,
     pending: Mutex<HashMap<u64, oneshot::Sender<BytesMut>>>,
+    /// Cleared when the peer closed the connection or it broke: the next call reconnects
+    /// instead of writing into a dead socket and waiting out its timeout.
+    alive: std::sync::atomic::AtomicBool,
+}
+
+impl Conn {
+    fn usable(&self) -> bool {
+        self.alive.load(Ordering::SeqCst) && !self.tx.is_closed()
+    }
 }
 
 /// The connection to one peer, shared by every group.
@@ -268,7 +353,7 @@ impl Peer {
 
     async fn connection(&self) -> std::io::Result<Arc<Conn>> {
         let mut slot = self.conn.lock().await;
-        if let Some(c) = slot.as_ref().filter(|c| !c.tx.is_closed()) {
+        if let Some(c) = slot.as_ref().filter(|c| c.usable()) {
             return Ok(c.clone());
         }
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
@@ -285,6 +370,7 @@ impl Peer {
         let conn = Arc::new(Conn {
             tx,
             pending: Mutex::new(HashMap::new()),
+            alive: std::sync::atomic::AtomicBool::new(true),
         });
         tokio::spawn(write_frames(write, rx));
         let reader = Arc::downgrade(&conn);
@@ -303,6 +389,7 @@ impl Peer {
             }
             // Lost: fail every call still waiting, and make the next one reconnect.
             if let Some(conn) = reader.upgrade() {
+                conn.alive.store(false, Ordering::SeqCst);
                 conn.pending
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -328,7 +415,8 @@ impl Peer {
             b.put_u64(group);
             codec::encode(rpc, b);
         });
-        if conn.tx.send(f).is_err() {
+        // Checked after registering: a connection lost before then fails the call now.
+        if !conn.alive.load(Ordering::SeqCst) || conn.tx.send(f).is_err() {
             conn.pending
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -371,11 +459,24 @@ impl Peer {
 #[derive(Debug, Default, Clone)]
 pub struct Peers {
     peers: Arc<Mutex<HashMap<u64, Arc<Peer>>>>,
+    /// How this node reaches each node, from its own configuration (`--peers`): wins over the
+    /// address a node advertises, for networks where nodes see each other at different
+    /// addresses (NAT, proxies, a test's cuttable links).
+    routes: Arc<std::collections::BTreeMap<u64, String>>,
 }
 
 impl Peers {
-    /// The connection to node `id` at `addr` (replaced if the address changed).
+    pub fn with_routes(routes: std::collections::BTreeMap<u64, String>) -> Peers {
+        Peers {
+            peers: Arc::default(),
+            routes: Arc::new(routes),
+        }
+    }
+
+    /// The connection to node `id`, at this node's configured address for it or else at
+    /// `addr` (replaced if the address changed).
     pub fn get(&self, id: u64, addr: &str) -> Arc<Peer> {
+        let addr = self.routes.get(&id).map_or(addr, String::as_str);
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         let peer = peers
             .entry(id)

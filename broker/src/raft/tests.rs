@@ -41,6 +41,7 @@ async fn start(n: u64) -> (Vec<Node>, BTreeMap<u64, NodeInfo>) {
             NodeInfo {
                 cluster_addr: l.local_addr().unwrap().to_string(),
                 client_addr: String::new(),
+                incarnation: id,
             },
         );
         listeners.push(l);
