@@ -7,7 +7,8 @@
 //! timeout (then SIGCONT), a network partition cutting one leader's node-to-node links (then
 //! healed), kill -9 of two of the three nodes (restarted), and a follower whose data directory
 //! is wiped before it restarts. `RILL_CLUSTER_ROUNDS` rounds of each kind (2 by default; the
-//! issue's long run uses 30).
+//! issue's long run uses 30); `RILL_CLUSTER_HEARTBEAT_MS` sets the nodes' heartbeat (100 ms by
+//! default here, to keep CI short; rilld's default is 250 ms).
 
 use rill_client::{Admin, Client, ClientConfig, FetchOptions, MetadataResponse};
 use rill_client::{Producer, ProducerConfig, ProducerRecord, TopicConfig};
@@ -354,7 +355,9 @@ async fn fault_rounds_lose_nothing_acknowledged() {
         .with_writer(std::io::stderr)
         .try_init();
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start_linked(dir.path(), 3, &["--heartbeat-ms", "100"]);
+    // 100 ms heartbeats keep CI short; `RILL_CLUSTER_HEARTBEAT_MS=250` measures the default.
+    let heartbeat = std::env::var("RILL_CLUSTER_HEARTBEAT_MS").unwrap_or_else(|_| "100".into());
+    let mut cluster = Cluster::start_linked(dir.path(), 3, &["--heartbeat-ms", &heartbeat]);
     let client = Client::connect_with(&cluster.addrs(), client_config())
         .await
         .expect("connect");
