@@ -191,6 +191,25 @@ async fn a_routing_client_produces_exactly_once_through_kill_9_of_a_leader() {
         "{wide}"
     );
 
+    // `rill cluster status` through every node's address: three nodes up, and (once the new
+    // topic's groups elected) every partition led.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = rill_e2e::rill(Some(&cluster.addrs()), &["cluster", "status"], "");
+        let status = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "{status}");
+        assert_eq!(
+            status.lines().filter(|l| l.contains("\tup\t")).count(),
+            3,
+            "{status}"
+        );
+        if status.contains("9 partition(s), 0 without a leader") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // Phase 1: every record acknowledged once, at the offset a consumer then reads it at.
     let producer = Producer::new(client.clone(), ProducerConfig::default());
     let n = records();

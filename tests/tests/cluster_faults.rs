@@ -295,17 +295,6 @@ async fn round(cluster: &mut Cluster, load: &Load, fault: Fault, p: u32) -> Dura
             cluster.node(others[0]).kill9();
             cluster.node(others[0]).restart();
             cluster.node(leader).restart();
-            let logs: Vec<String> = cluster
-                .nodes
-                .iter()
-                .map(|n| {
-                    n.data_dir()
-                        .with_extension("rilld.log")
-                        .display()
-                        .to_string()
-                })
-                .collect();
-            *load.dump.lock().unwrap() = Some(logs.join("\n"));
             load.next_ack(p, at).await
         }
         Fault::WipeFollower => {
@@ -355,9 +344,15 @@ async fn fault_rounds_lose_nothing_acknowledged() {
         .with_writer(std::io::stderr)
         .try_init();
     let dir = tempfile::tempdir().unwrap();
+    // RILL_CLUSTER_KEEP=1 keeps the nodes' directories and logs for a post-mortem.
+    let root = match std::env::var_os("RILL_CLUSTER_KEEP") {
+        Some(_) => dir.keep(),
+        None => dir.path().to_path_buf(),
+    };
+    eprintln!("cluster directories in {}", root.display());
     // 100 ms heartbeats keep CI short; `RILL_CLUSTER_HEARTBEAT_MS=250` measures the default.
     let heartbeat = std::env::var("RILL_CLUSTER_HEARTBEAT_MS").unwrap_or_else(|_| "100".into());
-    let mut cluster = Cluster::start_linked(dir.path(), 3, &["--heartbeat-ms", &heartbeat]);
+    let mut cluster = Cluster::start_linked(&root, 3, &["--heartbeat-ms", &heartbeat]);
     let client = Client::connect_with(&cluster.addrs(), client_config())
         .await
         .expect("connect");
@@ -374,6 +369,17 @@ async fn fault_rounds_lose_nothing_acknowledged() {
         });
     settled(&cluster).await;
     let load = Load::start(&client);
+    let logs: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            n.data_dir()
+                .with_extension("rilld.log")
+                .display()
+                .to_string()
+        })
+        .collect();
+    *load.dump.lock().unwrap() = Some(logs.join("\n"));
     load.next_ack(0, Instant::now()).await;
 
     let kinds = [

@@ -660,17 +660,19 @@ impl Cluster {
     }
 
     /// Whether this node's replica leads and knows it still does: a majority acknowledged it
-    /// within the lease (half the shortest election timeout), so no other replica can have
-    /// been elected meanwhile. A leader cut off from the others (a network partition, a pause)
+    /// within the lease (the shortest election timeout: four heartbeats, so a late heartbeat
+    /// or two under load does not turn clients away; what a leader serves is committed, so
+    /// the lease steers clients rather than guarding data). A leader with no acknowledgement
+    /// time yet (just elected) counts as confirmed. A leader cut off from the others (a network partition, a pause)
     /// stops serving and stops naming itself in metadata, so clients look for the new leader
     /// instead of waiting on one that cannot commit; what it served was committed anyway.
     fn confirmed_leader(&self, m: &openraft::RaftMetrics<u64, NodeInfo>) -> bool {
         if m.state != ServerState::Leader || m.current_leader != Some(self.node_id) {
             return false;
         }
-        let lease = self.config.timing().election_min_ms / 2;
+        let lease = self.config.timing().election_min_ms;
         let alone = m.membership_config.membership().voter_ids().count() <= 1;
-        alone || m.millis_since_quorum_ack.is_some_and(|ms| ms < lease)
+        alone || m.millis_since_quorum_ack.is_none_or(|ms| ms < lease)
     }
 
     /// This node's replica of the partition, if this node leads it; otherwise where to go.

@@ -8,6 +8,7 @@ use rill_client::{
     Admin, AssignmentStrategy, Client, Consumer, ConsumerConfig, FsyncPolicy, OffsetReset,
     PartitionReader, Producer, ProducerConfig, ProducerRecord, ResetTo, StartOffset, TopicConfig,
 };
+use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -70,6 +71,19 @@ enum Command {
     /// List, describe, reset and delete consumer groups.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// A cluster's nodes and where partitions are led.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Each node: its address, whether it answers, how many partitions it leads and
+    /// replicates; then the partitions without a leader (asking every node).
+    #[command(
+        after_help = "Examples:\n  rill --broker 127.0.0.1:7171,127.0.0.1:7181 cluster status\n  rill cluster status --json"
+    )]
+    Status,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -323,7 +337,82 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Consume(args) if args.group.is_some() => consume_group(client, args).await,
         Command::Consume(args) => consume(client, args).await,
         Command::Group(cmd) => group(client, cmd, cli.json).await,
+        Command::Cluster(ClusterCommand::Status) => cluster_status(client, cli.json).await,
     }
+}
+
+/// `rill cluster status`: the metadata as each node sees it (a node knows the leaders of the
+/// partitions it replicates; of two answers the higher term wins), and whether it answers now.
+async fn cluster_status(client: Client, json: bool) -> anyhow::Result<()> {
+    let mut m = Admin::new(client).metadata(&[]).await?;
+    if json {
+        outln!("{}", serde_json::to_string(&m)?);
+        return Ok(());
+    }
+    let quick = rill_client::ClientConfig {
+        connect_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(2),
+        retry_timeout: Duration::ZERO,
+        ..rill_client::ClientConfig::default()
+    };
+    let mut up = BTreeMap::new();
+    for n in &m.nodes {
+        let answer = match Client::connect_with(&n.addr, quick.clone()).await {
+            Ok(c) => Admin::new(c).metadata(&[]).await.ok(),
+            Err(_) => None,
+        };
+        up.insert(n.node_id, answer.is_some());
+        for t in answer.into_iter().flat_map(|a| a.topics) {
+            let Some(mine) = m.topics.iter_mut().find(|x| x.name == t.name) else {
+                continue;
+            };
+            for (p, theirs) in mine.partitions.iter_mut().zip(t.partitions) {
+                if theirs.leader.is_some() && (p.leader.is_none() || theirs.term > p.term) {
+                    (p.leader, p.term) = (theirs.leader, theirs.term);
+                }
+            }
+        }
+    }
+    let mut leads: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut replicas: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut leaderless = Vec::new();
+    let mut total = 0;
+    for t in &m.topics {
+        for p in &t.partitions {
+            total += 1;
+            match p.leader {
+                Some(l) => *leads.entry(l).or_default() += 1,
+                None => leaderless.push(format!("{}-{}", t.name, p.partition)),
+            }
+            for r in &p.replicas {
+                *replicas.entry(*r).or_default() += 1;
+            }
+        }
+    }
+    outln!("NODE\tADDRESS\tSTATUS\tLEADS\tREPLICAS");
+    for n in &m.nodes {
+        let status = match up.get(&n.node_id) {
+            Some(true) => "up",
+            _ => "unreachable",
+        };
+        outln!(
+            "{}\t{}\t{status}\t{}\t{}",
+            n.node_id,
+            n.addr,
+            leads.get(&n.node_id).copied().unwrap_or(0),
+            replicas.get(&n.node_id).copied().unwrap_or(0)
+        );
+    }
+    outln!(
+        "{total} partition(s), {} without a leader{}",
+        leaderless.len(),
+        if leaderless.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", leaderless.join(" "))
+        }
+    );
+    Ok(())
 }
 
 async fn topic(client: Client, cmd: TopicCommand, json: bool) -> anyhow::Result<()> {
