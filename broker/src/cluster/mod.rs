@@ -249,6 +249,10 @@ pub struct Cluster {
     reconciled: watch::Sender<u64>,
     /// Where to record that this node joined, if it has no record yet.
     joined: Option<std::path::PathBuf>,
+    /// Whether this node is catching up after losing its data: `None` until `rejoin`
+    /// decided (always `Some(false)` for a node that has joined before). Such a node must not
+    /// form partition groups afresh: they exist on the other replicas.
+    lost_data: watch::Sender<Option<bool>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -374,6 +378,7 @@ impl Cluster {
             replicas: RwLock::new(HashMap::new()),
             reconciled: watch::Sender::new(0),
             joined: rejoining.then_some(joined),
+            lost_data: watch::Sender::new((!rejoining).then_some(false)),
         });
         router.set_service(Arc::new(Service {
             cluster: Arc::downgrade(&cluster),
@@ -460,6 +465,7 @@ impl Cluster {
             }
             tokio::time::sleep(poll).await;
         };
+        self.lost_data.send_replace(Some(lost));
         if lost {
             tracing::warn!(
                 "this node lost its data (the cluster knows an earlier incarnation of it): its replicas catch up before they vote"
@@ -484,6 +490,7 @@ impl Cluster {
             tokio::time::sleep(poll).await;
         }
         self.router.set_rejoining(false);
+        self.lost_data.send_replace(Some(false));
         let written = std::fs::write(&marker, self.node_id.to_string())
             .and_then(|()| std::fs::File::open(&marker)?.sync_all())
             .and_then(|()| std::fs::File::open(marker.parent().unwrap_or(&marker))?.sync_all());
@@ -624,7 +631,10 @@ impl Cluster {
                 )
                 .await
                 .map_err(anyhow::Error::msg)?;
-                if replicas.first() == Some(&self.node_id) && log.index_range() == (0, 0) {
+                if replicas.first() == Some(&self.node_id)
+                    && log.index_range() == (0, 0)
+                    && !self.lost_data().await
+                {
                     let members: BTreeMap<u64, NodeInfo> = replicas
                         .iter()
                         .filter_map(|id| state.nodes.get(id).map(|n| (*id, n.clone())))
@@ -649,6 +659,18 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// Whether this node is catching up after losing its data (waits for `rejoin` to decide).
+    /// An empty log then does not mean a new group: the others hold it and replicate it here.
+    /// (Known gap: a topic created while such a node catches up, with this node as its first
+    /// replica, is not formed.)
+    async fn lost_data(&self) -> bool {
+        let mut decided = self.lost_data.subscribe();
+        match decided.wait_for(Option::is_some).await {
+            Ok(v) => v.unwrap_or(false),
+            Err(_) => false,
+        }
     }
 
     fn replica_of(&self, topic: &TopicName, partition: u32) -> Option<Replica> {
