@@ -11,9 +11,10 @@
 use crate::connection::Connection;
 use crate::error::Error;
 use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
 use rill_protocol::messages::{MetadataRequest, MetadataResponse};
 use rill_protocol::{Message, TopicName};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,6 +40,11 @@ pub struct ClientConfig {
     /// First delay between reconnection attempts; doubles up to `max_backoff`.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// In a cluster, the fixed delay before a partition's request is tried again after its
+    /// leader failed or moved (`NotLeader`, `LeaderNotAvailable`, a lost connection). It does
+    /// not grow: an election takes one to two heartbeats' election timeouts, and a retry that
+    /// waits a doubled backoff would find the new leader late (Kafka's `retry.backoff.ms`).
+    pub leader_backoff: Duration,
 }
 
 impl Default for ClientConfig {
@@ -51,6 +57,7 @@ impl Default for ClientConfig {
             retry_timeout: Duration::from_secs(30),
             min_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_secs(1),
+            leader_backoff: Duration::from_millis(100),
         }
     }
 }
@@ -268,12 +275,37 @@ impl Client {
         }
         let (leader, _) = *r.leaders.get(&(topic.clone(), partition))?;
         let addr = r.nodes.get(&leader)?.clone();
+        Some(self.link(&mut r, addr))
+    }
+
+    /// The link (a non-routing client) to the node at `addr`, made on first use.
+    fn link(&self, r: &mut Routes, addr: String) -> Client {
         let config = &self.inner.config;
-        let link = r
-            .links
+        r.links
             .entry(addr.clone())
-            .or_insert_with(|| Client::unconnected(vec![addr], config.clone(), false));
-        Some(link.clone())
+            .or_insert_with(|| Client::unconnected(vec![addr], config.clone(), false))
+            .clone()
+    }
+
+    /// Whether this client talks to a cluster (known after the first metadata answer).
+    fn is_cluster(&self) -> bool {
+        self.inner
+            .routes
+            .as_ref()
+            .is_some_and(|r| lock(r).cluster == Some(true))
+    }
+
+    /// How long to wait before retrying after `e`: in a cluster, when `e` may mean the
+    /// partition has a new leader, the fixed `leader_backoff`; otherwise `backoff`, which
+    /// then doubles up to `max_backoff`.
+    pub(crate) fn retry_delay(&self, e: &Error, backoff: &mut Duration) -> Duration {
+        let cfg = &self.inner.config;
+        if e.may_mean_new_leader() && self.is_cluster() {
+            return cfg.leader_backoff;
+        }
+        let wait = *backoff;
+        *backoff = (wait * 2).min(cfg.max_backoff);
+        wait
     }
 
     /// Forgets the partition's leader after a request to it failed, so the next one asks.
@@ -283,8 +315,11 @@ impl Client {
         }
     }
 
-    /// Asks the cluster for the topic's leaders: the bootstrap node first, then, for
-    /// partitions it cannot place (it holds no replica of them), one of their replicas.
+    /// Asks the cluster for the topic's leaders. The first time, the bootstrap node says
+    /// which nodes there are; then every node is asked at once (a node that is down or paused
+    /// must not hold the answer up), and the refresh ends with the first answers that place
+    /// the partition, plus whatever else arrives within `leader_backoff` after them (of two
+    /// answers, the higher term wins).
     async fn refresh(&self, topic: &TopicName, partition: u32) -> Result<(), Error> {
         let _one = self.inner.refreshing.lock().await;
         if self.known_leader(topic, partition).is_some() {
@@ -293,36 +328,56 @@ impl Client {
         let request = MetadataRequest {
             topics: vec![topic.clone()],
         };
-        let (answer, _) = self.call(&request).await?;
-        let asked = answer.node_id;
-        let unplaced = self.learn(answer);
-        for node in unplaced.into_iter().filter(|n| *n != asked) {
-            let Some(addr) = self
-                .inner
-                .routes
-                .as_ref()
-                .and_then(|r| lock(r).nodes.get(&node).cloned())
-            else {
-                continue;
-            };
-            let link = Client::unconnected(vec![addr], self.inner.config.clone(), false);
-            match async { link.enqueue(&request, Bytes::new()).await?.await }.await {
+        let Some(routes) = &self.inner.routes else {
+            return Ok(());
+        };
+        if lock(routes).cluster.is_none() {
+            let (answer, _) = self.call(&request).await?;
+            self.learn(answer);
+            if self.known_leader(topic, partition).is_some() {
+                return Ok(());
+            }
+        }
+        let links: Vec<(u64, Client)> = {
+            let mut r = lock(routes);
+            let nodes: Vec<(u64, String)> = r.nodes.iter().map(|(n, a)| (*n, a.clone())).collect();
+            nodes
+                .into_iter()
+                .map(|(node, addr)| (node, self.link(&mut r, addr)))
+                .collect()
+        };
+        let mut asks: FuturesUnordered<_> = links
+            .into_iter()
+            .map(|(node, link)| {
+                let request = &request;
+                async move {
+                    (
+                        node,
+                        async { link.enqueue(request, Bytes::new()).await?.await }.await,
+                    )
+                }
+            })
+            .collect();
+        let mut until = Instant::now() + self.inner.config.request_timeout;
+        while let Ok(Some((node, answer))) = tokio::time::timeout_at(until, asks.next()).await {
+            match answer {
                 Ok((answer, _)) => {
-                    if self.learn(answer).is_empty() {
-                        break;
+                    self.learn(answer);
+                    if self.known_leader(topic, partition).is_some() {
+                        until = until.min(Instant::now() + self.inner.config.leader_backoff);
                     }
                 }
-                Err(e) => tracing::debug!(node, error = %e, "metadata from a replica failed"),
+                Err(e) => tracing::debug!(node, error = %e, "metadata from a node failed"),
             }
         }
         Ok(())
     }
 
-    /// Takes in a metadata answer; returns the replicas of partitions still without a leader.
-    fn learn(&self, answer: MetadataResponse) -> BTreeSet<u64> {
-        let mut unplaced = BTreeSet::new();
+    /// Takes in a metadata answer: the nodes, and leaders of a term at least as new as the
+    /// one known.
+    fn learn(&self, answer: MetadataResponse) {
         let Some(routes) = &self.inner.routes else {
-            return unplaced;
+            return;
         };
         let mut r = lock(routes);
         // Cluster nodes have ids from 1; a single-node broker answers as node 0.
@@ -339,13 +394,10 @@ impl Client {
                     Some(leader) if r.leaders.get(&key).is_none_or(|(_, term)| *term <= p.term) => {
                         r.leaders.insert(key, (leader, p.term));
                     }
-                    Some(_) => {}
-                    None if !r.leaders.contains_key(&key) => unplaced.extend(p.replicas),
-                    None => {}
+                    Some(_) | None => {}
                 }
             }
         }
-        unplaced
     }
 
     /// Sends a partition's request to its leader, retrying retriable failures (a moved leader
@@ -366,8 +418,7 @@ impl Client {
                 Err(e) if e.is_retriable() && Instant::now() + backoff < deadline => {
                     tracing::debug!(%topic, partition, error = %e, "retrying");
                     self.forget_leader(topic, partition);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(cfg.max_backoff);
+                    tokio::time::sleep(self.retry_delay(&e, &mut backoff)).await;
                 }
                 other => return other,
             }

@@ -36,7 +36,6 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether sending the same request again later may succeed.
     /// The node answered that another node leads the partition (a cluster).
     pub fn is_not_leader(&self) -> bool {
         matches!(
@@ -48,6 +47,19 @@ impl Error {
         )
     }
 
+    /// Whether the failure may mean the partition's leader died or moved: the node said so,
+    /// or it could not be reached. In a cluster, the request goes to the leader found anew.
+    pub fn may_mean_new_leader(&self) -> bool {
+        match self {
+            Error::Broker { code, .. } => {
+                matches!(code, ErrorCode::NotLeader | ErrorCode::LeaderNotAvailable)
+            }
+            Error::Connect { .. } | Error::Disconnected(_) | Error::Timeout(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Whether sending the same request again later may succeed.
     pub fn is_retriable(&self) -> bool {
         match self {
             Error::Broker { code, .. } => code.is_retriable(),

@@ -1006,9 +1006,8 @@ impl PartitionSender {
         }
         tracing::debug!(error = %e, topic = %self.request.topic, partition = self.request.partition, "resending unacknowledged batches in order");
         self.last_error = Some(e.to_string());
+        let wait = self.common.client.retry_delay(&e, &mut self.backoff);
         self.common.retrying.send_replace(Some(e));
-        let wait = self.backoff;
-        self.backoff = (self.backoff * 2).min(self.common.client.config().max_backoff);
         tokio::time::sleep(wait).await;
     }
 

@@ -149,7 +149,7 @@ async fn check(client: &Client, acked: &[Acked]) -> Checked {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_routing_client_produces_exactly_once_through_kill_9_of_a_leader() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(dir.path(), 3, &["--heartbeat-ms", "100"]);
+    let mut cluster = Cluster::start(dir.path(), 3, &[]);
     // One client for the whole cluster, as an application would configure it.
     let client = Client::connect(&cluster.addrs()).await.expect("connect");
     let admin = Admin::new(client.clone());

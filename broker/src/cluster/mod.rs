@@ -25,7 +25,8 @@ use crate::raft::net::{GroupId, Hello, NodeService, Peers, Router};
 use crate::raft::{self, NodeInfo, Raft, store};
 use crate::server::Context;
 use bytes::Bytes;
-use openraft::{EntryPayload, ServerState};
+use futures::StreamExt;
+use openraft::EntryPayload;
 use rill_protocol::batch::{BatchBuilder, RecordIter};
 use rill_protocol::{TopicConfig, TopicName, codec};
 use serde::{Deserialize, Serialize};
@@ -613,51 +614,77 @@ impl Cluster {
                 })
                 .await??;
             }
-            for (p, replicas) in topic.replicas.iter().enumerate() {
-                let p = p as u32;
-                if !replicas.contains(&self.node_id) || self.replica_of(name, p).is_some() {
-                    continue;
-                }
-                let log = ctx.topics.partition(name, p)?;
-                let group = group_id(topic.id, p);
-                let raft = raft::start_group(
-                    self.node_id,
-                    group,
-                    self.raft_config.clone(),
-                    log.clone(),
-                    None,
-                    &self.peers,
-                    &self.router,
-                )
-                .await
-                .map_err(anyhow::Error::msg)?;
-                if replicas.first() == Some(&self.node_id)
-                    && log.index_range() == (0, 0)
-                    && !self.lost_data().await
-                {
-                    let members: BTreeMap<u64, NodeInfo> = replicas
-                        .iter()
-                        .filter_map(|id| state.nodes.get(id).map(|n| (*id, n.clone())))
-                        .collect();
-                    if let Err(e) = raft.initialize(members).await {
-                        tracing::debug!(topic = %name, partition = p, error = %e, "partition group already formed");
-                    }
-                }
-                self.replicas
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(
-                        (name.clone(), p),
-                        Replica {
-                            sequencer: Sequencer::start(raft.clone(), log.clone()),
-                            raft,
-                            log,
-                            group,
-                        },
-                    );
-                tracing::info!(topic = %name, partition = p, group, "replica started");
+            let missing: Vec<u32> = (0..topic.replicas.len() as u32)
+                .filter(|p| {
+                    topic.replicas[*p as usize].contains(&self.node_id)
+                        && self.replica_of(name, *p).is_none()
+                })
+                .collect();
+            // Started side by side: each start waits a random part of a tick (`start_group`).
+            let mut starts = futures::stream::iter(missing)
+                .map(|p| self.start_replica(ctx, state, name, topic, p))
+                .buffer_unordered(1024);
+            while let Some(started) = starts.next().await {
+                started?;
             }
         }
+        Ok(())
+    }
+
+    /// Starts this node's replica of `name`-`p`, forming the group if this node is its first
+    /// replica and the group is new.
+    async fn start_replica(
+        &self,
+        ctx: &Arc<Context>,
+        state: &ClusterState,
+        name: &TopicName,
+        topic: &TopicState,
+        p: u32,
+    ) -> anyhow::Result<()> {
+        let replicas = &topic.replicas[p as usize];
+        let log = ctx.topics.partition(name, p)?;
+        let group = group_id(topic.id, p);
+        let raft = raft::start_group(
+            self.node_id,
+            group,
+            self.raft_config.clone(),
+            log.clone(),
+            None,
+            &self.peers,
+            &self.router,
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+        if replicas.first() == Some(&self.node_id)
+            && log.index_range() == (0, 0)
+            && !self.lost_data().await
+        {
+            let members: BTreeMap<u64, NodeInfo> = replicas
+                .iter()
+                .filter_map(|id| state.nodes.get(id).map(|n| (*id, n.clone())))
+                .collect();
+            if let Err(e) = raft.initialize(members).await {
+                tracing::debug!(topic = %name, partition = p, error = %e, "partition group already formed");
+            }
+        }
+        self.replicas
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                (name.clone(), p),
+                Replica {
+                    sequencer: Sequencer::start(
+                        raft.clone(),
+                        log.clone(),
+                        self.node_id,
+                        self.config.timing(),
+                    ),
+                    raft,
+                    log,
+                    group,
+                },
+            );
+        tracing::info!(topic = %name, partition = p, group, "replica started");
         Ok(())
     }
 
@@ -682,19 +709,15 @@ impl Cluster {
     }
 
     /// Whether this node's replica leads and knows it still does: a majority acknowledged it
-    /// within the lease (the shortest election timeout: four heartbeats, so a late heartbeat
-    /// or two under load does not turn clients away; what a leader serves is committed, so
-    /// the lease steers clients rather than guarding data). A leader with no acknowledgement
-    /// time yet (just elected) counts as confirmed. A leader cut off from the others (a network partition, a pause)
-    /// stops serving and stops naming itself in metadata, so clients look for the new leader
-    /// instead of waiting on one that cannot commit; what it served was committed anyway.
+    /// within the leader lease (`Timing::leader_lease_ms`: no follower votes for another
+    /// candidate that soon after hearing from it, so no other leader can exist yet). A leader
+    /// with no acknowledgement time yet (just elected) counts as confirmed. A leader cut off
+    /// from the others (a network partition, a pause) stops serving and stops naming itself in
+    /// metadata, so clients look for the new leader instead of waiting on one that cannot
+    /// commit; what it served was committed anyway (fetch stops at the commit), so the lease
+    /// steers clients rather than guarding data.
     fn confirmed_leader(&self, m: &openraft::RaftMetrics<u64, NodeInfo>) -> bool {
-        if m.state != ServerState::Leader || m.current_leader != Some(self.node_id) {
-            return false;
-        }
-        let lease = self.config.timing().election_min_ms;
-        let alone = m.membership_config.membership().voter_ids().count() <= 1;
-        alone || m.millis_since_quorum_ack.is_none_or(|ms| ms < lease)
+        raft::confirmed_leader(self.node_id, m, self.config.timing().leader_lease_ms())
     }
 
     /// This node's replica of the partition, if this node leads it; otherwise where to go.

@@ -15,6 +15,13 @@
 //!   the same answer; a gap or an old epoch is refused;
 //! - learns each proposal's base offset when it commits.
 //!
+//! While proposals wait, the task checks the leader lease each heartbeat: a leader that no
+//! majority heard from within the lease (cut off, or resumed after a pause) cannot commit, and
+//! openraft keeps its proposals waiting until it learns of the next leader. Their producers are
+//! told at once (`Refused::Lapsed`, retriable), so they look for the new leader instead of
+//! waiting out their request timeout. The batch may still commit (if the next leader holds
+//! it); the producer's retry is then answered as a duplicate, as after a timeout.
+//!
 //! Windows are recorded on append on every replica (`log/writer.rs`), so the next leader
 //! starts from the same state. A proposal that fails (leadership lost) leaves a batch recorded
 //! that may not be in the log; the term then changes, and the next term starts from the writer's
@@ -22,7 +29,7 @@
 
 use crate::log::PartitionLog;
 use crate::log::producers::{Producers, SequenceError, Verdict};
-use crate::raft::{NodeInfo, Raft};
+use crate::raft::{NodeInfo, Raft, Timing, confirmed_leader};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -30,7 +37,8 @@ use openraft::error::ClientWriteError;
 use rill_protocol::batch::BatchHeader;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Why a batch was not stored.
 #[derive(Debug, Clone)]
@@ -40,6 +48,8 @@ pub enum Refused {
     Write(ClientWriteError<u64, NodeInfo>),
     /// Leadership changed while the batch waited for the one it repeats.
     Moved,
+    /// The leader lease lapsed while the batch waited to commit: it may or may not be stored.
+    Lapsed,
     /// The group or node is shutting down.
     Stopped,
 }
@@ -51,7 +61,8 @@ pub struct Stored {
     pub duplicate: bool,
 }
 
-pub type Answer = oneshot::Receiver<Result<Stored, Refused>>;
+/// The answer to a proposed batch.
+pub type Answer = futures::future::BoxFuture<'static, Result<Stored, Refused>>;
 type Reply = oneshot::Sender<Result<Stored, Refused>>;
 
 struct Proposal {
@@ -64,26 +75,43 @@ struct Proposal {
 #[derive(Debug, Clone)]
 pub struct Sequencer {
     tx: mpsc::UnboundedSender<Proposal>,
+    /// Bumped each time the task finds the lease lapsed with proposals waiting.
+    lapsed: watch::Receiver<u64>,
 }
 
 impl Sequencer {
-    /// Starts the task; it ends when every handle is dropped.
-    pub fn start(raft: Raft, log: Arc<PartitionLog>) -> Sequencer {
+    /// Starts the task for this node's (`node`) replica; it ends when every handle is dropped.
+    pub fn start(raft: Raft, log: Arc<PartitionLog>, node: u64, timing: Timing) -> Sequencer {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, log, rx));
-        Sequencer { tx }
+        let (lapsed_tx, lapsed) = watch::channel(0);
+        let task = Task {
+            raft,
+            log,
+            node,
+            timing,
+            lapsed: lapsed_tx,
+        };
+        tokio::spawn(task.run(rx));
+        Sequencer { tx, lapsed }
     }
 
     /// Queues a validated batch (in the caller's order) and returns its answer.
     pub fn propose(&self, batch: Bytes, header: BatchHeader) -> Answer {
         let (reply, rx) = oneshot::channel();
+        let mut lapsed = self.lapsed.clone();
+        lapsed.borrow_and_update();
         // A stopped task drops `reply`: the caller sees `Stopped`.
         let _ = self.tx.send(Proposal {
             batch,
             header,
             reply,
         });
-        rx
+        Box::pin(async move {
+            tokio::select! {
+                answer = rx => answer.unwrap_or(Err(Refused::Stopped)),
+                Ok(()) = lapsed.changed() => Err(Refused::Lapsed),
+            }
+        })
     }
 }
 
@@ -101,21 +129,41 @@ struct Term {
 
 type Outcome = (Option<(u64, Key)>, Result<Stored, Refused>);
 
-async fn run(raft: Raft, log: Arc<PartitionLog>, mut rx: mpsc::UnboundedReceiver<Proposal>) {
-    let mut term: Option<Term> = None;
-    let mut proposed = FuturesUnordered::new();
-    loop {
-        tokio::select! {
-            p = rx.recv() => match p {
-                Some(p) => {
-                    if let Some(wait) = sequence(&raft, &log, &mut term, p).await {
-                        proposed.push(wait);
+struct Task {
+    raft: Raft,
+    log: Arc<PartitionLog>,
+    node: u64,
+    timing: Timing,
+    lapsed: watch::Sender<u64>,
+}
+
+impl Task {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Proposal>) {
+        let (raft, log) = (&self.raft, &self.log);
+        let mut term: Option<Term> = None;
+        let mut proposed = FuturesUnordered::new();
+        let mut lease_check =
+            tokio::time::interval(Duration::from_millis(self.timing.heartbeat_ms.max(1)));
+        lease_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                p = rx.recv() => match p {
+                    Some(p) => {
+                        if let Some(wait) = sequence(raft, log, &mut term, p).await {
+                            proposed.push(wait);
+                        }
+                    }
+                    None => return,
+                },
+                Some((key, result)) = proposed.next(), if !proposed.is_empty() => {
+                    settle(&mut term, key, &result);
+                }
+                _ = lease_check.tick(), if !proposed.is_empty() => {
+                    let lease = self.timing.leader_lease_ms();
+                    if !confirmed_leader(self.node, &raft.metrics().borrow(), lease) {
+                        self.lapsed.send_modify(|n| *n += 1);
                     }
                 }
-                None => return,
-            },
-            Some((key, result)) = proposed.next(), if !proposed.is_empty() => {
-                settle(&mut term, key, &result);
             }
         }
     }

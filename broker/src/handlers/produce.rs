@@ -103,15 +103,14 @@ async fn replicated(
     use crate::cluster::{Refused, RouteError};
     use openraft::error::ClientWriteError;
     let refused = match answer.await {
-        Ok(Ok(stored)) => {
+        Ok(stored) => {
             return Ok(crate::log::AppendAck {
                 base_offset: stored.base_offset,
                 log_end_offset: stored.base_offset + records,
                 duplicate: stored.duplicate,
             });
         }
-        Ok(Err(refused)) => refused,
-        Err(_) => Refused::Stopped,
+        Err(refused) => refused,
     };
     Err(match refused {
         Refused::Sequence(e) => OpError::Append(AppendError::Sequence(e)),
@@ -127,6 +126,9 @@ async fn replicated(
         }
         Refused::Write(e) => OpError::Route(RouteError::Unavailable(format!("{what}: {e}"))),
         Refused::Moved => OpError::Route(RouteError::NoLeader { what }),
+        Refused::Lapsed => OpError::Route(RouteError::Unavailable(format!(
+            "{what}: no majority has heard from this leader within its lease; the batch may or may not be stored (retry it)"
+        ))),
         // The group stopped (the node is shutting down, or its storage failed).
         Refused::Stopped => OpError::ShuttingDown,
     })

@@ -218,21 +218,25 @@ fn numbered(tag: u64, seq: i32) -> (Bytes, rill_protocol::batch::BatchHeader) {
     (b, h)
 }
 
+fn sequencer(node: &Node) -> crate::cluster::Sequencer {
+    crate::cluster::Sequencer::start(node.raft.clone(), node.log.clone(), node.id, TIMING)
+}
+
 async fn offered(
     seq: &crate::cluster::Sequencer,
     tag: u64,
     first: i32,
 ) -> Result<crate::cluster::Stored, crate::cluster::Refused> {
     let (b, h) = numbered(tag, first);
-    seq.propose(b, h).await.expect("the sequencer answers")
+    seq.propose(b, h).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leaders_sequencer_stores_each_idempotent_batch_once_across_a_failover() {
-    use crate::cluster::{Refused, Sequencer};
+    use crate::cluster::Refused;
     let (mut nodes, _) = start(3).await;
     let first = leader(&nodes).await;
-    let seq = Sequencer::start(nodes[first].raft.clone(), nodes[first].log.clone());
+    let seq = sequencer(&nodes[first]);
     let a = offered(&seq, 0, 0).await.unwrap();
     assert!(!a.duplicate);
     // A retry of a committed batch: its offset, nothing stored.
@@ -243,10 +247,7 @@ async fn the_leaders_sequencer_stores_each_idempotent_batch_once_across_a_failov
     let (b1, h1) = numbered(1, 3);
     let original = seq.propose(b1.clone(), h1);
     let retry = seq.propose(b1, h1);
-    let (original, retry) = (
-        original.await.unwrap().unwrap(),
-        retry.await.unwrap().unwrap(),
-    );
+    let (original, retry) = (original.await.unwrap(), retry.await.unwrap());
     assert!(!original.duplicate && retry.duplicate);
     assert_eq!(original.base_offset, retry.base_offset);
     // A gap is refused, naming the sequence expected.
@@ -259,7 +260,7 @@ async fn the_leaders_sequencer_stores_each_idempotent_batch_once_across_a_failov
     let gone = nodes.remove(first);
     gone.raft.shutdown().await.unwrap();
     let next = leader(&nodes).await;
-    let seq = Sequencer::start(nodes[next].raft.clone(), nodes[next].log.clone());
+    let seq = sequencer(&nodes[next]);
     let replay = offered(&seq, 1, 3).await.unwrap();
     assert!(replay.duplicate);
     assert_eq!(replay.base_offset, original.base_offset);
@@ -288,4 +289,32 @@ async fn the_leaders_sequencer_stores_each_idempotent_batch_once_across_a_failov
         .flat_map(|t| (0..3).map(move |r| format!("{t}-{r}")))
         .collect();
     assert_eq!(values, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_followers_answers_waiting_produces_instead_of_holding_them() {
+    use crate::cluster::Refused;
+    let (nodes, _) = start(3).await;
+    let first = leader(&nodes).await;
+    let seq = sequencer(&nodes[first]);
+    offered(&seq, 0, 0)
+        .await
+        .expect("committed while the followers run");
+    for (i, n) in nodes.iter().enumerate() {
+        if i != first {
+            n.raft.shutdown().await.unwrap();
+        }
+    }
+    // openraft 0.9 keeps a leader that lost its followers in the Leader state, and this
+    // proposal waiting; once the lease lapses the producer is told to look elsewhere. (The
+    // bound only keeps a broken build from hanging the suite.)
+    let answer = tokio::time::timeout(Duration::from_secs(30), offered(&seq, 1, 3))
+        .await
+        .expect("answered, not held");
+    assert!(matches!(answer, Err(Refused::Lapsed)), "{answer:?}");
+    assert_eq!(
+        nodes[first].raft.metrics().borrow().state,
+        ServerState::Leader,
+        "still leader in openraft's eyes: only the lease tells"
+    );
 }
