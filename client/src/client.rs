@@ -20,6 +20,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// The internal partition whose leader coordinates consumer groups.
+fn coordinator_topic() -> TopicName {
+    static NAME: std::sync::OnceLock<TopicName> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        TopicName::new(rill_protocol::OFFSETS_TOPIC).unwrap_or_else(|e| unreachable!("{e}"))
+    })
+    .clone()
+}
+
 /// How a [`Client`] connects and retries.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -225,16 +234,44 @@ impl Client {
 
     /// [`Client::enqueue`] with an explicit response timeout (a heartbeat must not wait as long
     /// as the session it keeps alive).
+    /// A group request (`Message::COORDINATED`) goes to the group coordinator; a failure that
+    /// may mean it moved makes the next one ask where it is.
     pub(crate) async fn enqueue_within<M: Message>(
         &self,
         request: &M,
         payload: Bytes,
         timeout: Duration,
     ) -> Result<impl Future<Output = Result<(M::Response, Bytes), Error>> + use<M>, Error> {
-        self.connection()
-            .await?
-            .enqueue(request, payload, timeout)
-            .await
+        let to = match M::COORDINATED {
+            true => self.coordinator().await,
+            false => self.clone(),
+        };
+        let me = self.clone();
+        let moved = move |e: &Error| {
+            if M::COORDINATED && e.may_mean_new_leader() {
+                me.forget_leader(&coordinator_topic(), 0);
+            }
+        };
+        let sent = async {
+            to.connection()
+                .await?
+                .enqueue(request, payload, timeout)
+                .await
+        }
+        .await;
+        let response = sent.inspect_err(&moved)?;
+        Ok(async move { response.await.inspect_err(moved) })
+    }
+
+    /// The group coordinator: in a cluster, the leader of the internal offsets partition.
+    /// (Boxed: finding it sends a metadata request, through `enqueue_within` again.)
+    fn coordinator(&self) -> futures::future::BoxFuture<'_, Client> {
+        Box::pin(async move {
+            match self.inner.routes {
+                None => self.clone(),
+                Some(_) => self.leader_for(&coordinator_topic(), 0).await,
+            }
+        })
     }
 
     /// A client to the same broker with the same settings and its own connection: for traffic
@@ -434,15 +471,15 @@ impl Client {
         loop {
             let result = async { self.enqueue(request, Bytes::new()).await?.await }.await;
             match result {
-                // NotLeader is retriable on another node; this connection cannot follow it.
+                // NotLeader is retriable on another node: only group requests follow it here
+                // (to the coordinator); others go to one node whatever it says.
                 Err(e)
                     if e.is_retriable()
-                        && !e.is_not_leader()
+                        && (!e.is_not_leader() || M::COORDINATED)
                         && Instant::now() + backoff < deadline =>
                 {
                     tracing::debug!(error = %e, "retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(cfg.max_backoff);
+                    tokio::time::sleep(self.retry_delay(&e, &mut backoff)).await;
                 }
                 other => return other,
             }

@@ -105,4 +105,13 @@ pub trait Message: Serialize + DeserializeOwned {
     fn server_wait(&self) -> std::time::Duration {
         std::time::Duration::ZERO
     }
+
+    /// Served only by the group coordinator: in a cluster, the leader of the internal
+    /// partition [`OFFSETS_TOPIC`] (partition 0), where clients send it; any node of a single
+    /// node.
+    const COORDINATED: bool = false;
 }
+
+/// The internal partition that holds consumer groups' committed offsets in a cluster; its
+/// leader coordinates every group.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";

@@ -25,6 +25,6 @@ pub mod messages;
 pub mod request;
 pub mod topic;
 
-pub use api::{ApiKey, Message};
+pub use api::{ApiKey, Message, OFFSETS_TOPIC};
 pub use error::{DecodeError, ErrorCode};
 pub use topic::{FsyncPolicy, TopicConfig, TopicName};

@@ -20,11 +20,16 @@ const PARTITIONS: u32 = 6;
 
 /// Waits (up to 20 s) until the metadata names a leader for every partition of `topic`.
 async fn settled_metadata(admin: &Admin, topic: &str) -> MetadataResponse {
+    settled_partitions(admin, topic, PARTITIONS).await
+}
+
+/// Waits (up to 20 s) until the metadata names a leader for each of `topic`'s `partitions`.
+async fn settled_partitions(admin: &Admin, topic: &str, partitions: u32) -> MetadataResponse {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let m = admin.metadata(&[topic]).await.expect("metadata");
         let led = m.topics.first().is_some_and(|t| {
-            t.partitions.len() == PARTITIONS as usize
+            t.partitions.len() == partitions as usize
                 && t.partitions.iter().all(|p| p.leader.is_some())
         });
         if led {
@@ -294,4 +299,111 @@ async fn a_routing_client_produces_exactly_once_through_kill_9_of_a_leader() {
             ..Checked::default()
         }
     );
+}
+
+/// Story: a consumer group commits on a three-node cluster; the node coordinating groups (the
+/// leader of `__consumer_offsets`) is killed. Another node takes over with the commits, and
+/// the group resumes exactly where it committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_group_resumes_from_its_commits_after_its_coordinator_is_killed() {
+    use rill_client::{Consumer, ConsumerConfig, OffsetReset};
+    // The client's account of its coordination, with RUST_LOG=rill_client=debug.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3, &[]);
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic("orders", 3, TopicConfig::default())
+        .await
+        .expect("create");
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let send = |range: std::ops::Range<u32>| {
+        let producer = producer.clone();
+        async move {
+            let mut deliveries = Vec::new();
+            for i in range {
+                let v = format!("o{i}");
+                let record = ProducerRecord::new("orders", v.clone()).key(v);
+                deliveries.push(producer.send(record).await.expect("send"));
+            }
+            for d in deliveries {
+                d.await.expect("acknowledged");
+            }
+        }
+    };
+    send(0..300).await;
+    eprintln!("{:?} produced", std::time::SystemTime::now());
+    let config = || {
+        let mut c = ConsumerConfig::new("g", ["orders"]);
+        c.session_timeout = Duration::from_secs(3);
+        c.auto_offset_reset = OffsetReset::Earliest;
+        c.auto_commit_interval = None;
+        c
+    };
+    let mut consumer = Consumer::subscribe(client.clone(), config()).unwrap();
+    let first = read_group(&mut consumer, 300).await;
+    consumer.commit().await.expect("commit");
+    consumer.close().await.expect("close");
+    eprintln!("{:?} read and committed", std::time::SystemTime::now());
+
+    let offsets = settled_partitions(&admin, "__consumer_offsets", 1).await;
+    let coordinator = offsets.topics[0].partitions[0]
+        .leader
+        .expect("the coordinator is known");
+    cluster.node(coordinator).kill9();
+    send(300..400).await;
+    eprintln!(
+        "{:?} killed the coordinator and produced",
+        std::time::SystemTime::now()
+    );
+    let mut consumer = Consumer::subscribe(client.clone(), config()).unwrap();
+    let fresh = read_group(&mut consumer, 100).await;
+    let expected: std::collections::BTreeSet<String> =
+        (300..400).map(|i| format!("o{i}")).collect();
+    assert!(
+        fresh.is_disjoint(&first),
+        "records committed before the failover came again"
+    );
+    assert_eq!(fresh, expected);
+    consumer
+        .commit()
+        .await
+        .expect("commit on the new coordinator");
+    let described = admin.describe_group("g").await.expect("describe");
+    assert_eq!(described.offsets.iter().map(|o| o.lag).sum::<u64>(), 0);
+    // Only the coordinator writes the offsets partition.
+    let forged = ProducerRecord::new("__consumer_offsets", "forged");
+    let refused = producer.send(forged).await.expect("queued").await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("internal")),
+        "{refused:?}"
+    );
+    let moved = admin.metadata(&["__consumer_offsets"]).await.unwrap();
+    assert_ne!(moved.topics[0].partitions[0].leader, Some(coordinator));
+    consumer.close().await.expect("close");
+    cluster.node(coordinator).restart();
+}
+
+/// `n` distinct values from a group consumer (each record waited for at most 60 s).
+async fn read_group(
+    consumer: &mut rill_client::Consumer,
+    n: usize,
+) -> std::collections::BTreeSet<String> {
+    use futures::StreamExt;
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < n {
+        let r = tokio::time::timeout(Duration::from_secs(60), consumer.next())
+            .await
+            .expect("records keep coming")
+            .expect("the stream is open")
+            .expect("no error");
+        got.insert(String::from_utf8(r.value.to_vec()).unwrap());
+    }
+    got
 }

@@ -1,7 +1,9 @@
 //! Fault rounds against a three-node cluster (issue 12, acceptance 2): while an idempotent
-//! producer and readers run, each round injects one fault, waits until the affected partition
-//! acknowledges again, and heals it. At the end a checker compares what was acknowledged and
-//! what readers saw with what the cluster holds.
+//! producer, a reader per partition and a consumer group run, each round injects one fault,
+//! waits until the affected partition acknowledges again, and heals it. At the end a checker
+//! compares what was acknowledged and what readers and the group saw with what the cluster
+//! holds; the group must have read every acknowledged record (at least once) whichever node
+//! coordinated it.
 //!
 //! Fault kinds: kill -9 of a leader (restarted), SIGSTOP of a leader beyond the election
 //! timeout (then SIGCONT), a network partition cutting one leader's node-to-node links (then
@@ -12,6 +14,7 @@
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use rill_client::{Admin, Client, ClientConfig, FetchOptions, MetadataResponse};
+use rill_client::{Consumer, ConsumerConfig, OffsetReset};
 use rill_client::{Producer, ProducerConfig, ProducerRecord, TopicConfig};
 use rill_e2e::Cluster;
 use std::collections::HashMap;
@@ -88,6 +91,10 @@ struct Load {
     progress: tokio::sync::watch::Sender<u64>,
     read: Arc<Mutex<Vec<(u32, u64, String)>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// What the consumer group read, and the group's task (stopped after it caught up).
+    group_read: Arc<Mutex<Vec<(u32, u64, String)>>>,
+    group_stop: Arc<AtomicBool>,
+    group_task: tokio::task::JoinHandle<()>,
 }
 
 impl Load {
@@ -158,6 +165,30 @@ impl Load {
                 }
             }));
         }
+        // A consumer group on the topic throughout, committing automatically; it must end
+        // up having read every acknowledged record, whichever node coordinates it.
+        let group_read: Arc<Mutex<Vec<(u32, u64, String)>>> = Arc::default();
+        let group_stop = Arc::new(AtomicBool::new(false));
+        let (gs, gr, gclient) = (group_stop.clone(), group_read.clone(), client.clone());
+        let group_task = tokio::spawn(async move {
+            let mut config = ConsumerConfig::new("audit", [TOPIC]);
+            config.auto_offset_reset = OffsetReset::Earliest;
+            config.session_timeout = Duration::from_secs(3);
+            let mut consumer = Consumer::subscribe(gclient, config).expect("subscribe");
+            while !gs.load(Ordering::SeqCst) {
+                let next = tokio::time::timeout(Duration::from_millis(200), consumer.next());
+                match next.await {
+                    Ok(Some(Ok(r))) => {
+                        let v = String::from_utf8(r.value.to_vec()).unwrap();
+                        gr.lock().unwrap().push((r.partition, r.offset, v));
+                    }
+                    Ok(Some(Err(e))) => eprintln!("consumer group: {e}"),
+                    Ok(None) => panic!("the group consumer stopped"),
+                    Err(_) => {} // nothing new within 200 ms: look at the stop flag
+                }
+            }
+            let _ = consumer.close().await;
+        });
         Load {
             stop,
             dump: Mutex::new(None),
@@ -165,6 +196,9 @@ impl Load {
             progress,
             read,
             tasks,
+            group_read,
+            group_stop,
+            group_task,
         }
     }
 
@@ -189,14 +223,33 @@ impl Load {
         })
     }
 
-    async fn finish(self) -> (Vec<Acked>, Vec<(u32, u64, String)>) {
+    /// Stops the load; returns what was acknowledged, what the readers read, and what the
+    /// consumer group read (waiting up to 60 s for it to read every acknowledged record).
+    async fn finish(self) -> (Vec<Acked>, Vec<(u32, u64, String)>, Vec<(u32, u64, String)>) {
         self.stop.store(true, Ordering::SeqCst);
         for t in self.tasks {
             t.await.expect("load task");
         }
         let acked = std::mem::take(&mut *self.acked.lock().unwrap());
         let read = std::mem::take(&mut *self.read.lock().unwrap());
-        (acked, read)
+        let wanted: std::collections::HashSet<&str> = acked.iter().map(|a| a.2.as_str()).collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let caught_up = {
+                let got = self.group_read.lock().unwrap();
+                let seen: std::collections::HashSet<&str> =
+                    got.iter().map(|g| g.2.as_str()).collect();
+                wanted.is_subset(&seen)
+            };
+            if caught_up || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.group_stop.store(true, Ordering::SeqCst);
+        self.group_task.await.expect("group task");
+        let group = std::mem::take(&mut *self.group_read.lock().unwrap());
+        (acked, read, group)
     }
 }
 
@@ -432,7 +485,7 @@ async fn fault_rounds_lose_nothing_acknowledged() {
             windows.entry(*fault).or_default().push(window);
         }
     }
-    let (acked, read) = load.finish().await;
+    let (acked, read, group) = load.finish().await;
     let divergent = divergent_after_healing(&cluster).await;
 
     // The checker: the log as a reader sees it now, against what was acknowledged and read.
@@ -465,13 +518,21 @@ async fn fault_rounds_lose_nothing_acknowledged() {
     let duplicated = counts.values().filter(|n| **n > 1).count();
     let read_then_lost = read
         .iter()
+        .chain(&group)
         .filter(|(p, o, v)| now.get(&(*p, *o)) != Some(v))
         .count();
+    // At least once: the group read every acknowledged record, across coordinator moves.
+    let group_seen: std::collections::HashSet<&str> = group.iter().map(|g| g.2.as_str()).collect();
+    let group_missed = acked
+        .iter()
+        .filter(|a| !group_seen.contains(a.2.as_str()))
+        .count();
     eprintln!(
-        "checker: rounds {} per kind, acknowledged {}, read {}, lost {lost}, duplicated {duplicated}, read-then-lost {read_then_lost}, divergent replicas {divergent}",
+        "checker: rounds {} per kind, acknowledged {}, read {}, read by the group {} (missed {group_missed}), lost {lost}, duplicated {duplicated}, read-then-lost {read_then_lost}, divergent replicas {divergent}",
         rounds(),
         acked.len(),
-        read.len()
+        read.len(),
+        group.len()
     );
     let mut kinds_sorted: Vec<_> = windows.into_iter().collect();
     kinds_sorted.sort();
@@ -487,8 +548,8 @@ async fn fault_rounds_lose_nothing_acknowledged() {
     }
     assert!(!acked.is_empty());
     assert_eq!(
-        (lost, duplicated, read_then_lost, divergent),
-        (0, 0, 0, 0),
-        "lost, duplicated, read-then-lost, divergent"
+        (lost, duplicated, read_then_lost, divergent, group_missed),
+        (0, 0, 0, 0, 0),
+        "lost, duplicated, read-then-lost, divergent, missed by the group"
     );
 }

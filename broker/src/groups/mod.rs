@@ -357,6 +357,17 @@ impl Groups {
         }
     }
 
+    /// Drops every group's membership: a new coordinator term starts with no members (they
+    /// join again, as after a restart). Waiting joins are answered `RebalanceInProgress`.
+    pub fn start_over(&self) {
+        let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+        for (_, slot) in slots.drain() {
+            let mut s = lock(&slot);
+            s.retired = true;
+            s.waiting.clear();
+        }
+    }
+
     /// Forgets an empty group's coordinator state.
     pub fn forget(&self, group: &str) {
         let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());

@@ -8,12 +8,21 @@
 //! acknowledged, in log order (each entry remembers the log offset that wrote it), so concurrent
 //! commits cannot leave memory disagreeing with disk.
 //!
+//! In a cluster the same records go to the internal replicated partition `__consumer_offsets`
+//! (`OFFSETS_TOPIC`, partition 0) instead: the node that leads it coordinates every group.
+//! When it starts to lead (a new Raft term), it rebuilds the entries by reading that partition
+//! up to its commit (`serve_from`), and each commit is proposed through the partition's
+//! sequencer and applied to memory once committed on a majority. A proposal refused because
+//! leadership moved is `OffsetError::Refused`, which tells the client where to go. Replicated
+//! logs are not compacted yet (that needs segment transfer for followers that fall behind).
+//!
 //! Compaction keeps the log small: when it grows past a few MiB and several times the live
 //! data, every live entry is appended again as a snapshot and the sealed segments before the
 //! snapshot are deleted. Commits wait while a snapshot is written (they take the compaction
 //! lock shared, the snapshot exclusive), so no acknowledged commit can fall between the deleted
 //! prefix and the snapshot.
 
+use crate::cluster::{Refused, Replica};
 use crate::log::{AppendError, LogConfig, PartitionLog, RecoveryReport, StorageError};
 use bytes::{BufMut, Bytes, BytesMut};
 use rill_protocol::batch::{BatchBuilder, Batches, RecordIter};
@@ -34,6 +43,26 @@ const SNAPSHOT_BATCH: usize = 1000;
 
 type Key = (String, TopicPartition);
 
+pub use rill_protocol::OFFSETS_TOPIC;
+
+/// Why a commit was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum OffsetError {
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    /// In a cluster: the proposal was refused (this node no longer coordinates, or the
+    /// group is shutting down).
+    #[error("the commit was not replicated: {0:?}")]
+    Refused(Refused),
+}
+
+/// The replicated partition commits go to, and the term whose entries memory holds.
+#[derive(Debug, Clone)]
+struct Attached {
+    replica: Replica,
+    term: u64,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     /// `None`: deleted.
@@ -47,6 +76,11 @@ pub struct OffsetStore {
     log: PartitionLog,
     entries: Mutex<HashMap<Key, Entry>>,
     compaction: tokio::sync::RwLock<()>,
+    /// In a cluster: where commits go (`None` on a single node, or before this node first
+    /// coordinated).
+    attached: Mutex<Option<Attached>>,
+    /// One rebuild at a time.
+    loading: tokio::sync::Mutex<()>,
 }
 
 fn encode_key(group: &str, tp: &TopicPartition) -> Vec<u8> {
@@ -88,59 +122,69 @@ impl OffsetStore {
             producer_expiration_ms: u64::MAX,
         };
         let (log, report) = PartitionLog::open(&dir, "__group_offsets".into(), config, clean)?;
-        let mut entries = HashMap::new();
-        let mut next = log.stats().log_start_offset;
-        loop {
-            let read = match log.read(next, 1 << 20) {
-                Ok(read) => read,
-                Err(e) => {
-                    // Bad data at rest: keep what was read; groups resume from older commits
-                    // for the entries lost, which re-delivers records (at-least-once holds).
-                    tracing::error!(offset = next, error = %e, "committed offsets from here on are unreadable and ignored");
-                    break;
-                }
-            };
-            if read.batches.is_empty() {
-                break;
-            }
-            for batch in Batches::new(read.batches) {
-                let records =
-                    RecordIter::new(batch).map_err(|e| corrupt(&dir, next, e.to_string()))?;
-                next = next.max(records.header().last_offset() + 1);
-                for r in records {
-                    let r = r.map_err(|e| corrupt(&dir, next, e.to_string()))?;
-                    let key = r
-                        .key
-                        .as_deref()
-                        .and_then(decode_key)
-                        .ok_or_else(|| corrupt(&dir, r.offset, "bad offset key".into()))?;
-                    let offset = match r.value.len() {
-                        0 => None,
-                        8 => Some(u64::from_be_bytes(
-                            r.value[..].try_into().unwrap_or_default(),
-                        )),
-                        _ => return Err(corrupt(&dir, r.offset, "bad offset value".into())),
-                    };
-                    entries.insert(
-                        key,
-                        Entry {
-                            offset,
-                            seq: r.offset,
-                        },
-                    );
-                }
-            }
-        }
-        entries.retain(|_, e| e.offset.is_some());
+        let entries = replay(&log, &dir)?;
         tracing::info!(entries = entries.len(), "committed offsets loaded");
         Ok((
             OffsetStore {
                 log,
                 entries: Mutex::new(entries),
                 compaction: tokio::sync::RwLock::new(()),
+                attached: Mutex::new(None),
+                loading: tokio::sync::Mutex::new(()),
             },
             report,
         ))
+    }
+
+    fn attached(&self) -> Option<Attached> {
+        self.attached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// In a cluster: makes this store serve from `replica` (this node's replica of
+    /// `__consumer_offsets`, which it leads) in Raft term `term`. The first call of a term
+    /// rebuilds the entries from the replica's committed records and calls `starting`
+    /// (group membership starts over with each coordinator term). The caller must have
+    /// checked that the replica applied an entry of `term`, so everything committed before
+    /// it is readable.
+    pub async fn serve_from(
+        &self,
+        replica: &Replica,
+        term: u64,
+        starting: impl FnOnce(),
+    ) -> Result<(), StorageError> {
+        if self.attached().is_some_and(|a| a.term == term) {
+            return Ok(());
+        }
+        let _one = self.loading.lock().await;
+        if self.attached().is_some_and(|a| a.term == term) {
+            return Ok(());
+        }
+        let log = replica.log.clone();
+        let entries = tokio::task::spawn_blocking(move || {
+            let dir = std::path::PathBuf::from(log.label());
+            replay(&log, &dir)
+        })
+        .await
+        .map_err(|e| StorageError::Io {
+            op: "replay",
+            path: OFFSETS_TOPIC.into(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+        tracing::info!(
+            term,
+            entries = entries.len(),
+            "coordinating consumer groups: committed offsets loaded from {OFFSETS_TOPIC}"
+        );
+        *self.entries() = entries;
+        starting();
+        *self.attached.lock().unwrap_or_else(|p| p.into_inner()) = Some(Attached {
+            replica: replica.clone(),
+            term,
+        });
+        Ok(())
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
@@ -176,10 +220,10 @@ impl OffsetStore {
         &self,
         group: &str,
         offsets: &[(TopicPartition, Option<u64>)],
-    ) -> Result<(), AppendError> {
+    ) -> Result<(), OffsetError> {
         self.write(offsets.iter().map(|(tp, o)| (group, tp, *o)))
             .await?;
-        self.maybe_compact().await
+        Ok(self.maybe_compact().await?)
     }
 
     /// Durably deletes every committed offset of a topic for which `exists` says no, in every
@@ -189,7 +233,7 @@ impl OffsetStore {
     pub async fn forget_topics(
         &self,
         exists: impl Fn(&TopicName) -> bool,
-    ) -> Result<usize, AppendError> {
+    ) -> Result<usize, OffsetError> {
         let gone: Vec<Key> = self
             .entries()
             .iter()
@@ -211,16 +255,24 @@ impl OffsetStore {
     async fn write<'a>(
         &self,
         records: impl Iterator<Item = (&'a str, &'a TopicPartition, Option<u64>)> + Clone,
-    ) -> Result<(), AppendError> {
+    ) -> Result<(), OffsetError> {
         if records.clone().next().is_none() {
             return Ok(());
         }
         let _shared = self.compaction.read().await;
         let batch = Self::batch(records.clone());
-        let ack = self.log.append(batch)?.wait().await?;
+        let base_offset = match self.attached() {
+            None => self.log.append(batch)?.wait().await?.base_offset,
+            Some(a) => {
+                let header =
+                    rill_protocol::batch::validate(&batch).map_err(AppendError::InvalidBatch)?;
+                let stored = a.replica.sequencer.propose(batch, header).await;
+                stored.map_err(OffsetError::Refused)?.base_offset
+            }
+        };
         let mut entries = self.entries();
         for (i, (group, tp, offset)) in records.enumerate() {
-            let seq = ack.base_offset + i as u64;
+            let seq = base_offset + i as u64;
             let slot = entries
                 .entry((group.to_string(), tp.clone()))
                 .or_insert(Entry {
@@ -252,6 +304,9 @@ impl OffsetStore {
     }
 
     async fn maybe_compact(&self) -> Result<(), AppendError> {
+        if self.attached().is_some() {
+            return Ok(()); // replicated: not compacted yet (see the module's notes)
+        }
         let live = self
             .entries()
             .iter()
@@ -302,6 +357,57 @@ impl OffsetStore {
         self.log.close();
         self.log.failed().is_none()
     }
+}
+
+/// Every live entry in `log`, the last record for a key winning. Blocking.
+fn replay(log: &PartitionLog, dir: &Path) -> Result<HashMap<Key, Entry>, StorageError> {
+    let mut entries = HashMap::new();
+    let mut next = log.stats().log_start_offset;
+    loop {
+        let read = match log.read(next, 1 << 20) {
+            Ok(read) => read,
+            Err(e) => {
+                // Bad data at rest: keep what was read; groups resume from older commits
+                // for the entries lost, which re-delivers records (at-least-once holds).
+                tracing::error!(offset = next, error = %e, "committed offsets from here on are unreadable and ignored");
+                break;
+            }
+        };
+        if read.batches.is_empty() {
+            break;
+        }
+        for batch in Batches::new(read.batches) {
+            let records = RecordIter::new(batch).map_err(|e| corrupt(dir, next, e.to_string()))?;
+            next = next.max(records.header().last_offset() + 1);
+            if records.header().is_control() {
+                continue; // Raft's own entries in a replicated log
+            }
+            for r in records {
+                let r = r.map_err(|e| corrupt(dir, next, e.to_string()))?;
+                let key = r
+                    .key
+                    .as_deref()
+                    .and_then(decode_key)
+                    .ok_or_else(|| corrupt(dir, r.offset, "bad offset key".into()))?;
+                let offset = match r.value.len() {
+                    0 => None,
+                    8 => Some(u64::from_be_bytes(
+                        r.value[..].try_into().unwrap_or_default(),
+                    )),
+                    _ => return Err(corrupt(dir, r.offset, "bad offset value".into())),
+                };
+                entries.insert(
+                    key,
+                    Entry {
+                        offset,
+                        seq: r.offset,
+                    },
+                );
+            }
+        }
+    }
+    entries.retain(|_, e| e.offset.is_some());
+    Ok(entries)
 }
 
 fn corrupt(dir: &Path, position: u64, reason: String) -> StorageError {

@@ -15,6 +15,53 @@ pub const MAX_CLIENT_NAME: usize = 255;
 /// Session timeouts a member may ask for.
 const SESSION_TIMEOUT: std::ops::RangeInclusive<u32> = SESSION_TIMEOUT_MS;
 
+/// In a cluster, the leader of `__consumer_offsets` coordinates every group: each group
+/// request passes here first and is served only there; elsewhere it is answered `NotLeader`
+/// (naming the coordinator) or `LeaderNotAvailable`, and the client asks again. The partition
+/// is created by the first group request the cluster sees. A node that starts to lead it (a
+/// new term) loads the committed offsets from it and starts group membership afresh.
+pub async fn coordinating(ctx: &Arc<Context>) -> Result<(), OpError> {
+    use crate::cluster::{Command, RouteError};
+    use crate::groups::offsets::OFFSETS_TOPIC;
+    let Some(cluster) = &ctx.cluster else {
+        return Ok(());
+    };
+    let topic = rill_protocol::TopicName::new(OFFSETS_TOPIC)
+        .map_err(|e| OpError::Internal(e.to_string()))?;
+    if !cluster.state().topics.contains_key(&topic) {
+        let command = Command::CreateTopic {
+            name: topic.clone(),
+            partitions: 1,
+            config: rill_protocol::TopicConfig {
+                fsync: Some(rill_protocol::FsyncPolicy::Always),
+                segment_bytes: Some(1 << 20),
+                ..Default::default()
+            },
+            replication_factor: 3,
+            capped: true,
+        };
+        match cluster.propose(&command).await {
+            Ok(()) => tracing::info!("created {OFFSETS_TOPIC} for consumer groups"),
+            Err(why) if why.contains("already exists") => {}
+            Err(why) => return Err(OpError::Route(RouteError::Unavailable(why))),
+        }
+    }
+    let replica = cluster.leader_replica(&topic, 0)?;
+    let m = replica.raft.metrics().borrow().clone();
+    // Everything committed before this term is readable once an entry of it is applied.
+    if m.last_applied.map(|l| l.leader_id.term) != Some(m.current_term) {
+        return Err(OpError::Route(RouteError::NoLeader {
+            what: format!("{OFFSETS_TOPIC}-0 (the group coordinator)"),
+        }));
+    }
+    let c = ctx.clone();
+    ctx.groups
+        .offsets()
+        .serve_from(&replica, m.current_term, || c.groups.start_over())
+        .await
+        .map_err(|e| OpError::Append(e.into()))
+}
+
 pub async fn join(ctx: Arc<Context>, req: JoinGroupRequest) -> Result<JoinGroupResponse, OpError> {
     if !SESSION_TIMEOUT.contains(&req.session_timeout_ms) {
         return Err(OpError::Invalid(format!(

@@ -56,6 +56,30 @@ pub enum OpError {
     Internal(String),
 }
 
+/// A group request, served only where groups are coordinated (in a cluster, the leader of
+/// `__consumer_offsets`; see `groups::coordinating`).
+async fn coordinated<R, T, F>(
+    ctx: Arc<Context>,
+    handle: impl FnOnce(Arc<Context>, R) -> F,
+    req: R,
+) -> Result<T, OpError>
+where
+    F: Future<Output = Result<T, OpError>>,
+{
+    groups::coordinating(&ctx).await?;
+    handle(ctx, req).await
+}
+
+impl From<crate::groups::offsets::OffsetError> for OpError {
+    fn from(e: crate::groups::offsets::OffsetError) -> Self {
+        use crate::groups::offsets::{OFFSETS_TOPIC, OffsetError};
+        match e {
+            OffsetError::Append(e) => OpError::Append(e),
+            OffsetError::Refused(r) => produce::refusal(r, format!("{OFFSETS_TOPIC}-0")),
+        }
+    }
+}
+
 impl OpError {
     /// The wire code for this error. The only mapping from internal errors to codes.
     pub fn code(&self) -> ErrorCode {
@@ -217,27 +241,61 @@ pub fn dispatch(ctx: &Arc<Context>, decoded: Decoded) -> BoxFuture<'static, OutF
         Request::DescribeTopic(req) => {
             respond(cid, api, plain(async move { topics::describe(&ctx, req) }))
         }
-        Request::JoinGroup(req) => respond(cid, api, plain(groups::join(ctx, req))),
-        Request::Heartbeat(req) => {
-            respond(cid, api, plain(async move { groups::heartbeat(&ctx, req) }))
+        Request::JoinGroup(req) => respond(cid, api, plain(coordinated(ctx, groups::join, req))),
+        Request::Heartbeat(req) => respond(
+            cid,
+            api,
+            plain(coordinated(
+                ctx,
+                |c, r| async move { groups::heartbeat(&c, r) },
+                req,
+            )),
+        ),
+        Request::LeaveGroup(req) => respond(
+            cid,
+            api,
+            plain(coordinated(
+                ctx,
+                |c, r| async move { groups::leave(&c, r) },
+                req,
+            )),
+        ),
+        Request::CommitOffsets(req) => {
+            respond(cid, api, plain(coordinated(ctx, groups::commit, req)))
         }
-        Request::LeaveGroup(req) => {
-            respond(cid, api, plain(async move { groups::leave(&ctx, req) }))
-        }
-        Request::CommitOffsets(req) => respond(cid, api, plain(groups::commit(ctx, req))),
         Request::FetchOffsets(req) => respond(
             cid,
             api,
-            plain(async move { groups::fetch_offsets(&ctx, req) }),
+            plain(coordinated(
+                ctx,
+                |c, r| async move { groups::fetch_offsets(&c, r) },
+                req,
+            )),
         ),
-        Request::ListGroups(req) => {
-            respond(cid, api, plain(async move { Ok(groups::list(&ctx, req)) }))
+        Request::ListGroups(req) => respond(
+            cid,
+            api,
+            plain(coordinated(
+                ctx,
+                |c, r| async move { Ok(groups::list(&c, r)) },
+                req,
+            )),
+        ),
+        Request::DescribeGroup(req) => respond(
+            cid,
+            api,
+            plain(coordinated(
+                ctx,
+                |c, r| async move { groups::describe(&c, r) },
+                req,
+            )),
+        ),
+        Request::DeleteGroup(req) => {
+            respond(cid, api, plain(coordinated(ctx, groups::delete, req)))
         }
-        Request::DescribeGroup(req) => {
-            respond(cid, api, plain(async move { groups::describe(&ctx, req) }))
+        Request::ResetOffsets(req) => {
+            respond(cid, api, plain(coordinated(ctx, groups::reset, req)))
         }
-        Request::DeleteGroup(req) => respond(cid, api, plain(groups::delete(ctx, req))),
-        Request::ResetOffsets(req) => respond(cid, api, plain(groups::reset(ctx, req))),
         Request::AddPartitions(req) => respond(cid, api, plain(topics::add_partitions(ctx, req))),
         Request::AlterTopic(req) => respond(cid, api, plain(topics::alter(ctx, req))),
         Request::InitProducer(req) => respond(cid, api, plain(producers::init(ctx, req))),

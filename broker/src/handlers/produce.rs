@@ -39,6 +39,12 @@ enum Append {
 /// they arrived even though their acknowledgements are awaited concurrently.
 pub fn start(ctx: &Context, req: ProduceRequest, batch: Bytes) -> Result<Pending, OpError> {
     if let Some(cluster) = &ctx.cluster {
+        if req.topic.as_str() == rill_protocol::OFFSETS_TOPIC {
+            return Err(OpError::Invalid(format!(
+                "{} is internal: it holds consumer groups' committed offsets, written only by the group coordinator",
+                rill_protocol::OFFSETS_TOPIC
+            )));
+        }
         return start_replicated(cluster, req, batch);
     }
     let log = ctx.topics.partition(&req.topic, req.partition)?;
@@ -100,19 +106,21 @@ async fn replicated(
     records: u64,
     what: String,
 ) -> Result<crate::log::AppendAck, OpError> {
+    match answer.await {
+        Ok(stored) => Ok(crate::log::AppendAck {
+            base_offset: stored.base_offset,
+            log_end_offset: stored.base_offset + records,
+            duplicate: stored.duplicate,
+        }),
+        Err(refused) => Err(refusal(refused, what)),
+    }
+}
+
+/// Why a proposal to partition `what` was refused, as the client is told.
+pub fn refusal(refused: crate::cluster::Refused, what: String) -> OpError {
     use crate::cluster::{Refused, RouteError};
     use openraft::error::ClientWriteError;
-    let refused = match answer.await {
-        Ok(stored) => {
-            return Ok(crate::log::AppendAck {
-                base_offset: stored.base_offset,
-                log_end_offset: stored.base_offset + records,
-                duplicate: stored.duplicate,
-            });
-        }
-        Err(refused) => refused,
-    };
-    Err(match refused {
+    match refused {
         Refused::Sequence(e) => OpError::Append(AppendError::Sequence(e)),
         Refused::Write(ClientWriteError::ForwardToLeader(f)) => {
             match (f.leader_id, f.leader_node) {
@@ -131,7 +139,7 @@ async fn replicated(
         ))),
         // The group stopped (the node is shutting down, or its storage failed).
         Refused::Stopped => OpError::ShuttingDown,
-    })
+    }
 }
 
 pub async fn finish(pending: Result<Pending, OpError>) -> Result<ProduceResponse, OpError> {

@@ -214,6 +214,7 @@ macro_rules! message {
         $(impl Message for $req {
             const API_KEY: ApiKey = ApiKey::$key;
             type Response = $resp;
+            const COORDINATED: bool = true;
         })*
     };
 }
@@ -224,6 +225,7 @@ pub const SESSION_TIMEOUT_MS: std::ops::RangeInclusive<u32> = 100..=300_000;
 impl Message for JoinGroupRequest {
     const API_KEY: ApiKey = ApiKey::JoinGroup;
     type Response = JoinGroupResponse;
+    const COORDINATED: bool = true;
 
     /// A join waits at the barrier until every member rejoined, at most the rebalance deadline:
     /// the longest session timeout of any member, which can be the largest allowed.
