@@ -43,6 +43,13 @@ pub struct PartitionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FollowerLabels {
+    pub topic: String,
+    pub partition: String,
+    pub follower: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GroupLabels {
     pub group: String,
     pub topic: String,
@@ -83,6 +90,10 @@ pub struct Metrics {
     raft_term: Family<PartitionLabels, U64Gauge>,
     raft_applied_index: Family<PartitionLabels, U64Gauge>,
     raft_log_end_index: Family<PartitionLabels, U64Gauge>,
+    raft_follower_lag: Family<FollowerLabels, U64Gauge>,
+    raft_terms: Counter,
+    /// Each replica's term at the last scrape, for `raft_terms`.
+    raft_terms_seen: std::sync::Mutex<std::collections::HashMap<(String, u32), u64>>,
     group_committed: Family<GroupLabels, U64Gauge>,
     group_lag: Family<GroupLabels, U64Gauge>,
     disk_bytes: U64Gauge,
@@ -119,6 +130,9 @@ impl Metrics {
             raft_term: Family::default(),
             raft_applied_index: Family::default(),
             raft_log_end_index: Family::default(),
+            raft_follower_lag: Family::default(),
+            raft_terms: Counter::default(),
+            raft_terms_seen: Default::default(),
             partition_end: Family::default(),
             partition_durable: Family::default(),
             partition_start: Family::default(),
@@ -221,6 +235,18 @@ impl Metrics {
             m.raft_log_end_index.clone(),
         );
         r.register(
+            "raft_follower_lag",
+            "Cluster: on each partition this node leads, how many Raft log entries each follower \
+             is behind this node's log (a follower that stays behind is slow or catching up)",
+            m.raft_follower_lag.clone(),
+        );
+        r.register(
+            "raft_terms",
+            "Cluster: Raft terms begun on this node's partition replicas since it started (each \
+             is an election; counted when metrics are scraped)",
+            m.raft_terms.clone(),
+        );
+        r.register(
             "partition_producers",
             "Idempotent producers whose sequence state each partition keeps",
             m.partition_producers.clone(),
@@ -296,7 +322,12 @@ impl Metrics {
         ] {
             f.clear();
         }
+        self.raft_follower_lag.clear();
         if let Some(cluster) = &ctx.cluster {
+            let mut seen = self
+                .raft_terms_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             for ((topic, partition), m) in cluster.replica_metrics() {
                 let labels = PartitionLabels {
                     topic: topic.to_string(),
@@ -313,6 +344,25 @@ impl Metrics {
                 self.raft_log_end_index
                     .get_or_create(&labels)
                     .set(m.last_log_index.unwrap_or(0));
+                let key = (topic.to_string(), partition);
+                if let Some(before) = seen.insert(key, m.current_term) {
+                    self.raft_terms
+                        .inc_by(m.current_term.saturating_sub(before));
+                }
+                let end = m.last_log_index.unwrap_or(0);
+                for (follower, matched) in m.replication.iter().flatten() {
+                    if *follower == cluster.node_id {
+                        continue;
+                    }
+                    let held = matched.map_or(0, |l| l.index + 1);
+                    self.raft_follower_lag
+                        .get_or_create(&FollowerLabels {
+                            topic: topic.to_string(),
+                            partition: partition.to_string(),
+                            follower: follower.to_string(),
+                        })
+                        .set((end + 1).saturating_sub(held));
+                }
             }
         }
         for f in [&self.group_committed, &self.group_lag] {
@@ -412,8 +462,14 @@ async fn answer(mut socket: TcpStream, health: &Health) -> std::io::Result<()> {
     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let ready = health.ready.load(Ordering::Acquire);
     let (status, body) = match (method, path) {
-        ("GET", "/health") if ready => ("200 OK", "ok\n".to_string()),
-        ("GET", "/health") => ("503 Service Unavailable", "recovering\n".to_string()),
+        ("GET", "/health") if !ready => ("503 Service Unavailable", "recovering\n".to_string()),
+        ("GET", "/health") => {
+            let cluster = health.ctx.get().and_then(|c| c.cluster.as_ref());
+            match cluster.map(|c| c.readiness()) {
+                Some(Err(why)) => ("503 Service Unavailable", format!("{why}\n")),
+                Some(Ok(())) | None => ("200 OK", "ok\n".to_string()),
+            }
+        }
         ("GET", "/metrics") => (
             "200 OK",
             global().render(health.ctx.get().map(|c| c.as_ref())),

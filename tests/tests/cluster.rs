@@ -172,6 +172,34 @@ async fn a_routing_client_produces_exactly_once_through_kill_9_of_a_leader() {
         preferred[p.replicas[0] as usize - 1] += 1;
     }
     assert_eq!(preferred, [2, 2, 2], "preferred leaders per node");
+    // Every node becomes ready (it records having joined a moment after catching up), and
+    // the leaders report how far behind each follower is.
+    let mut lag_series = 0;
+    for n in &cluster.nodes {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, body) = rill_e2e::http_get(n.metrics_addr(), "/health");
+            if status == 200 {
+                assert_eq!(body, "ok\n");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not ready after 20 s: {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (_, metrics) = rill_e2e::http_get(n.metrics_addr(), "/metrics");
+        lag_series += metrics
+            .lines()
+            .filter(|l| l.starts_with("rill_raft_follower_lag{topic=\"events\""))
+            .count();
+    }
+    assert_eq!(
+        lag_series,
+        6 * 2,
+        "two followers of each of the six partitions"
+    );
 
     // A replication factor asked for is kept, and one beyond the node count is refused.
     admin

@@ -398,6 +398,21 @@ impl Cluster {
         self.config.default_replication_factor
     }
 
+    /// Whether this node is ready to serve (`/health`): it caught up with the cluster's
+    /// metadata and, if it came back with an empty data directory, with every partition it
+    /// replicates.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if self.state().nodes.is_empty() {
+            return Err("joining: not caught up with the cluster's metadata yet");
+        }
+        match &self.joined {
+            Some(marker) if !marker.exists() => {
+                Err("catching up: copying partitions from their leaders before taking part")
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Forms the cluster (lowest node id only, once every peer answers and none is formed),
     /// then keeps this node's topics and replicas in line with the metadata until shutdown.
     pub async fn run(self: Arc<Self>, ctx: Arc<Context>) {
