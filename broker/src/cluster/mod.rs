@@ -351,6 +351,7 @@ impl Cluster {
             client_addr: client_addr.to_string(),
         };
         let (peers, router) = (Peers::with_routes(config.peers.clone()), Router::default());
+        router.spawn_heartbeats(Duration::from_millis(config.heartbeat_ms));
         // No record of having joined: a new node, or one whose data was lost. Until the peers
         // tell which, its groups abstain from voting (see `Cluster::rejoin`).
         let joined = data_dir.join("cluster").join(JOINED);

@@ -121,6 +121,8 @@ pub fn raft_config(timing: Timing) -> Result<Arc<openraft::Config>, String> {
         election_timeout_max: timing.election_max_ms,
         snapshot_policy: openraft::SnapshotPolicy::Never,
         max_payload_entries: 256,
+        // Sent by the node's one ticker for all its groups (`net::Router::spawn_heartbeats`).
+        enable_heartbeat: false,
         ..Default::default()
     };
     config.validate().map(Arc::new).map_err(|e| e.to_string())

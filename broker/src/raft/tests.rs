@@ -52,6 +52,7 @@ async fn start(n: u64) -> (Vec<Node>, BTreeMap<u64, NodeInfo>) {
         let (log, _) = PartitionLog::open(dir.path(), format!("n{id}"), config(), true).unwrap();
         let log = Arc::new(log);
         let router = net::Router::default();
+        router.spawn_heartbeats(Duration::from_millis(TIMING.heartbeat_ms));
         let raft = start_group(
             id,
             7,
