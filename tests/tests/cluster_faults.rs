@@ -347,6 +347,23 @@ async fn until_new_leader(cluster: &Cluster, others: &[u64], p: u32, old: u64) {
     }
 }
 
+/// Waits (up to 120 s) until node `n`'s `/health` says it is ready.
+async fn until_ready(cluster: &Cluster, n: u64) {
+    let node = &cluster.nodes[n as usize - 1];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, body) = rill_e2e::http_get(node.metrics_addr(), "/health");
+        if status == 200 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {n} not ready 120 s after restarting with a wiped disk: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Runs one round of `fault` on partition `p`; returns how long `p` acknowledged nothing.
 async fn round(cluster: &mut Cluster, load: &Load, fault: Fault, p: u32) -> Duration {
     let leader = leader_of(cluster, &[1, 2, 3], p).await;
@@ -390,7 +407,12 @@ async fn round(cluster: &mut Cluster, load: &Load, fault: Fault, p: u32) -> Dura
                 .to_path_buf();
             std::fs::remove_dir_all(&dir).expect("wipe the follower");
             cluster.node(follower).restart();
-            load.next_ack(p, at).await
+            let acked = load.next_ack(p, at).await;
+            // As an operator would, wait until the node reports ready (caught up) before the
+            // next fault: until then its copies do not count, and losing another node
+            // meanwhile would be losing two of three (the partitions then wait for it).
+            until_ready(cluster, follower).await;
+            acked
         }
     };
     settled(cluster).await;
