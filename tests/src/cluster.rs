@@ -28,14 +28,7 @@ impl Cluster {
     }
 
     fn launch(root: &Path, n: u64, extra: &[&str], linked: bool) -> Cluster {
-        // Held until the links are bound, so no link proxy gets a node's port.
-        let held: Vec<std::net::TcpListener> = (0..n)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-            .collect();
-        let cluster_addrs: Vec<String> = held
-            .iter()
-            .map(|l| l.local_addr().expect("local address").to_string())
-            .collect();
+        let cluster_addrs: Vec<String> = (0..n).map(|_| crate::fixed_addr()).collect();
         let mut links = BTreeMap::new();
         if linked {
             for j in 1..=n {
@@ -44,7 +37,6 @@ impl Cluster {
                 }
             }
         }
-        drop(held);
         // Node `id`'s view: itself at its own address, the others through its links.
         let peers_of = |id: u64| {
             (1..=n)

@@ -75,6 +75,36 @@ pub fn binaries() -> &'static Binaries {
     })
 }
 
+/// A free loopback address for a listener that must keep its port across restarts (a node's
+/// client and cluster ports).
+///
+/// The port comes from below the kernel's ephemeral range (32768 and up on Linux), which
+/// `bind(0)` and outgoing connections draw from. A port taken from that range and released for
+/// `rilld` to bind could be handed to another listener or connection in between, or while the
+/// node is down for a restart; below it, only this allocator hands ports out, and never the
+/// same one twice in a test binary.
+pub fn fixed_addr() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    // Start somewhere different in each test binary, so a port a previous binary left in use
+    // (a node still shutting down) is unlikely to be tried first.
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return format!("127.0.0.1:{port}");
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN);
+}
+
 /// A running `rilld` child process.
 #[derive(Debug)]
 pub struct Broker {
@@ -101,7 +131,7 @@ impl Broker {
         if !extra.contains(&"--group-initial-rebalance-delay-ms") {
             args.extend(["--group-initial-rebalance-delay-ms".into(), "0".into()]);
         }
-        Self::start_at(data_dir, "127.0.0.1:0", args, |_| {})
+        Self::start_at(data_dir, &fixed_addr(), args, |_| {})
     }
 
     fn start_at(
