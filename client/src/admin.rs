@@ -131,6 +131,31 @@ impl Admin {
         Ok(self.client.call(&MetadataRequest { topics }).await?.0)
     }
 
+    /// Starts moving a partition to `replicas` (node ids, the preferred leader first; a
+    /// cluster only). Returns once the move is recorded; [`Admin::metadata`] shows the
+    /// partition's `target` until its new replicas caught up and the old ones left.
+    pub async fn reassign(
+        &self,
+        topic: &str,
+        partition: u32,
+        replicas: &[u64],
+    ) -> Result<(), Error> {
+        let request = rill_protocol::messages::ReassignPartitionRequest {
+            topic: topic_name(topic)?,
+            partition,
+            replicas: replicas.to_vec(),
+        };
+        self.client.call(&request).await?;
+        Ok(())
+    }
+
+    /// Removes a node from the cluster; refused while it holds replicas.
+    pub async fn remove_node(&self, node_id: u64) -> Result<(), Error> {
+        let request = rill_protocol::messages::RemoveNodeRequest { node_id };
+        self.client.call(&request).await?;
+        Ok(())
+    }
+
     pub async fn list_groups(&self) -> Result<Vec<GroupSummary>, Error> {
         Ok(self.client.call(&ListGroupsRequest {}).await?.0.groups)
     }

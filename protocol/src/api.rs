@@ -27,10 +27,12 @@ pub enum ApiKey {
     AlterTopic = 18,
     InitProducer = 19,
     Metadata = 20,
+    ReassignPartition = 21,
+    RemoveNode = 22,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 21] = [
+    pub const ALL: [ApiKey; 23] = [
         ApiKey::ApiVersions,
         ApiKey::Produce,
         ApiKey::Fetch,
@@ -52,6 +54,8 @@ impl ApiKey {
         ApiKey::AlterTopic,
         ApiKey::InitProducer,
         ApiKey::Metadata,
+        ApiKey::ReassignPartition,
+        ApiKey::RemoveNode,
     ];
 
     pub fn from_u16(v: u16) -> Option<Self> {
@@ -82,6 +86,8 @@ impl ApiKey {
             ApiKey::AlterTopic => "alter_topic",
             ApiKey::InitProducer => "init_producer",
             ApiKey::Metadata => "metadata",
+            ApiKey::ReassignPartition => "reassign_partition",
+            ApiKey::RemoveNode => "remove_node",
         }
     }
 

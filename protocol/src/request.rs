@@ -31,6 +31,8 @@ pub enum Request {
     AlterTopic(AlterTopicRequest),
     InitProducer(InitProducerRequest),
     Metadata(MetadataRequest),
+    ReassignPartition(ReassignPartitionRequest),
+    RemoveNode(RemoveNodeRequest),
 }
 
 /// Why a whole frame is not a request this broker can serve. The frame boundaries are intact,
@@ -103,7 +105,9 @@ impl Request {
             AddPartitions,
             AlterTopic,
             InitProducer,
-            Metadata
+            Metadata,
+            ReassignPartition,
+            RemoveNode
         ))
     }
 }

@@ -74,6 +74,35 @@ impl Cluster {
         }
     }
 
+    /// Starts one more node (the next id) that knows every node so far as a peer, as an
+    /// operator adds a node to a running cluster: it asks to join by itself. Returns its id.
+    /// (A cluster started with `start`, not `start_linked`.)
+    pub fn add_node(&mut self, extra: &[&str]) -> u64 {
+        assert!(self.links.is_empty(), "add_node does not link the new node");
+        let id = self.nodes.len() as u64 + 1;
+        self.cluster_addrs.push(crate::fixed_addr());
+        let peers = self
+            .cluster_addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let id_s = id.to_string();
+        let mut args = vec![
+            "--node-id",
+            &id_s,
+            "--cluster-listen",
+            &self.cluster_addrs[id as usize - 1],
+            "--peers",
+            &peers,
+        ];
+        args.extend_from_slice(extra);
+        let node = Broker::start(&self.root.join(format!("n{id}")), &args);
+        self.nodes.push(node);
+        id
+    }
+
     /// Cuts every link to and from node `id` (a cluster started with `start_linked`).
     pub fn isolate(&self, id: u64) {
         for ((j, k), link) in &self.links {

@@ -56,11 +56,12 @@ type Acked = (u32, u64, String);
 /// delivery in order; returns what was acknowledged and when.
 async fn produce(
     producer: &Producer,
+    topic: &str,
     values: impl Iterator<Item = String>,
 ) -> Vec<(Acked, Instant)> {
     let mut deliveries = Vec::new();
     for v in values {
-        let record = ProducerRecord::new("events", v.clone()).key(v.clone());
+        let record = ProducerRecord::new(topic, v.clone()).key(v.clone());
         deliveries.push((v, producer.send(record).await.expect("send")));
     }
     let mut out = Vec::with_capacity(deliveries.len());
@@ -74,7 +75,7 @@ async fn produce(
 }
 
 /// Every record of partition `p` as (offset, value), read through the routing client.
-async fn read_all(client: &Client, p: u32) -> Vec<(u64, String)> {
+async fn read_all(client: &Client, topic: &str, p: u32) -> Vec<(u64, String)> {
     let opts = FetchOptions {
         max_wait: Duration::ZERO,
         min_bytes: 0,
@@ -83,7 +84,7 @@ async fn read_all(client: &Client, p: u32) -> Vec<(u64, String)> {
     let mut out = Vec::new();
     let mut at = 0;
     loop {
-        let r = client.fetch("events", p, at, &opts).await.expect("fetch");
+        let r = client.fetch(topic, p, at, &opts).await.expect("fetch");
         for rec in &r.records {
             let v = String::from_utf8(rec.value.to_vec()).expect("utf-8");
             out.push((rec.offset, v));
@@ -136,7 +137,7 @@ async fn check(client: &Client, acked: &[Acked]) -> Checked {
     };
     let mut read: HashMap<(u32, String), Vec<u64>> = HashMap::new();
     for p in 0..PARTITIONS {
-        for (offset, v) in read_all(client, p).await {
+        for (offset, v) in read_all(client, "events", p).await {
             read.entry((p, v)).or_default().push(offset);
         }
     }
@@ -246,7 +247,7 @@ async fn a_routing_client_produces_exactly_once_through_kill_9_of_a_leader() {
     // Phase 1: every record acknowledged once, at the offset a consumer then reads it at.
     let producer = Producer::new(client.clone(), ProducerConfig::default());
     let n = records();
-    let mut acked: Vec<Acked> = produce(&producer, (0..n).map(|i| format!("r{i}")))
+    let mut acked: Vec<Acked> = produce(&producer, "events", (0..n).map(|i| format!("r{i}")))
         .await
         .into_iter()
         .map(|(a, _)| a)
@@ -289,7 +290,14 @@ async fn a_routing_client_produces_exactly_once_through_kill_9_of_a_leader() {
             let mut started = Some(started_tx);
             for c in 0..CHUNKS {
                 let first = n + c * 100;
-                out.extend(produce(&producer, (first..first + 100).map(|i| format!("r{i}"))).await);
+                out.extend(
+                    produce(
+                        &producer,
+                        "events",
+                        (first..first + 100).map(|i| format!("r{i}")),
+                    )
+                    .await,
+                );
                 if let Some(tx) = started.take() {
                     let _ = tx.send(());
                 }
@@ -434,4 +442,182 @@ async fn read_group(
         got.insert(String::from_utf8(r.value.to_vec()).unwrap());
     }
     got
+}
+
+/// Story: an operator adds a fourth node to a running three-node cluster and moves a
+/// partition onto it, away from its current leader, while a producer keeps writing; then moves
+/// it back and removes the fourth node. Produce pauses for no more than the one election the
+/// leader's departure causes, nothing acknowledged is lost or duplicated, the new replica holds
+/// the same bytes as the others, and the replica that left is emptied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_moves_to_an_added_node_and_back_while_producing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3, &[]);
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic("moving", 1, TopicConfig::default())
+        .await
+        .expect("create");
+    let m = settled_partitions(&admin, "moving", 1).await;
+    let old_leader = leader(&m, 0);
+    let stay: Vec<u64> = (1..=3).filter(|n| *n != old_leader).collect();
+
+    // The fourth node asks to join by itself and shows up in the metadata.
+    let added = cluster.add_node(&[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while admin.metadata(&[]).await.expect("metadata").nodes.len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "node {added} did not join in 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A producer writes throughout, in chunks of 50 acknowledged before the next.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    let producing = {
+        let producer = Producer::new(client.clone(), ProducerConfig::default());
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            let mut first = Some(first_tx);
+            // Bounded: 2,000 chunks at most, however long the moves take.
+            for c in 0..2_000u64 {
+                if *stop_rx.borrow() {
+                    break;
+                }
+                let values = (c * 50..c * 50 + 50).map(|i| format!("m{i}"));
+                out.extend(produce(&producer, "moving", values).await);
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(());
+                }
+            }
+            out
+        })
+    };
+    first_rx.await.expect("the first chunk is acknowledged");
+
+    // Move the partition onto the new node, away from its leader: the CLI waits until done.
+    let target = [added, stay[0], stay[1]];
+    let list = target.map(|n| n.to_string()).join(",");
+    let addrs = cluster.addrs();
+    let out = tokio::task::spawn_blocking(move || {
+        rill_e2e::rill(
+            Some(&addrs),
+            &[
+                "topic",
+                "reassign",
+                "moving",
+                "--partition",
+                "0",
+                "--replicas",
+                &list,
+            ],
+            "",
+        )
+    })
+    .await
+    .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.starts_with("moved moving-0 to nodes "), "{said}");
+    let m = admin.metadata(&["moving"]).await.expect("metadata");
+    let p = &m.topics[0].partitions[0];
+    assert_eq!(
+        (p.replicas.as_slice(), p.target.len()),
+        (&target[..], 0),
+        "{p:?}"
+    );
+
+    // The node that left holds nothing of the partition any more.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cluster.partition_bytes(old_leader, "moving", 0).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "node {old_leader} still holds moving-0 20 s after it left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A node holding a replica cannot be removed.
+    let refused = admin
+        .remove_node(added)
+        .await
+        .expect_err("node 4 holds a replica");
+    assert!(
+        refused
+            .to_string()
+            .contains("still holds 1 replica(s) (moving-0)"),
+        "{refused}"
+    );
+
+    // And back: the emptied node catches up from nothing; then the fourth node leaves.
+    admin
+        .reassign("moving", 0, &[old_leader, stay[0], stay[1]])
+        .await
+        .expect("reassign back");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = admin.metadata(&["moving"]).await.expect("metadata");
+        let p = &m.topics[0].partitions[0];
+        if p.target.is_empty() && p.replicas[0] == old_leader {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the move back is not done after 60 s: {p:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_tx.send_replace(true);
+    let acked = producing.await.expect("producer task");
+    admin.remove_node(added).await.expect("remove node 4");
+    assert_eq!(admin.metadata(&[]).await.expect("metadata").nodes.len(), 3);
+
+    // Every acknowledged record is read back once, at its offset; the longest pause between
+    // two acknowledgements is reported (one election when the leader left).
+    let read = read_all(&client, "moving", 0).await;
+    let mut seen: HashMap<&str, Vec<u64>> = HashMap::new();
+    for (offset, v) in &read {
+        seen.entry(v.as_str()).or_default().push(*offset);
+    }
+    let duplicated = seen.values().filter(|o| o.len() > 1).count();
+    let lost = acked
+        .iter()
+        .filter(|((_, offset, v), _)| seen.get(v.as_str()) != Some(&vec![*offset]))
+        .count();
+    let longest_pause = acked
+        .windows(2)
+        .map(|w| w[1].1 - w[0].1)
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "moves under load: {} acknowledged, {lost} lost or moved, {duplicated} duplicated, longest pause between acknowledgements {longest_pause:?}",
+        acked.len()
+    );
+    assert!(acked.len() >= 100, "the producer ran across the moves");
+    // Not a speed figure: a stall until the client's request timeout (30 s) would show here.
+    assert!(longest_pause < Duration::from_secs(10), "{longest_pause:?}");
+    assert_eq!((lost, duplicated), (0, 0));
+    // Byte-identical replicas on the nodes that hold it now.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let logs: Vec<Vec<u8>> = [old_leader, stay[0], stay[1]]
+            .iter()
+            .map(|&n| cluster.partition_bytes(n, "moving", 0))
+            .collect();
+        if logs.windows(2).all(|w| w[0] == w[1]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas of moving-0 still differ after 30 s: sizes {:?}",
+            logs.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

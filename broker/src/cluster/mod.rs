@@ -82,6 +82,23 @@ pub enum Command {
         /// are nodes (decided when applied, when the membership is known).
         capped: bool,
     },
+    /// Starts moving a partition to `replicas` (its `target`; see `TopicState`).
+    Reassign {
+        topic: TopicName,
+        partition: u32,
+        replicas: Vec<u64>,
+    },
+    /// The partition's group reached the target of move `epoch`: it becomes the replicas.
+    Reassigned {
+        topic: TopicName,
+        partition: u32,
+        epoch: u64,
+    },
+    /// A node asks to join (carried to the metadata leader like a command; the leader adds it
+    /// to the metadata group as a learner rather than logging it).
+    AddNode { id: u64, info: NodeInfo },
+    /// Removes a node from the metadata group (executed by the leader like `AddNode`).
+    RemoveNode { id: u64 },
 }
 
 /// A topic as the cluster knows it.
@@ -89,8 +106,24 @@ pub enum Command {
 pub struct TopicState {
     pub id: u64,
     pub config: TopicConfig,
-    /// For each partition, its replicas' node ids, the preferred leader first.
+    /// For each partition, its replicas' node ids, the preferred leader first: the voters of
+    /// its Raft group.
     pub replicas: Vec<Vec<u64>>,
+    /// For each partition, the replicas it is moving to, while a move is under way.
+    pub targets: Vec<Option<Vec<u64>>>,
+    /// For each partition, how many moves were begun. A group is formed afresh only at 0.
+    pub epochs: Vec<u64>,
+}
+
+impl TopicState {
+    /// Whether node `id` holds (or is about to hold) a replica of partition `p`.
+    pub fn hosts(&self, p: usize, id: u64) -> bool {
+        self.replicas.get(p).is_some_and(|r| r.contains(&id))
+            || self
+                .targets
+                .get(p)
+                .is_some_and(|t| t.as_ref().is_some_and(|t| t.contains(&id)))
+    }
 }
 
 /// The metadata group's state.
@@ -171,9 +204,70 @@ impl ClusterState {
                         id,
                         config,
                         replicas,
+                        targets: vec![None; partitions as usize],
+                        epochs: vec![0; partitions as usize],
                     },
                 );
                 Ok(())
+            }
+            Command::Reassign {
+                topic,
+                partition,
+                replicas,
+            } => {
+                let known: BTreeSet<u64> = self.nodes.keys().copied().collect();
+                let t = self
+                    .topics
+                    .get_mut(&topic)
+                    .ok_or_else(|| format!("unknown topic '{topic}'"))?;
+                let p = partition as usize;
+                if p >= t.replicas.len() {
+                    return Err(format!(
+                        "topic '{topic}' has {} partition(s); there is no partition {partition}",
+                        t.replicas.len()
+                    ));
+                }
+                let set: BTreeSet<u64> = replicas.iter().copied().collect();
+                if replicas.is_empty() || set.len() != replicas.len() {
+                    return Err("the new replicas must be distinct node ids, at least one".into());
+                }
+                if let Some(unknown) = set.difference(&known).next() {
+                    return Err(format!("node {unknown} is not in the cluster"));
+                }
+                if let Some(target) = &t.targets[p] {
+                    return Err(format!(
+                        "{topic}-{partition} is already moving to {target:?}; wait for that move to finish"
+                    ));
+                }
+                if set == t.replicas[p].iter().copied().collect::<BTreeSet<u64>>() {
+                    // The same replicas: only the preferred leader's place may change.
+                    t.replicas[p] = replicas;
+                    return Ok(());
+                }
+                t.targets[p] = Some(replicas);
+                t.epochs[p] += 1;
+                Ok(())
+            }
+            Command::Reassigned {
+                topic,
+                partition,
+                epoch,
+            } => {
+                let t = self
+                    .topics
+                    .get_mut(&topic)
+                    .ok_or_else(|| format!("unknown topic '{topic}'"))?;
+                let p = partition as usize;
+                if t.epochs.get(p) != Some(&epoch) || t.targets.get(p).is_none_or(Option::is_none) {
+                    return Err(format!(
+                        "{topic}-{partition}: move {epoch} is not under way"
+                    ));
+                }
+                t.replicas[p] = t.targets[p].take().unwrap_or_default();
+                Ok(())
+            }
+            Command::AddNode { .. } | Command::RemoveNode { .. } => {
+                Err("membership changes are not log commands".into())
             }
         }
     }
@@ -248,6 +342,8 @@ pub struct Cluster {
     replicas: RwLock<HashMap<(TopicName, u32), Replica>>,
     /// The metadata log index this node's topics and replicas were last brought in line with.
     reconciled: watch::Sender<u64>,
+    /// Partition moves (topic, partition, epoch) this node drives now, as their leader.
+    moving: Mutex<BTreeSet<(TopicName, u32, u64)>>,
     /// Where to record that this node joined, if it has no record yet.
     joined: Option<std::path::PathBuf>,
     /// Whether this node is catching up after losing its data: `None` until `rejoin`
@@ -282,6 +378,7 @@ impl NodeService for Service {
                     m.nodes().map(|(id, n)| (*id, n.clone())).collect()
                 })
                 .unwrap_or_default(),
+            meta_applied: c.as_ref().map_or(0, |c| c.meta_applied()),
         }
     }
 
@@ -379,6 +476,7 @@ impl Cluster {
             state: rx,
             replicas: RwLock::new(HashMap::new()),
             reconciled: watch::Sender::new(0),
+            moving: Mutex::new(BTreeSet::new()),
             joined: rejoining.then_some(joined),
             lost_data: watch::Sender::new((!rejoining).then_some(false)),
         });
@@ -424,6 +522,9 @@ impl Cluster {
             tokio::spawn(async move { rejoin.rejoin(marker).await });
         }
         let mut state = self.state.clone();
+        // Leadership moves without a metadata change: moves are looked at every second too.
+        let mut moves = tokio::time::interval(Duration::from_secs(1));
+        moves.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let current = state.borrow_and_update().clone();
             let applied = current.applied;
@@ -443,9 +544,21 @@ impl Cluster {
                     }
                 }
             }
-            tokio::select! {
-                changed = state.changed() => if changed.is_err() { break },
-                _ = ctx.shutdown.cancelled() => break,
+            self.drive_moves();
+            if let Err(e) = self.tidy(&ctx).await {
+                tracing::warn!(error = %e, "could not empty a replica that moved away; retrying");
+            }
+            loop {
+                tokio::select! {
+                    changed = state.changed() => if changed.is_err() { return self.shutdown().await } else { break },
+                    _ = moves.tick() => {
+                        self.drive_moves();
+                        if let Err(e) = self.tidy(&ctx).await {
+                            tracing::warn!(error = %e, "could not empty a replica that moved away; retrying");
+                        }
+                    }
+                    _ = ctx.shutdown.cancelled() => return self.shutdown().await,
+                }
             }
         }
         self.shutdown().await;
@@ -458,6 +571,8 @@ impl Cluster {
     /// only then is the record written (a crash before that leaves it abstaining again).
     async fn rejoin(&self, marker: std::path::PathBuf) {
         let poll = Duration::from_millis(200);
+        // Whether the cluster is formed without this node: a new node, which asks to join.
+        let mut outsider = false;
         let lost = loop {
             let mut decided = None;
             for (&id, addr) in self
@@ -469,6 +584,7 @@ impl Cluster {
                 let Ok(h) = self.peers.get(id, addr).hello(Duration::from_secs(1)).await else {
                     continue;
                 };
+                outsider = h.initialized && !h.members.contains_key(&self.node_id);
                 decided = match h.members.get(&self.node_id) {
                     _ if h.members.is_empty() => Some(false),
                     Some(me) => Some(me.incarnation != self.info.incarnation),
@@ -482,6 +598,9 @@ impl Cluster {
             }
             tokio::time::sleep(poll).await;
         };
+        if outsider {
+            self.ask_to_join(poll).await;
+        }
         self.lost_data.send_replace(Some(lost));
         if lost {
             tracing::warn!(
@@ -516,6 +635,47 @@ impl Cluster {
             Err(e) => {
                 tracing::warn!(error = %e, path = %marker.display(), "cannot record that this node joined")
             }
+        }
+    }
+
+    /// A new node of a formed cluster: asks its peers (the metadata leader among them acts)
+    /// to add it to the metadata group, until its own metadata group lists it.
+    async fn ask_to_join(&self, poll: Duration) {
+        let command = encode_command(&Command::AddNode {
+            id: self.node_id,
+            info: self.info.clone(),
+        });
+        tracing::info!("the cluster is formed without this node: asking to join");
+        loop {
+            let listed = |c: &Self| {
+                c.meta
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .get_node(&c.node_id)
+                    .is_some()
+            };
+            if listed(self) {
+                return;
+            }
+            for (&id, addr) in self
+                .config
+                .peers
+                .iter()
+                .filter(|(id, _)| **id != self.node_id)
+            {
+                match self
+                    .peers
+                    .get(id, addr)
+                    .propose(command.clone(), RPC_TTL)
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(e) => tracing::debug!(node = id, error = %e, "join request not taken"),
+                }
+            }
+            tokio::time::sleep(poll).await;
         }
     }
 
@@ -609,6 +769,11 @@ impl Cluster {
     }
 
     async fn write_metadata(&self, batch: Bytes) -> Result<u64, String> {
+        match decode_command(&batch) {
+            Ok(Command::AddNode { id, info }) => return self.add_node(id, info).await,
+            Ok(Command::RemoveNode { id }) => return self.remove_node(id).await,
+            _ => {}
+        }
         let r = self
             .meta
             .client_write(batch)
@@ -617,6 +782,75 @@ impl Cluster {
         if let Some(why) = self.state().refusals.get(&r.log_id.index) {
             return Err(why.clone());
         }
+        Ok(r.log_id.index)
+    }
+
+    /// On the metadata leader: adds node `id` to the metadata group as a learner (a node
+    /// asking to join). A node already in the membership is left as it is (a retry).
+    async fn add_node(&self, id: u64, info: NodeInfo) -> Result<u64, String> {
+        let m = self.meta.metrics().borrow().membership_config.clone();
+        if m.membership().get_node(&id).is_some() {
+            return Ok(m.log_id().map_or(0, |l| l.index));
+        }
+        tracing::info!(node = id, cluster_addr = %info.cluster_addr, client_addr = %info.client_addr, "adding a node to the cluster");
+        let r = self
+            .meta
+            .add_learner(id, info, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(r.log_id.index)
+    }
+
+    /// On the metadata leader: removes node `id` from the metadata group, refused while any
+    /// partition's replicas or move target name it. A voter's place goes to a learner when
+    /// fewer than three voters would remain.
+    async fn remove_node(&self, id: u64) -> Result<u64, String> {
+        let state = self.state();
+        let held: Vec<String> = state
+            .topics
+            .iter()
+            .flat_map(|(name, t)| {
+                (0..t.replicas.len())
+                    .filter(move |p| t.hosts(*p, id))
+                    .map(move |p| format!("{name}-{p}"))
+            })
+            .collect();
+        if !held.is_empty() {
+            let shown = held.iter().take(10).cloned().collect::<Vec<_>>().join(" ");
+            let more = if held.len() > 10 { " ..." } else { "" };
+            return Err(format!(
+                "node {id} still holds {} replica(s) ({shown}{more}); move them to other nodes first with `rill topic reassign`",
+                held.len()
+            ));
+        }
+        let m = self.meta.metrics().borrow().membership_config.clone();
+        let membership = m.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(format!("node {id} is not in the cluster"));
+        }
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let change: openraft::ChangeMembers<u64, NodeInfo> = if voters.contains(&id) {
+            let mut next: BTreeSet<u64> = voters.iter().copied().filter(|v| *v != id).collect();
+            let learners: Vec<u64> = membership.learner_ids().filter(|l| *l != id).collect();
+            for l in learners {
+                if next.len() >= 3 {
+                    break;
+                }
+                next.insert(l);
+            }
+            if next.is_empty() {
+                return Err(format!("node {id} is the cluster's last voter"));
+            }
+            openraft::ChangeMembers::ReplaceAllVoters(next)
+        } else {
+            openraft::ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        tracing::info!(node = id, "removing a node from the cluster");
+        let r = self
+            .meta
+            .change_membership(change, false)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(r.log_id.index)
     }
 
@@ -632,10 +866,10 @@ impl Cluster {
             }
             let missing: Vec<u32> = (0..topic.replicas.len() as u32)
                 .filter(|p| {
-                    topic.replicas[*p as usize].contains(&self.node_id)
-                        && self.replica_of(name, *p).is_none()
+                    topic.hosts(*p as usize, self.node_id) && self.replica_of(name, *p).is_none()
                 })
                 .collect();
+
             // Started side by side: each start waits a random part of a tick (`start_group`).
             let mut starts = futures::stream::iter(missing)
                 .map(|p| self.start_replica(ctx, state, name, topic, p))
@@ -671,7 +905,10 @@ impl Cluster {
         )
         .await
         .map_err(anyhow::Error::msg)?;
+        // Only a partition never moved is formed here; a moved one's group exists on its
+        // other replicas, which add this one.
         if replicas.first() == Some(&self.node_id)
+            && topic.epochs.get(p as usize) == Some(&0)
             && log.index_range() == (0, 0)
             && !self.lost_data().await
         {
@@ -702,6 +939,178 @@ impl Cluster {
             );
         tracing::info!(topic = %name, partition = p, group, "replica started");
         Ok(())
+    }
+
+    /// Stops and empties the replicas this node no longer holds (moved away), and the
+    /// leftovers of one it left while down or before a crash, once this node's metadata is
+    /// known to be current: a replica is emptied only on the latest word, never on a state
+    /// replayed part-way (a later entry may have given the partition back to this node).
+    async fn tidy(&self, ctx: &Arc<Context>) -> anyhow::Result<()> {
+        let state = self.state();
+        let mut surplus = Vec::new();
+        for (name, topic) in &state.topics {
+            for p in 0..topic.replicas.len() as u32 {
+                if topic.hosts(p as usize, self.node_id) {
+                    continue;
+                }
+                let running = self.replica_of(name, p).is_some();
+                let log = ctx.topics.partition(name, p)?;
+                let (first, end) = log.index_range();
+                if running || end > first {
+                    surplus.push((name.clone(), p, log));
+                }
+            }
+        }
+        if surplus.is_empty() || !self.metadata_current(state.applied).await {
+            return Ok(());
+        }
+        for (name, p, log) in surplus {
+            self.stop_replica(&name, p, log).await?;
+        }
+        Ok(())
+    }
+
+    /// The last metadata index applied here.
+    fn meta_applied(&self) -> u64 {
+        self.meta
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index)
+    }
+
+    /// Whether state `applied` is as new as the metadata leader's now: this node leads the
+    /// metadata group, or its leader answers that it applied no more.
+    async fn metadata_current(&self, applied: u64) -> bool {
+        let m = self.meta.metrics().borrow().clone();
+        let Some(leader) = m.current_leader else {
+            return false;
+        };
+        if leader == self.node_id {
+            return self.confirmed_leader(&m) && applied >= self.meta_applied();
+        }
+        let Some(addr) = m
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.cluster_addr.clone())
+        else {
+            return false;
+        };
+        match self.peers.get(leader, &addr).hello(RPC_TTL).await {
+            Ok(h) => applied >= h.meta_applied,
+            Err(_) => false,
+        }
+    }
+
+    /// Stops this node's replica of `name`-`p` (if running) and empties its log and Raft files:
+    /// the partition moved away from this node.
+    async fn stop_replica(
+        &self,
+        name: &TopicName,
+        p: u32,
+        log: Arc<PartitionLog>,
+    ) -> anyhow::Result<()> {
+        let replica = self
+            .replicas
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(name.clone(), p));
+        if let Some(r) = replica {
+            self.router.remove(r.group);
+            let _ = r.raft.shutdown().await;
+        }
+        tokio::task::spawn_blocking(move || store::forget(&log))
+            .await?
+            .map_err(anyhow::Error::msg)?;
+        tracing::info!(topic = %name, partition = p, "replica moved away; stopped and emptied");
+        Ok(())
+    }
+
+    /// Starts a task for every move this node's replicas lead and no task drives yet.
+    fn drive_moves(self: &Arc<Self>) {
+        let state = self.state();
+        for (name, t) in &state.topics {
+            for (p, target) in t.targets.iter().enumerate() {
+                let Some(target) = target else { continue };
+                let Some(r) = self.replica_of(name, p as u32) else {
+                    continue;
+                };
+                if !self.confirmed_leader(&r.raft.metrics().borrow()) {
+                    continue;
+                }
+                let key = (name.clone(), p as u32, t.epochs[p]);
+                if !self
+                    .moving
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key.clone())
+                {
+                    continue;
+                }
+                let (this, target) = (self.clone(), target.clone());
+                tokio::spawn(async move {
+                    let (name, p, epoch) = key.clone();
+                    match this.drive_move(&r, &name, p, &target, epoch).await {
+                        Ok(()) => {
+                            tracing::info!(topic = %name, partition = p, replicas = ?target, "partition moved")
+                        }
+                        Err(e) => {
+                            tracing::warn!(topic = %name, partition = p, error = %e, "partition move interrupted; the group's leader resumes it")
+                        }
+                    }
+                    this.moving
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&key);
+                });
+            }
+        }
+    }
+
+    /// On the partition's leader: adds the target's new replicas as learners (each answers
+    /// once it caught up), makes the target the group's voters (joint consensus), then records
+    /// the move as done. Every step is skipped when already reached, so a new leader resumes
+    /// where the last one stopped.
+    async fn drive_move(
+        &self,
+        r: &Replica,
+        name: &TopicName,
+        p: u32,
+        target: &[u64],
+        epoch: u64,
+    ) -> Result<(), String> {
+        let state = self.state();
+        let membership = || r.raft.metrics().borrow().membership_config.clone();
+        for id in target {
+            if membership().membership().get_node(id).is_some() {
+                continue;
+            }
+            let info = state
+                .nodes
+                .get(id)
+                .cloned()
+                .ok_or_else(|| format!("node {id} is not in the cluster"))?;
+            tracing::info!(topic = %name, partition = p, node = id, "adding a replica; it catches up before it votes");
+            r.raft
+                .add_learner(*id, info, true)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let goal: BTreeSet<u64> = target.iter().copied().collect();
+        let voters: BTreeSet<u64> = membership().membership().voter_ids().collect();
+        if voters != goal || membership().membership().get_joint_config().len() > 1 {
+            r.raft
+                .change_membership(goal, false)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        self.propose(&Command::Reassigned {
+            topic: name.clone(),
+            partition: p,
+            epoch,
+        })
+        .await
     }
 
     /// Whether this node is catching up after losing its data (waits for `rejoin` to decide).

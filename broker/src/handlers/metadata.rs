@@ -24,6 +24,7 @@ pub fn handle(ctx: &Context, req: MetadataRequest) -> Result<MetadataResponse, O
                         leader: Some(0),
                         term: 0,
                         replicas: vec![0],
+                        target: Vec::new(),
                     })
                     .collect(),
             })
@@ -69,6 +70,12 @@ pub fn handle(ctx: &Context, req: MetadataRequest) -> Result<MetadataResponse, O
                             .replicas
                             .get(partition as usize)
                             .cloned()
+                            .unwrap_or_default(),
+                        target: t
+                            .targets
+                            .get(partition as usize)
+                            .cloned()
+                            .flatten()
                             .unwrap_or_default(),
                     }
                 })

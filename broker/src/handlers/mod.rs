@@ -302,6 +302,8 @@ pub fn dispatch(ctx: &Arc<Context>, decoded: Decoded) -> BoxFuture<'static, OutF
         Request::Metadata(req) => {
             respond(cid, api, plain(async move { metadata::handle(&ctx, req) }))
         }
+        Request::ReassignPartition(req) => respond(cid, api, plain(topics::reassign(ctx, req))),
+        Request::RemoveNode(req) => respond(cid, api, plain(topics::remove_node(ctx, req))),
     }
 }
 

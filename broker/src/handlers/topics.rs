@@ -58,6 +58,86 @@ pub async fn create(
     Ok(CreateTopicResponse {})
 }
 
+/// Starts moving a partition to other replicas (cluster only); answered once the move is
+/// recorded (see `cluster::Command::Reassign`).
+pub async fn reassign(
+    ctx: Arc<Context>,
+    req: ReassignPartitionRequest,
+) -> Result<ReassignPartitionResponse, OpError> {
+    let Some(cluster) = &ctx.cluster else {
+        return Err(OpError::Invalid(
+            "a single-node broker has nowhere to move partitions to; reassigning needs a cluster"
+                .into(),
+        ));
+    };
+    // Checked here for a clear answer; the metadata group checks again when it applies it.
+    let state = cluster.state();
+    let topic = state.topics.get(&req.topic).ok_or_else(|| {
+        OpError::Topic(crate::topics::TopicError::UnknownTopic(req.topic.clone()))
+    })?;
+    let p = req.partition as usize;
+    if p >= topic.replicas.len() {
+        return Err(OpError::Topic(
+            crate::topics::TopicError::UnknownPartition {
+                topic: req.topic,
+                partition: req.partition,
+                count: topic.replicas.len() as u32,
+            },
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    if req.replicas.is_empty() || !req.replicas.iter().all(|r| seen.insert(*r)) {
+        return Err(invalid(
+            "the new replicas must be distinct node ids, at least one".into(),
+        ));
+    }
+    if let Some(unknown) = req.replicas.iter().find(|r| !state.nodes.contains_key(r)) {
+        return Err(invalid(format!("node {unknown} is not in the cluster")));
+    }
+    if let Some(target) = &topic.targets[p] {
+        return Err(invalid(format!(
+            "{}-{} is already moving to {target:?}; wait for that move to finish",
+            req.topic, req.partition
+        )));
+    }
+    let command = crate::cluster::Command::Reassign {
+        topic: req.topic,
+        partition: req.partition,
+        replicas: req.replicas,
+    };
+    match cluster.propose(&command).await {
+        Ok(()) => Ok(ReassignPartitionResponse {}),
+        Err(why) => Err(OpError::Route(crate::cluster::RouteError::Unavailable(why))),
+    }
+}
+
+/// Removes a node from the cluster (cluster only); refused while it holds replicas.
+pub async fn remove_node(
+    ctx: Arc<Context>,
+    req: RemoveNodeRequest,
+) -> Result<RemoveNodeResponse, OpError> {
+    let Some(cluster) = &ctx.cluster else {
+        return Err(OpError::Invalid(
+            "a single-node broker has no other nodes to remove".into(),
+        ));
+    };
+    let state = cluster.state();
+    if !state.nodes.contains_key(&req.node_id) {
+        return Err(invalid(format!(
+            "node {} is not in the cluster",
+            req.node_id
+        )));
+    }
+    match cluster
+        .propose(&crate::cluster::Command::RemoveNode { id: req.node_id })
+        .await
+    {
+        Ok(()) => Ok(RemoveNodeResponse {}),
+        Err(why) if why.contains("still holds") || why.contains("last voter") => Err(invalid(why)),
+        Err(why) => Err(OpError::Route(crate::cluster::RouteError::Unavailable(why))),
+    }
+}
+
 fn invalid(why: String) -> OpError {
     OpError::Topic(crate::topics::TopicError::InvalidConfig(why))
 }

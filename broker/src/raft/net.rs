@@ -69,6 +69,8 @@ pub struct Hello {
     pub initialized: bool,
     /// The metadata group's members as it knows them (empty before the cluster formed).
     pub members: std::collections::BTreeMap<u64, NodeInfo>,
+    /// The last metadata log index it applied.
+    pub meta_applied: u64,
 }
 
 /// What a node answers besides Raft RPCs.

@@ -55,6 +55,28 @@ fn write_error(e: impl ToString) -> StorageError {
     io_error(ErrorSubject::Logs, ErrorVerb::Write, e)
 }
 
+/// Empties a replica that left its group: the log (every batch) and the Raft files beside
+/// it, so the disk is freed and a later return to the group starts from nothing. Blocking; the
+/// group must be shut down first.
+pub fn forget(log: &PartitionLog) -> Result<(), String> {
+    let (first, end) = log.index_range();
+    if end > first {
+        log.truncate_from_index(first).map_err(|e| e.to_string())?;
+    }
+    let storage = log.storage();
+    for name in [VOTE_FILE, STATE_FILE, APPLIED_FILE] {
+        let path = log.dir().join(name);
+        if storage.exists(&path) {
+            storage
+                .remove_file(&path)
+                .map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+        }
+    }
+    storage
+        .sync_dir(log.dir())
+        .map_err(|e| format!("cannot sync {}: {e}", log.dir().display()))
+}
+
 /// Writes `value` (bincode, then CRC-32C) to `dir/name` through a temporary file and a rename.
 fn save<T: Serialize>(
     storage: &dyn Storage,

@@ -84,6 +84,10 @@ enum ClusterCommand {
         after_help = "Examples:\n  rill --broker 127.0.0.1:7171,127.0.0.1:7181 cluster status\n  rill cluster status --json"
     )]
     Status,
+    /// Remove a node from the cluster (after moving its partitions away with `topic reassign`);
+    /// then stop its process.
+    #[command(after_help = "Example:\n  rill cluster remove-node 4")]
+    RemoveNode { node_id: u64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -235,6 +239,22 @@ enum TopicCommand {
         #[arg(long)]
         fsync: Option<FsyncPolicy>,
     },
+    /// Move a partition to other nodes (a cluster): the new replicas catch up from the leader
+    /// before the old ones are dropped; produce and fetch go on meanwhile.
+    #[command(
+        after_help = "Examples:\n  rill topic reassign orders --partition 0 --replicas 2,3,4\n  rill topic reassign orders --partition 0 --replicas 2,3,4 --no-wait"
+    )]
+    Reassign {
+        name: String,
+        #[arg(long, short)]
+        partition: u32,
+        /// The new replicas' node ids, comma-separated, the preferred leader first.
+        #[arg(long, short, value_delimiter = ',', required = true)]
+        replicas: Vec<u64>,
+        /// Return once the move is recorded instead of waiting until it is done.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -338,6 +358,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Consume(args) => consume(client, args).await,
         Command::Group(cmd) => group(client, cmd, cli.json).await,
         Command::Cluster(ClusterCommand::Status) => cluster_status(client, cli.json).await,
+        Command::Cluster(ClusterCommand::RemoveNode { node_id }) => {
+            Admin::new(client).remove_node(node_id).await?;
+            outln!("removed node {node_id} from the cluster; stop its process now");
+            Ok(())
+        }
     }
 }
 
@@ -412,6 +437,17 @@ async fn cluster_status(client: Client, json: bool) -> anyhow::Result<()> {
             format!(": {}", leaderless.join(" "))
         }
     );
+    for t in &m.topics {
+        for p in t.partitions.iter().filter(|p| !p.target.is_empty()) {
+            outln!(
+                "moving {}-{}: nodes {:?} -> {:?}",
+                t.name,
+                p.partition,
+                p.replicas,
+                p.target
+            );
+        }
+    }
     Ok(())
 }
 
@@ -515,6 +551,51 @@ async fn topic(client: Client, cmd: TopicCommand, json: bool) -> anyhow::Result<
         TopicCommand::Delete { name } => {
             admin.delete_topic(&name).await?;
             outln!("deleted topic {name}");
+        }
+        TopicCommand::Reassign {
+            name,
+            partition,
+            replicas,
+            no_wait,
+        } => {
+            admin.reassign(&name, partition, &replicas).await?;
+            let list = replicas
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            if no_wait {
+                outln!(
+                    "moving {name}-{partition} to nodes {list}; `rill cluster status` shows the moves under way"
+                );
+                return Ok(());
+            }
+            let started = std::time::Instant::now();
+            let mut told = started;
+            loop {
+                let m = admin.metadata(&[&name]).await?;
+                let done = m
+                    .topics
+                    .iter()
+                    .flat_map(|t| &t.partitions)
+                    .find(|p| p.partition == partition)
+                    .is_some_and(|p| p.target.is_empty() && p.replicas == replicas);
+                if done {
+                    break;
+                }
+                if told.elapsed() >= Duration::from_secs(5) {
+                    told = std::time::Instant::now();
+                    eprintln!(
+                        "still moving {name}-{partition} to nodes {list} ({} s; new replicas catch up first; Ctrl-C leaves the move running)",
+                        started.elapsed().as_secs()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            outln!(
+                "moved {name}-{partition} to nodes {list} in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
         }
     }
     Ok(())

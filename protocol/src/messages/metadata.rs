@@ -30,6 +30,9 @@ pub struct PartitionMetadata {
     pub term: u64,
     /// Replica node ids, the preferred leader first.
     pub replicas: Vec<u64>,
+    /// While the partition moves (`rill topic reassign`): the replicas it moves to; empty
+    /// otherwise.
+    pub target: Vec<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,4 +53,37 @@ pub struct MetadataResponse {
 impl Message for MetadataRequest {
     const API_KEY: ApiKey = ApiKey::Metadata;
     type Response = MetadataResponse;
+}
+
+/// Moves a partition to another set of replicas (cluster only). Answered once the move is
+/// recorded; the partition's leader then adds the new replicas, lets them catch up, and drops
+/// the old ones. Progress shows in [`PartitionMetadata::target`], empty once done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReassignPartitionRequest {
+    pub topic: TopicName,
+    pub partition: u32,
+    /// The new replicas' node ids, the preferred leader first.
+    pub replicas: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReassignPartitionResponse {}
+
+impl Message for ReassignPartitionRequest {
+    const API_KEY: ApiKey = ApiKey::ReassignPartition;
+    type Response = ReassignPartitionResponse;
+}
+
+/// Removes a node from the cluster (cluster only); refused while it holds replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveNodeRequest {
+    pub node_id: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveNodeResponse {}
+
+impl Message for RemoveNodeRequest {
+    const API_KEY: ApiKey = ApiKey::RemoveNode;
+    type Response = RemoveNodeResponse;
 }

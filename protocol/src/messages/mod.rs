@@ -22,7 +22,8 @@ pub use groups::{
     ResetTo, SESSION_TIMEOUT_MS, TopicPartition,
 };
 pub use metadata::{
-    MetadataRequest, MetadataResponse, NodeAddress, PartitionMetadata, TopicMetadata,
+    MetadataRequest, MetadataResponse, NodeAddress, PartitionMetadata, ReassignPartitionRequest,
+    ReassignPartitionResponse, RemoveNodeRequest, RemoveNodeResponse, TopicMetadata,
 };
 pub use offsets::{ListOffsetsRequest, ListOffsetsResponse, OffsetSpec};
 pub use produce::{ProduceRequest, ProduceResponse};
@@ -163,9 +164,13 @@ mod round_trip {
                 nodes: vec![NodeAddress { node_id: o, addr: g.clone() }],
                 topics: vec![TopicMetadata {
                     name: t.clone(),
-                    partitions: vec![PartitionMetadata { partition: p, leader: opt, term: lag, replicas: vec![o, lag] }],
+                    partitions: vec![PartitionMetadata { partition: p, leader: opt, term: lag, replicas: vec![o, lag], target: vec![lag] }],
                 }],
             });
+            round_trip(ReassignPartitionRequest { topic: t.clone(), partition: p, replicas: vec![o, lag] });
+            round_trip(ReassignPartitionResponse {});
+            round_trip(RemoveNodeRequest { node_id: o });
+            round_trip(RemoveNodeResponse {});
             prop_assert_eq!(strategy.to_string().parse::<AssignmentStrategy>(), Ok(strategy));
         }
 
