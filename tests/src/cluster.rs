@@ -142,6 +142,18 @@ impl Cluster {
             .join(p.to_string())
     }
 
+    /// The size of every segment of a partition on node `id`, summed.
+    pub fn partition_size(&self, id: u64, topic: &str, p: u32) -> u64 {
+        std::fs::read_dir(self.partition_dir(id, topic, p))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                    .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
     /// The bytes of every segment of a partition on node `id`, concatenated in order.
     pub fn partition_bytes(&self, id: u64, topic: &str, p: u32) -> Vec<u8> {
         let dir = self.partition_dir(id, topic, p);

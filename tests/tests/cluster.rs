@@ -621,3 +621,119 @@ async fn a_partition_moves_to_an_added_node_and_back_while_producing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Megabytes written while a follower is down in the catch-up test (the acceptance
+/// run uses 1024: `RILL_CATCHUP_MB=1024`).
+fn catch_up_mb() -> u64 {
+    std::env::var("RILL_CATCHUP_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(48)
+}
+
+/// Story: a follower's node is killed and stays down while the partition takes many megabytes
+/// of writes; it is restarted while a producer keeps writing. It catches up from the leader
+/// (AppendEntries from where its log ends) to the same bytes, and nothing acknowledged is lost
+/// or duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_down_for_many_writes_catches_up_while_producing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3, &[]);
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic("bulk", 1, TopicConfig::default())
+        .await
+        .expect("create");
+    let m = settled_partitions(&admin, "bulk", 1).await;
+    let lead = leader(&m, 0);
+    let down = (1..=3).find(|n| *n != lead).expect("a follower");
+    cluster.node(down).kill9();
+
+    // Many megabytes in 16 KiB records while the follower is down.
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let value = "x".repeat(16 * 1024 - 16);
+    let count = catch_up_mb() * 64;
+    let started = Instant::now();
+    let mut deliveries = Vec::new();
+    for i in 0..count {
+        let v = format!("{i:015}{value}");
+        let record = ProducerRecord::new("bulk", v.clone()).key(format!("{i}"));
+        deliveries.push((
+            format!("{i:015}"),
+            producer.send(record).await.expect("send"),
+        ));
+    }
+    let mut acked = Vec::new();
+    for (v, d) in deliveries {
+        let m = d.await.expect("acknowledged by the two remaining replicas");
+        acked.push((m.offset, v));
+    }
+    let wrote = started.elapsed();
+    let behind = cluster.partition_size(lead, "bulk", 0);
+
+    // Restart it while a producer keeps writing (bounded, until told to stop).
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let producing = {
+        let producer = producer.clone();
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            for c in 0..10_000u64 {
+                if *stop_rx.borrow() {
+                    break;
+                }
+                let values = (c * 20..c * 20 + 20).map(|i| format!("late{i}"));
+                out.extend(produce(&producer, "bulk", values).await);
+            }
+            out
+        })
+    };
+    let restarted = Instant::now();
+    cluster.node(down).restart();
+    let deadline = Instant::now() + Duration::from_secs(30 + catch_up_mb() / 4);
+    while cluster.partition_size(down, "bulk", 0) < behind {
+        assert!(
+            Instant::now() < deadline,
+            "node {down} holds {} of {behind} bytes after {:?}",
+            cluster.partition_size(down, "bulk", 0),
+            restarted.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let caught_up = restarted.elapsed();
+    stop_tx.send_replace(true);
+    let late = producing.await.expect("producer task");
+    eprintln!(
+        "catch-up: {} MB written in {wrote:?} with node {down} down; it caught up in {caught_up:?} ({:.0} MB/s) while {} more records were acknowledged",
+        behind >> 20,
+        behind as f64 / 1e6 / caught_up.as_secs_f64(),
+        late.len()
+    );
+    assert!(!late.is_empty(), "the producer ran during the catch-up");
+    // Same bytes on every replica, once the last entries reached the follower.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for other in (1..=3).filter(|n| *n != down) {
+        while cluster.partition_bytes(down, "bulk", 0) != cluster.partition_bytes(other, "bulk", 0)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "nodes {down} and {other} still differ"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Everything acknowledged, read back once at its offset.
+    let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
+    for (offset, v) in read_all(&client, "bulk", 0).await {
+        let key = v.get(..15).unwrap_or(&v).to_string();
+        seen.entry(key).or_default().push(offset);
+    }
+    let late = late.into_iter().map(|((_, o, v), _)| (o, v));
+    let all: Vec<(u64, String)> = acked.into_iter().chain(late).collect();
+    let lost = all
+        .iter()
+        .filter(|(o, v)| seen.get(v.get(..15).unwrap_or(v)) != Some(&vec![*o]))
+        .count();
+    let duplicated = seen.values().filter(|o| o.len() > 1).count();
+    assert_eq!((all.is_empty(), lost, duplicated), (false, 0, 0));
+}
