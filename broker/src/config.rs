@@ -91,6 +91,16 @@ pub struct ClusterConfig {
     /// Replication factor of topics created without one (capped at the number of nodes).
     #[serde(default = "default_replication_factor")]
     pub default_replication_factor: u32,
+    /// How long a partition's preferred replica (its first) must have been a caught-up
+    /// follower before it takes the leadership back, in ms; 0 turns leader rebalancing off.
+    #[serde(default = "default_leader_rebalance_ms")]
+    pub leader_rebalance_ms: u64,
+}
+
+/// 30 s: a node that returns takes its preferred partitions back soon, but not while it may
+/// still be flapping. Each move pauses that partition's produce for about one election.
+fn default_leader_rebalance_ms() -> u64 {
+    30_000
 }
 
 /// 150 ms: a leader's death is answered in 0.9-1.2 s of silence, which keeps failover well
@@ -350,6 +360,10 @@ pub struct Args {
     /// [default: 150].
     #[arg(long, value_name = "MS")]
     pub heartbeat_ms: Option<u64>,
+    /// How long a partition's preferred replica must have been a caught-up follower before
+    /// it takes the leadership back, in ms; 0: never [default: 30000].
+    #[arg(long, value_name = "MS")]
+    pub leader_rebalance_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -417,10 +431,16 @@ impl Config {
                     .map_or(default_replication_factor(), |c| {
                         c.default_replication_factor
                     }),
+                leader_rebalance_ms: old
+                    .as_ref()
+                    .map_or(default_leader_rebalance_ms(), |c| c.leader_rebalance_ms),
             });
         }
         if let (Some(ms), Some(c)) = (args.heartbeat_ms, config.cluster.as_mut()) {
             c.heartbeat_ms = ms;
+        }
+        if let (Some(ms), Some(c)) = (args.leader_rebalance_ms, config.cluster.as_mut()) {
+            c.leader_rebalance_ms = ms;
         }
         config.test_write_rate = args.test_write_rate;
         config.validate()?;

@@ -155,7 +155,8 @@ async fn check(client: &Client, acked: &[Acked]) -> Checked {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_routing_client_produces_exactly_once_through_kill_9_of_a_leader() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(dir.path(), 3, &[]);
+    // Preferred replicas take their leadership back after 1 s as caught-up followers.
+    let mut cluster = Cluster::start(dir.path(), 3, &["--leader-rebalance-ms", "1000"]);
     // One client for the whole cluster, as an application would configure it.
     let client = Client::connect(&cluster.addrs()).await.expect("connect");
     let admin = Admin::new(client.clone());
@@ -320,9 +321,33 @@ async fn a_routing_client_produces_exactly_once_through_kill_9_of_a_leader() {
     );
     acked.extend(late.into_iter().map(|(a, _)| a));
 
-    // The killed node comes back, catches up, and all three agree again.
+    // The killed node comes back, catches up, and all three agree again; it leads its
+    // preferred partitions again.
     cluster.node(victim).restart();
+    let back = Instant::now();
     await_identical(&cluster, &[1, 2, 3]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = admin.metadata(&["events"]).await.expect("metadata");
+        let astray: Vec<_> = m.topics[0]
+            .partitions
+            .iter()
+            .filter(|p| p.leader != p.replicas.first().copied())
+            .map(|p| (p.partition, p.leader, p.replicas[0]))
+            .collect();
+        if astray.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partitions (partition, leader, preferred) not led by their preferred replica 30 s after node {victim} returned: {astray:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "every partition led by its preferred replica {:?} after node {victim} returned",
+        back.elapsed()
+    );
     let c = check(&client, &acked).await;
     eprintln!(
         "checker: {c:?}; retries the leaders recognised as stored: {}",

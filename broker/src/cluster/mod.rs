@@ -342,6 +342,9 @@ pub struct Cluster {
     replicas: RwLock<HashMap<(TopicName, u32), Replica>>,
     /// The metadata log index this node's topics and replicas were last brought in line with.
     reconciled: watch::Sender<u64>,
+    /// Partitions this node is the preferred replica of but does not lead, since when
+    /// (leader rebalancing).
+    preferring: Mutex<HashMap<GroupId, std::time::Instant>>,
     /// Partition moves (topic, partition, epoch) this node drives now, as their leader.
     moving: Mutex<BTreeSet<(TopicName, u32, u64)>>,
     /// Where to record that this node joined, if it has no record yet.
@@ -477,6 +480,7 @@ impl Cluster {
             replicas: RwLock::new(HashMap::new()),
             reconciled: watch::Sender::new(0),
             moving: Mutex::new(BTreeSet::new()),
+            preferring: Mutex::new(HashMap::new()),
             joined: rejoining.then_some(joined),
             lost_data: watch::Sender::new((!rejoining).then_some(false)),
         });
@@ -553,6 +557,7 @@ impl Cluster {
                     changed = state.changed() => if changed.is_err() { return self.shutdown().await } else { break },
                     _ = moves.tick() => {
                         self.drive_moves();
+                        self.prefer_leaders();
                         if let Err(e) = self.tidy(&ctx).await {
                             tracing::warn!(error = %e, "could not empty a replica that moved away; retrying");
                         }
@@ -1068,6 +1073,82 @@ impl Cluster {
         }
     }
 
+    /// Leader rebalancing: for each partition whose preferred replica (first) is this node's
+    /// and has been a follower for `leader_rebalance_ms`, asks the leader to step aside
+    /// (`Router::step_aside`: it stops heartbeats and service once this replica holds all it
+    /// has), waits out the followers' leases, and starts an election, which this replica
+    /// then wins as the first candidate with a full log. The election is openraft's; this
+    /// only picks its moment (openraft 0.9 has no leader transfer). Produce to the partition
+    /// pauses for about one election; an attempt that fails is retried after another
+    /// `leader_rebalance_ms`.
+    fn prefer_leaders(self: &Arc<Self>) {
+        let delay = Duration::from_millis(self.config.leader_rebalance_ms);
+        if delay.is_zero() || self.readiness().is_err() {
+            return;
+        }
+        let state = self.state();
+        let now = std::time::Instant::now();
+        let mut preferring = self.preferring.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = BTreeSet::new();
+        for (name, t) in &state.topics {
+            for p in 0..t.replicas.len() {
+                if t.replicas[p].first() != Some(&self.node_id) || t.targets[p].is_some() {
+                    continue;
+                }
+                let Some(r) = self.replica_of(name, p as u32) else {
+                    continue;
+                };
+                let m = r.raft.metrics().borrow().clone();
+                let Some(leader) = m.current_leader.filter(|l| *l != self.node_id) else {
+                    continue;
+                };
+                if m.state != openraft::ServerState::Follower {
+                    continue;
+                }
+                seen.insert(r.group);
+                let since = *preferring.entry(r.group).or_insert(now);
+                if now.duration_since(since) < delay {
+                    continue;
+                }
+                // The next attempt, if this one fails, after another delay.
+                preferring.insert(r.group, now);
+                let Some(addr) = m
+                    .membership_config
+                    .membership()
+                    .get_node(&leader)
+                    .map(|n| n.cluster_addr.clone())
+                else {
+                    continue;
+                };
+                let this = self.clone();
+                let name = name.clone();
+                tokio::spawn(async move {
+                    let timing = this.config.timing();
+                    let lease = timing.leader_lease_ms();
+                    let hb = timing.heartbeat_ms;
+                    let asked = this
+                        .peers
+                        .get(leader, &addr)
+                        .step_aside(r.group, this.node_id, lease + 4 * hb, RPC_TTL)
+                        .await;
+                    match asked {
+                        Ok(()) => {
+                            // The followers' leases run out a lease after the last heartbeat;
+                            // their own election timeouts start no sooner than that.
+                            tokio::time::sleep(Duration::from_millis(lease + hb / 2)).await;
+                            let _ = r.raft.trigger().elect().await;
+                            tracing::info!(topic = %name, partition = p, from = leader, "taking the leadership back as the preferred replica");
+                        }
+                        Err(e) => {
+                            tracing::debug!(topic = %name, partition = p, error = %e, "leader did not step aside")
+                        }
+                    }
+                });
+            }
+        }
+        preferring.retain(|g, _| seen.contains(g));
+    }
+
     /// On the partition's leader: adds the target's new replicas as learners (each answers
     /// once it caught up), makes the target the group's voters (joint consensus), then records
     /// the move as done. Every step is skipped when already reached, so a new leader resumes
@@ -1158,6 +1239,9 @@ impl Cluster {
         let leader = match &replica {
             Some(r) => {
                 let m = r.raft.metrics().borrow().clone();
+                if self.router.is_aside(r.group) {
+                    return Err(RouteError::NoLeader { what });
+                }
                 if self.confirmed_leader(&m) {
                     return Ok(r.clone());
                 }
@@ -1190,9 +1274,10 @@ impl Cluster {
         match self.replica_of(topic, partition) {
             Some(r) => {
                 let m = r.raft.metrics().borrow().clone();
-                let leader = m
-                    .current_leader
-                    .filter(|l| *l != self.node_id || self.confirmed_leader(&m));
+                let leader = m.current_leader.filter(|l| {
+                    *l != self.node_id
+                        || (self.confirmed_leader(&m) && !self.router.is_aside(r.group))
+                });
                 (leader, m.current_term)
             }
             None => (None, 0),

@@ -46,6 +46,11 @@ enum Rpc {
     Hello,
     /// Propose this command to the metadata group (sent to its leader).
     Propose(Bytes),
+    /// The group's preferred replica (node `to`) asks its leader to step aside for it.
+    StepAside {
+        to: u64,
+        for_ms: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -58,6 +63,8 @@ enum Reply {
     Proposed(Result<u64, String>),
     /// The receiving node has no such group (not created there yet, or removed).
     NoGroup,
+    /// Whether the leader stepped aside, or why not.
+    SteppedAside(Result<(), String>),
 }
 
 /// A node's answer to [`Peer::hello`].
@@ -85,6 +92,8 @@ pub struct Router {
     groups: Arc<RwLock<HashMap<GroupId, Raft<Rill>>>>,
     service: Arc<std::sync::OnceLock<Arc<dyn NodeService>>>,
     abstain: Arc<Mutex<Abstain>>,
+    /// Groups whose leadership this node is handing over, until when (see `step_aside`).
+    aside: Arc<Mutex<HashMap<GroupId, std::time::Instant>>>,
 }
 
 /// A node that lost its data (a wiped or replaced disk) must not vote until it holds what the
@@ -114,18 +123,27 @@ impl Router {
     /// of one per group. Ends when the router is dropped.
     pub fn spawn_heartbeats(&self, every: Duration) {
         let groups = Arc::downgrade(&self.groups);
+        let aside = Arc::downgrade(&self.aside);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let Some(groups) = groups.upgrade() else {
+                let (Some(groups), Some(aside)) = (groups.upgrade(), aside.upgrade()) else {
                     return;
+                };
+                let now = std::time::Instant::now();
+                let aside: Vec<GroupId> = {
+                    let mut a = aside.lock().unwrap_or_else(|p| p.into_inner());
+                    a.retain(|_, until| *until > now);
+                    a.keys().copied().collect()
                 };
                 let leading: Vec<Raft<Rill>> = groups
                     .read()
                     .unwrap_or_else(|p| p.into_inner())
-                    .values()
+                    .iter()
+                    .filter(|(g, _)| !aside.contains(g))
+                    .map(|(_, r)| r)
                     .filter(|r| r.metrics().borrow().state == openraft::ServerState::Leader)
                     .cloned()
                     .collect();
@@ -213,6 +231,51 @@ impl Router {
             .cloned()
     }
 
+    /// Whether this node is handing `group`'s leadership over: it serves nothing of it and
+    /// sends it no heartbeats until then.
+    pub fn is_aside(&self, group: GroupId) -> bool {
+        let a = self.aside.lock().unwrap_or_else(|p| p.into_inner());
+        a.get(&group)
+            .is_some_and(|until| *until > std::time::Instant::now())
+    }
+
+    /// On the leader of `group`: stops heartbeats and service for `for_ms`, so the followers'
+    /// leases run out and the preferred replica `to` (which asked, and must have every entry
+    /// this leader has) can win the election it then starts. openraft 0.9 has no leader
+    /// transfer; this only times an ordinary openraft election. If the election does not
+    /// happen, heartbeats resume after `for_ms` and this node leads on.
+    fn step_aside(
+        &self,
+        group: GroupId,
+        raft: &Raft<Rill>,
+        to: u64,
+        for_ms: u64,
+    ) -> Result<(), String> {
+        let m = raft.metrics().borrow().clone();
+        if m.state != openraft::ServerState::Leader {
+            return Err("not the leader".into());
+        }
+        let matched = m
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&to).cloned())
+            .flatten()
+            .map(|l| l.index);
+        if matched.is_none() || matched != m.last_log_index {
+            return Err(format!(
+                "node {to} has not caught up (it holds up to {matched:?} of {:?})",
+                m.last_log_index
+            ));
+        }
+        let until = std::time::Instant::now() + Duration::from_millis(for_ms);
+        self.aside
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(group, until);
+        tracing::info!(group, to, "stepping aside for the preferred replica");
+        Ok(())
+    }
+
     /// Sets what answers node-level requests (once).
     pub fn set_service(&self, service: Arc<dyn NodeService>) {
         let _ = self.service.set(service);
@@ -245,6 +308,9 @@ impl Router {
             Rpc::Vote(_) if !self.may_vote(group, &raft) => Reply::NoGroup,
             Rpc::Vote(r) => Reply::Vote(raft.vote(r).await),
             Rpc::Snapshot(r) => Reply::Snapshot(raft.install_snapshot(r).await),
+            Rpc::StepAside { to, for_ms } => {
+                Reply::SteppedAside(self.step_aside(group, &raft, to, for_ms))
+            }
             Rpc::Hello | Rpc::Propose(_) => Reply::NoGroup,
         }
     }
@@ -483,6 +549,21 @@ impl Peer {
         match self.call(0, &Rpc::Hello, ttl).await? {
             Reply::Hello(h) => Ok(h),
             _ => Err(Unreachable::from(AnyError::error("the node is not ready"))),
+        }
+    }
+
+    /// Asks the peer, leader of `group`, to step aside for node `to` for `for_ms`.
+    pub async fn step_aside(
+        &self,
+        group: GroupId,
+        to: u64,
+        for_ms: u64,
+        ttl: Duration,
+    ) -> Result<(), String> {
+        match self.call(group, &Rpc::StepAside { to, for_ms }, ttl).await {
+            Ok(Reply::SteppedAside(r)) => r,
+            Ok(_) => Err(format!("node at {} has no such group", self.addr)),
+            Err(e) => Err(e.to_string()),
         }
     }
 
