@@ -216,6 +216,46 @@ async fn a_routing_client_produces_exactly_once_through_kill_9_of_a_leader() {
             .all(|p| p.replicas.len() == 2),
         "{pairs:?}"
     );
+    // Grown and altered through the metadata group: every node applies the change.
+    admin.add_partitions("pairs", 4).await.expect("grow to 4");
+    let pairs = admin.metadata(&["pairs"]).await.expect("metadata");
+    assert_eq!(
+        pairs.topics[0]
+            .partitions
+            .iter()
+            .map(|p| p.replicas.len())
+            .collect::<Vec<_>>(),
+        [2, 2, 2, 2],
+        "{pairs:?}"
+    );
+    // The new partition takes records (its group formed and elected a leader).
+    let one = Producer::new(client.clone(), ProducerConfig::default());
+    let d = one
+        .send(ProducerRecord::new("pairs", "x").partition(3))
+        .await
+        .expect("send")
+        .await
+        .expect("acknowledged on the new partition");
+    assert_eq!(d.partition, 3);
+    let changes = TopicConfig {
+        segment_bytes: Some(1 << 20),
+        ..TopicConfig::default()
+    };
+    let altered = admin.alter_topic("pairs", changes).await.expect("alter");
+    assert_eq!(altered.segment_bytes, Some(1 << 20));
+    for node in &cluster.nodes {
+        // Each node's own copy (its describe answers from its local topic).
+        let one = Admin::new(Client::connect(node.addr()).await.expect("connect"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let d = one.describe_topic("pairs").await.expect("describe");
+            if d.partitions.len() == 4 && d.config.segment_bytes == Some(1 << 20) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {}: {d:?}", node.addr());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let wide = admin
         .create_topic_replicated("wide", 1, Some(4), TopicConfig::default())
         .await
@@ -238,7 +278,7 @@ async fn a_routing_client_produces_exactly_once_through_kill_9_of_a_leader() {
             3,
             "{status}"
         );
-        if status.contains("9 partition(s), 0 without a leader") {
+        if status.contains("10 partition(s), 0 without a leader") {
             break;
         }
         assert!(Instant::now() < deadline, "{status}");

@@ -94,6 +94,13 @@ pub enum Command {
         partition: u32,
         epoch: u64,
     },
+    /// Changes a topic's settings (those given; the rest stay).
+    AlterTopic {
+        name: TopicName,
+        changes: TopicConfig,
+    },
+    /// Grows a topic to `partitions` partitions, placed like a new topic's.
+    AddPartitions { name: TopicName, partitions: u32 },
     /// A node asks to join (carried to the metadata leader like a command; the leader adds it
     /// to the metadata group as a learner rather than logging it).
     AddNode { id: u64, info: NodeInfo },
@@ -190,14 +197,7 @@ impl ClusterState {
                 }
                 self.next_topic_id += 1;
                 let id = self.next_topic_id;
-                // Replicas spread round-robin, so preferred leaders (the first) are balanced.
-                let replicas = (0..partitions as usize)
-                    .map(|p| {
-                        (0..rf)
-                            .map(|r| nodes[(id as usize + p + r) % nodes.len()])
-                            .collect()
-                    })
-                    .collect();
+                let replicas = place(id, 0..partitions, rf, &nodes);
                 self.topics.insert(
                     name,
                     TopicState {
@@ -266,11 +266,55 @@ impl ClusterState {
                 t.replicas[p] = t.targets[p].take().unwrap_or_default();
                 Ok(())
             }
+            Command::AlterTopic { name, changes } => {
+                let t = self
+                    .topics
+                    .get_mut(&name)
+                    .ok_or_else(|| format!("unknown topic '{name}'"))?;
+                t.config = t.config.merged(&changes);
+                Ok(())
+            }
+            Command::AddPartitions { name, partitions } => {
+                let nodes: Vec<u64> = self.nodes.keys().copied().collect();
+                let t = self
+                    .topics
+                    .get_mut(&name)
+                    .ok_or_else(|| format!("unknown topic '{name}'"))?;
+                let current = t.replicas.len() as u32;
+                if partitions <= current {
+                    return Err(format!(
+                        "topic '{name}' has {current} partitions; it can only grow (asked for {partitions})"
+                    ));
+                }
+                let rf = t.replicas.first().map_or(1, Vec::len).min(nodes.len());
+                t.replicas
+                    .extend(place(t.id, current..partitions, rf.max(1), &nodes));
+                t.targets.resize(partitions as usize, None);
+                t.epochs.resize(partitions as usize, 0);
+                Ok(())
+            }
             Command::AddNode { .. } | Command::RemoveNode { .. } => {
                 Err("membership changes are not log commands".into())
             }
         }
     }
+}
+
+/// Replicas of a topic's `partitions`: `rf` nodes each, spread round-robin from an offset of
+/// the topic's id, so preferred leaders (the first) are balanced over the nodes.
+fn place(
+    topic_id: u64,
+    partitions: std::ops::Range<u32>,
+    rf: usize,
+    nodes: &[u64],
+) -> Vec<Vec<u64>> {
+    partitions
+        .map(|p| {
+            (0..rf)
+                .map(|r| nodes[(topic_id as usize + p as usize + r) % nodes.len()])
+                .collect()
+        })
+        .collect()
 }
 
 fn encode_command(cmd: &Command) -> Bytes {
@@ -862,12 +906,33 @@ impl Cluster {
     /// Creates missing topics locally and starts this node's missing replicas.
     async fn reconcile(&self, ctx: &Arc<Context>, state: &ClusterState) -> anyhow::Result<()> {
         for (name, topic) in &state.topics {
-            if ctx.topics.get(name).is_err() {
-                let (c, n, t) = (ctx.clone(), name.clone(), topic.clone());
-                tokio::task::spawn_blocking(move || {
-                    c.topics.create(n, t.replicas.len() as u32, t.config)
-                })
-                .await??;
+            match ctx.topics.get(name) {
+                Err(_) => {
+                    let (c, n, t) = (ctx.clone(), name.clone(), topic.clone());
+                    tokio::task::spawn_blocking(move || {
+                        c.topics.create(n, t.replicas.len() as u32, t.config)
+                    })
+                    .await??;
+                }
+                Ok(local) => {
+                    // Grown or altered since this node created it.
+                    let count = topic.replicas.len() as u32;
+                    let grow = local.partitions.len() < count as usize;
+                    let alter = local.config != topic.config;
+                    if grow || alter {
+                        let (c, n, config) = (ctx.clone(), name.clone(), topic.config.clone());
+                        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                            if grow {
+                                c.topics.add_partitions(&n, count)?;
+                            }
+                            if alter {
+                                c.topics.alter(&n, &config)?;
+                            }
+                            Ok(())
+                        })
+                        .await??;
+                    }
+                }
             }
             let missing: Vec<u32> = (0..topic.replicas.len() as u32)
                 .filter(|p| {
