@@ -317,7 +317,13 @@ impl Router {
 }
 
 fn frame(correlation: u64, body: impl FnOnce(&mut BytesMut)) -> Bytes {
-    let mut buf = BytesMut::with_capacity(256);
+    frame_sized(correlation, 256, body)
+}
+
+/// [`frame`] with room for `size` bytes of body from the start: an AppendEntries frame is
+/// megabytes, and growing the buffer by doubling copied it about once more.
+fn frame_sized(correlation: u64, size: usize, body: impl FnOnce(&mut BytesMut)) -> Bytes {
+    let mut buf = BytesMut::with_capacity(size + 12);
     buf.put_u32(0);
     buf.put_u64(correlation);
     body(&mut buf);
@@ -518,7 +524,19 @@ impl Peer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(correlation, tx);
-        let f = frame(correlation, |b| {
+        let size = match rpc {
+            Rpc::Append(r) => r
+                .entries
+                .iter()
+                .map(|e| match &e.payload {
+                    openraft::EntryPayload::Normal(b) => b.len() + 64,
+                    _ => 256,
+                })
+                .sum::<usize>()
+                .saturating_add(256),
+            _ => 256,
+        };
+        let f = frame_sized(correlation, size, |b| {
             b.put_u64(group);
             codec::encode(rpc, b);
         });

@@ -6,7 +6,11 @@
 //!   they are flushed when the writer acknowledges the last one, which under `fsync=always` is
 //!   after the fdatasync of its round (group commit carries over). Until the writer has
 //!   published them, appended entries are also kept in memory (`tail`), so the leader
-//!   replicates new entries without reading them back; older ones are read from the segments.
+//!   replicates new entries without reading them back; published ones stay there too, up to
+//!   [`KEEP_BYTES`] per partition and [`KEEP_TOTAL`] for the process, because a follower's next
+//!   AppendEntries usually starts with entries the leader published while the follower's
+//!   previous one was on its way (its own fsync included); older ones are read from the
+//!   segments.
 //!   The vote is in `raft-vote`, the last purged log id in `raft-state` (both written whole,
 //!   synced, renamed into place).
 //! - [`Machine`]: applying entries moves the high watermark (consumers read only committed
@@ -38,6 +42,77 @@ use std::time::{Duration, Instant};
 const VOTE_FILE: &str = "raft-vote";
 const STATE_FILE: &str = "raft-state";
 const APPLIED_FILE: &str = "raft-applied";
+/// Published entries kept in memory per partition (see the module notes).
+pub const KEEP_BYTES: usize = 8 << 20;
+/// Published entries kept in memory across every partition of the process: past it, a
+/// partition keeps only what its writer has not published yet.
+pub const KEEP_TOTAL: usize = 256 << 20;
+/// Bytes held by every [`Tail`] of the process.
+static KEPT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Entries appended and kept in memory, in index order, with their size in bytes (counted in
+/// [`KEPT`] too).
+#[derive(Debug, Default)]
+struct Tail {
+    entries: VecDeque<RaftEntry>,
+    bytes: usize,
+}
+
+fn entry_bytes(e: &RaftEntry) -> usize {
+    match &e.payload {
+        EntryPayload::Normal(b) => b.len() + 64,
+        _ => 256,
+    }
+}
+
+impl Tail {
+    fn push(&mut self, e: RaftEntry) {
+        let n = entry_bytes(&e);
+        self.bytes += n;
+        KEPT.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        self.entries.push_back(e);
+    }
+
+    /// Drops published entries (index below `published`) while this tail or the process
+    /// keeps more than allowed.
+    fn trim(&mut self, published: u64) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|e| e.log_id.index < published)
+            && (self.bytes > KEEP_BYTES
+                || KEPT.load(std::sync::atomic::Ordering::Relaxed) > KEEP_TOTAL)
+        {
+            if let Some(e) = self.entries.pop_front() {
+                self.forget(&e);
+            }
+        }
+    }
+
+    fn retain(&mut self, keep: impl Fn(&RaftEntry) -> bool) {
+        let (kept, dropped): (VecDeque<RaftEntry>, VecDeque<RaftEntry>) =
+            std::mem::take(&mut self.entries)
+                .into_iter()
+                .partition(|e| keep(e));
+        for e in &dropped {
+            self.forget(e);
+        }
+        self.entries = kept;
+    }
+
+    fn forget(&mut self, e: &RaftEntry) {
+        let n = entry_bytes(e);
+        self.bytes -= n;
+        KEPT.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        KEPT.fetch_sub(self.bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Bytes read from the segments per step when serving old entries.
 const READ_CHUNK: usize = 1 << 20;
 
@@ -143,8 +218,9 @@ struct Inner {
 
 #[derive(Debug)]
 struct State {
-    /// Appended entries the writer may not have published yet, in index order.
-    tail: VecDeque<RaftEntry>,
+    /// Appended entries: every one the writer has not published yet, and recent published
+    /// ones within the limits (see the module notes).
+    tail: Tail,
     last: Option<LogId<u64>>,
     purged: Option<LogId<u64>>,
     vote: Option<Vote<u64>>,
@@ -184,7 +260,7 @@ impl LogStore {
                 storage,
                 dir,
                 state: Mutex::new(State {
-                    tail: VecDeque::new(),
+                    tail: Tail::default(),
                     last,
                     purged: meta.purged,
                     vote,
@@ -248,9 +324,10 @@ impl RaftLogReader<Rill> for LogStore {
             if let Some(p) = st.purged {
                 start = start.max(p.index + 1);
             }
-            let tail_from = st.tail.front().map_or(u64::MAX, |e| e.log_id.index);
+            let tail_from = st.tail.entries.front().map_or(u64::MAX, |e| e.log_id.index);
             let memory: Vec<RaftEntry> = st
                 .tail
+                .entries
                 .iter()
                 .filter(|e| (start..end).contains(&e.log_id.index))
                 .cloned()
@@ -309,9 +386,7 @@ impl RaftLogStorage<Rill> for LogStore {
         let mut last_pending = None;
         {
             let mut st = self.state();
-            while st.tail.front().is_some_and(|e| e.log_id.index < published) {
-                st.tail.pop_front();
-            }
+            st.tail.trim(published);
             for entry in entries {
                 let term = i32::try_from(entry.log_id.leader_id.term).map_err(|_| {
                     write_error(format!(
@@ -325,7 +400,7 @@ impl RaftLogStorage<Rill> for LogStore {
                     .append_entry(entry_batch(&entry), entry.log_id.index, term)
                     .map_err(write_error)?;
                 st.last = Some(entry.log_id);
-                st.tail.push_back(entry);
+                st.tail.push(entry);
                 last_pending = Some(pending);
             }
         }
@@ -611,6 +686,32 @@ mod tests {
     }
     type Case = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StorageError>>>>;
     type Named = (&'static str, Box<dyn Fn(LogStore, Machine) -> Case>);
+
+    fn entry(index: u64, bytes: usize) -> RaftEntry {
+        RaftEntry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 0), index),
+            payload: EntryPayload::Normal(bytes::Bytes::from(vec![0u8; bytes])),
+        }
+    }
+
+    #[test]
+    fn the_tail_keeps_published_entries_up_to_its_limit() {
+        let mut tail = Tail::default();
+        for i in 0..6 {
+            tail.push(entry(i, 2 << 20));
+        }
+        // Nothing published: everything stays, whatever its size.
+        tail.trim(0);
+        assert_eq!(tail.entries.len(), 6);
+        // All but the last published: the oldest go until the tail is within its limit.
+        tail.trim(5);
+        let left: Vec<u64> = tail.entries.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(left, [3, 4, 5]);
+        assert!(tail.bytes <= KEEP_BYTES, "{}", tail.bytes);
+        // Dropped by truncation: counted out too.
+        tail.retain(|e| e.log_id.index < 4);
+        assert_eq!((tail.entries.len(), tail.bytes), (1, (2 << 20) + 64));
+    }
 
     #[test]
     fn openraft_storage_suite() {
