@@ -456,9 +456,15 @@ impl PartitionLog {
 
     pub fn stats(&self) -> PartitionStats {
         let view = self.view();
+        let end = view.last().map_or(0, |s| s.next_offset);
         PartitionStats {
             log_start_offset: view.first().map_or(0, |s| s.base),
-            high_watermark: view.last().map_or(0, |s| s.next_offset),
+            // A replicated partition's log may hold an uncommitted tail past it.
+            high_watermark: if self.shared.is_replicated() {
+                end.min(self.high_watermark())
+            } else {
+                end
+            },
             size_bytes: view.iter().map(|s| s.size).sum(),
             segments: view.len() as u32,
         }

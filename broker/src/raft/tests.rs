@@ -313,6 +313,18 @@ async fn a_leader_cut_off_from_its_followers_answers_waiting_produces_instead_of
         .await
         .expect("answered, not held");
     assert!(matches!(answer, Err(Refused::Lapsed)), "{answer:?}");
+    // The proposal sits in the leader's log, uncommitted: the partition's stats (what
+    // `rill topic describe` shows) stop at the commit, below the log end.
+    let log = &nodes[first].log;
+    let (_, end) = log.index_range();
+    let log_end = log.offset_of_index(end).unwrap().unwrap();
+    let stats = log.stats();
+    assert!(
+        stats.high_watermark < log_end,
+        "{} < {log_end}",
+        stats.high_watermark
+    );
+    assert_eq!(stats.high_watermark, log.high_watermark());
     assert_eq!(
         nodes[first].raft.metrics().borrow().state,
         ServerState::Leader,
