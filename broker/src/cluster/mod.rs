@@ -791,16 +791,9 @@ impl Cluster {
         let index = match leader {
             Some(l) if l == self.node_id => self.write_metadata(batch).await?,
             Some(l) => {
-                // From the membership openraft knows (it may be ahead of what was applied).
+                let m = self.meta.metrics().borrow().clone();
                 let addr = self
-                    .meta
-                    .metrics()
-                    .borrow()
-                    .membership_config
-                    .membership()
-                    .get_node(&l)
-                    .map(|n| n.cluster_addr.clone())
-                    .or_else(|| self.config.peers.get(&l).cloned())
+                    .cluster_addr(&m, l)
                     .ok_or_else(|| format!("metadata leader {l} unknown"))?;
                 self.peers.get(l, &addr).propose(batch, RPC_TTL).await?
             }
@@ -1040,6 +1033,16 @@ impl Cluster {
         Ok(())
     }
 
+    /// Node `id`'s cluster address: from the membership a group's metrics `m` know (it may be
+    /// ahead of what was applied), else from this node's `--peers`.
+    fn cluster_addr(&self, m: &openraft::RaftMetrics<u64, NodeInfo>, id: u64) -> Option<String> {
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.cluster_addr.clone())
+            .or_else(|| self.config.peers.get(&id).cloned())
+    }
+
     /// The last metadata index applied here.
     fn meta_applied(&self) -> u64 {
         self.meta
@@ -1059,12 +1062,7 @@ impl Cluster {
         if leader == self.node_id {
             return self.confirmed_leader(&m) && applied >= self.meta_applied();
         }
-        let Some(addr) = m
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|n| n.cluster_addr.clone())
-        else {
+        let Some(addr) = self.cluster_addr(&m, leader) else {
             return false;
         };
         match self.peers.get(leader, &addr).hello(RPC_TTL).await {
@@ -1177,12 +1175,7 @@ impl Cluster {
                 }
                 // The next attempt, if this one fails, after another delay.
                 preferring.insert(r.group, now);
-                let Some(addr) = m
-                    .membership_config
-                    .membership()
-                    .get_node(&leader)
-                    .map(|n| n.cluster_addr.clone())
-                else {
+                let Some(addr) = self.cluster_addr(&m, leader) else {
                     continue;
                 };
                 let this = self.clone();
