@@ -85,6 +85,11 @@ impl Shared {
         });
     }
 
+    /// Sets the durable offset to `offset`, forward or back (a log started afresh there).
+    pub(super) fn reset_durable(&self, offset: u64) {
+        self.durable.send_replace(offset);
+    }
+
     pub(super) fn is_replicated(&self) -> bool {
         self.replicated.load(std::sync::atomic::Ordering::Acquire)
     }
@@ -555,6 +560,27 @@ impl PartitionLog {
         self.cut(Cut::Index(index))
     }
 
+    /// Drops the whole log and starts it afresh, empty, at `offset` with log index `index`,
+    /// after the appends queued before this call: a replica installing a snapshot of its
+    /// Raft group (everything up to `index - 1` is held elsewhere or deleted by retention).
+    /// Blocking.
+    pub fn restart_at(&self, offset: u64, index: u64) -> Result<(), StorageError> {
+        let (reply, rx) = oneshot::channel();
+        let shutting_down = || StorageError::Corrupt {
+            path: self.dir.clone(),
+            position: 0,
+            reason: "the partition is shutting down".into(),
+        };
+        self.commands
+            .send(Command::Restart {
+                offset,
+                index,
+                reply,
+            })
+            .map_err(|_| shutting_down())?;
+        rx.blocking_recv().unwrap_or_else(|_| Err(shutting_down()))
+    }
+
     /// The idempotent producers' state as of every append queued so far (a partition leader's
     /// sequencer starts from it).
     pub async fn producer_state(&self) -> Option<super::producers::Producers> {
@@ -666,6 +692,12 @@ impl PartitionLog {
         }
         if !removed.is_empty() {
             recovery::sync_dir(&*self.shared.storage, &self.dir)?;
+            // A replicated log's indexes must survive the loss of the oldest segment's index.
+            if self.shared.is_replicated()
+                && let Some((base, index)) = self.view().first().map(|s| (s.base, s.first_index))
+            {
+                recovery::write_log_start(&*self.shared.storage, &self.dir, base, index)?;
+            }
         }
         Ok(removed.len())
     }
@@ -705,13 +737,33 @@ impl PartitionLog {
     /// appends move): a producer can make data expire early only by claiming old timestamps,
     /// which it could do anyway, and can no longer make it live forever.
     pub fn enforce_retention(&self, now_ms: i64) -> Result<usize, StorageError> {
-        // A replicated partition's log is its Raft log: a follower that is behind may still
-        // need the oldest entries, and there is no snapshot (segment transfer) to send it yet.
+        // A replicated partition's log is its Raft log: its Raft group deletes old segments
+        // through a snapshot (`retention_index`), so that a follower that is behind gets the
+        // snapshot instead of entries that are gone.
         if self.shared.is_replicated() {
             return Ok(0);
         }
+        match self.retention_cut(now_ms) {
+            Some((offset, _)) => self.delete_segments_before(offset),
+            None => Ok(0),
+        }
+    }
+
+    /// For a replicated log: the log index of the first batch retention keeps, if it would
+    /// delete any segment now, never past the high watermark (only committed entries go).
+    /// The Raft group snapshots up to the entry before it and purges (`raft::store`).
+    pub fn retention_index(&self, now_ms: i64) -> Option<u64> {
+        let hw = self.high_watermark();
+        self.retention_cut(now_ms)
+            .filter(|(offset, _)| *offset <= hw)
+            .map(|(_, index)| index)
+    }
+
+    /// Where retention cuts the log now: the base offset and log index of the first sealed
+    /// or active segment it keeps, if it deletes any.
+    fn retention_cut(&self, now_ms: i64) -> Option<(u64, u64)> {
         let config = self.config();
-        let cut = {
+        {
             let view = self.view();
             let sealed = &view[..view.len().saturating_sub(1)];
             let mut n = 0;
@@ -731,11 +783,10 @@ impl PartitionLog {
                 }
             }
             match n.checked_sub(1) {
-                Some(last) => sealed[last].next_offset,
-                None => return Ok(0),
+                Some(last) => sealed.get(last).map(|s| (s.next_offset, s.next_index)),
+                None => None,
             }
-        };
-        self.delete_segments_before(cut)
+        }
     }
 
     /// Stops the writer after it has committed everything queued, fsynced and written the

@@ -69,6 +69,46 @@ fn read_fail_mark(storage: &dyn Storage, dir: &Path) -> Option<u64> {
     })
 }
 
+/// Where the log starts when that cannot be read from its segments: the base offset and log
+/// index of its first segment (two u64 LE, then CRC-32C of them, LE). Written (tmp + rename,
+/// synced) when a replicated partition's log is started afresh at a snapshot, and when
+/// retention deletes its oldest segments; read by recovery for an empty log and for an oldest
+/// segment whose index is gone (without it, log indexes would count from 0 again).
+const LOG_START: &str = "log-start";
+
+pub(super) fn write_log_start(
+    storage: &dyn Storage,
+    dir: &Path,
+    offset: u64,
+    index: u64,
+) -> Result<(), StorageError> {
+    let (tmp, path) = (dir.join("log-start.tmp"), dir.join(LOG_START));
+    let mut bytes = offset.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&index.to_le_bytes());
+    bytes.extend_from_slice(&crc32c::crc32c(&bytes).to_le_bytes());
+    storage
+        .write_synced(&tmp, &bytes)
+        .map_err(StorageError::io("write", &tmp))?;
+    storage
+        .rename(&tmp, &path)
+        .map_err(StorageError::io("rename", &path))?;
+    sync_dir(storage, dir)
+}
+
+/// `(offset, index)` from [`write_log_start`]'s file, if present and intact.
+fn read_log_start(storage: &dyn Storage, dir: &Path) -> Option<(u64, u64)> {
+    let bytes = storage.read(&dir.join(LOG_START)).ok()?;
+    let (value, crc) = (bytes.get(..16)?, bytes.get(16..20)?);
+    if crc32c::crc32c(value).to_le_bytes() != crc {
+        return None;
+    }
+    let mut offset = [0u8; 8];
+    let mut index = [0u8; 8];
+    offset.copy_from_slice(value.get(..8)?);
+    index.copy_from_slice(value.get(8..16)?);
+    Some((u64::from_le_bytes(offset), u64::from_le_bytes(index)))
+}
+
 /// Cuts the tail segment back to `durable` (a batch boundary) after a fail-stop: what lies
 /// beyond was written but its fsync failed.
 fn cut_to_durable(
@@ -186,8 +226,10 @@ pub(super) fn recover(
     }
     bases.sort_unstable();
     let mut report = RecoveryReport::default();
+    let start = read_log_start(storage, dir);
     if bases.is_empty() {
-        let seg = create_segment(storage, dir, 0, 0)?;
+        let (offset, index) = start.unwrap_or((0, 0));
+        let seg = create_segment(storage, dir, offset, index)?;
         report.segments = 1;
         return Ok(Recovered {
             segments: vec![seg],
@@ -214,18 +256,22 @@ pub(super) fn recover(
             .map(|(_, extent)| *extent)
             .filter(|extent| extent.len > len);
         // Log indexes continue from the segment before. The oldest segment's first one is
-        // recorded only in its own index (retention deleted what came before it); if that is
-        // unreadable, counting starts again from 0, which matters only to a replicated
-        // partition (whose replica then has to be refilled from its leader).
+        // in `log-start` (a replicated log) or else in its own index (retention deleted what
+        // came before it); if neither is readable, counting starts again from 0, which
+        // matters only to a replicated partition (whose replica then has to be refilled from
+        // its leader).
         let start_index = match segments.last() {
             Some(prev) => {
                 let prev: &Segment = prev;
                 prev.next_index
             }
-            None => loaded
-                .as_ref()
-                .and_then(|(idx, _)| idx.offsets.first().map(|e| e.log_index))
-                .unwrap_or(0),
+            None => match start {
+                Some((offset, index)) if offset == base => index,
+                _ => loaded
+                    .as_ref()
+                    .and_then(|(idx, _)| idx.offsets.first().map(|e| e.log_index))
+                    .unwrap_or(0),
+            },
         };
         let trusted = loaded
             .filter(|(idx, extent)| {

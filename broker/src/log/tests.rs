@@ -1210,3 +1210,87 @@ fn retention_leaves_a_replicated_log_alone() {
         "every Raft entry is still there"
     );
 }
+
+#[test]
+fn a_replicated_log_started_afresh_continues_at_its_new_start_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(4096);
+    let (log, _) = open(dir.path(), cfg.clone(), true);
+    log.make_replicated(0);
+    for i in 0..100u64 {
+        log.append_entry(batch(i, 3, 0), i, 1)
+            .unwrap()
+            .wait_blocking()
+            .unwrap();
+    }
+    assert!(log.stats().segments > 2);
+    // A snapshot up to index 499 (offset 2000 next) replaces everything.
+    log.restart_at(2000, 500).unwrap();
+    assert_eq!(log.index_range(), (500, 500));
+    assert_eq!(log.offset_of_index(500).unwrap(), Some(2000));
+    assert_eq!(log.stats().log_start_offset, 2000);
+    assert_eq!(log.stats().segments, 1);
+    // Entries follow the new start only.
+    assert!(matches!(
+        log.append_entry(batch(1, 1, 0), 100, 2)
+            .unwrap()
+            .wait_blocking(),
+        Err(AppendError::Failed(_))
+    ));
+    log.close();
+    // Empty, its start is known only from `log-start`: after a crash too.
+    for clean in [true, false] {
+        let (log, _) = open(dir.path(), cfg.clone(), clean);
+        assert_eq!(log.index_range(), (500, 500), "clean {clean}");
+        assert_eq!(log.offset_of_index(500).unwrap(), Some(2000));
+        log.close();
+    }
+    let (log, _) = open(dir.path(), cfg.clone(), true);
+    log.make_replicated(0);
+    let ack = log
+        .append_entry(batch(7, 2, 0), 500, 3)
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
+    assert_eq!(ack.base_offset, 2000);
+    log.set_high_watermark(2002);
+    assert_eq!(
+        read_all(&log, 2000),
+        [(2000, "7-0".into()), (2001, "7-1".into())]
+    );
+    drop(log);
+    // Every index file gone: the first segment's index still starts at 500.
+    for f in files_with(dir.path(), "index") {
+        std::fs::remove_file(f).unwrap();
+    }
+    let (log, _) = open(dir.path(), cfg, false);
+    assert_eq!(log.index_range(), (500, 501));
+    assert_eq!(by_index(&log), [(500, 2000)]);
+}
+
+#[test]
+fn retention_of_a_replicated_log_names_the_first_index_it_keeps_below_the_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        retention_bytes: 4096,
+        ..config(4096)
+    };
+    let (log, _) = open(dir.path(), cfg, true);
+    log.make_replicated(0);
+    for i in 0..200u64 {
+        log.append_entry(batch(i, 3, 0), i, 1)
+            .unwrap()
+            .wait_blocking()
+            .unwrap();
+    }
+    // Nothing committed: nothing may go.
+    assert_eq!(log.retention_index(i64::MAX), None);
+    log.set_high_watermark(600);
+    let keep = log.retention_index(i64::MAX).expect("old segments expire");
+    let (first, end) = log.index_range();
+    assert!(first < keep && keep < end, "{first} < {keep} < {end}");
+    // It is a segment's first index; deleting below its offset keeps exactly from there.
+    let offset = log.offset_of_index(keep).unwrap().unwrap();
+    assert!(log.delete_segments_before(offset).unwrap() > 0);
+    assert_eq!(log.index_range().0, keep);
+}

@@ -54,6 +54,13 @@ pub(super) enum Command {
     Truncate(Cut, oneshot::Sender<Result<(), TruncateError>>),
     /// A copy of the idempotent producers' state, after the queued appends.
     Producers(oneshot::Sender<Producers>),
+    /// Drop every segment and start the log afresh, empty, at this offset and log index
+    /// (a replicated partition installing a snapshot), after the queued appends.
+    Restart {
+        offset: u64,
+        index: u64,
+        reply: oneshot::Sender<Result<(), StorageError>>,
+    },
     Close,
 }
 
@@ -218,6 +225,19 @@ impl Writer {
                     Command::Producers(reply) => {
                         self.round(&mut jobs);
                         let _ = reply.send(self.producers.clone());
+                    }
+                    Command::Restart {
+                        offset,
+                        index,
+                        reply,
+                    } => {
+                        self.round(&mut jobs);
+                        let result = self.restart(offset, index);
+                        if let Err(e) = &result {
+                            // Part done: refuse writes; the next start sorts out what is left.
+                            self.fail_stop(e);
+                        }
+                        let _ = reply.send(result);
                     }
                     Command::Close => {
                         closing = true;
@@ -699,6 +719,53 @@ impl Writer {
             .high_watermark
             .send_if_modified(|hw| std::mem::replace(hw, (*hw).min(offset)) != *hw);
         tracing::info!(partition = %self.label, offset, "log truncated");
+        Ok(())
+    }
+
+    /// Deletes every segment (newest first, so a crash part-way leaves a shorter log, never
+    /// one with a gap) and the producer snapshots, records the new start in `log-start`, and
+    /// creates an empty active segment at `offset` with log index `index`. The idempotent
+    /// producers are forgotten; readers see the log start and end at `offset`.
+    fn restart(&mut self, offset: u64, index: u64) -> Result<(), StorageError> {
+        let storage = self.shared.storage.clone();
+        producer_state::remove_snapshots_after(&*storage, &self.dir, 0)?;
+        let mut view = self.shared.view.write().unwrap_or_else(|p| p.into_inner());
+        while let Some(seg) = view.pop() {
+            for path in [
+                seg.path.with_extension("index"),
+                seg.path.with_extension("timeindex"),
+                seg.path.clone(),
+            ] {
+                match storage.remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StorageError::io("delete segment", &path)(e)),
+                }
+            }
+        }
+        recovery::sync_dir(&*storage, &self.dir)?;
+        recovery::write_log_start(&*storage, &self.dir, offset, index)?;
+        let seg = recovery::create_segment(&*storage, &self.dir, offset, index)?;
+        self.file = seg.file.clone();
+        self.path = seg.path.clone();
+        self.seg_base = offset;
+        view.push(seg);
+        drop(view);
+        self.written = 0;
+        self.writeback_from = 0;
+        self.next_offset = offset;
+        self.next_index = index;
+        self.indexer = Indexer::new(self.config.index_interval_bytes);
+        self.pending = SegmentIndex::default();
+        self.dirty = false;
+        self.producers = Producers::default();
+        self.shared.set_producers(0);
+        self.shared.reset_durable(offset);
+        self.shared.published_index.send_replace(index);
+        if !self.shared.is_replicated() {
+            self.shared.high_watermark.send_replace(offset);
+        }
+        tracing::info!(partition = %self.label, offset, index, "log started afresh");
         Ok(())
     }
 

@@ -210,7 +210,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let stored: u64 = stored(&admin, &params).await?;
             // In a cluster, Raft's own entries (a leader's first entry of each term) take an
             // offset each too.
-            let clustered = cli.cluster.is_some_and(|n| n > 1);
+            let clustered = admin.metadata(&[]).await?.nodes.len() > 1;
             ensure!(
                 stored == produced.messages || (clustered && stored >= produced.messages),
                 "broker holds {stored} messages, {} were acknowledged",
@@ -405,8 +405,9 @@ async fn create_targets(
             }
         }
         targets.extend((0..cli.partitions).map(|p| (name.clone(), p)));
-        // In a cluster, each partition elects its leader after creation: wait for all.
-        while cli.cluster.is_some_and(|n| n > 1) {
+        // In a cluster (spawned or not), each partition elects its leader after creation:
+        // wait for all. A single node names itself the leader of everything at once.
+        loop {
             let m = admin.metadata(&[name.as_str()]).await?;
             let led = m.topics.iter().all(|t| {
                 t.partitions.len() == cli.partitions as usize
