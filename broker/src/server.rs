@@ -228,6 +228,10 @@ async fn retention_timer(ctx: Arc<Context>) {
         {
             tracing::error!(error = %e, "retention task failed");
         }
+        // Replicated partitions delete old segments through their Raft group.
+        if let Some(cluster) = &ctx.cluster {
+            cluster.enforce_retention(now_ms).await;
+        }
     }
 }
 

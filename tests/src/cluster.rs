@@ -154,6 +154,20 @@ impl Cluster {
             .unwrap_or(0)
     }
 
+    /// The file names of a partition's segments on node `id`, in order.
+    pub fn segment_names(&self, id: u64, topic: &str, p: u32) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.partition_dir(id, topic, p))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".log"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
     /// The bytes of every segment of a partition on node `id`, concatenated in order.
     pub fn partition_bytes(&self, id: u64, topic: &str, p: u32) -> Vec<u8> {
         let dir = self.partition_dir(id, topic, p);

@@ -802,3 +802,123 @@ async fn a_follower_down_for_many_writes_catches_up_while_producing() {
     let duplicated = seen.values().filter(|o| o.len() > 1).count();
     assert_eq!((all.is_empty(), lost, duplicated), (false, 0, 0));
 }
+
+/// Story: a topic with retention in a cluster. A follower is down while the partition takes
+/// more writes than retention keeps; the two others delete their oldest segments (each through
+/// a snapshot of its Raft group). When the follower returns, the entries it lacks are gone, so
+/// the leader sends it the snapshot: its log starts afresh where the leader's starts, fills up
+/// to the same bytes, and it then counts for the majority (the other follower is stopped and
+/// produce still succeeds). Everything acknowledged above the log start reads back once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_in_a_cluster_trims_every_replica_and_a_returning_one_starts_from_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3, &["--retention-check-interval-ms", "200"]);
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    let admin = Admin::new(client.clone());
+    let config = TopicConfig {
+        segment_bytes: Some(64 << 10),
+        retention_bytes: Some(256 << 10),
+        ..TopicConfig::default()
+    };
+    admin.create_topic("trim", 1, config).await.expect("create");
+    let m = settled_partitions(&admin, "trim", 1).await;
+    let lead = leader(&m, 0);
+    let mut followers = (1..=3).filter(|n| *n != lead);
+    let (down, other) = (followers.next().unwrap(), followers.next().unwrap());
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let value = "v".repeat(1000);
+    let first = produce(&producer, "trim", (0..50).map(|i| format!("{i:06}{value}"))).await;
+    cluster.node(down).kill9();
+    let later = produce(
+        &producer,
+        "trim",
+        (50..2000).map(|i| format!("{i:06}{value}")),
+    )
+    .await;
+    // The leader and the remaining follower trim their logs.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for n in [lead, other] {
+        while cluster
+            .segment_names(n, "trim", 0)
+            .first()
+            .map(String::as_str)
+            == Some("00000000000000000000.log")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "node {n} never applied retention"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            cluster.partition_size(n, "trim", 0) <= (256 + 64 + 64) << 10,
+            "node {n} keeps about the retention limit"
+        );
+    }
+    // The returning follower gets the leader's snapshot and then the rest.
+    cluster.node(down).restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.partition_bytes(down, "trim", 0) != cluster.partition_bytes(lead, "trim", 0) {
+        assert!(
+            Instant::now() < deadline,
+            "node {down} never matched the leader: {:?} vs {:?}",
+            cluster.segment_names(down, "trim", 0),
+            cluster.segment_names(lead, "trim", 0)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_ne!(
+        cluster
+            .segment_names(down, "trim", 0)
+            .first()
+            .map(String::as_str),
+        Some("00000000000000000000.log"),
+        "its old segments went with the snapshot"
+    );
+    // It is a full replica now: with the other follower stopped, it makes the majority.
+    cluster.node(other).kill9();
+    let last = produce(
+        &producer,
+        "trim",
+        (2000..2020).map(|i| format!("{i:06}{value}")),
+    )
+    .await;
+    let all: Vec<Acked> = first
+        .into_iter()
+        .chain(later)
+        .chain(last)
+        .map(|(a, _)| a)
+        .collect();
+    let start = admin
+        .describe_topic("trim")
+        .await
+        .expect("describe")
+        .partitions[0]
+        .log_start_offset;
+    assert!(start > 0);
+    let mut read: HashMap<String, Vec<u64>> = HashMap::new();
+    let opts = FetchOptions {
+        max_wait: Duration::ZERO,
+        min_bytes: 0,
+        max_bytes: 1 << 20,
+    };
+    let mut at = start;
+    loop {
+        let r = client.fetch("trim", 0, at, &opts).await.expect("fetch");
+        for rec in &r.records {
+            let v = String::from_utf8(rec.value.to_vec()).expect("utf-8");
+            read.entry(v).or_default().push(rec.offset);
+        }
+        if r.next_offset >= r.high_watermark {
+            break;
+        }
+        at = r.next_offset;
+    }
+    let kept: Vec<&Acked> = all.iter().filter(|(_, o, _)| *o >= start).collect();
+    let lost = kept
+        .iter()
+        .filter(|(_, o, v)| read.get(v) != Some(&vec![*o]))
+        .count();
+    let duplicated = read.values().filter(|o| o.len() > 1).count();
+    assert_eq!((kept.len() > 20, lost, duplicated), (true, 0, 0));
+}

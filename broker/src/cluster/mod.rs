@@ -1352,6 +1352,39 @@ impl Cluster {
             .collect()
     }
 
+    /// Retention of this node's replicas: each one whose oldest segments have expired
+    /// (`PartitionLog::retention_index`) beyond its current snapshot is asked to snapshot up to
+    /// them; openraft then purges them (see `raft::store::SnapshotBuilder`). Returns how many
+    /// replicas were asked.
+    pub async fn enforce_retention(&self, now_ms: i64) -> usize {
+        // The offsets partition is kept whole (in a cluster created before it was configured
+        // so, too) until it is compacted: retention would forget idle groups' offsets.
+        let replicas: Vec<Replica> = self
+            .replicas
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|((t, _), _)| t.as_str() != rill_protocol::OFFSETS_TOPIC)
+            .map(|(_, r)| r.clone())
+            .collect();
+        let mut asked = 0;
+        for r in replicas {
+            let Some(keep) = r.log.retention_index(now_ms) else {
+                continue;
+            };
+            let snapshot = r.raft.metrics().borrow().snapshot.map(|s| s.index);
+            if keep
+                .checked_sub(1)
+                .is_some_and(|last| snapshot.is_none_or(|s| s < last))
+            {
+                // Only a failed group refuses; it has nothing to delete then.
+                let _ = r.raft.trigger().snapshot().await;
+                asked += 1;
+            }
+        }
+        asked
+    }
+
     /// Node ids that replicate the partition (empty if unknown).
     pub fn replicas_of(&self, topic: &TopicName, partition: u32) -> BTreeSet<u64> {
         self.state()

@@ -35,7 +35,10 @@ pub async fn coordinating(ctx: &Arc<Context>) -> Result<(), OpError> {
             config: rill_protocol::TopicConfig {
                 fsync: Some(rill_protocol::FsyncPolicy::Always),
                 segment_bytes: Some(1 << 20),
-                ..Default::default()
+                // Kept whole until it is compacted: retention would forget the offsets of a
+                // group that has not committed for a while.
+                retention_ms: Some(0),
+                retention_bytes: Some(0),
             },
             replication_factor: 3,
             capped: true,

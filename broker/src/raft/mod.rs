@@ -111,8 +111,8 @@ pub fn confirmed_leader(
     alone || m.millis_since_quorum_ack.is_none_or(|ms| ms < lease_ms)
 }
 
-/// openraft's settings for a group: no snapshots (a partition's log is its own snapshot and is
-/// never purged by openraft; segment transfer comes later).
+/// openraft's settings for a group: snapshots only when retention asks for one
+/// (`store::SnapshotBuilder`), and then everything they cover is purged at once.
 pub fn raft_config(timing: Timing) -> Result<Arc<openraft::Config>, String> {
     let config = openraft::Config {
         cluster_name: "rill".into(),
@@ -120,6 +120,7 @@ pub fn raft_config(timing: Timing) -> Result<Arc<openraft::Config>, String> {
         election_timeout_min: timing.election_min_ms,
         election_timeout_max: timing.election_max_ms,
         snapshot_policy: openraft::SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: 0,
         max_payload_entries: 256,
         // Sent by the node's one ticker for all its groups (`net::Router::spawn_heartbeats`).
         enable_heartbeat: false,
@@ -139,11 +140,17 @@ pub async fn start_group(
     peers: &net::Peers,
     router: &net::Router,
 ) -> Result<Raft, String> {
-    let machine = match machine {
-        Some(m) => m,
-        None => store::Machine::open(log.clone()).map_err(|e| e.to_string())?,
-    };
-    let store = store::LogStore::open(log).map_err(|e| e.to_string())?;
+    // Opening reads the Raft files and may finish an interrupted snapshot install: blocking.
+    let (machine, store) = tokio::task::spawn_blocking(move || {
+        let machine = match machine {
+            Some(m) => m,
+            None => store::Machine::open(log.clone())?,
+        };
+        Ok::<_, StorageError>((machine, store::LogStore::open(log)?))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
     let network = net::GroupNetwork {
         group,
         peers: peers.clone(),

@@ -17,7 +17,10 @@
 //!   records) and answers each entry with its base offset. What it has applied, and the
 //!   membership, are saved in `raft-applied` (at most once a second, unsynced: losing it costs a
 //!   longer replay and a late high watermark, nothing more; synced when membership changes).
-//!   Snapshots are not transferred yet: logs are never purged by openraft (see ARCHITECTURE.md).
+//! - Snapshots (`raft-snapshot`, [`SnapshotBuilder`]) are how retention deletes a replicated
+//!   partition's old segments: a snapshot up to the last entry retention drops, then openraft
+//!   purges up to it, and a follower that needs purged entries gets the snapshot (the offset
+//!   where the log continues) and starts its log afresh there.
 
 use super::{
     Applied, NodeInfo, RaftEntry, Rill, StorageError, batch_entry, entry_batch, entry_records,
@@ -42,6 +45,7 @@ use std::time::{Duration, Instant};
 const VOTE_FILE: &str = "raft-vote";
 const STATE_FILE: &str = "raft-state";
 const APPLIED_FILE: &str = "raft-applied";
+const SNAPSHOT_FILE: &str = "raft-snapshot";
 /// Published entries kept in memory per partition (see the module notes).
 pub const KEEP_BYTES: usize = 8 << 20;
 /// Published entries kept in memory across every partition of the process: past it, a
@@ -134,12 +138,10 @@ fn write_error(e: impl ToString) -> StorageError {
 /// it, so the disk is freed and a later return to the group starts from nothing. Blocking; the
 /// group must be shut down first.
 pub fn forget(log: &PartitionLog) -> Result<(), String> {
-    let (first, end) = log.index_range();
-    if end > first {
-        log.truncate_from_index(first).map_err(|e| e.to_string())?;
-    }
+    // From nothing: offset 0, log index 0, as a new replica.
+    log.restart_at(0, 0).map_err(|e| e.to_string())?;
     let storage = log.storage();
-    for name in [VOTE_FILE, STATE_FILE, APPLIED_FILE] {
+    for name in [VOTE_FILE, STATE_FILE, APPLIED_FILE, SNAPSHOT_FILE] {
         let path = log.dir().join(name);
         if storage.exists(&path) {
             storage
@@ -203,6 +205,43 @@ fn load<T: DeserializeOwned>(
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// A partition's snapshot (`raft-snapshot`): the log up to `meta.last_log_id` is no longer
+/// needed here (retention deleted it, or the replica started from a snapshot of its leader's,
+/// whose log no longer held those entries), and the log continues at `next_offset`. What a
+/// follower receives is only `next_offset`: a partition's state machine is its log, and the
+/// entries the snapshot covers are exactly the ones retention deleted everywhere it ran.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SnapshotRecord {
+    meta: SnapshotMeta<u64, NodeInfo>,
+    next_offset: u64,
+}
+
+impl SnapshotRecord {
+    fn snapshot(&self) -> Snapshot<Rill> {
+        let mut data = bytes::BytesMut::new();
+        codec::encode(&self.next_offset, &mut data);
+        Snapshot {
+            meta: self.meta.clone(),
+            snapshot: Box::new(Cursor::new(data.to_vec())),
+        }
+    }
+}
+
+/// Loads the partition's snapshot record and finishes an install a crash interrupted: a log
+/// that does not reach past the snapshot starts afresh after it. Blocking.
+fn settle_snapshot(log: &PartitionLog) -> Result<Option<SnapshotRecord>, StorageError> {
+    let record =
+        load::<SnapshotRecord>(&*log.storage(), log.dir(), SNAPSHOT_FILE).map_err(read_error)?;
+    if let Some(r) = &record
+        && let Some(last) = r.meta.last_log_id
+        && log.index_range().1 <= last.index
+    {
+        log.restart_at(r.next_offset, last.index + 1)
+            .map_err(write_error)?;
+    }
+    Ok(record)
+}
+
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct LogMeta {
     purged: Option<LogId<u64>>,
@@ -239,9 +278,13 @@ impl LogStore {
         let dir = log.dir().to_path_buf();
         let vote = load::<Vote<u64>>(&*storage, &dir, VOTE_FILE)
             .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Read, e))?;
-        let meta = load::<LogMeta>(&*storage, &dir, STATE_FILE)
+        let mut meta = load::<LogMeta>(&*storage, &dir, STATE_FILE)
             .map_err(read_error)?
             .unwrap_or_default();
+        // Entries a snapshot covers count as purged, even if a crash came before the purge
+        // was recorded.
+        let snapshot = settle_snapshot(&log)?.and_then(|r| r.meta.last_log_id);
+        meta.purged = meta.purged.max(snapshot);
         let (_, end) = log.index_range();
         let last = match end.checked_sub(1) {
             Some(i) if meta.purged.is_none_or(|p| p.index < i) => {
@@ -479,6 +522,8 @@ pub struct Machine {
     /// whose state lives only in memory).
     persist: bool,
     hook: Option<ApplyHook>,
+    /// The current snapshot, shared with the builder openraft runs beside the machine.
+    snapshot: Arc<Mutex<Option<SnapshotRecord>>>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -494,12 +539,20 @@ impl Machine {
     /// Opens the machine of `log`, which becomes a replicated log whose readers stop at the
     /// commit (the end of what was applied when the state was last saved).
     pub fn open(log: Arc<PartitionLog>) -> Result<Self, StorageError> {
-        let state = load::<AppliedState>(&*log.storage(), log.dir(), APPLIED_FILE)
+        let mut state = load::<AppliedState>(&*log.storage(), log.dir(), APPLIED_FILE)
             .unwrap_or_else(|e| {
                 tracing::warn!(partition = log.label(), error = %e, "applied Raft state unreadable; replaying the log from the start");
                 None
             })
             .unwrap_or_default();
+        let snapshot = settle_snapshot(&log)?;
+        if let Some(r) = &snapshot
+            && r.meta.last_log_id > state.applied
+        {
+            // Everything the snapshot covers was applied (the applied state was saved late).
+            state.applied = r.meta.last_log_id;
+            state.membership = r.meta.last_membership.clone();
+        }
         let committed = match state.applied {
             Some(id) => log
                 .offset_of_index(id.index + 1)
@@ -514,6 +567,7 @@ impl Machine {
             saved_at: None,
             persist: true,
             hook: None,
+            snapshot: Arc::new(Mutex::new(snapshot)),
         })
     }
 
@@ -527,6 +581,7 @@ impl Machine {
             saved_at: None,
             persist: false,
             hook: Some(hook),
+            snapshot: Arc::default(),
         }
     }
 
@@ -604,11 +659,11 @@ impl RaftStateMachine<Rill> for Machine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
-            meta: SnapshotMeta {
-                last_log_id: self.state.applied,
-                last_membership: self.state.membership.clone(),
-                snapshot_id: format!("{}", self.state.applied.map_or(0, |l| l.index)),
-            },
+            log: self.log.clone(),
+            applied: self.state.applied,
+            membership: self.state.membership.clone(),
+            current: self.snapshot.clone(),
+            persist: self.persist,
         }
     }
 
@@ -616,35 +671,185 @@ impl RaftStateMachine<Rill> for Machine {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
+    /// A snapshot from the leader: this replica's log lacks entries the leader no longer
+    /// holds. Unless the log already holds the snapshot's last entry, it starts afresh after
+    /// it, at the offset the leader sent; openraft then purges what the snapshot covers and
+    /// replicates the rest.
     async fn install_snapshot(
         &mut self,
-        _meta: &SnapshotMeta<u64, NodeInfo>,
-        _snapshot: Box<Cursor<Vec<u8>>>,
+        meta: &SnapshotMeta<u64, NodeInfo>,
+        snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
-        Err(io_error(
-            ErrorSubject::StateMachine,
-            ErrorVerb::Write,
-            "installing a partition snapshot (segment transfer) is not built yet",
-        ))
+        let sm_error = |e: String| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e);
+        let last = meta
+            .last_log_id
+            .ok_or_else(|| sm_error("a snapshot without a last log id".into()))?;
+        let next_offset: u64 = codec::decode(snapshot.get_ref(), "partition snapshot")
+            .map_err(|e| sm_error(e.to_string()))?;
+        let record = SnapshotRecord {
+            meta: meta.clone(),
+            next_offset,
+        };
+        let log = self.log.clone();
+        let persist = self.persist;
+        let saved = record.clone();
+        let hw = tokio::task::spawn_blocking(move || {
+            if persist {
+                save(&*log.storage(), log.dir(), SNAPSHOT_FILE, &saved, true)
+                    .map_err(|e| sm_error(e.to_string()))?;
+            }
+            let held = log
+                .read_indexed(last.index, 0)
+                .map_err(read_error)?
+                .into_iter()
+                .next()
+                .map(|(i, b)| batch_entry(i, b).map(|e| e.log_id))
+                .transpose()
+                .map_err(read_error)?;
+            if held != Some(last) {
+                log.restart_at(next_offset, last.index + 1)
+                    .map_err(write_error)?;
+            }
+            // The commit is at least the end of the snapshot.
+            let hw = log
+                .offset_of_index(last.index + 1)
+                .map_err(read_error)?
+                .unwrap_or(next_offset);
+            Ok::<_, StorageError>(hw)
+        })
+        .await
+        .map_err(|e| sm_error(e.to_string()))??;
+        tracing::info!(
+            partition = self.log.label(),
+            index = last.index,
+            next_offset,
+            "installed the leader's snapshot"
+        );
+        self.state.applied = Some(last);
+        self.state.membership = meta.last_membership.clone();
+        self.log
+            .set_high_watermark(hw.max(self.log.high_watermark()));
+        self.save(true);
+        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(record);
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<Rill>>, StorageError> {
-        Ok(None)
+        Ok(self
+            .snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(SnapshotRecord::snapshot))
     }
 }
 
-/// A partition's "snapshot" is the log itself up to the applied entry: only its description.
+/// Builds a partition's snapshot for retention: up to the last entry of the oldest segments
+/// retention would delete now (`PartitionLog::retention_index`), never past what was applied.
+/// openraft then purges the log up to it (`LogStore::purge` deletes those segments), and a
+/// follower that still needs them gets the snapshot instead. A snapshot never goes past the
+/// latest membership change (it must carry the membership in force at its last entry): until a
+/// later segment expires, the current snapshot is returned again, which changes nothing.
 #[derive(Debug)]
 pub struct SnapshotBuilder {
-    meta: SnapshotMeta<u64, NodeInfo>,
+    log: Arc<PartitionLog>,
+    applied: Option<LogId<u64>>,
+    membership: StoredMembership<u64, NodeInfo>,
+    current: Arc<Mutex<Option<SnapshotRecord>>>,
+    persist: bool,
+}
+
+impl SnapshotBuilder {
+    /// The new snapshot, if retention has anything to delete. Blocking.
+    fn build(&self, now_ms: i64) -> Result<Option<SnapshotRecord>, StorageError> {
+        let current = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|r| r.meta.last_log_id);
+        let Some(keep) = self.log.retention_index(now_ms) else {
+            return Ok(None);
+        };
+        let applied_next = self.applied.map_or(0, |a| a.index + 1);
+        let Some(last_index) = keep.min(applied_next).checked_sub(1) else {
+            return Ok(None);
+        };
+        if current.is_some_and(|c| c.index >= last_index)
+            || self
+                .membership
+                .log_id()
+                .is_some_and(|m| m.index > last_index)
+        {
+            return Ok(None);
+        }
+        let Some((i, b)) = self
+            .log
+            .read_indexed(last_index, 0)
+            .map_err(read_error)?
+            .into_iter()
+            .next()
+        else {
+            return Ok(None);
+        };
+        let last = batch_entry(i, b).map_err(read_error)?.log_id;
+        let Some(next_offset) = self
+            .log
+            .offset_of_index(last_index + 1)
+            .map_err(read_error)?
+        else {
+            return Ok(None);
+        };
+        let record = SnapshotRecord {
+            meta: SnapshotMeta {
+                last_log_id: Some(last),
+                last_membership: self.membership.clone(),
+                snapshot_id: format!("{}-{}", last.leader_id.term, last.index),
+            },
+            next_offset,
+        };
+        if self.persist {
+            save(
+                &*self.log.storage(),
+                self.log.dir(),
+                SNAPSHOT_FILE,
+                &record,
+                true,
+            )
+            .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        }
+        Ok(Some(record))
+    }
 }
 
 impl RaftSnapshotBuilder<Rill> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<Rill>, StorageError> {
-        Ok(Snapshot {
-            meta: self.meta.clone(),
-            snapshot: Box::new(Cursor::new(Vec::new())),
-        })
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let builder = SnapshotBuilder {
+            log: self.log.clone(),
+            applied: self.applied,
+            membership: self.membership.clone(),
+            current: self.current.clone(),
+            persist: self.persist,
+        };
+        let built = tokio::task::spawn_blocking(move || builder.build(now_ms))
+            .await
+            .map_err(read_error)??;
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(record) = built {
+            tracing::info!(partition = self.log.label(), index = ?record.meta.last_log_id.map(|l| l.index), next_offset = record.next_offset, "snapshot for retention");
+            *current = Some(record);
+        }
+        // Not newer than the current one (or none at all): openraft keeps what it has.
+        Ok(current.as_ref().map_or_else(
+            || Snapshot {
+                meta: SnapshotMeta::default(),
+                snapshot: Box::new(Cursor::new(Vec::new())),
+            },
+            SnapshotRecord::snapshot,
+        ))
     }
 }
 
@@ -874,6 +1079,93 @@ mod tests {
             log.high_watermark(),
             4,
             "the cut reaches below the old commit only in this test"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_installed_snapshot_survives_a_restart_and_a_crash_mid_install() {
+        let open = |dir: &Path| {
+            let (log, _) = PartitionLog::open(dir, "t-0".into(), config(), true).unwrap();
+            Arc::new(log)
+        };
+        let write = |log: &PartitionLog, e: &RaftEntry| {
+            let term = e.log_id.leader_id.term as i32;
+            log.append_entry(entry_batch(e), e.log_id.index, term)
+        };
+        let member = membership_entry(0);
+        let last = LogId::new(openraft::CommittedLeaderId::new(2, 0), 9);
+        let meta = SnapshotMeta {
+            last_log_id: Some(last),
+            last_membership: StoredMembership::new(
+                Some(member.log_id),
+                match &member.payload {
+                    EntryPayload::Membership(m) => m.clone(),
+                    _ => unreachable!(),
+                },
+            ),
+            snapshot_id: "2-9".into(),
+        };
+        let mut data = bytes::BytesMut::new();
+        codec::encode(&40u64, &mut data);
+
+        // This replica holds entries 0 and 1; the leader's snapshot covers up to 9, and the
+        // log continues at offset 40.
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path());
+        let mut machine = tokio::task::block_in_place(|| Machine::open(log.clone())).unwrap();
+        let mut store = tokio::task::block_in_place(|| LogStore::open(log.clone())).unwrap();
+        for e in [member.clone(), data_entry(1, 1, 3)] {
+            write(&log, &e).unwrap().wait().await.unwrap();
+        }
+        machine
+            .install_snapshot(&meta, Box::new(Cursor::new(data.to_vec())))
+            .await
+            .unwrap();
+        store.purge(last).await.unwrap();
+        assert_eq!(log.index_range(), (10, 10));
+        assert_eq!(log.high_watermark(), 40);
+        let next = data_entry(2, 10, 2);
+        let ack = write(&log, &next).unwrap().wait().await.unwrap();
+        assert_eq!(ack.base_offset, 40);
+        drop((machine, store, log));
+
+        let log = open(dir.path());
+        let mut machine = tokio::task::block_in_place(|| Machine::open(log.clone())).unwrap();
+        let mut store = tokio::task::block_in_place(|| LogStore::open(log.clone())).unwrap();
+        assert_eq!(machine.applied_state().await.unwrap().0, Some(last));
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(last));
+        assert_eq!(state.last_log_id, Some(next.log_id));
+        let current = machine.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta.last_log_id, Some(last));
+        let offset: u64 = codec::decode(current.snapshot.get_ref(), "snapshot").unwrap();
+        assert_eq!(offset, 40);
+        assert_eq!(log.high_watermark(), 40, "entry 10 is not applied yet");
+        drop((machine, store, log));
+
+        // A crash after the snapshot was recorded and before the log started afresh: opening
+        // finishes the install.
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path());
+        for e in [member.clone(), data_entry(1, 1, 3)] {
+            write(&log, &e).unwrap().wait().await.unwrap();
+        }
+        let record = SnapshotRecord {
+            meta: meta.clone(),
+            next_offset: 40,
+        };
+        save(&*log.storage(), dir.path(), SNAPSHOT_FILE, &record, true).unwrap();
+        drop(log);
+        let log = open(dir.path());
+        let mut machine = tokio::task::block_in_place(|| Machine::open(log.clone())).unwrap();
+        let mut store = tokio::task::block_in_place(|| LogStore::open(log.clone())).unwrap();
+        assert_eq!(log.index_range(), (10, 10));
+        assert_eq!(log.stats().log_start_offset, 40);
+        assert_eq!(machine.applied_state().await.unwrap().0, Some(last));
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(
+            (state.last_purged_log_id, state.last_log_id),
+            (Some(last), Some(last))
         );
     }
 }

@@ -32,6 +32,37 @@ const TIMING: Timing = Timing {
 };
 
 async fn start(n: u64) -> (Vec<Node>, BTreeMap<u64, NodeInfo>) {
+    start_with(n, config()).await
+}
+
+/// A replica of group 7 on a new node `id` listening on `l`, not initialized.
+async fn node(id: u64, l: tokio::net::TcpListener, cfg: LogConfig) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = PartitionLog::open(dir.path(), format!("n{id}"), cfg, true).unwrap();
+    let log = Arc::new(log);
+    let router = net::Router::default();
+    router.spawn_heartbeats(Duration::from_millis(TIMING.heartbeat_ms));
+    let raft = start_group(
+        id,
+        7,
+        raft_config(TIMING).unwrap(),
+        log.clone(),
+        None,
+        &net::Peers::default(),
+        &router,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(net::serve(l, router));
+    Node {
+        id,
+        log,
+        raft,
+        _dir: dir,
+    }
+}
+
+async fn start_with(n: u64, cfg: LogConfig) -> (Vec<Node>, BTreeMap<u64, NodeInfo>) {
     let mut listeners = Vec::new();
     let mut members = BTreeMap::new();
     for id in 1..=n {
@@ -48,29 +79,7 @@ async fn start(n: u64) -> (Vec<Node>, BTreeMap<u64, NodeInfo>) {
     }
     let mut nodes = Vec::new();
     for (id, l) in (1..=n).zip(listeners) {
-        let dir = tempfile::tempdir().unwrap();
-        let (log, _) = PartitionLog::open(dir.path(), format!("n{id}"), config(), true).unwrap();
-        let log = Arc::new(log);
-        let router = net::Router::default();
-        router.spawn_heartbeats(Duration::from_millis(TIMING.heartbeat_ms));
-        let raft = start_group(
-            id,
-            7,
-            raft_config(TIMING).unwrap(),
-            log.clone(),
-            None,
-            &net::Peers::default(),
-            &router,
-        )
-        .await
-        .unwrap();
-        tokio::spawn(net::serve(l, router));
-        nodes.push(Node {
-            id,
-            log,
-            raft,
-            _dir: dir,
-        });
+        nodes.push(node(id, l, cfg.clone()).await);
     }
     nodes[0].raft.initialize(members.clone()).await.unwrap();
     (nodes, members)
@@ -105,8 +114,13 @@ fn batch(tag: u64) -> Bytes {
 
 /// Every stored batch up to log index `end`, as bytes.
 fn stored(log: &PartitionLog, end: u64) -> Vec<Bytes> {
+    stored_from(log, 0, end)
+}
+
+/// Every stored batch with a log index in `from..end`, as bytes.
+fn stored_from(log: &PartitionLog, from: u64, end: u64) -> Vec<Bytes> {
     let mut out = Vec::new();
-    let mut next = 0;
+    let mut next = from;
     while next < end {
         let got = log.read_indexed(next, 1 << 20).unwrap();
         assert!(!got.is_empty(), "entry {next} readable");
@@ -115,8 +129,85 @@ fn stored(log: &PartitionLog, end: u64) -> Vec<Bytes> {
             next += 1;
         }
     }
-    out.truncate(end as usize);
+    out.truncate((end - from) as usize);
     out
+}
+
+/// Waits until `node`'s replica has applied the entries up to `offset` (its high watermark).
+async fn committed(node: &Node, offset: u64) {
+    let mut hw = node.log.subscribe();
+    tokio::time::timeout(Duration::from_secs(10), hw.wait_for(|o| *o >= offset))
+        .await
+        .unwrap_or_else(|_| panic!("node {} learns the commit of {offset}", node.id))
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_purges_through_a_snapshot_and_a_new_replica_starts_from_it() {
+    // 4 KiB segments, 8 KiB kept: most of 300 batches expire.
+    let cfg = LogConfig {
+        segment_bytes: 4096,
+        retention_bytes: 8192,
+        ..config()
+    };
+    let (nodes, _) = start_with(3, cfg.clone()).await;
+    let l = leader(&nodes).await;
+    let mut end_offset = 0;
+    for t in 0..300 {
+        let r = nodes[l].raft.client_write(batch(t)).await.unwrap();
+        end_offset = r.data.base_offset + 3;
+    }
+    for n in &nodes {
+        committed(n, end_offset).await;
+    }
+    // Retention asks each replica for a snapshot up to its oldest expired segments; openraft
+    // purges them.
+    for n in &nodes {
+        let keep = n.log.retention_index(i64::MAX).expect("segments expired");
+        n.raft.trigger().snapshot().await.unwrap();
+        n.raft
+            .wait(Some(Duration::from_secs(10)))
+            .metrics(|m| m.purged.is_some_and(|p| p.index + 1 == keep), "purged")
+            .await
+            .unwrap();
+        assert_eq!(
+            n.log.index_range().0,
+            keep,
+            "node {}: whole segments go",
+            n.id
+        );
+        assert!(n.log.stats().log_start_offset > 0);
+    }
+    // A fourth replica starts empty: the leader no longer holds the entries it lacks, so it
+    // sends the snapshot, and the new replica's log starts where the leader's does.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let info = NodeInfo {
+        cluster_addr: listener.local_addr().unwrap().to_string(),
+        client_addr: String::new(),
+        incarnation: 4,
+    };
+    let fourth = node(4, listener, cfg).await;
+    nodes[l].raft.add_learner(4, info, true).await.unwrap();
+    let more = nodes[l].raft.client_write(batch(300)).await.unwrap();
+    let end_offset = more.data.base_offset + 3;
+    committed(&fourth, end_offset).await;
+    let (first, end) = nodes[l].log.index_range();
+    assert!(first > 0, "the leader purged its oldest entries");
+    assert_eq!(fourth.log.index_range(), (first, end));
+    assert_eq!(
+        fourth.log.stats().log_start_offset,
+        nodes[l].log.stats().log_start_offset
+    );
+    assert_same(
+        &stored_from(&fourth.log, first, end),
+        &stored_from(&nodes[l].log, first, end),
+    );
+    // Below its start, a reader is told the records are gone rather than given others.
+    assert!(fourth.log.read(0, 1 << 20).is_err());
+    let start = fourth.log.stats().log_start_offset;
+    let r = fourth.log.read(start, 1 << 20).unwrap();
+    assert_eq!(r.high_watermark, end_offset);
+    assert!(!r.batches.is_empty());
 }
 
 /// Two replicas' batches are byte-identical (reported by the first index that differs).
