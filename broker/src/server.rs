@@ -222,15 +222,18 @@ async fn retention_timer(ctx: Arc<Context>) {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
+        // In a cluster every partition is replicated and deletes old segments through its
+        // Raft group only, even before its group has started (its log is not marked
+        // replicated yet then, and a segment deleted behind Raft's back breaks the replica).
+        if let Some(cluster) = &ctx.cluster {
+            cluster.enforce_retention(now_ms).await;
+            continue;
+        }
         let c = ctx.clone();
         if let Err(e) =
             tokio::task::spawn_blocking(move || c.topics.enforce_retention(now_ms)).await
         {
             tracing::error!(error = %e, "retention task failed");
-        }
-        // Replicated partitions delete old segments through their Raft group.
-        if let Some(cluster) = &ctx.cluster {
-            cluster.enforce_retention(now_ms).await;
         }
     }
 }

@@ -101,6 +101,9 @@ pub enum Command {
     },
     /// Grows a topic to `partitions` partitions, placed like a new topic's.
     AddPartitions { name: TopicName, partitions: u32 },
+    /// Deletes a topic: every node stops its replicas and removes its data (see
+    /// `Cluster::remove_deleted_topics`).
+    DeleteTopic { name: TopicName },
     /// A node asks to join (carried to the metadata leader like a command; the leader adds it
     /// to the metadata group as a learner rather than logging it).
     AddNode { id: u64, info: NodeInfo },
@@ -293,6 +296,15 @@ impl ClusterState {
                 t.epochs.resize(partitions as usize, 0);
                 Ok(())
             }
+            Command::DeleteTopic { name } => {
+                if name.as_str() == rill_protocol::OFFSETS_TOPIC {
+                    return Err(format!("'{name}' is internal and cannot be deleted"));
+                }
+                self.topics
+                    .remove(&name)
+                    .map(|_| ())
+                    .ok_or_else(|| format!("unknown topic '{name}'"))
+            }
             Command::AddNode { .. } | Command::RemoveNode { .. } => {
                 Err("membership changes are not log commands".into())
             }
@@ -369,6 +381,12 @@ pub enum RouteError {
     },
     #[error("{what} has no leader at the moment (an election is under way)")]
     NoLeader { what: String },
+    #[error("topic '{topic}' has {partitions} partition(s); there is no partition {partition}")]
+    UnknownPartition {
+        topic: TopicName,
+        partition: u32,
+        partitions: u32,
+    },
     #[error("{0}")]
     Unavailable(String),
 }
@@ -896,14 +914,37 @@ impl Cluster {
         Ok(r.log_id.index)
     }
 
-    /// Creates missing topics locally and starts this node's missing replicas.
+    /// Creates missing topics locally and starts this node's missing replicas; removes the
+    /// local copies of deleted topics (see [`Cluster::remove_deleted_topics`]).
     async fn reconcile(&self, ctx: &Arc<Context>, state: &ClusterState) -> anyhow::Result<()> {
         for (name, topic) in &state.topics {
+            let local = ctx.topics.get(name);
+            if local.is_ok() {
+                let (c, n) = (ctx.clone(), name.clone());
+                let held = tokio::task::spawn_blocking(move || c.topics.cluster_id(&n)).await?;
+                match held {
+                    // A topic created before ids were recorded: it is this one.
+                    None => {
+                        let (c, n, id) = (ctx.clone(), name.clone(), topic.id);
+                        tokio::task::spawn_blocking(move || c.topics.set_cluster_id(&n, id))
+                            .await??;
+                    }
+                    Some(held) if held == topic.id => {}
+                    // A later topic of this name, and this state is replayed part-way:
+                    // leave it until the state reaches it.
+                    Some(held) if held > topic.id => continue,
+                    // An earlier topic of this name, deleted while this node was away.
+                    Some(_) => {
+                        self.remove_local_topic(ctx, name).await?;
+                    }
+                }
+            }
             match ctx.topics.get(name) {
                 Err(_) => {
                     let (c, n, t) = (ctx.clone(), name.clone(), topic.clone());
                     tokio::task::spawn_blocking(move || {
-                        c.topics.create(n, t.replicas.len() as u32, t.config)
+                        c.topics
+                            .create_with_id(n, t.replicas.len() as u32, t.config, Some(t.id))
                     })
                     .await??;
                 }
@@ -941,7 +982,93 @@ impl Cluster {
                 started?;
             }
         }
+        self.remove_deleted_topics(ctx, state).await
+    }
+
+    /// Removes the local copy of every cluster topic the metadata no longer has (deleted),
+    /// once this node's metadata is known to be current: a state replayed part-way may not
+    /// have reached a topic's creation yet. Only topics with a recorded cluster id are
+    /// touched (every topic a cluster node creates has one; a topic without is adopted by
+    /// `reconcile` when the metadata names it). The coordinator then drops the deleted
+    /// topics' committed offsets, so a topic created again under the name starts without
+    /// them.
+    async fn remove_deleted_topics(
+        &self,
+        ctx: &Arc<Context>,
+        state: &ClusterState,
+    ) -> anyhow::Result<()> {
+        let candidates: Vec<TopicName> = ctx
+            .topics
+            .list()
+            .into_iter()
+            .map(|t| t.name.clone())
+            .filter(|n| !state.topics.contains_key(n))
+            .collect();
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let c = ctx.clone();
+        let deleted: Vec<TopicName> = tokio::task::spawn_blocking(move || {
+            candidates
+                .into_iter()
+                .filter(|n| c.topics.cluster_id(n).is_some())
+                .collect()
+        })
+        .await?;
+        if deleted.is_empty() || !self.metadata_current(state.applied).await {
+            return Ok(());
+        }
+        for name in &deleted {
+            self.remove_local_topic(ctx, name).await?;
+        }
+        if state
+            .topics
+            .keys()
+            .any(|t| t.as_str() == rill_protocol::OFFSETS_TOPIC)
+            && crate::handlers::groups::coordinating(ctx).await.is_ok()
+        {
+            let dropped = ctx
+                .groups
+                .offsets()
+                .forget_topics(|t| state.topics.contains_key(t))
+                .await
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            if dropped > 0 {
+                tracing::info!(dropped, "deleted the committed offsets of deleted topics");
+            }
+        }
         Ok(())
+    }
+
+    /// Stops this node's replicas of `name` and deletes its local copy.
+    async fn remove_local_topic(&self, ctx: &Arc<Context>, name: &TopicName) -> anyhow::Result<()> {
+        let partitions = ctx
+            .topics
+            .get(name)
+            .map_or(0, |t| t.partitions.len() as u32);
+        for p in 0..partitions {
+            self.drop_replica(name, p).await;
+        }
+        let (c, n) = (ctx.clone(), name.clone());
+        match tokio::task::spawn_blocking(move || c.topics.delete(&n)).await? {
+            Ok(()) | Err(crate::topics::TopicError::UnknownTopic(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(topic = %name, "topic deleted in the cluster; local copy removed");
+        Ok(())
+    }
+
+    /// Stops this node's replica of `name`-`p`, if it runs.
+    async fn drop_replica(&self, name: &TopicName, p: u32) {
+        let replica = self
+            .replicas
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(name.clone(), p));
+        if let Some(r) = replica {
+            self.router.remove(r.group);
+            let _ = r.raft.shutdown().await;
+        }
     }
 
     /// Starts this node's replica of `name`-`p`, forming the group if this node is its first
@@ -969,18 +1096,36 @@ impl Cluster {
         .await
         .map_err(anyhow::Error::msg)?;
         // Only a partition never moved is formed here; a moved one's group exists on its
-        // other replicas, which add this one.
-        if replicas.first() == Some(&self.node_id)
-            && topic.epochs.get(p as usize) == Some(&0)
-            && log.index_range() == (0, 0)
-            && !self.lost_data().await
-        {
+        // other replicas, which add this one. The first replica forms it (and so usually
+        // leads it, which balances leaders). If the first replica's node is down, the others
+        // form it after a few election timeouts without hearing from it: openraft allows
+        // several nodes to initialize a group with the same membership, and every node
+        // derives the same one from the metadata.
+        let pristine = topic.epochs.get(p as usize) == Some(&0) && log.index_range() == (0, 0);
+        if pristine && replicas.contains(&self.node_id) && !self.lost_data().await {
             let members: BTreeMap<u64, NodeInfo> = replicas
                 .iter()
                 .filter_map(|id| state.nodes.get(id).map(|n| (*id, n.clone())))
                 .collect();
-            if let Err(e) = raft.initialize(members).await {
-                tracing::debug!(topic = %name, partition = p, error = %e, "partition group already formed");
+            let first = replicas.first() == Some(&self.node_id);
+            let wait = Duration::from_millis(self.config.timing().election_max_ms * 3);
+            let (raft, name) = (raft.clone(), name.clone());
+            let form = async move {
+                if !first {
+                    tokio::time::sleep(wait).await;
+                    if raft.is_initialized().await.unwrap_or(true) {
+                        return;
+                    }
+                    tracing::info!(topic = %name, partition = p, "forming the partition group: its first replica has not");
+                }
+                if let Err(e) = raft.initialize(members).await {
+                    tracing::debug!(topic = %name, partition = p, error = %e, "partition group already formed");
+                }
+            };
+            if first {
+                form.await;
+            } else {
+                tokio::spawn(form);
             }
         }
         self.replicas
@@ -1024,13 +1169,12 @@ impl Cluster {
                 }
             }
         }
-        if surplus.is_empty() || !self.metadata_current(state.applied).await {
-            return Ok(());
+        if !surplus.is_empty() && self.metadata_current(state.applied).await {
+            for (name, p, log) in surplus {
+                self.stop_replica(&name, p, log).await?;
+            }
         }
-        for (name, p, log) in surplus {
-            self.stop_replica(&name, p, log).await?;
-        }
-        Ok(())
+        self.remove_deleted_topics(ctx, &state).await
     }
 
     /// Node `id`'s cluster address: from the membership a group's metrics `m` know (it may be
@@ -1079,15 +1223,7 @@ impl Cluster {
         p: u32,
         log: Arc<PartitionLog>,
     ) -> anyhow::Result<()> {
-        let replica = self
-            .replicas
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(name.clone(), p));
-        if let Some(r) = replica {
-            self.router.remove(r.group);
-            let _ = r.raft.shutdown().await;
-        }
+        self.drop_replica(name, p).await;
         tokio::task::spawn_blocking(move || store::forget(&log))
             .await?
             .map_err(anyhow::Error::msg)?;
@@ -1293,6 +1429,13 @@ impl Cluster {
                 "topic '{topic}' is not known to this node yet"
             )));
         };
+        if partition as usize >= t.replicas.len() {
+            return Err(RouteError::UnknownPartition {
+                topic: topic.clone(),
+                partition,
+                partitions: t.replicas.len() as u32,
+            });
+        }
         let replica = self.replica_of(topic, partition);
         let leader = match &replica {
             Some(r) => {

@@ -8,7 +8,7 @@
 mod fetch;
 
 pub use fetch::max_bytes as fetch_bytes;
-mod groups;
+pub(crate) mod groups;
 mod metadata;
 mod offsets;
 mod produce;
@@ -131,6 +131,9 @@ impl OpError {
                 GroupError::TooManyGroups { .. } => ErrorCode::TooManyGroups,
             },
             OpError::Route(crate::cluster::RouteError::NotLeader { .. }) => ErrorCode::NotLeader,
+            OpError::Route(crate::cluster::RouteError::UnknownPartition { .. }) => {
+                ErrorCode::UnknownPartition
+            }
             OpError::Route(_) => ErrorCode::LeaderNotAvailable,
             OpError::Invalid(_) => ErrorCode::InvalidConfig,
             OpError::ShuttingDown => ErrorCode::ShuttingDown,

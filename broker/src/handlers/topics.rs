@@ -202,7 +202,22 @@ pub async fn delete(
     ctx: Arc<Context>,
     req: DeleteTopicRequest,
 ) -> Result<DeleteTopicResponse, OpError> {
-    refuse_in_cluster(&ctx)?;
+    if let Some(cluster) = &ctx.cluster {
+        if !cluster.state().topics.contains_key(&req.name) {
+            return Err(OpError::Topic(crate::topics::TopicError::UnknownTopic(
+                req.name,
+            )));
+        }
+        // Every node removes its copy once the deletion is committed; this one before
+        // answering (or within a second, if its metadata was not yet confirmed current).
+        let command = crate::cluster::Command::DeleteTopic { name: req.name };
+        return match cluster.propose(&command).await {
+            Ok(()) => Ok(DeleteTopicResponse {}),
+            Err(why) if why.contains("internal") => Err(invalid(why)),
+            Err(why) if why.contains("unknown topic") => Err(invalid(why)),
+            Err(why) => Err(OpError::Route(crate::cluster::RouteError::Unavailable(why))),
+        };
+    }
     let (topics, name) = (ctx.clone(), req.name.clone());
     blocking(move || topics.topics.delete(&name)).await??;
     // The topic is gone from the registry, so new commits for it are refused; now its old
@@ -219,10 +234,17 @@ pub async fn delete(
 }
 
 pub fn list(ctx: &Context, _req: ListTopicsRequest) -> ListTopicsResponse {
+    // In a cluster, what the metadata has (a deleted topic's local copy may still be going).
+    let state = ctx.cluster.as_ref().map(|c| c.state());
     let topics = ctx
         .topics
         .list()
         .iter()
+        .filter(|t| {
+            state
+                .as_ref()
+                .is_none_or(|s| s.topics.contains_key(&t.name))
+        })
         .map(|t| TopicSummary {
             name: t.name.clone(),
             partitions: t.partitions.len() as u32,
@@ -257,16 +279,4 @@ pub fn describe(
         config: topic.config.clone(),
         partitions,
     })
-}
-
-/// Deleting a topic in a cluster is not built yet (every node must remove its data, and a
-/// topic created again under the name must not find the old data on a node that lagged);
-/// refused rather than deleting on one node only.
-fn refuse_in_cluster(ctx: &Context) -> Result<(), OpError> {
-    if ctx.cluster.is_some() {
-        return Err(OpError::Invalid(
-            "deleting a topic is not supported in a cluster yet".into(),
-        ));
-    }
-    Ok(())
 }

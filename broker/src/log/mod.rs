@@ -24,7 +24,7 @@ mod index;
 mod partition;
 mod producer_state;
 pub mod producers;
-mod recovery;
+pub(crate) mod recovery;
 mod segment;
 mod writer;
 

@@ -50,23 +50,13 @@ pub(super) fn write_fail_mark(
     dir: &Path,
     durable: u64,
 ) -> Result<(), StorageError> {
-    let path = dir.join(FAIL_MARK);
-    let mut bytes = durable.to_le_bytes().to_vec();
-    bytes.extend_from_slice(&crc32c::crc32c(&bytes).to_le_bytes());
-    storage
-        .write_synced(&path, &bytes)
-        .map_err(StorageError::io("write", &path))?;
-    sync_dir(storage, dir)
+    write_numbers(storage, dir, FAIL_MARK, &[durable])
 }
 
 fn read_fail_mark(storage: &dyn Storage, dir: &Path) -> Option<u64> {
-    let bytes = storage.read(&dir.join(FAIL_MARK)).ok()?;
-    let (value, crc) = (bytes.get(..8)?, bytes.get(8..12)?);
-    (crc32c::crc32c(value).to_le_bytes() == crc).then(|| {
-        let mut v = [0u8; 8];
-        v.copy_from_slice(value);
-        u64::from_le_bytes(v)
-    })
+    read_numbers(storage, &dir.join(FAIL_MARK), 1)?
+        .first()
+        .copied()
 }
 
 /// Where the log starts when that cannot be read from its segments: the base offset and log
@@ -82,9 +72,27 @@ pub(super) fn write_log_start(
     offset: u64,
     index: u64,
 ) -> Result<(), StorageError> {
-    let (tmp, path) = (dir.join("log-start.tmp"), dir.join(LOG_START));
-    let mut bytes = offset.to_le_bytes().to_vec();
-    bytes.extend_from_slice(&index.to_le_bytes());
+    write_numbers(storage, dir, LOG_START, &[offset, index])
+}
+
+/// `(offset, index)` from [`write_log_start`]'s file, if present and intact.
+fn read_log_start(storage: &dyn Storage, dir: &Path) -> Option<(u64, u64)> {
+    match read_numbers(storage, &dir.join(LOG_START), 2)?.as_slice() {
+        [offset, index] => Some((*offset, *index)),
+        _ => None,
+    }
+}
+
+/// Writes `dir/name` as `values` (u64 LE each), then CRC-32C of them (LE), through a temporary
+/// file, synced and renamed into place: a small record that is either whole or absent.
+pub(crate) fn write_numbers(
+    storage: &dyn Storage,
+    dir: &Path,
+    name: &str,
+    values: &[u64],
+) -> Result<(), StorageError> {
+    let (tmp, path) = (dir.join(format!("{name}.tmp")), dir.join(name));
+    let mut bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     bytes.extend_from_slice(&crc32c::crc32c(&bytes).to_le_bytes());
     storage
         .write_synced(&tmp, &bytes)
@@ -95,18 +103,20 @@ pub(super) fn write_log_start(
     sync_dir(storage, dir)
 }
 
-/// `(offset, index)` from [`write_log_start`]'s file, if present and intact.
-fn read_log_start(storage: &dyn Storage, dir: &Path) -> Option<(u64, u64)> {
-    let bytes = storage.read(&dir.join(LOG_START)).ok()?;
-    let (value, crc) = (bytes.get(..16)?, bytes.get(16..20)?);
+/// The `count` numbers [`write_numbers`] wrote to `path`, if present and intact.
+pub(crate) fn read_numbers(storage: &dyn Storage, path: &Path, count: usize) -> Option<Vec<u64>> {
+    let bytes = storage.read(path).ok()?;
+    let (value, crc) = (
+        bytes.get(..8 * count)?,
+        bytes.get(8 * count..8 * count + 4)?,
+    );
     if crc32c::crc32c(value).to_le_bytes() != crc {
         return None;
     }
-    let mut offset = [0u8; 8];
-    let mut index = [0u8; 8];
-    offset.copy_from_slice(value.get(..8)?);
-    index.copy_from_slice(value.get(8..16)?);
-    Some((u64::from_le_bytes(offset), u64::from_le_bytes(index)))
+    value
+        .chunks_exact(8)
+        .map(|c| c.try_into().ok().map(u64::from_le_bytes))
+        .collect()
 }
 
 /// Cuts the tail segment back to `durable` (a batch boundary) after a fail-stop: what lies

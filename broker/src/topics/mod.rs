@@ -101,6 +101,14 @@ pub fn read_meta(storage: &dyn Storage, topic_dir: &Path) -> Result<TopicMeta, S
 }
 
 /// Writes `meta` to `path` and fsyncs it.
+/// In a cluster node's topic directory: the topic's id in the cluster metadata (u64 LE, then
+/// CRC-32C of it, LE).
+const CLUSTER_ID: &str = "cluster-id";
+
+fn write_cluster_id(storage: &dyn Storage, dir: &Path, id: u64) -> Result<(), StorageError> {
+    crate::log::recovery::write_numbers(storage, dir, CLUSTER_ID, &[id])
+}
+
 fn write_meta(storage: &dyn Storage, path: &Path, meta: &TopicMeta) -> Result<(), StorageError> {
     storage
         .write_synced(path, &metadata::encode(meta))
@@ -289,6 +297,18 @@ impl Topics {
         partitions: u32,
         config: TopicConfig,
     ) -> Result<(), TopicError> {
+        self.create_with_id(name, partitions, config, None)
+    }
+
+    /// [`Topics::create`] for a cluster's topic: its id in the cluster's metadata is staged
+    /// with it (`cluster-id`), so a node can tell this topic from a later one of the same name.
+    pub fn create_with_id(
+        &self,
+        name: TopicName,
+        partitions: u32,
+        config: TopicConfig,
+        cluster_id: Option<u64>,
+    ) -> Result<(), TopicError> {
         if partitions == 0 || partitions > MAX_PARTITIONS {
             return Err(TopicError::InvalidConfig(format!(
                 "partitions must be between 1 and {MAX_PARTITIONS}, got {partitions}"
@@ -302,7 +322,7 @@ impl Topics {
             return Err(TopicError::AlreadyExists(name));
         }
         let staged = self.root.join("staging").join(name.as_str());
-        let result = self.stage(&staged, &name, partitions, &config);
+        let result = self.stage(&staged, &name, partitions, &config, cluster_id);
         if let Err(e) = result {
             let _ = self.storage.remove_dir_all(&staged);
             return Err(e.into());
@@ -340,10 +360,14 @@ impl Topics {
         name: &TopicName,
         partitions: u32,
         config: &TopicConfig,
+        cluster_id: Option<u64>,
     ) -> Result<(), StorageError> {
         self.storage
             .create_dir_all(staged)
             .map_err(StorageError::io("create directory", staged))?;
+        if let Some(id) = cluster_id {
+            write_cluster_id(&*self.storage, staged, id)?;
+        }
         for p in 0..partitions {
             let dir = staged.join(p.to_string());
             self.storage
@@ -358,6 +382,21 @@ impl Topics {
         };
         write_meta(&*self.storage, &staged.join(metadata::FILE_NAME), &meta)?;
         sync_dir(&*self.storage, staged)
+    }
+
+    /// The id of the cluster topic this local topic holds (see [`Topics::create_with_id`]):
+    /// `None` for a topic created by a single node or before ids were recorded. Blocking.
+    pub fn cluster_id(&self, name: &TopicName) -> Option<u64> {
+        let path = self.topics_dir().join(name.as_str()).join(CLUSTER_ID);
+        crate::log::recovery::read_numbers(&*self.storage, &path, 1)?
+            .first()
+            .copied()
+    }
+
+    /// Records that an existing local topic holds cluster topic `id` (one created before ids
+    /// were recorded). Blocking.
+    pub fn set_cluster_id(&self, name: &TopicName, id: u64) -> Result<(), StorageError> {
+        write_cluster_id(&*self.storage, &self.topics_dir().join(name.as_str()), id)
     }
 
     /// Grows a topic to `partitions` partitions. The new partitions' logs are created first and
