@@ -1006,3 +1006,65 @@ async fn a_topic_deleted_while_a_node_is_down_is_removed_there_and_its_name_reus
     expected.sort();
     assert_eq!(read, expected, "only the new topic's records, each once");
 }
+
+/// Story: two instances of a named producer start through different nodes (each client's
+/// bootstrap is another node, which is where it asks for its id). The name lives in the
+/// metadata group, so the second gets the same id and the next epoch, and the first is
+/// refused on every partition, including one the second has not written to yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_producer_is_fenced_by_an_instance_that_asked_another_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3, &[]);
+    let admin = Admin::new(Client::connect(&cluster.addrs()).await.expect("connect"));
+    admin
+        .create_topic("billing", 2, TopicConfig::default())
+        .await
+        .expect("create");
+    settled_partitions(&admin, "billing", 2).await;
+    let named = || ProducerConfig {
+        producer_name: Some("invoicer".into()),
+        ..ProducerConfig::default()
+    };
+    let send = |p: &Producer, partition: u32, value: &str| {
+        let (p, value) = (p.clone(), value.to_string());
+        async move {
+            let record = ProducerRecord::new("billing", value).partition(partition);
+            p.send(record).await?.await
+        }
+    };
+    let one = cluster.node(1).addr().to_string();
+    let two = cluster.node(2).addr().to_string();
+    let first = Producer::new(Client::connect(&one).await.expect("connect"), named());
+    for i in 0..4 {
+        send(&first, i % 2, &format!("first-{i}"))
+            .await
+            .expect("first");
+    }
+    let (id, epoch) = first.identity().expect("an id");
+    assert!(
+        id < 1 << 44,
+        "a named producer's id is the cluster's, not a node's"
+    );
+
+    let second = Producer::new(Client::connect(&two).await.expect("connect"), named());
+    send(&second, 0, "second-0").await.expect("second");
+    assert_eq!(
+        second.identity(),
+        Some((id, epoch + 1)),
+        "same id, next epoch"
+    );
+    let refused = send(&first, 1, "first-after-fence").await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(rill_client::ErrorCode::ProducerFenced),
+        "{refused}"
+    );
+    send(&second, 1, "second-1").await.expect("second");
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    let p1: Vec<String> = read_all(&client, "billing", 1)
+        .await
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(p1, ["first-1", "first-3", "second-1"]);
+}

@@ -104,6 +104,9 @@ pub enum Command {
     /// Deletes a topic: every node stops its replicas and removes its data (see
     /// `Cluster::remove_deleted_topics`).
     DeleteTopic { name: TopicName },
+    /// A named producer (re)starts: the name keeps its id and gets the next epoch, fencing
+    /// every earlier instance on every node.
+    NameProducer { name: String },
     /// A node asks to join (carried to the metadata leader like a command; the leader adds it
     /// to the metadata group as a learner rather than logging it).
     AddNode { id: u64, info: NodeInfo },
@@ -145,6 +148,14 @@ pub struct ClusterState {
     next_topic_id: u64,
     /// Why the last command was refused, by its log index (for the proposer).
     refusals: BTreeMap<u64, String>,
+    /// Named producers: name -> (producer id, current epoch). Their ids come from the range
+    /// below bit 44, which no node uses (node ids start at 1; see `handlers::producers`).
+    producers: BTreeMap<String, (i64, i16)>,
+    /// The current epoch of each named producer's id (for fencing on produce).
+    producer_epochs: HashMap<i64, i16>,
+    next_producer_id: i64,
+    /// What the last `NameProducer` commands handed out, by log index (for the proposer).
+    named: BTreeMap<u64, (i64, i16)>,
     /// Log index of the last entry applied.
     pub applied: u64,
 }
@@ -158,6 +169,31 @@ impl ClusterState {
                 self.nodes = m.nodes().map(|(id, n)| (*id, n.clone())).collect();
             }
             EntryPayload::Normal(batch) => match decode_command(batch) {
+                Ok(Command::NameProducer { name }) => {
+                    let named = match self.producers.get(&name) {
+                        Some((_, i16::MAX)) => Err(format!(
+                            "producer name '{name}' used up its epochs; choose another name"
+                        )),
+                        Some((id, epoch)) => Ok((*id, epoch + 1)),
+                        None => {
+                            self.next_producer_id += 1;
+                            Ok((self.next_producer_id - 1, 0))
+                        }
+                    };
+                    match named {
+                        Ok((id, epoch)) => {
+                            self.producers.insert(name, (id, epoch));
+                            self.producer_epochs.insert(id, epoch);
+                            self.named.insert(entry.log_id.index, (id, epoch));
+                            while self.named.len() > 1000 {
+                                self.named.pop_first();
+                            }
+                        }
+                        Err(why) => {
+                            self.refusals.insert(entry.log_id.index, why);
+                        }
+                    }
+                }
                 Ok(cmd) => {
                     if let Err(why) = self.command(cmd) {
                         self.refusals.insert(entry.log_id.index, why);
@@ -305,6 +341,7 @@ impl ClusterState {
                     .map(|_| ())
                     .ok_or_else(|| format!("unknown topic '{name}'"))
             }
+            Command::NameProducer { .. } => Err("named producers are applied apart".into()),
             Command::AddNode { .. } | Command::RemoveNode { .. } => {
                 Err("membership changes are not log commands".into())
             }
@@ -793,6 +830,31 @@ impl Cluster {
     /// Proposes a metadata command from any node: directly on the metadata leader, otherwise
     /// through it. Returns once it is committed and applied here.
     pub async fn propose(&self, cmd: &Command) -> Result<(), String> {
+        self.propose_at(cmd).await.map(|_| ())
+    }
+
+    /// A named producer's id and new epoch, handed out by the metadata group so that every
+    /// node fences its earlier instances.
+    pub async fn name_producer(&self, name: &str) -> Result<(i64, i16), String> {
+        let index = self
+            .propose_at(&Command::NameProducer { name: name.into() })
+            .await?;
+        self.state().named.get(&index).copied().ok_or_else(|| {
+            "the producer name was registered, but its epoch is no longer known here; retry".into()
+        })
+    }
+
+    /// The current epoch of named producer `id`, if `epoch` is older (a fenced instance).
+    pub fn fenced(&self, id: i64, epoch: i16) -> Option<i16> {
+        self.state()
+            .producer_epochs
+            .get(&id)
+            .copied()
+            .filter(|current| epoch < *current)
+    }
+
+    /// [`Cluster::propose`], returning the command's metadata log index.
+    async fn propose_at(&self, cmd: &Command) -> Result<u64, String> {
         let batch = encode_command(cmd);
         // Just after start, or during an election, wait a little for a leader.
         let known = self.meta.metrics().borrow().current_leader;
@@ -825,7 +887,10 @@ impl Cluster {
                 "the change was committed but this node has not applied it yet".to_string()
             })?
             .map_err(|_| "the node is shutting down".to_string())?;
-        Ok(())
+        if let Some(why) = self.state().refusals.get(&index) {
+            return Err(why.clone());
+        }
+        Ok(index)
     }
 
     async fn write_metadata(&self, batch: Bytes) -> Result<u64, String> {

@@ -45,15 +45,27 @@ pub fn start(ctx: &Context, req: ProduceRequest, batch: Bytes) -> Result<Pending
                 rill_protocol::OFFSETS_TOPIC
             )));
         }
+        fence(&batch, |id, epoch| cluster.fenced(id, epoch))?;
         return start_replicated(cluster, req, batch);
     }
     let log = ctx.topics.partition(&req.topic, req.partition)?;
-    // A fenced instance of a named producer is refused on every partition, also those its
-    // successor has not written to yet (the partitions' own windows would let it through).
-    // A header that does not parse is left for `append` to report.
-    if let Ok(h) = BatchHeader::parse(&batch)
+    fence(&batch, |id, epoch| ctx.producer_ids.fenced(id, epoch))?;
+    let bytes = batch.len() as u64;
+    Ok(Pending {
+        append: Append::Local(log.append(batch)?),
+        topic: req.topic.to_string(),
+        bytes,
+    })
+}
+
+/// A fenced instance of a named producer is refused on every partition, also those its
+/// successor has not written to yet (the partitions' own windows would let it through).
+/// `current` gives a named producer's current epoch when `epoch` is older. A header that does
+/// not parse is left for the append to report.
+fn fence(batch: &Bytes, current: impl Fn(i64, i16) -> Option<i16>) -> Result<(), OpError> {
+    if let Ok(h) = BatchHeader::parse(batch)
         && h.producer_id >= 0
-        && let Some(current) = ctx.producer_ids.fenced(h.producer_id, h.producer_epoch)
+        && let Some(current) = current(h.producer_id, h.producer_epoch)
     {
         return Err(OpError::Append(AppendError::Sequence(
             SequenceError::Fenced {
@@ -63,12 +75,7 @@ pub fn start(ctx: &Context, req: ProduceRequest, batch: Bytes) -> Result<Pending
             },
         )));
     }
-    let bytes = batch.len() as u64;
-    Ok(Pending {
-        append: Append::Local(log.append(batch)?),
-        topic: req.topic.to_string(),
-        bytes,
-    })
+    Ok(())
 }
 
 /// Produce in a cluster: on the partition's leader, the batch becomes a Raft entry (proposed

@@ -11,6 +11,20 @@ pub async fn init(
     ctx: Arc<Context>,
     req: InitProducerRequest,
 ) -> Result<InitProducerResponse, OpError> {
+    if let (Some(cluster), Some(name)) = (&ctx.cluster, req.producer_name.as_deref()) {
+        if name.len() > crate::producer_ids::MAX_NAME {
+            return Err(OpError::Invalid(
+                InitError::NameTooLong(name.len()).to_string(),
+            ));
+        }
+        // Named producers live in the metadata group: one id per name across the cluster, and
+        // a new epoch fences earlier instances on every node (ids below bit 44).
+        let (producer_id, epoch) = cluster
+            .name_producer(name)
+            .await
+            .map_err(|why| OpError::Route(crate::cluster::RouteError::Unavailable(why)))?;
+        return Ok(InitProducerResponse { producer_id, epoch });
+    }
     let ids = ctx.clone();
     let (producer_id, epoch) =
         blocking(move || ids.producer_ids.init(req.producer_name.as_deref()))
@@ -20,8 +34,7 @@ pub async fn init(
                 InitError::Storage(s) => OpError::Topic(TopicError::Storage(s)),
             })?;
     // In a cluster each node hands out ids from its own range (node id above bit 44), so a
-    // partition leader never mistakes two producers for one. A named producer's epoch is kept
-    // by the node it asked: fencing across nodes needs the names in the metadata group.
+    // partition leader never mistakes two producers for one.
     let node = ctx.cluster.as_ref().map_or(0, |c| c.node_id as i64);
     Ok(InitProducerResponse {
         producer_id: producer_id | (node << 44),
