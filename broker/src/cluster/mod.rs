@@ -156,6 +156,8 @@ pub struct ClusterState {
     next_producer_id: i64,
     /// What the last `NameProducer` commands handed out, by log index (for the proposer).
     named: BTreeMap<u64, (i64, i16)>,
+    /// Ids of deleted topics (ids are never reused): a local copy holding one is removed.
+    deleted: BTreeSet<u64>,
     /// Log index of the last entry applied.
     pub applied: u64,
 }
@@ -336,10 +338,12 @@ impl ClusterState {
                 if name.as_str() == rill_protocol::OFFSETS_TOPIC {
                     return Err(format!("'{name}' is internal and cannot be deleted"));
                 }
-                self.topics
+                let t = self
+                    .topics
                     .remove(&name)
-                    .map(|_| ())
-                    .ok_or_else(|| format!("unknown topic '{name}'"))
+                    .ok_or_else(|| format!("unknown topic '{name}'"))?;
+                self.deleted.insert(t.id);
+                Ok(())
             }
             Command::NameProducer { .. } => Err("named producers are applied apart".into()),
             Command::AddNode { .. } | Command::RemoveNode { .. } => {
@@ -480,7 +484,15 @@ impl NodeService for Service {
                     m.nodes().map(|(id, n)| (*id, n.clone())).collect()
                 })
                 .unwrap_or_default(),
-            meta_applied: c.as_ref().map_or(0, |c| c.meta_applied()),
+            // Only a leader that applied an entry of its own term has applied everything
+            // committed before it; until then no node may take its figure as current.
+            meta_applied: c.as_ref().map_or(0, |c| {
+                let m = c.meta.metrics().borrow().clone();
+                match m.last_applied {
+                    Some(l) if l.leader_id.term == m.current_term => l.index,
+                    _ => u64::MAX,
+                }
+            }),
         }
     }
 
@@ -999,9 +1011,12 @@ impl Cluster {
                     // leave it until the state reaches it.
                     Some(held) if held > topic.id => continue,
                     // An earlier topic of this name, deleted while this node was away.
-                    Some(_) => {
+                    Some(held) if state.deleted.contains(&held) => {
                         self.remove_local_topic(ctx, name).await?;
                     }
+                    Some(held) => anyhow::bail!(
+                        "local topic '{name}' holds cluster topic {held}, which the metadata neither has nor deleted"
+                    ),
                 }
             }
             match ctx.topics.get(name) {
@@ -1050,13 +1065,11 @@ impl Cluster {
         self.remove_deleted_topics(ctx, state).await
     }
 
-    /// Removes the local copy of every cluster topic the metadata no longer has (deleted),
-    /// once this node's metadata is known to be current: a state replayed part-way may not
-    /// have reached a topic's creation yet. Only topics with a recorded cluster id are
-    /// touched (every topic a cluster node creates has one; a topic without is adopted by
-    /// `reconcile` when the metadata names it). The coordinator then drops the deleted
-    /// topics' committed offsets, so a topic created again under the name starts without
-    /// them.
+    /// Removes the local copy of every topic the metadata deleted: one whose recorded cluster
+    /// id is among the deleted ids (never one that is merely missing from the state, which
+    /// may be replayed part-way or applied late by a new metadata leader). The coordinator
+    /// then drops the deleted topics' committed offsets, so a topic created again under the
+    /// name starts without them.
     async fn remove_deleted_topics(
         &self,
         ctx: &Arc<Context>,
@@ -1072,15 +1085,15 @@ impl Cluster {
         if candidates.is_empty() {
             return Ok(());
         }
-        let c = ctx.clone();
+        let (c, gone) = (ctx.clone(), state.deleted.clone());
         let deleted: Vec<TopicName> = tokio::task::spawn_blocking(move || {
             candidates
                 .into_iter()
-                .filter(|n| c.topics.cluster_id(n).is_some())
+                .filter(|n| c.topics.cluster_id(n).is_some_and(|id| gone.contains(&id)))
                 .collect()
         })
         .await?;
-        if deleted.is_empty() || !self.metadata_current(state.applied).await {
+        if deleted.is_empty() {
             return Ok(());
         }
         for name in &deleted {
@@ -1269,7 +1282,12 @@ impl Cluster {
             return false;
         };
         if leader == self.node_id {
-            return self.confirmed_leader(&m) && applied >= self.meta_applied();
+            // A new leader may not have applied what earlier terms committed yet: it has once
+            // it applied an entry of its own term.
+            let own_term = m
+                .last_applied
+                .is_some_and(|l| l.leader_id.term == m.current_term);
+            return self.confirmed_leader(&m) && own_term && applied >= self.meta_applied();
         }
         let Some(addr) = self.cluster_addr(&m, leader) else {
             return false;
