@@ -672,23 +672,7 @@ impl PartitionLog {
             view.drain(..n).collect()
         };
         for seg in &removed {
-            for path in [
-                seg.path.clone(),
-                seg.path.with_extension("index"),
-                seg.path.with_extension("timeindex"),
-            ] {
-                match self.shared.storage.remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(StorageError::Io {
-                            op: "delete segment",
-                            path,
-                            source: e,
-                        });
-                    }
-                }
-            }
+            recovery::remove_segment_files(&*self.shared.storage, &seg.path)?;
         }
         if !removed.is_empty() {
             recovery::sync_dir(&*self.shared.storage, &self.dir)?;

@@ -184,6 +184,23 @@ pub(super) fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<(), StorageE
         .map_err(StorageError::io("fsync directory", dir))
 }
 
+/// Deletes a segment's files, its indexes first (a crash part-way leaves a segment whose
+/// index is rebuilt, never an index without its segment); files already gone are fine.
+pub(super) fn remove_segment_files(storage: &dyn Storage, path: &Path) -> Result<(), StorageError> {
+    for file in [
+        path.with_extension("index"),
+        path.with_extension("timeindex"),
+        path.to_path_buf(),
+    ] {
+        match storage.remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StorageError::io("delete segment", &file)(e)),
+        }
+    }
+    Ok(())
+}
+
 /// Creates the segment file starting at `base` and makes its directory entry durable. If the
 /// directory fsync fails the new file is removed again, so a retry is not blocked by it.
 pub(super) fn create_segment(

@@ -1194,12 +1194,7 @@ fn retention_leaves_a_replicated_log_alone() {
     };
     let (log, _) = open(dir.path(), cfg, true);
     log.make_replicated(0);
-    for i in 0..200u64 {
-        log.append_entry(batch(i, 3, 0), i, 1)
-            .unwrap()
-            .wait_blocking()
-            .unwrap();
-    }
+    append_entries(&log, 200);
     let before = log.stats();
     assert!(before.segments >= 4);
     assert_eq!(log.enforce_retention(i64::MAX).unwrap(), 0);
@@ -1217,12 +1212,7 @@ fn a_replicated_log_started_afresh_continues_at_its_new_start_across_restarts() 
     let cfg = config(4096);
     let (log, _) = open(dir.path(), cfg.clone(), true);
     log.make_replicated(0);
-    for i in 0..100u64 {
-        log.append_entry(batch(i, 3, 0), i, 1)
-            .unwrap()
-            .wait_blocking()
-            .unwrap();
-    }
+    append_entries(&log, 100);
     assert!(log.stats().segments > 2);
     // A snapshot up to index 499 (offset 2000 next) replaces everything.
     log.restart_at(2000, 500).unwrap();
@@ -1277,12 +1267,7 @@ fn retention_of_a_replicated_log_names_the_first_index_it_keeps_below_the_commit
     };
     let (log, _) = open(dir.path(), cfg, true);
     log.make_replicated(0);
-    for i in 0..200u64 {
-        log.append_entry(batch(i, 3, 0), i, 1)
-            .unwrap()
-            .wait_blocking()
-            .unwrap();
-    }
+    append_entries(&log, 200);
     // Nothing committed: nothing may go.
     assert_eq!(log.retention_index(i64::MAX), None);
     log.set_high_watermark(600);
@@ -1293,4 +1278,14 @@ fn retention_of_a_replicated_log_names_the_first_index_it_keeps_below_the_commit
     let offset = log.offset_of_index(keep).unwrap().unwrap();
     assert!(log.delete_segments_before(offset).unwrap() > 0);
     assert_eq!(log.index_range().0, keep);
+}
+
+/// Raft entries 0..count of term 1, three records each, each awaited.
+fn append_entries(log: &PartitionLog, count: u64) {
+    for i in 0..count {
+        log.append_entry(batch(i, 3, 0), i, 1)
+            .unwrap()
+            .wait_blocking()
+            .unwrap();
+    }
 }

@@ -625,17 +625,7 @@ impl Writer {
             return Err(TruncateError::NotABatchBoundary(offset));
         }
         for later in view.drain(keep..).rev() {
-            for path in [
-                later.path.with_extension("index"),
-                later.path.with_extension("timeindex"),
-                later.path.clone(),
-            ] {
-                match storage.remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(StorageError::io("delete segment", &path)(e).into()),
-                }
-            }
+            recovery::remove_segment_files(&*storage, &later.path)?;
         }
         recovery::sync_dir(&*storage, &self.dir)?;
         let seg = view.last_mut().ok_or_else(|| StorageError::Corrupt {
@@ -731,17 +721,7 @@ impl Writer {
         producer_state::remove_snapshots_after(&*storage, &self.dir, 0)?;
         let mut view = self.shared.view.write().unwrap_or_else(|p| p.into_inner());
         while let Some(seg) = view.pop() {
-            for path in [
-                seg.path.with_extension("index"),
-                seg.path.with_extension("timeindex"),
-                seg.path.clone(),
-            ] {
-                match storage.remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(StorageError::io("delete segment", &path)(e)),
-                }
-            }
+            recovery::remove_segment_files(&*storage, &seg.path)?;
         }
         recovery::sync_dir(&*storage, &self.dir)?;
         recovery::write_log_start(&*storage, &self.dir, offset, index)?;
