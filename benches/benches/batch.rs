@@ -1,7 +1,7 @@
 //! Record-batch encode, validate (the broker's per-produce check), decode, and raw CRC-32C.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use rill_protocol::batch::{self, BatchBuilder, RecordIter};
+use rill_protocol::batch::{self, BatchBuilder, RecordIter, ValidBatch};
 use std::hint::black_box;
 
 fn encode(c: &mut Criterion) {
@@ -39,6 +39,13 @@ fn validate_and_decode(c: &mut Criterion) {
             b.iter(|| {
                 RecordIter::new(input.clone())
                     .map(|it| it.map(|r| r.map_or(0, |r| r.value.len())).sum::<usize>())
+            })
+        });
+        // What a consumer's batch API pays: validate once, then borrow each record.
+        g.bench_with_input(BenchmarkId::new("views", value_len), &input, |b, input| {
+            b.iter(|| {
+                ValidBatch::new(input.clone())
+                    .map(|v| v.records().map(|r| r.value.len()).sum::<usize>())
             })
         });
     }

@@ -23,17 +23,6 @@ pub struct Header {
     pub value: Option<Bytes>,
 }
 
-/// The fields of a record as positions, from a pass that allocates nothing.
-pub(super) struct Skimmed {
-    pub offset_delta: i32,
-    pub timestamp_delta: i64,
-    pub key: Option<(usize, usize)>,
-    pub value: Option<(usize, usize)>,
-    pub headers_at: usize,
-    pub header_count: i32,
-    pub end: usize,
-}
-
 fn length(c: &mut Cursor<'_>, what: &'static str) -> Result<Option<usize>, DecodeError> {
     let n = c.varint(what)?;
     if n < -1 {
@@ -56,20 +45,20 @@ fn field(c: &mut Cursor<'_>, what: &'static str) -> Result<Option<(usize, usize)
     }
 }
 
-/// Walks one record at the cursor, checking its layout against its declared length.
-pub(super) fn skim(c: &mut Cursor<'_>) -> Result<Skimmed, DecodeError> {
+/// Walks one record at the cursor, checking its layout against its declared length; returns
+/// its offset delta.
+pub(super) fn skim(c: &mut Cursor<'_>) -> Result<i32, DecodeError> {
     let len = length(c, "record length")?.ok_or(DecodeError::Invalid {
         what: "record length",
         reason: "null",
     })?;
-    let start = c.position();
     let body = c.take(len, "record")?;
     let mut r = Cursor::new(body);
     r.i8("record attributes")?;
-    let timestamp_delta = r.varlong("timestamp delta")?;
+    r.varlong("timestamp delta")?;
     let offset_delta = r.varint("offset delta")?;
-    let key = field(&mut r, "record key")?;
-    let value = field(&mut r, "record value")?;
+    field(&mut r, "record key")?;
+    field(&mut r, "record value")?;
     let header_count = r.varint("header count")?;
     if header_count < 0 {
         return Err(DecodeError::Invalid {
@@ -77,7 +66,6 @@ pub(super) fn skim(c: &mut Cursor<'_>) -> Result<Skimmed, DecodeError> {
             reason: "negative",
         });
     }
-    let headers_at = r.position();
     for _ in 0..header_count {
         let (at, n) = field(&mut r, "header key")?.ok_or(DecodeError::Invalid {
             what: "header key",
@@ -98,16 +86,7 @@ pub(super) fn skim(c: &mut Cursor<'_>) -> Result<Skimmed, DecodeError> {
             reason: "bytes after the last header",
         });
     }
-    let shift = |f: Option<(usize, usize)>| f.map(|(at, n)| (at.saturating_add(start), n));
-    Ok(Skimmed {
-        offset_delta,
-        timestamp_delta,
-        key: shift(key),
-        value: shift(value),
-        headers_at: headers_at.saturating_add(start),
-        header_count,
-        end: c.position(),
-    })
+    Ok(offset_delta)
 }
 
 /// Iterates over the records of one batch (held as `Bytes`, so records share its memory).
@@ -136,36 +115,9 @@ impl RecordIter {
         &self.header
     }
 
-    fn next_record(&mut self) -> Result<Record, DecodeError> {
-        let records = self.batch.slice(HEADER_LEN.min(self.batch.len())..);
-        let mut c = Cursor::new(&records);
-        c.take(self.pos, "records")?;
-        let s = skim(&mut c)?;
-        self.pos = s.end;
-        let slice =
-            |f: Option<(usize, usize)>| f.map(|(at, n)| records.slice(at..at.saturating_add(n)));
-        let mut headers = Vec::with_capacity(s.header_count as usize);
-        let mut h = Cursor::new(&records);
-        h.take(s.headers_at, "headers")?;
-        for _ in 0..s.header_count {
-            let key = slice(field(&mut h, "header key")?).unwrap_or_default();
-            let value = slice(field(&mut h, "header value")?);
-            let key = String::from_utf8(key.to_vec()).map_err(|_| DecodeError::Invalid {
-                what: "header key",
-                reason: "not UTF-8",
-            })?;
-            headers.push(Header { key, value });
-        }
-        Ok(Record {
-            offset: self
-                .header
-                .base_offset
-                .wrapping_add(u64::from(s.offset_delta as u32)),
-            timestamp: self.header.base_timestamp.wrapping_add(s.timestamp_delta),
-            key: slice(s.key),
-            value: slice(s.value).unwrap_or_default(),
-            headers,
-        })
+    /// The batch's records as borrowed views (validated already: nothing is checked again).
+    pub fn views(&self) -> super::view::RecordViews<'_> {
+        super::view::ValidBatch::views_of(&self.batch, &self.header)
     }
 }
 
@@ -177,10 +129,20 @@ impl Iterator for RecordIter {
             return None;
         }
         self.left = self.left.saturating_sub(1);
-        let r = self.next_record();
-        if r.is_err() {
+        let records = self.batch.get(HEADER_LEN..).unwrap_or_default();
+        // Validated when the iterator was made: a record cannot fail to read here.
+        let Some(view) = super::view::read_record(
+            records,
+            &mut self.pos,
+            self.header.base_offset,
+            self.header.base_timestamp,
+        ) else {
             self.left = 0;
-        }
-        Some(r)
+            return Some(Err(DecodeError::Invalid {
+                what: "record",
+                reason: "unreadable after validation",
+            }));
+        };
+        Some(Ok(view.to_owned(&self.batch)))
     }
 }

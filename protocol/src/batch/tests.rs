@@ -111,6 +111,98 @@ proptest! {
     }
 }
 
+/// What a view holds, in the owned form's terms (headers parsed).
+type Fields = (
+    u64,
+    i64,
+    Option<Vec<u8>>,
+    Vec<u8>,
+    Vec<(String, Option<Vec<u8>>)>,
+);
+
+fn view_fields(v: &RecordView<'_>) -> Fields {
+    (
+        v.offset,
+        v.timestamp,
+        v.key.map(<[u8]>::to_vec),
+        v.value.to_vec(),
+        v.headers()
+            .map(|(k, v)| (k.to_owned(), v.map(<[u8]>::to_vec)))
+            .collect(),
+    )
+}
+
+proptest! {
+    /// The borrowing iterator yields exactly the records that were built, as the owned
+    /// decoder does, and `to_owned` gives the owned decoder's record.
+    #[test]
+    fn views_yield_what_was_built_and_what_the_owned_decoder_yields(recs in proptest::collection::vec(rec(), 1..20), base in 0u64..u64::MAX / 2) {
+        let batch = with_base_offset(&build(&recs), base);
+        let valid = ValidBatch::new(batch.clone()).expect("a built batch validates");
+        // The one-pass check takes every batch whose timestamp deltas fit 63 bits.
+        let base_ts = valid.header().base_timestamp;
+        let near = recs.iter().all(|r| (-(1i64 << 62)..1i64 << 62).contains(&r.ts.wrapping_sub(base_ts)));
+        prop_assert_eq!(view::well_formed(&batch[HEADER_LEN..], recs.len() as i32), near);
+        prop_assert_eq!(valid.len(), recs.len());
+        let views: Vec<RecordView<'_>> = valid.records().collect();
+        prop_assert_eq!(views.len(), recs.len());
+        for (i, (v, r)) in views.iter().zip(&recs).enumerate() {
+            let (offset, ts, key, value, headers) = view_fields(v);
+            prop_assert_eq!(offset, base + i as u64);
+            prop_assert_eq!(ts, r.ts);
+            prop_assert_eq!(key, r.key.clone());
+            prop_assert_eq!(value, r.value.clone());
+            let want: Vec<(String, Option<Vec<u8>>)> =
+                r.headers.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect();
+            prop_assert_eq!(headers, want);
+            prop_assert_eq!(v.header_count(), r.headers.len());
+        }
+        let owned: Vec<Record> = RecordIter::new(batch).unwrap().collect::<Result<_, _>>().unwrap();
+        let converted: Vec<Record> = valid.owned().collect();
+        prop_assert_eq!(converted, owned);
+    }
+
+    /// Every single-bit flip in the checked region is refused before any record is yielded.
+    #[test]
+    fn views_refuse_every_flipped_batch(recs in proptest::collection::vec(rec(), 1..5), bit in any::<prop::sample::Index>()) {
+        let mut v = build(&recs).to_vec();
+        let covered: Vec<usize> = (8..12).chain(16..v.len()).collect();
+        let at = covered[bit.index(covered.len() * 8) / 8];
+        v[at] ^= 1 << (bit.index(8));
+        prop_assert!(ValidBatch::new(Bytes::from(v)).is_err());
+    }
+
+    /// A liar's batch (a byte changed, the CRC recomputed) is refused, or, if its layout still
+    /// holds, read consistently by both decoders: as many records as it claims, no panic.
+    #[test]
+    fn a_resealed_corruption_is_refused_or_read_alike(recs in proptest::collection::vec(rec(), 1..5), at in any::<prop::sample::Index>(), byte in any::<u8>()) {
+        let mut v = build(&recs).to_vec();
+        let at = HEADER_LEN + at.index(v.len() - HEADER_LEN);
+        v[at] = byte;
+        let crc = crc32c::crc32c(&v[CRC_START..]);
+        v[17..21].copy_from_slice(&crc.to_be_bytes());
+        let bytes = Bytes::from(v);
+        match ValidBatch::new(bytes.clone()) {
+            Err(_) => prop_assert!(RecordIter::new(bytes).is_err()),
+            Ok(valid) => {
+                prop_assert_eq!(valid.records().count(), valid.len());
+                let owned: Vec<Record> = RecordIter::new(bytes).unwrap().collect::<Result<_, _>>().unwrap();
+                prop_assert_eq!(valid.owned().collect::<Vec<_>>(), owned);
+            }
+        }
+    }
+
+    #[test]
+    fn views_of_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        if let Ok(valid) = ValidBatch::new(Bytes::from(bytes)) {
+            prop_assert_eq!(valid.records().count(), valid.len());
+            for r in valid.records() {
+                let _ = r.headers().count();
+            }
+        }
+    }
+}
+
 #[test]
 fn records_with_wrong_count_are_rejected_even_with_a_valid_crc() {
     let one = build(&[Rec {
