@@ -43,8 +43,8 @@ pub use partitioner::{murmur2, partition_for_key};
 pub use producer::{
     Delivery, Producer, ProducerConfig, ProducerRecord, Receipt, RecordMetadata, RecordRef,
 };
-pub use reader::{FetchOptions, FetchResult, PartitionReader, StartOffset};
-pub use rill_protocol::batch::{BatchBuilder, Header, Record};
+pub use reader::{FetchOptions, FetchResult, Fetched, PartitionReader, StartOffset};
+pub use rill_protocol::batch::{BatchBuilder, Header, Record, RecordView, ValidBatch};
 pub use rill_protocol::messages::{
     AssignmentStrategy, DescribeGroupResponse, DescribeTopicResponse, GroupSummary, MemberInfo,
     MetadataResponse, NodeAddress, OffsetSpec, PartitionInfo, PartitionLag, PartitionMetadata,

@@ -4,11 +4,12 @@ use crate::admin::topic_name;
 use crate::client::Client;
 use crate::error::Error;
 use rill_protocol::TopicName;
-use rill_protocol::batch::{Batches, Record, RecordIter};
+use rill_protocol::batch::{Batches, Record, RecordIter, RecordView, ValidBatch};
 use rill_protocol::messages::{FetchRequest, ListOffsetsRequest, OffsetSpec, ProduceRequest};
-use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 /// Where a reader starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,8 +52,77 @@ pub struct FetchResult {
     pub log_start_offset: u64,
 }
 
+/// What one fetch returned: validated batches, read in place.
+#[derive(Debug)]
+pub struct Fetched {
+    batches: Vec<ValidBatch>,
+    /// Records below this offset (the head of the first batch) are not yielded.
+    start: u64,
+    bytes: usize,
+    /// Offset after the last record of the returned batches (where the next fetch starts).
+    pub next_offset: u64,
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+    /// The reader's buffer space this fetch holds, given back when it is dropped.
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+impl Fetched {
+    /// The records at or after the requested offset, in order, borrowing from the fetch (no
+    /// allocation per record).
+    pub fn records(&self) -> impl Iterator<Item = RecordView<'_>> + '_ {
+        let start = self.start;
+        self.batches
+            .iter()
+            .flat_map(move |b| b.records().skip(skipped(b, start)))
+    }
+
+    /// The same records as owned [`Record`]s (sharing the fetch's memory).
+    pub fn to_records(&self) -> Vec<Record> {
+        let mut out = Vec::with_capacity(self.len());
+        for b in &self.batches {
+            out.extend(
+                b.records()
+                    .skip(skipped(b, self.start))
+                    .map(|r| r.to_owned(b.bytes())),
+            );
+        }
+        out
+    }
+
+    /// Number of records [`Fetched::records`] yields.
+    pub fn len(&self) -> usize {
+        self.batches
+            .iter()
+            .map(|b| b.len() - skipped(b, self.start))
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The validated batches as received (control batches left out); the first may begin
+    /// before the requested offset.
+    pub fn batches(&self) -> &[ValidBatch] {
+        &self.batches
+    }
+
+    /// Bytes received.
+    pub fn size(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// Records at the head of `batch` below `start` (offsets in a valid batch are consecutive).
+fn skipped(batch: &ValidBatch, start: u64) -> usize {
+    let base = batch.header().base_offset;
+    (start.saturating_sub(base) as usize).min(batch.len())
+}
+
 impl Client {
-    /// One fetch from `offset`, long-polling per `options`. Checks every batch's CRC.
+    /// One fetch from `offset`, long-polling per `options`, as owned records. Checks every
+    /// batch once (CRC and layout).
     pub async fn fetch(
         &self,
         topic: &str,
@@ -60,6 +130,27 @@ impl Client {
         offset: u64,
         options: &FetchOptions,
     ) -> Result<FetchResult, Error> {
+        let fetched = self
+            .fetch_batches(topic, partition, offset, options)
+            .await?;
+        Ok(FetchResult {
+            next_offset: fetched.next_offset,
+            high_watermark: fetched.high_watermark,
+            log_start_offset: fetched.log_start_offset,
+            records: fetched.to_records(),
+        })
+    }
+
+    /// One fetch from `offset`, long-polling per `options`, as validated batches whose records
+    /// are read in place ([`Fetched::records`]). Each batch is checked once here (CRC and
+    /// layout) and never again.
+    pub async fn fetch_batches(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        options: &FetchOptions,
+    ) -> Result<Fetched, Error> {
         let name = topic_name(topic)?;
         let request = FetchRequest {
             topic: name.clone(),
@@ -70,30 +161,27 @@ impl Client {
             max_wait_ms: u32::try_from(options.max_wait.as_millis()).unwrap_or(u32::MAX),
         };
         let (response, payload) = self.call_partition(&name, partition, &request).await?;
-        let mut records = Vec::new();
+        let bytes = payload.len();
+        let mut batches = Vec::new();
         let mut next_offset = offset;
         for batch in Batches::new(payload) {
-            let iter = RecordIter::new(batch)
+            let batch = ValidBatch::new(batch)
                 .map_err(|e| Error::Protocol(format!("corrupt batch from broker: {e}")))?;
-            next_offset = next_offset.max(iter.header().last_offset() + 1);
+            next_offset = next_offset.max(batch.header().last_offset() + 1);
             // A replicated partition's control batches (the brokers' Raft bookkeeping) take
             // offsets but hold no records for applications, as in Kafka.
-            if iter.header().is_control() {
-                continue;
-            }
-            for record in iter {
-                let record = record
-                    .map_err(|e| Error::Protocol(format!("corrupt record from broker: {e}")))?;
-                if record.offset >= offset {
-                    records.push(record);
-                }
+            if !batch.header().is_control() {
+                batches.push(batch);
             }
         }
-        Ok(FetchResult {
-            records,
+        Ok(Fetched {
+            batches,
+            start: offset,
+            bytes,
             next_offset,
             high_watermark: response.high_watermark,
             log_start_offset: response.log_start_offset,
+            _budget: None,
         })
     }
 
@@ -134,15 +222,48 @@ impl Client {
 }
 
 /// Reads one partition in order from a starting point, following new records as they arrive.
+///
+/// Fetches run ahead of the application in a task of their own: while it handles one fetch's
+/// records, the next are already on their way, up to [`PartitionReader::with_buffer_bytes`]
+/// bytes (4 MiB by default) fetched and not yet handed out or dropped. Records come one at a
+/// time ([`PartitionReader::next`]), as owned vectors ([`PartitionReader::poll`]), or as whole
+/// fetches read in place ([`PartitionReader::poll_batch`], the fastest).
 #[derive(Debug)]
 pub struct PartitionReader {
     client: Client,
     topic: TopicName,
     partition: u32,
+    /// Offset after the last record handed out (where the application's reading continues).
     position: u64,
     options: FetchOptions,
-    buffered: VecDeque<Record>,
+    buffer_bytes: usize,
+    prefetch: Option<Prefetch>,
+    /// A fetch being handed out one record at a time by `next`.
+    current: Option<Current>,
 }
+
+#[derive(Debug)]
+struct Current {
+    fetched: Fetched,
+    /// The batch being read and its records as owned ones.
+    batch: usize,
+    records: Option<RecordIter>,
+}
+
+#[derive(Debug)]
+struct Prefetch {
+    rx: mpsc::Receiver<Result<Fetched, Error>>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Default bytes fetched ahead of the application.
+pub const DEFAULT_BUFFER_BYTES: usize = 4 << 20;
 
 impl PartitionReader {
     pub async fn new(
@@ -173,50 +294,157 @@ impl PartitionReader {
             partition,
             position,
             options: FetchOptions::default(),
-            buffered: VecDeque::new(),
+            buffer_bytes: DEFAULT_BUFFER_BYTES,
+            prefetch: None,
+            current: None,
         })
     }
 
     pub fn with_options(mut self, options: FetchOptions) -> Self {
         self.options = options;
+        self.prefetch = None;
+        self
+    }
+
+    /// Bytes fetched ahead of the application at most (one fetch, `max_bytes`, at least; a
+    /// single batch larger than that still arrives whole).
+    pub fn with_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.buffer_bytes = bytes.max(1);
+        self.prefetch = None;
         self
     }
 
     /// Offset of the next record this reader will return.
     pub fn position(&self) -> u64 {
-        self.buffered.front().map_or(self.position, |r| r.offset)
+        match &self.current {
+            Some(c) => c
+                .records
+                .as_ref()
+                .and_then(|r| r.peek_offset())
+                .or_else(|| {
+                    c.fetched
+                        .batches
+                        .get(c.batch)
+                        .map(|b| b.header().base_offset)
+                })
+                .map_or(c.fetched.next_offset, |o| o.max(self.position)),
+            None => self.position,
+        }
     }
 
     pub fn partition(&self) -> u32 {
         self.partition
     }
 
-    /// One fetch: the records available now, or after up to `max_wait` (may be empty).
-    pub async fn poll(&mut self) -> Result<Vec<Record>, Error> {
-        if !self.buffered.is_empty() {
-            return Ok(self.buffered.drain(..).collect());
+    /// The next fetch: what is left of one `next` was reading, or the next from the prefetch
+    /// task (started here, from the reader's position, if it is not running).
+    pub async fn poll_batch(&mut self) -> Result<Fetched, Error> {
+        if let Some(c) = self.current.take() {
+            let start = self.position();
+            let mut fetched = c.fetched;
+            fetched.batches.drain(..c.batch.min(fetched.batches.len()));
+            fetched.start = start;
+            self.position = fetched.next_offset;
+            return Ok(fetched);
         }
-        let result = self
-            .client
-            .fetch(
-                self.topic.as_str(),
-                self.partition,
-                self.position,
-                &self.options,
-            )
-            .await?;
-        self.position = result.next_offset;
-        Ok(result.records)
+        let prefetch = match &mut self.prefetch {
+            Some(p) => p,
+            None => self.prefetch.insert(self.start_prefetch()),
+        };
+        match prefetch.rx.recv().await {
+            Some(Ok(fetched)) => {
+                self.position = self.position.max(fetched.next_offset);
+                Ok(fetched)
+            }
+            Some(Err(e)) => {
+                // The task has ended; the next poll starts again from the position.
+                self.prefetch = None;
+                Err(e)
+            }
+            None => {
+                self.prefetch = None;
+                Err(Error::Protocol("the reader's fetch task ended".into()))
+            }
+        }
+    }
+
+    /// One fetch's records (may be empty: nothing arrived within `max_wait`).
+    pub async fn poll(&mut self) -> Result<Vec<Record>, Error> {
+        Ok(self.poll_batch().await?.to_records())
     }
 
     /// The next record, waiting for one to be produced if necessary.
     pub async fn next(&mut self) -> Result<Record, Error> {
         loop {
-            if let Some(r) = self.buffered.pop_front() {
-                return Ok(r);
+            if let Some(c) = &mut self.current {
+                if let Some(it) = &mut c.records {
+                    for r in it.by_ref() {
+                        let r = r.map_err(|e| Error::Protocol(format!("corrupt record: {e}")))?;
+                        if r.offset >= self.position {
+                            self.position = r.offset + 1;
+                            return Ok(r);
+                        }
+                    }
+                    c.records = None;
+                    c.batch += 1;
+                }
+                match c.fetched.batches.get(c.batch) {
+                    Some(b) => c.records = Some(RecordIter::from_valid(b.clone())),
+                    None => {
+                        self.position = self.position.max(c.fetched.next_offset);
+                        self.current = None;
+                    }
+                }
+                continue;
             }
-            let records = self.poll().await?;
-            self.buffered.extend(records);
+            let fetched = self.poll_batch().await?;
+            self.position = fetched.start;
+            self.current = Some(Current {
+                fetched,
+                batch: 0,
+                records: None,
+            });
+        }
+    }
+
+    fn start_prefetch(&self) -> Prefetch {
+        let (tx, rx) = mpsc::channel(64);
+        let budget = Arc::new(Semaphore::new(self.buffer_bytes));
+        let want = (self.options.max_bytes as usize).clamp(1, self.buffer_bytes) as u32;
+        let (client, topic, partition, options) = (
+            self.client.clone(),
+            self.topic.clone(),
+            self.partition,
+            self.options.clone(),
+        );
+        let mut offset = self.position;
+        let task = tokio::spawn(async move {
+            loop {
+                // A fetch's room is taken before it is sent (it may return `max_bytes`) and what
+                // it did not use is given back when it arrives.
+                let Ok(mut permit) = budget.clone().acquire_many_owned(want).await else {
+                    return;
+                };
+                let result = client
+                    .fetch_batches(topic.as_str(), partition, offset, &options)
+                    .await
+                    .map(|mut f| {
+                        drop(permit.split((want as usize).saturating_sub(f.size())));
+                        f._budget = Some(permit);
+                        f
+                    });
+                let failed = result.is_err();
+                if let Ok(f) = &result {
+                    offset = f.next_offset;
+                }
+                if tx.send(result).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Prefetch {
+            rx,
+            task: task.abort_handle(),
         }
     }
 }

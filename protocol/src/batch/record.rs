@@ -100,6 +100,32 @@ pub struct RecordIter {
 }
 
 impl RecordIter {
+    /// Iterates the records of a batch validated already.
+    pub fn from_valid(batch: super::ValidBatch) -> Self {
+        let (batch, header) = batch.into_parts();
+        RecordIter {
+            batch,
+            header,
+            pos: 0,
+            left: header.record_count,
+        }
+    }
+
+    /// Offset of the record `next` yields, if any.
+    pub fn peek_offset(&self) -> Option<u64> {
+        if self.left <= 0 {
+            return None;
+        }
+        let mut pos = self.pos;
+        super::view::read_record(
+            self.batch.get(HEADER_LEN..).unwrap_or_default(),
+            &mut pos,
+            self.header.base_offset,
+            self.header.base_timestamp,
+        )
+        .map(|r| r.offset)
+    }
+
     /// Validates `batch` (see [`super::validate`]) and iterates its records.
     pub fn new(batch: Bytes) -> Result<Self, DecodeError> {
         let header = super::validate(&batch)?;

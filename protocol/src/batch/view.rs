@@ -27,6 +27,10 @@ impl ValidBatch {
         &self.header
     }
 
+    pub(super) fn into_parts(self) -> (Bytes, BatchHeader) {
+        (self.bytes, self.header)
+    }
+
     /// The whole batch, as received.
     pub fn bytes(&self) -> &Bytes {
         &self.bytes

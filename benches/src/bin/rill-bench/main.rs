@@ -110,6 +110,12 @@ struct Cli {
     /// (`commit_async` after every record) or `sync` (`commit().await` after every record).
     #[arg(long, value_enum, default_value = "auto")]
     commit: scenarios::Commit,
+    /// For consume and produce-consume: how records are read. `records` (the default:
+    /// `PartitionReader::next`, one owned record at a time, default settings), `batches`
+    /// (`PartitionReader::poll_batch`, records read in place, default settings), or `fetch`
+    /// (`Client::fetch` with 4 MiB fetches, one at a time: no reader).
+    #[arg(long, value_enum, default_value = "records")]
+    reader: scenarios::Reader,
     /// With --api producer: turn the producer's idempotence off (it is on by default).
     #[arg(long)]
     no_idempotence: bool,
@@ -195,6 +201,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         linger: Duration::from_millis(cli.linger),
         idempotent: !cli.no_idempotence,
         commit: cli.commit,
+        reader: cli.reader,
         start: Instant::now(),
     };
     let progress = Arc::new(AtomicU64::new(0));
@@ -502,8 +509,8 @@ fn finish(
                 cli.producers, cli.consumers, cli.topics, cli.partitions
             ),
             format!(
-                "\"batch\":{},\"in_flight\":{},\"api\":\"{:?}\",\"linger_ms\":{}",
-                cli.batch, cli.in_flight, cli.api, cli.linger
+                "\"batch\":{},\"in_flight\":{},\"api\":\"{:?}\",\"linger_ms\":{},\"reader\":\"{:?}\"",
+                cli.batch, cli.in_flight, cli.api, cli.linger, cli.reader
             )
             .to_lowercase(),
             "\"verified\":true".to_string(),
@@ -538,7 +545,7 @@ fn finish(
         return Ok(());
     }
     println!(
-        "scenario {:?}  fsync {}  message {} B  producers {}  consumers {}  topics {}  partitions {}  batch {}  in-flight {}  api {:?}",
+        "scenario {:?}  fsync {}  message {} B  producers {}  consumers {}  topics {}  partitions {}  batch {}  in-flight {}  api {:?}  reader {:?}",
         cli.scenario,
         cli.fsync,
         cli.message_size,
@@ -548,7 +555,8 @@ fn finish(
         cli.partitions,
         cli.batch,
         cli.in_flight,
-        cli.api
+        cli.api,
+        cli.reader
     );
     if let Some(s) = spawned.filter(|s| s.nodes() > 1) {
         println!(

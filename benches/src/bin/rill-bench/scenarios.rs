@@ -6,8 +6,8 @@ use anyhow::{Context, bail, ensure};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use rill_client::{
-    Client, Consumer, ConsumerConfig, FetchOptions, OffsetReset, Producer, ProducerConfig,
-    RecordRef,
+    Client, Consumer, ConsumerConfig, FetchOptions, OffsetReset, PartitionReader, Producer,
+    ProducerConfig, RecordRef, StartOffset,
 };
 use rill_protocol::batch::BatchBuilder;
 use std::sync::Arc;
@@ -33,7 +33,20 @@ pub struct Params {
     pub idempotent: bool,
     /// How group members commit.
     pub commit: Commit,
+    /// How consume reads.
+    pub reader: Reader,
     pub start: Instant,
+}
+
+/// How the consume scenarios read a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Reader {
+    /// `PartitionReader::next`: one owned record at a time.
+    Records,
+    /// `PartitionReader::poll_batch`: whole fetches, records read in place.
+    Batches,
+    /// `Client::fetch` with 4 MiB fetches, one at a time.
+    Fetch,
 }
 
 /// What a producer sent: messages acknowledged, their checksum, per-batch ack latencies (us),
@@ -258,6 +271,9 @@ async fn consume_one(
     if targets.is_empty() {
         return Ok(out);
     }
+    if p.reader != Reader::Fetch {
+        return read_partitions(client, p, targets, expected, read, progress).await;
+    }
     let options = FetchOptions {
         max_bytes: 4 << 20,
         min_bytes: 1,
@@ -286,6 +302,73 @@ async fn consume_one(
         i += 1;
     }
     Ok(out)
+}
+
+/// One `PartitionReader` per partition, with its default settings, each in its own task,
+/// until `expected` messages were read in all.
+async fn read_partitions(
+    client: Client,
+    p: &Params,
+    targets: Vec<(String, u32)>,
+    expected: u64,
+    read: Arc<AtomicU64>,
+    progress: Arc<AtomicU64>,
+) -> anyhow::Result<Consumed> {
+    let (done_tx, done) = tokio::sync::watch::channel(false);
+    let done_tx = Arc::new(done_tx);
+    let mut tasks = Vec::new();
+    for (topic, partition) in targets {
+        let mut reader =
+            PartitionReader::new(client.clone(), &topic, partition, StartOffset::Offset(0)).await?;
+        let (p, read, progress) = (p.clone(), read.clone(), progress.clone());
+        let (mut done, done_tx) = (done.clone(), done_tx.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Consumed::default();
+            let count = |value: &[u8], out: &mut Consumed, now: u64| -> anyhow::Result<()> {
+                let seq = stats::seq_of(value).context("short message")?;
+                out.checksum = out.checksum.wrapping_add(stats::mix(seq));
+                if let Some(sent) = stats::sent_ns_of(value) {
+                    out.e2e_micros.push(now.saturating_sub(sent) / 1000);
+                }
+                Ok(())
+            };
+            loop {
+                let n = if p.reader == Reader::Batches {
+                    let fetched = tokio::select! {
+                        f = reader.poll_batch() => f?,
+                        _ = done.wait_for(|d| *d) => break,
+                    };
+                    let now = p.start.elapsed().as_nanos() as u64;
+                    for r in fetched.records() {
+                        count(r.value, &mut out, now)?;
+                    }
+                    fetched.len() as u64
+                } else {
+                    let record = tokio::select! {
+                        r = reader.next() => r?,
+                        _ = done.wait_for(|d| *d) => break,
+                    };
+                    count(&record.value, &mut out, p.start.elapsed().as_nanos() as u64)?;
+                    1
+                };
+                out.messages += n;
+                progress.fetch_add(n, Ordering::Relaxed);
+                if read.fetch_add(n, Ordering::Relaxed) + n >= expected {
+                    done_tx.send_replace(true);
+                    break;
+                }
+            }
+            anyhow::Ok(out)
+        }));
+    }
+    let mut total = Consumed::default();
+    for t in tasks {
+        let r = t.await??;
+        total.messages += r.messages;
+        total.checksum = total.checksum.wrapping_add(r.checksum);
+        total.e2e_micros.extend(r.e2e_micros);
+    }
+    Ok(total)
 }
 
 /// How group-consume members commit their position.

@@ -1,0 +1,124 @@
+//! The partition reader's prefetch: bounded memory while the application does not read, and
+//! every record exactly once in order through each of its APIs.
+
+use rill_client::{
+    Admin, BatchBuilder, Client, FetchOptions, PartitionReader, StartOffset, TopicConfig,
+};
+use rill_e2e::{Broker, http_get};
+use std::time::{Duration, Instant};
+
+/// Record-batch bytes the broker has served for `topic` (its `rill_bytes_out_total`).
+async fn bytes_out(metrics: &str, topic: &str) -> u64 {
+    let addr = metrics.to_string();
+    let (status, body) = tokio::task::spawn_blocking(move || http_get(&addr, "/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let label = format!("topic=\"{topic}\"");
+    body.lines()
+        .filter(|l| l.starts_with("rill_bytes_out_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// `batches` batches of `per_batch` 100-byte records; record i holds i in its first 8 bytes.
+async fn fill(client: &Client, topic: &str, batches: u64, per_batch: u64) {
+    for b in 0..batches {
+        let mut builder = BatchBuilder::with_capacity((per_batch * 120) as usize);
+        for i in 0..per_batch {
+            let mut value = [0u8; 100];
+            value[..8].copy_from_slice(&(b * per_batch + i).to_be_bytes());
+            builder.push(None, &value, &[], 1_700_000_000_000);
+        }
+        client
+            .send_batch(topic, 0, builder.finish())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+}
+
+fn number(value: &[u8]) -> u64 {
+    u64::from_be_bytes(value[..8].try_into().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_reading_holds_at_most_its_buffer_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &[]);
+    let client = Client::connect(broker.addr()).await.unwrap();
+    Admin::new(client.clone())
+        .create_topic("slow", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    // About 3.6 MB, many times the reader's buffer.
+    let (batches, per_batch) = (100u64, 300u64);
+    let total = batches * per_batch;
+    fill(&client, "slow", batches, per_batch).await;
+
+    const MAX_BYTES: u32 = 64 << 10;
+    const BUFFER: usize = 256 << 10;
+    let mut reader = PartitionReader::new(client, "slow", 0, StartOffset::Earliest)
+        .await
+        .unwrap()
+        .with_options(FetchOptions {
+            max_bytes: MAX_BYTES,
+            min_bytes: 1,
+            max_wait: Duration::from_millis(100),
+        })
+        .with_buffer_bytes(BUFFER);
+    let first = reader.next().await.unwrap();
+    assert_eq!((first.offset, number(&first.value)), (0, 0));
+
+    // The application stops reading. The reader fills its buffer (an event: the broker has
+    // served that much)...
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let filled = BUFFER as u64 - u64::from(MAX_BYTES);
+    while bytes_out(broker.metrics_addr(), "slow").await < filled {
+        assert!(Instant::now() < deadline, "the reader never fetched ahead");
+        tokio::task::yield_now().await;
+    }
+    // ...and then nothing more, however long the application stays away (2 s here). What
+    // it may hold: its buffer (the fetch `next` is reading included), and past it at most
+    // one batch beyond a fetch's soft `max_bytes` (these batches are about 33 KB).
+    let stay_away = Instant::now() + Duration::from_secs(2);
+    let bound = BUFFER as u64 + (40 << 10);
+    while Instant::now() < stay_away {
+        let served = bytes_out(broker.metrics_addr(), "slow").await;
+        assert!(
+            served <= bound,
+            "the broker served {served} bytes to a reader that stopped (bound {bound})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Resumed: every record once, in order, mixing the three ways of reading.
+    let mut next = 1u64;
+    while next < total {
+        match next % 3 {
+            0 => {
+                let r = reader.next().await.unwrap();
+                assert_eq!((r.offset, number(&r.value)), (next, next));
+                next += 1;
+            }
+            1 => {
+                for r in reader.poll().await.unwrap() {
+                    assert_eq!((r.offset, number(&r.value)), (next, next));
+                    next += 1;
+                }
+            }
+            _ => {
+                let fetched = reader.poll_batch().await.unwrap();
+                let n = fetched.len();
+                for r in fetched.records() {
+                    assert_eq!((r.offset, number(r.value)), (next, next));
+                    next += 1;
+                }
+                assert_eq!(n, fetched.records().count());
+            }
+        }
+        assert_eq!(reader.position(), next);
+    }
+    assert_eq!(next, total);
+}
