@@ -94,13 +94,24 @@ fn peek_request_header(buf: &[u8]) -> Option<RequestHeader> {
     })
 }
 
+/// Makes room in `buf` for the whole frame it has begun to receive (its length was checked
+/// against the maximum already), so a large frame is read into one allocation rather than a
+/// buffer grown and copied several times; before the length has arrived, room for a header.
+fn reserve_frame(buf: &mut BytesMut, header: usize) {
+    let whole = Cursor::new(buf)
+        .u32("frame length")
+        .map_or(header, |len| len as usize)
+        .saturating_add(LEN_PREFIX);
+    buf.reserve(whole.saturating_sub(buf.len()));
+}
+
 /// Splits one request frame off the front of `buf`, if a whole one has arrived.
 pub fn decode_request(
     buf: &mut BytesMut,
     max_frame: usize,
 ) -> Result<Option<RequestFrame>, FrameError> {
     let Some(len) = frame_len(buf, REQUEST_HEADER_LEN, max_frame)? else {
-        buf.reserve(LEN_PREFIX.saturating_add(REQUEST_HEADER_LEN));
+        reserve_frame(buf, REQUEST_HEADER_LEN);
         return Ok(None);
     };
     buf.advance(LEN_PREFIX);
@@ -122,6 +133,7 @@ pub fn decode_response(
     max_frame: usize,
 ) -> Result<Option<ResponseFrame>, FrameError> {
     let Some(len) = frame_len(buf, RESPONSE_HEADER_LEN, max_frame)? else {
+        reserve_frame(buf, RESPONSE_HEADER_LEN);
         return Ok(None);
     };
     buf.advance(LEN_PREFIX);
@@ -341,6 +353,21 @@ mod tests {
             decode_request(&mut buf, 1024),
             Err(FrameError::TooShort { len: 3, .. })
         ));
+    }
+
+    #[test]
+    fn a_frame_begun_gets_room_for_all_of_it_at_once() {
+        let len = 1u32 << 20;
+        for request in [true, false] {
+            let mut buf = BytesMut::from(&len.to_be_bytes()[..]);
+            let got = if request {
+                decode_request(&mut buf, 2 << 20).map(|f| f.is_some())
+            } else {
+                decode_response(&mut buf, 2 << 20).map(|f| f.is_some())
+            };
+            assert!(!got.unwrap());
+            assert!(buf.capacity() >= LEN_PREFIX + len as usize);
+        }
     }
 
     proptest! {

@@ -4,7 +4,7 @@
 use super::error::StorageError;
 use super::index::{Indexer, SegmentIndex};
 use crate::storage::StorageFile;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use rill_protocol::batch::{self, BatchHeader, HEADER_LEN, LOG_OVERHEAD};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -134,8 +134,9 @@ pub fn read_from(
         return Err(corrupt(path, pos, "batch runs past the committed end"));
     }
     let want = (max_bytes as u64).min(avail).max(first_len);
-    let mut buf = BytesMut::zeroed(want as usize);
-    read_exact_at(file, path, &mut buf, pos)?;
+    let mut buf = file
+        .read_vec_at(want as usize, pos)
+        .map_err(StorageError::io("read", path))?;
     // Whole batches only, each checked against its CRC: corruption at rest is never served.
     let mut used = 0;
     while let Some((_, len)) = batch::peek(&buf[used..]) {
@@ -158,7 +159,7 @@ pub fn read_from(
         used += len;
     }
     buf.truncate(used);
-    Ok(buf.freeze())
+    Ok(Bytes::from(buf))
 }
 
 fn discontinuous(path: &Path, position: u64, found: u64, expected: u64) -> StorageError {

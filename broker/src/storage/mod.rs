@@ -51,6 +51,14 @@ pub trait Storage: Send + Sync + fmt::Debug {
 /// One open file.
 pub trait StorageFile: Send + Sync + fmt::Debug {
     fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()>;
+    /// Reads exactly `len` bytes at `pos` into a new buffer. This default zero-fills the buffer
+    /// first; a real file reads into its spare capacity instead (a fetch's read is up to
+    /// `max_bytes`, and zeroing it cost as much as copying it from the page cache).
+    fn read_vec_at(&self, len: usize, pos: u64) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0; len];
+        self.read_exact_at(&mut buf, pos)?;
+        Ok(buf)
+    }
     /// Writes some prefix of `bufs` at `pos`; returns how many bytes (may be fewer than asked).
     fn write_vectored_at(&self, bufs: &[IoSlice<'_>], pos: u64) -> io::Result<usize>;
     fn len(&self) -> io::Result<u64>;
@@ -184,6 +192,22 @@ impl RealFile {
 impl StorageFile for RealFile {
     fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
         self.file.read_exact_at(buf, pos)
+    }
+
+    fn read_vec_at(&self, len: usize, pos: u64) -> io::Result<Vec<u8>> {
+        let mut buf = Vec::with_capacity(len);
+        while buf.len() < len {
+            let at = pos.saturating_add(buf.len() as u64);
+            // Fills (part of) the spare capacity and extends `buf` by what was read.
+            match rustix::io::pread(&self.file, rustix::buffer::spare_capacity(&mut buf), at) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        buf.truncate(len);
+        Ok(buf)
     }
 
     fn write_vectored_at(&self, bufs: &[IoSlice<'_>], pos: u64) -> io::Result<usize> {
@@ -329,6 +353,9 @@ impl StorageFile for ThrottledFile {
     fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
         self.inner.read_exact_at(buf, pos)
     }
+    fn read_vec_at(&self, len: usize, pos: u64) -> io::Result<Vec<u8>> {
+        self.inner.read_vec_at(len, pos)
+    }
     fn write_vectored_at(&self, bufs: &[IoSlice<'_>], pos: u64) -> io::Result<usize> {
         let n = self.inner.write_vectored_at(bufs, pos)?;
         self.device.write(n);
@@ -348,5 +375,30 @@ impl StorageFile for ThrottledFile {
     }
     fn modified_ms(&self) -> Option<i64> {
         self.inner.modified_ms()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The unzeroed read returns exactly the bytes at the position, whole or not at all, as
+    /// the zero-filling one does.
+    #[test]
+    fn a_read_into_spare_capacity_matches_the_plain_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        Disk.write_synced(&path, &bytes).unwrap();
+        let file = Disk.open(&path).unwrap();
+        for (pos, len) in [(0, 0), (0, 300_000), (12_345, 200_000), (299_999, 1)] {
+            let got = file.read_vec_at(len, pos as u64).unwrap();
+            let mut plain = vec![0; len];
+            file.read_exact_at(&mut plain, pos as u64).unwrap();
+            assert_eq!(got, bytes[pos..pos + len]);
+            assert_eq!(got, plain);
+        }
+        let past = file.read_vec_at(10, 299_995).unwrap_err();
+        assert_eq!(past.kind(), io::ErrorKind::UnexpectedEof);
     }
 }

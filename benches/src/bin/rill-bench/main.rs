@@ -202,6 +202,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         idempotent: !cli.no_idempotence,
         commit: cli.commit,
         reader: cli.reader,
+        // Reading back what was produced earlier has no end-to-end latency worth keeping.
+        end_to_end: !matches!(cli.scenario, Scenario::Consume | Scenario::GroupConsume),
         start: Instant::now(),
     };
     let progress = Arc::new(AtomicU64::new(0));

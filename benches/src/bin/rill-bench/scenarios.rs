@@ -35,6 +35,8 @@ pub struct Params {
     pub commit: Commit,
     /// How consume reads.
     pub reader: Reader,
+    /// Whether readers record each message's end-to-end latency.
+    pub end_to_end: bool,
     pub start: Instant,
 }
 
@@ -291,7 +293,7 @@ async fn consume_one(
         for rec in &r.records {
             let seq = stats::seq_of(&rec.value).context("short message")?;
             out.checksum = out.checksum.wrapping_add(stats::mix(seq));
-            if let Some(sent) = stats::sent_ns_of(&rec.value) {
+            if let Some(sent) = stats::sent_ns_of(&rec.value).filter(|_| p.end_to_end) {
                 out.e2e_micros.push(now.saturating_sub(sent) / 1000);
             }
         }
@@ -327,16 +329,22 @@ async fn read_partitions(
             let count = |value: &[u8], out: &mut Consumed, now: u64| -> anyhow::Result<()> {
                 let seq = stats::seq_of(value).context("short message")?;
                 out.checksum = out.checksum.wrapping_add(stats::mix(seq));
-                if let Some(sent) = stats::sent_ns_of(value) {
+                if let Some(sent) = stats::sent_ns_of(value).filter(|_| p.end_to_end) {
                     out.e2e_micros.push(now.saturating_sub(sent) / 1000);
                 }
                 Ok(())
             };
+            // Made once: the reader that did not reach the end is stopped through it.
+            let stop = async move {
+                let _ = done.wait_for(|d| *d).await;
+            };
+            let mut stop = std::pin::pin!(stop);
             loop {
                 let n = if p.reader == Reader::Batches {
                     let fetched = tokio::select! {
+                        biased;
                         f = reader.poll_batch() => f?,
-                        _ = done.wait_for(|d| *d) => break,
+                        _ = &mut stop => break,
                     };
                     let now = p.start.elapsed().as_nanos() as u64;
                     for r in fetched.records() {
@@ -345,10 +353,16 @@ async fn read_partitions(
                     fetched.len() as u64
                 } else {
                     let record = tokio::select! {
+                        biased;
                         r = reader.next() => r?,
-                        _ = done.wait_for(|d| *d) => break,
+                        _ = &mut stop => break,
                     };
-                    count(&record.value, &mut out, p.start.elapsed().as_nanos() as u64)?;
+                    let now = if p.end_to_end {
+                        p.start.elapsed().as_nanos() as u64
+                    } else {
+                        0
+                    };
+                    count(&record.value, &mut out, now)?;
                     1
                 };
                 out.messages += n;
