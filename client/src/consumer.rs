@@ -32,11 +32,11 @@
 use crate::admin::topic_name;
 use crate::client::Client;
 use crate::error::Error;
-use crate::reader::FetchOptions;
+use crate::reader::{FetchOptions, Fetched, Unread};
 use bytes::Bytes;
 use futures::Stream;
 use rill_protocol::ErrorCode;
-use rill_protocol::batch::{Header, Record};
+use rill_protocol::batch::Header;
 use rill_protocol::messages::{
     AssignmentStrategy, CommitOffsetsRequest, FetchOffsetsRequest, HeartbeatRequest,
     JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, OffsetSpec, TopicPartition,
@@ -117,7 +117,15 @@ struct Chunk {
     slot: usize,
     topic: Arc<str>,
     partition: u32,
-    records: VecDeque<Record>,
+    records: Unread,
+}
+
+/// Records of one partition handed out together by [`Consumer::next_batch`], read in place.
+#[derive(Debug)]
+pub struct ConsumerBatch {
+    pub topic: Arc<str>,
+    pub partition: u32,
+    pub records: Fetched,
 }
 
 enum Item {
@@ -337,6 +345,38 @@ impl Consumer {
         }
     }
 
+    /// The next records, many at once: what is left of one partition's fetch, read in place
+    /// (`batch.records.records()`). Asking for it finishes what was handed out before (as
+    /// `next` does); the whole batch counts as handed out, so a commit after it covers it.
+    /// `None` once the consumer has stopped.
+    pub async fn next_batch(&mut self) -> Option<Result<ConsumerBatch, Error>> {
+        lock(&self.state).finish_in_hand();
+        loop {
+            let chunk = match self.current.take() {
+                Some(c) => c,
+                None => match self.rx.recv().await? {
+                    Item::Records(c) => c,
+                    Item::Error(e) => return Some(Err(e)),
+                },
+            };
+            let records = chunk.records.rest();
+            if records.is_empty() {
+                continue;
+            }
+            let mut st = lock(&self.state);
+            if st.epoch != chunk.epoch {
+                // Revoked since it was fetched: its new owner reads it again.
+                continue;
+            }
+            st.in_hand = Some((chunk.epoch, chunk.slot, records.next_offset));
+            return Some(Ok(ConsumerBatch {
+                topic: chunk.topic,
+                partition: chunk.partition,
+                records,
+            }));
+        }
+    }
+
     /// Commits explicit next-offsets for partitions this member owns.
     pub async fn commit_offsets(&self, offsets: Vec<(TopicPartition, u64)>) -> Result<(), Error> {
         self.command(|r| Command::CommitOffsets(offsets, r)).await
@@ -363,7 +403,7 @@ impl Stream for Consumer {
         lock(&self.state).finish_in_hand();
         loop {
             if let Some(chunk) = self.current.as_mut() {
-                if let Some(record) = chunk.records.pop_front() {
+                if let Some(record) = chunk.records.next_record() {
                     let (epoch, slot) = (chunk.epoch, chunk.slot);
                     let (topic, partition) = (chunk.topic.clone(), chunk.partition);
                     {
@@ -838,13 +878,13 @@ impl Fetcher {
         loop {
             match self
                 .client
-                .fetch(&self.topic, self.tp.partition, self.position, &self.options)
+                .fetch_batches(&self.topic, self.tp.partition, self.position, &self.options)
                 .await
             {
                 Ok(r) => {
                     backoff = Duration::from_millis(50);
                     self.position = r.next_offset;
-                    if r.records.is_empty() {
+                    if r.is_empty() {
                         continue;
                     }
                     let chunk = Chunk {
@@ -852,7 +892,7 @@ impl Fetcher {
                         slot: self.slot,
                         topic: self.topic.clone(),
                         partition: self.tp.partition,
-                        records: r.records.into(),
+                        records: Unread::new(r),
                     };
                     if self.tx.send(Item::Records(chunk)).await.is_err() {
                         return;

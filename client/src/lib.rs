@@ -36,7 +36,7 @@ mod reader;
 pub use admin::Admin;
 pub use client::{Client, ClientConfig};
 pub use consumer::{
-    Assignment, CommitHandle, Consumer, ConsumerConfig, ConsumerRecord, OffsetReset,
+    Assignment, CommitHandle, Consumer, ConsumerBatch, ConsumerConfig, ConsumerRecord, OffsetReset,
 };
 pub use error::Error;
 pub use partitioner::{murmur2, partition_for_key};

@@ -120,6 +120,78 @@ fn skipped(batch: &ValidBatch, start: u64) -> usize {
     (start.saturating_sub(base) as usize).min(batch.len())
 }
 
+/// A fetch handed out one owned record at a time, or what is left of it as a fetch: the
+/// one way `PartitionReader::next` and the group `Consumer` walk a fetch.
+#[derive(Debug)]
+pub(crate) struct Unread {
+    fetched: Fetched,
+    /// The batch being read, and its records as owned ones.
+    batch: usize,
+    records: Option<RecordIter>,
+    /// Offset after the last record handed out; records below it are skipped.
+    position: u64,
+}
+
+impl Unread {
+    pub(crate) fn new(fetched: Fetched) -> Self {
+        Unread {
+            position: fetched.start,
+            fetched,
+            batch: 0,
+            records: None,
+        }
+    }
+
+    /// The next record, if the fetch has one left.
+    pub(crate) fn next_record(&mut self) -> Option<Record> {
+        loop {
+            if let Some(it) = &mut self.records {
+                // Validated when fetched: a record cannot fail to read here.
+                for r in it.by_ref().map_while(Result::ok) {
+                    if r.offset >= self.position {
+                        self.position = r.offset + 1;
+                        return Some(r);
+                    }
+                }
+                self.records = None;
+                self.batch += 1;
+            }
+            let batch = self.fetched.batches.get(self.batch)?;
+            self.records = Some(RecordIter::from_valid(batch.clone()));
+        }
+    }
+
+    /// Offset of the next record (at least the position), or where the fetch ends.
+    pub(crate) fn position(&self) -> u64 {
+        self.records
+            .as_ref()
+            .and_then(RecordIter::peek_offset)
+            .or_else(|| {
+                let next = self.batch + usize::from(self.records.is_some());
+                self.fetched
+                    .batches
+                    .get(next)
+                    .map(|b| b.header().base_offset)
+            })
+            .map_or(self.fetched.next_offset, |o| o.max(self.position))
+    }
+
+    /// Where the fetch ends (the next fetch's offset).
+    pub(crate) fn end(&self) -> u64 {
+        self.fetched.next_offset
+    }
+
+    /// What was not handed out yet, as a fetch.
+    pub(crate) fn rest(self) -> Fetched {
+        let mut fetched = self.fetched;
+        fetched
+            .batches
+            .drain(..self.batch.min(fetched.batches.len()));
+        fetched.start = self.position;
+        fetched
+    }
+}
+
 impl Client {
     /// One fetch from `offset`, long-polling per `options`, as owned records. Checks every
     /// batch once (CRC and layout).
@@ -239,15 +311,7 @@ pub struct PartitionReader {
     buffer_bytes: usize,
     prefetch: Option<Prefetch>,
     /// A fetch being handed out one record at a time by `next`.
-    current: Option<Current>,
-}
-
-#[derive(Debug)]
-struct Current {
-    fetched: Fetched,
-    /// The batch being read and its records as owned ones.
-    batch: usize,
-    records: Option<RecordIter>,
+    current: Option<Unread>,
 }
 
 #[derive(Debug)]
@@ -316,20 +380,9 @@ impl PartitionReader {
 
     /// Offset of the next record this reader will return.
     pub fn position(&self) -> u64 {
-        match &self.current {
-            Some(c) => c
-                .records
-                .as_ref()
-                .and_then(|r| r.peek_offset())
-                .or_else(|| {
-                    c.fetched
-                        .batches
-                        .get(c.batch)
-                        .map(|b| b.header().base_offset)
-                })
-                .map_or(c.fetched.next_offset, |o| o.max(self.position)),
-            None => self.position,
-        }
+        self.current
+            .as_ref()
+            .map_or(self.position, |c| c.position().max(self.position))
     }
 
     pub fn partition(&self) -> u32 {
@@ -340,12 +393,9 @@ impl PartitionReader {
     /// task (started here, from the reader's position, if it is not running).
     pub async fn poll_batch(&mut self) -> Result<Fetched, Error> {
         if let Some(c) = self.current.take() {
-            let start = self.position();
-            let mut fetched = c.fetched;
-            fetched.batches.drain(..c.batch.min(fetched.batches.len()));
-            fetched.start = start;
-            self.position = fetched.next_offset;
-            return Ok(fetched);
+            let rest = c.rest();
+            self.position = rest.next_offset;
+            return Ok(rest);
         }
         let prefetch = match &mut self.prefetch {
             Some(p) => p,
@@ -377,33 +427,15 @@ impl PartitionReader {
     pub async fn next(&mut self) -> Result<Record, Error> {
         loop {
             if let Some(c) = &mut self.current {
-                if let Some(it) = &mut c.records {
-                    for r in it.by_ref() {
-                        let r = r.map_err(|e| Error::Protocol(format!("corrupt record: {e}")))?;
-                        if r.offset >= self.position {
-                            self.position = r.offset + 1;
-                            return Ok(r);
-                        }
-                    }
-                    c.records = None;
-                    c.batch += 1;
+                if let Some(r) = c.next_record() {
+                    self.position = r.offset + 1;
+                    return Ok(r);
                 }
-                match c.fetched.batches.get(c.batch) {
-                    Some(b) => c.records = Some(RecordIter::from_valid(b.clone())),
-                    None => {
-                        self.position = self.position.max(c.fetched.next_offset);
-                        self.current = None;
-                    }
-                }
-                continue;
+                self.position = self.position.max(c.end());
+                self.current = None;
             }
             let fetched = self.poll_batch().await?;
-            self.position = fetched.start;
-            self.current = Some(Current {
-                fetched,
-                batch: 0,
-                records: None,
-            });
+            self.current = Some(Unread::new(fetched));
         }
     }
 

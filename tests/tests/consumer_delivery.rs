@@ -423,3 +423,71 @@ fn commit_requests(metrics: &str) -> u64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
 }
+
+/// `next_batch` hands out many records at once, read in place; mixed with `next`, every
+/// record comes once, and a commit after a batch covers the whole batch, so a successor
+/// starts right after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_and_single_records_mix_and_a_commit_covers_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &[]);
+    let client = Client::connect(broker.addr()).await.unwrap();
+    Admin::new(client.clone())
+        .create_topic("batched", 2, TopicConfig::default())
+        .await
+        .unwrap();
+    let values: Vec<String> = (0..3000).map(|i| format!("v{i}")).collect();
+    produce_values(broker.addr(), "batched", &values).await;
+    let expected: BTreeSet<String> = values.iter().cloned().collect();
+
+    let config = || {
+        let mut c = ConsumerConfig::new("batched-group", ["batched"]);
+        c.auto_offset_reset = OffsetReset::Earliest;
+        c.auto_commit_interval = None;
+        c
+    };
+    let mut first = Consumer::subscribe(client.clone(), config()).unwrap();
+    let mut seen: Vec<(u32, u64, String)> = Vec::new();
+    // Alternate: a batch, then one record, until at least half was read.
+    while seen.len() < values.len() / 2 {
+        let batch = tokio::time::timeout(WAIT, first.next_batch())
+            .await
+            .expect("a batch in time")
+            .expect("consumer open")
+            .expect("no error");
+        assert!(!batch.records.is_empty());
+        for r in batch.records.records() {
+            let v = String::from_utf8(r.value.to_vec()).unwrap();
+            seen.push((batch.partition, r.offset, v));
+        }
+        let one = tokio::time::timeout(WAIT, first.next())
+            .await
+            .expect("a record in time")
+            .expect("stream open")
+            .expect("no error");
+        seen.push((
+            one.partition,
+            one.offset,
+            String::from_utf8(one.value.to_vec()).unwrap(),
+        ));
+    }
+    // Everything handed out so far is committed; the successor reads exactly the rest.
+    first.commit().await.unwrap();
+    first.close().await.unwrap();
+    let mut second = Consumer::subscribe(client.clone(), config()).unwrap();
+    let left: BTreeSet<String> = expected
+        .difference(&seen.iter().map(|(_, _, v)| v.clone()).collect())
+        .cloned()
+        .collect();
+    let rest = read_until(&mut second, &left).await;
+    seen.extend(rest);
+    let mut positions: Vec<(u32, u64)> = seen.iter().map(|(p, o, _)| (*p, *o)).collect();
+    positions.sort();
+    let before = positions.len();
+    positions.dedup();
+    assert_eq!(before, positions.len(), "a record was delivered twice");
+    let got: BTreeSet<String> = seen.into_iter().map(|(_, _, v)| v).collect();
+    assert_eq!(got, expected);
+    assert_eq!(before, values.len(), "every record exactly once");
+    second.close().await.unwrap();
+}

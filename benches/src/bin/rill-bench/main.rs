@@ -107,7 +107,8 @@ struct Cli {
     #[arg(long, default_value_t = 5)]
     linger: u64,
     /// For group-consume: how members commit. `auto` (the default: every 5 s), `async`
-    /// (`commit_async` after every record) or `sync` (`commit().await` after every record).
+    /// (`commit_async` after every poll: a record, or a batch with `--reader batches`) or `sync`
+    /// (`commit().await` after every poll).
     #[arg(long, value_enum, default_value = "auto")]
     commit: scenarios::Commit,
     /// For consume and produce-consume: how records are read. `records` (the default:

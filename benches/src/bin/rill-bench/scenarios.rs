@@ -390,9 +390,9 @@ async fn read_partitions(
 pub enum Commit {
     /// Auto-commit every 5 s (the consumer's default).
     Auto,
-    /// `commit_async` after every record.
+    /// `commit_async` after every poll (a record, or a batch with `--reader batches`).
     Async,
-    /// `commit().await` after every record.
+    /// `commit().await` after every poll.
     Sync,
 }
 
@@ -412,35 +412,58 @@ pub async fn group_consume(
         .collect();
     let read = Arc::new(AtomicU64::new(0));
     let first_at = Arc::new(std::sync::OnceLock::new());
+    let (done_tx, done) = tokio::sync::watch::channel(false);
+    let done_tx = Arc::new(done_tx);
     let mut tasks = Vec::new();
     for _ in 0..p.consumers {
+        // The consumer's default settings, as a user has them.
         let mut config = ConsumerConfig::new(group.clone(), topics.clone());
         config.auto_offset_reset = OffsetReset::Earliest;
-        config.fetch = FetchOptions {
-            max_bytes: 4 << 20,
-            min_bytes: 1,
-            max_wait: Duration::from_millis(100),
-        };
         let mut consumer = Consumer::subscribe(Client::connect(&p.addr).await?, config)?;
-        let (progress, read, commit) = (progress.clone(), read.clone(), p.commit);
+        let (progress, read, commit, reader) = (progress.clone(), read.clone(), p.commit, p.reader);
         let first_at = first_at.clone();
+        let (mut done, done_tx) = (done.clone(), done_tx.clone());
         tasks.push(tokio::spawn(async move {
             let mut out = Consumed::default();
-            while read.load(Ordering::Relaxed) < expected {
-                let next = tokio::time::timeout(Duration::from_millis(200), consumer.next()).await;
-                let Ok(next) = next else { continue };
-                let rec = next.context("consumer stopped")??;
-                first_at.get_or_init(Instant::now);
-                out.checksum = out.checksum.wrapping_add(stats::mix(
-                    stats::seq_of(&rec.value).context("short message")?,
-                ));
-                out.messages += 1;
-                read.fetch_add(1, Ordering::Relaxed);
-                progress.fetch_add(1, Ordering::Relaxed);
+            // Made once: the member that did not read the last record is stopped through it.
+            let stop = async move {
+                let _ = done.wait_for(|d| *d).await;
+            };
+            let mut stop = std::pin::pin!(stop);
+            loop {
+                let n = if reader == Reader::Batches {
+                    let batch = tokio::select! {
+                        biased;
+                        b = consumer.next_batch() => b.context("consumer stopped")??,
+                        _ = &mut stop => break,
+                    };
+                    first_at.get_or_init(Instant::now);
+                    for r in batch.records.records() {
+                        let seq = stats::seq_of(r.value).context("short message")?;
+                        out.checksum = out.checksum.wrapping_add(stats::mix(seq));
+                    }
+                    batch.records.len() as u64
+                } else {
+                    let rec = tokio::select! {
+                        biased;
+                        r = consumer.next() => r.context("consumer stopped")??,
+                        _ = &mut stop => break,
+                    };
+                    first_at.get_or_init(Instant::now);
+                    let seq = stats::seq_of(&rec.value).context("short message")?;
+                    out.checksum = out.checksum.wrapping_add(stats::mix(seq));
+                    1
+                };
+                out.messages += n;
+                progress.fetch_add(n, Ordering::Relaxed);
                 match commit {
                     Commit::Auto => {}
                     Commit::Async => drop(consumer.commit_async()),
                     Commit::Sync => consumer.commit().await?,
+                }
+                if read.fetch_add(n, Ordering::Relaxed) + n >= expected {
+                    done_tx.send_replace(true);
+                    break;
                 }
             }
             consumer.close().await?;
