@@ -3,9 +3,12 @@
 use crate::admin::topic_name;
 use crate::client::Client;
 use crate::error::Error;
+use bytes::Bytes;
 use rill_protocol::TopicName;
-use rill_protocol::batch::{Batches, Record, RecordIter, RecordView, ValidBatch};
-use rill_protocol::messages::{FetchRequest, ListOffsetsRequest, OffsetSpec, ProduceRequest};
+use rill_protocol::batch::{BatchHeader, Batches, Record, RecordIter, RecordView, ValidBatch};
+use rill_protocol::messages::{
+    FetchRequest, FetchResponse, ListOffsetsRequest, OffsetSpec, ProduceRequest,
+};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,6 +115,40 @@ impl Fetched {
     pub fn size(&self) -> usize {
         self.bytes
     }
+}
+
+/// A fetch's payload, each batch checked once (CRC and layout), as a [`Fetched`].
+fn checked(offset: u64, response: &FetchResponse, payload: Bytes) -> Result<Fetched, Error> {
+    let bytes = payload.len();
+    let mut batches = Vec::new();
+    let mut next_offset = offset;
+    for batch in Batches::new(payload) {
+        let batch = ValidBatch::new(batch)
+            .map_err(|e| Error::Protocol(format!("corrupt batch from broker: {e}")))?;
+        next_offset = next_offset.max(batch.header().last_offset() + 1);
+        // A replicated partition's control batches (the brokers' Raft bookkeeping) take
+        // offsets but hold no records for applications, as in Kafka.
+        if !batch.header().is_control() {
+            batches.push(batch);
+        }
+    }
+    Ok(Fetched {
+        batches,
+        start: offset,
+        bytes,
+        next_offset,
+        high_watermark: response.high_watermark,
+        log_start_offset: response.log_start_offset,
+        _budget: None,
+    })
+}
+
+/// Where the fetch after this payload starts, read from its batch headers alone (what
+/// [`checked`] computes once it has checked them; if they are damaged, it fails instead).
+fn end_of(offset: u64, payload: &Bytes) -> u64 {
+    Batches::new(payload.clone())
+        .filter_map(|b| BatchHeader::parse(&b).ok())
+        .fold(offset, |end, h| end.max(h.last_offset() + 1))
 }
 
 /// Records at the head of `batch` below `start` (offsets in a valid batch are consecutive).
@@ -223,38 +260,29 @@ impl Client {
         offset: u64,
         options: &FetchOptions,
     ) -> Result<Fetched, Error> {
-        let name = topic_name(topic)?;
+        let (response, payload) = self
+            .fetch_raw(&topic_name(topic)?, partition, offset, options)
+            .await?;
+        checked(offset, &response, payload)
+    }
+
+    /// One fetch, its payload not yet checked.
+    async fn fetch_raw(
+        &self,
+        topic: &TopicName,
+        partition: u32,
+        offset: u64,
+        options: &FetchOptions,
+    ) -> Result<(FetchResponse, Bytes), Error> {
         let request = FetchRequest {
-            topic: name.clone(),
+            topic: topic.clone(),
             partition,
             offset,
             max_bytes: options.max_bytes,
             min_bytes: options.min_bytes,
             max_wait_ms: u32::try_from(options.max_wait.as_millis()).unwrap_or(u32::MAX),
         };
-        let (response, payload) = self.call_partition(&name, partition, &request).await?;
-        let bytes = payload.len();
-        let mut batches = Vec::new();
-        let mut next_offset = offset;
-        for batch in Batches::new(payload) {
-            let batch = ValidBatch::new(batch)
-                .map_err(|e| Error::Protocol(format!("corrupt batch from broker: {e}")))?;
-            next_offset = next_offset.max(batch.header().last_offset() + 1);
-            // A replicated partition's control batches (the brokers' Raft bookkeeping) take
-            // offsets but hold no records for applications, as in Kafka.
-            if !batch.header().is_control() {
-                batches.push(batch);
-            }
-        }
-        Ok(Fetched {
-            batches,
-            start: offset,
-            bytes,
-            next_offset,
-            high_watermark: response.high_watermark,
-            log_start_offset: response.log_start_offset,
-            _budget: None,
-        })
+        self.call_partition(topic, partition, &request).await
     }
 
     /// Writes one pre-built record batch (see `rill_protocol::batch::BatchBuilder`) to the
@@ -450,28 +478,55 @@ impl PartitionReader {
             self.options.clone(),
         );
         let mut offset = self.position;
+        let fetch = move |offset: u64| {
+            let (client, topic, options) = (client.clone(), topic.clone(), options.clone());
+            tokio::spawn(async move { client.fetch_raw(&topic, partition, offset, &options).await })
+        };
         let task = tokio::spawn(async move {
+            // A fetch's room is taken before it is sent (it may return `max_bytes`) and what
+            // it did not use is given back when it arrives. The next fetch is sent as soon as
+            // this one arrives, before it is checked, so checking overlaps the broker's work.
+            let Ok(mut permit) = budget.clone().acquire_many_owned(want).await else {
+                return;
+            };
+            let mut in_flight = fetch(offset);
             loop {
-                // A fetch's room is taken before it is sent (it may return `max_bytes`) and what
-                // it did not use is given back when it arrives.
-                let Ok(mut permit) = budget.clone().acquire_many_owned(want).await else {
-                    return;
+                let (response, payload) = match in_flight.await {
+                    Ok(Ok(raw)) => raw,
+                    Ok(Err(e)) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                    Err(_) => return,
                 };
-                let result = client
-                    .fetch_batches(topic.as_str(), partition, offset, &options)
-                    .await
-                    .map(|mut f| {
-                        drop(permit.split((want as usize).saturating_sub(f.size())));
-                        f._budget = Some(permit);
-                        f
-                    });
+                drop(permit.split((want as usize).saturating_sub(payload.len())));
+                let next_offset = end_of(offset, &payload);
+                let next = budget
+                    .clone()
+                    .try_acquire_many_owned(want)
+                    .ok()
+                    .map(|p| (p, fetch(next_offset)));
+                let result = checked(offset, &response, payload).map(|mut f| {
+                    f._budget = Some(permit);
+                    f
+                });
                 let failed = result.is_err();
-                if let Ok(f) = &result {
-                    offset = f.next_offset;
-                }
                 if tx.send(result).await.is_err() || failed {
+                    if let Some((_, f)) = next {
+                        f.abort();
+                    }
                     return;
                 }
+                offset = next_offset;
+                (permit, in_flight) = match next {
+                    Some(started) => started,
+                    None => {
+                        let Ok(p) = budget.clone().acquire_many_owned(want).await else {
+                            return;
+                        };
+                        (p, fetch(offset))
+                    }
+                };
             }
         });
         Prefetch {
