@@ -332,10 +332,11 @@ impl Consumer {
             .issued
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
             + 1;
-        if !self
-            .commits
-            .requested
-            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        // Read before writing: while a commit is already requested (the common case when
+        // committing after every poll) the flag's cache line is left alone.
+        let requested = &self.commits.requested;
+        if !requested.load(std::sync::atomic::Ordering::SeqCst)
+            && !requested.swap(true, std::sync::atomic::Ordering::SeqCst)
         {
             self.commits.wake.notify_one();
         }
@@ -399,8 +400,8 @@ impl Stream for Consumer {
     type Item = Result<ConsumerRecord, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        // Asking for the next record finishes the previous one.
-        lock(&self.state).finish_in_hand();
+        // Asking for the next record finishes the previous one: under the same lock that
+        // hands out the next, or before waiting for one.
         loop {
             if let Some(chunk) = self.current.as_mut() {
                 if let Some(record) = chunk.records.next_record() {
@@ -408,6 +409,7 @@ impl Stream for Consumer {
                     let (topic, partition) = (chunk.topic.clone(), chunk.partition);
                     {
                         let mut st = lock(&self.state);
+                        st.finish_in_hand();
                         if st.epoch != epoch {
                             // Revoked since it was fetched: its new owner reads it again.
                             drop(st);
@@ -428,7 +430,11 @@ impl Stream for Consumer {
                 }
                 self.current = None;
             }
-            match ready!(self.rx.poll_recv(cx)) {
+            let item = self.rx.poll_recv(cx);
+            if !matches!(item, Poll::Ready(Some(Item::Records(_)))) {
+                lock(&self.state).finish_in_hand();
+            }
+            match ready!(item) {
                 Some(Item::Records(chunk)) => self.current = Some(chunk),
                 Some(Item::Error(e)) => return Poll::Ready(Some(Err(e))),
                 None => return Poll::Ready(None),

@@ -425,8 +425,8 @@ fn commit_requests(metrics: &str) -> u64 {
 }
 
 /// `next_batch` hands out many records at once, read in place; mixed with `next`, every
-/// record comes once, and a commit after a batch covers the whole batch, so a successor
-/// starts right after it.
+/// record comes once, and a commit after a batch covers the whole batch: a successor reads
+/// only what was produced after it, nothing of the batch again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_and_single_records_mix_and_a_commit_covers_the_batch() {
     let dir = tempfile::tempdir().unwrap();
@@ -437,8 +437,8 @@ async fn batches_and_single_records_mix_and_a_commit_covers_the_batch() {
         .await
         .unwrap();
     let values: Vec<String> = (0..3000).map(|i| format!("v{i}")).collect();
-    produce_values(broker.addr(), "batched", &values).await;
-    let expected: BTreeSet<String> = values.iter().cloned().collect();
+    let (first_half, second_half) = values.split_at(1500);
+    produce_values(broker.addr(), "batched", first_half).await;
 
     let config = || {
         let mut c = ConsumerConfig::new("batched-group", ["batched"]);
@@ -448,17 +448,23 @@ async fn batches_and_single_records_mix_and_a_commit_covers_the_batch() {
     };
     let mut first = Consumer::subscribe(client.clone(), config()).unwrap();
     let mut seen: Vec<(u32, u64, String)> = Vec::new();
-    // Alternate: a batch, then one record, until at least half was read.
-    while seen.len() < values.len() / 2 {
+    // Alternate a batch and a single record until the first half is read.
+    let mut batches = 0;
+    while seen.len() < first_half.len() {
         let batch = tokio::time::timeout(WAIT, first.next_batch())
             .await
             .expect("a batch in time")
             .expect("consumer open")
             .expect("no error");
         assert!(!batch.records.is_empty());
+        assert_eq!(batch.records.len(), batch.records.records().count());
+        batches += 1;
         for r in batch.records.records() {
             let v = String::from_utf8(r.value.to_vec()).unwrap();
             seen.push((batch.partition, r.offset, v));
+        }
+        if seen.len() == first_half.len() {
+            break;
         }
         let one = tokio::time::timeout(WAIT, first.next())
             .await
@@ -471,15 +477,17 @@ async fn batches_and_single_records_mix_and_a_commit_covers_the_batch() {
             String::from_utf8(one.value.to_vec()).unwrap(),
         ));
     }
-    // Everything handed out so far is committed; the successor reads exactly the rest.
+    assert!(batches >= 1);
+    // Everything handed out is committed; the successor reads exactly what comes after.
     first.commit().await.unwrap();
     first.close().await.unwrap();
+    produce_values(broker.addr(), "batched", second_half).await;
     let mut second = Consumer::subscribe(client.clone(), config()).unwrap();
-    let left: BTreeSet<String> = expected
-        .difference(&seen.iter().map(|(_, _, v)| v.clone()).collect())
-        .cloned()
-        .collect();
-    let rest = read_until(&mut second, &left).await;
+    let rest = read_until(&mut second, &second_half.iter().cloned().collect()).await;
+    assert!(
+        rest.iter().all(|(_, _, v)| second_half.contains(v)),
+        "the successor read a record the first member had committed"
+    );
     seen.extend(rest);
     let mut positions: Vec<(u32, u64)> = seen.iter().map(|(p, o, _)| (*p, *o)).collect();
     positions.sort();
@@ -487,7 +495,7 @@ async fn batches_and_single_records_mix_and_a_commit_covers_the_batch() {
     positions.dedup();
     assert_eq!(before, positions.len(), "a record was delivered twice");
     let got: BTreeSet<String> = seen.into_iter().map(|(_, _, v)| v).collect();
-    assert_eq!(got, expected);
+    assert_eq!(got, values.iter().cloned().collect::<BTreeSet<_>>());
     assert_eq!(before, values.len(), "every record exactly once");
     second.close().await.unwrap();
 }
