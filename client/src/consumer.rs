@@ -46,7 +46,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// Where to start in a partition the group has never committed.
@@ -72,6 +72,10 @@ pub struct ConsumerConfig {
     pub fetch: FetchOptions,
     /// Fetched chunks buffered ahead of the application.
     pub buffered_fetches: usize,
+    /// Bytes fetched ahead of the application, over all its partitions: a fetch that arrives
+    /// while the buffer is full waits until the application has read (or dropped) enough.
+    /// Held at most: this, plus one fetch in flight per partition (`fetch.max_bytes`).
+    pub fetch_buffer_bytes: usize,
 }
 
 impl ConsumerConfig {
@@ -88,6 +92,7 @@ impl ConsumerConfig {
             strategy: AssignmentStrategy::Sticky,
             fetch: FetchOptions::default(),
             buffered_fetches: 16,
+            fetch_buffer_bytes: 16 << 20,
         }
     }
 }
@@ -269,7 +274,9 @@ impl Consumer {
             wake: tokio::sync::Notify::new(),
             status: watch::channel(CommitStatus::default()).0,
         });
+        let budget = Arc::new(Semaphore::new(config.fetch_buffer_bytes.max(1)));
         let driver = Driver {
+            budget,
             commits: commits.clone(),
             coord: client.with_own_connection(),
             client,
@@ -450,6 +457,8 @@ enum Next {
 }
 
 struct Driver {
+    /// The fetch buffer's bytes (`fetch_buffer_bytes`), shared by the fetchers.
+    budget: Arc<Semaphore>,
     commits: Arc<AsyncCommits>,
     /// Fetches and offset lookups.
     client: Client,
@@ -697,6 +706,8 @@ impl Driver {
                 tx: self.tx.clone(),
                 options: self.config.fetch.clone(),
                 reset: self.config.auto_offset_reset,
+                budget: self.budget.clone(),
+                budget_bytes: self.config.fetch_buffer_bytes.max(1),
             };
             self.fetchers.push(tokio::spawn(fetcher.run()));
         }
@@ -876,6 +887,8 @@ struct Fetcher {
     tx: mpsc::Sender<Item>,
     options: FetchOptions,
     reset: OffsetReset,
+    budget: Arc<Semaphore>,
+    budget_bytes: usize,
 }
 
 impl Fetcher {
@@ -887,12 +900,19 @@ impl Fetcher {
                 .fetch_batches(&self.topic, self.tp.partition, self.position, &self.options)
                 .await
             {
-                Ok(r) => {
+                Ok(mut r) => {
                     backoff = Duration::from_millis(50);
                     self.position = r.next_offset;
                     if r.is_empty() {
                         continue;
                     }
+                    // Room in the fetch buffer, given back once the application has read the
+                    // chunk (or dropped the batch it was handed).
+                    let bytes = r.size().clamp(1, self.budget_bytes) as u32;
+                    let Ok(room) = self.budget.clone().acquire_many_owned(bytes).await else {
+                        return;
+                    };
+                    r.hold(room);
                     let chunk = Chunk {
                         epoch: self.epoch,
                         slot: self.slot,

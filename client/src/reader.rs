@@ -115,6 +115,11 @@ impl Fetched {
     pub fn size(&self) -> usize {
         self.bytes
     }
+
+    /// Keeps `room` (buffer space) until this fetch is dropped.
+    pub(crate) fn hold(&mut self, room: OwnedSemaphorePermit) {
+        self._budget = Some(room);
+    }
 }
 
 /// A fetch's payload, each batch checked once (CRC and layout), as a [`Fetched`].
@@ -507,7 +512,7 @@ impl PartitionReader {
                     .ok()
                     .map(|p| (p, fetch(next_offset)));
                 let result = checked(offset, &response, payload).map(|mut f| {
-                    f._budget = Some(permit);
+                    f.hold(permit);
                     f
                 });
                 let failed = result.is_err();

@@ -1,8 +1,11 @@
-//! The partition reader's prefetch: bounded memory while the application does not read, and
-//! every record exactly once in order through each of its APIs.
+//! Reading ahead of the application: the partition reader's prefetch and a group member's
+//! fetchers hold bounded memory while the application does not read, and every record comes
+//! exactly once, in order, through each of their APIs.
 
+use futures::StreamExt;
 use rill_client::{
-    Admin, BatchBuilder, Client, FetchOptions, PartitionReader, StartOffset, TopicConfig,
+    Admin, BatchBuilder, Client, Consumer, ConsumerConfig, FetchOptions, OffsetReset,
+    PartitionReader, StartOffset, TopicConfig,
 };
 use rill_e2e::{Broker, http_get};
 use std::time::{Duration, Instant};
@@ -121,4 +124,76 @@ async fn a_reader_that_stops_reading_holds_at_most_its_buffer_and_resumes_exactl
         assert_eq!(reader.position(), next);
     }
     assert_eq!(next, total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_member_that_stops_reading_holds_at_most_its_buffer_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &[]);
+    let client = Client::connect(broker.addr()).await.unwrap();
+    Admin::new(client.clone())
+        .create_topic("idle", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let (batches, per_batch) = (100u64, 300u64);
+    let total = batches * per_batch;
+    fill(&client, "idle", batches, per_batch).await;
+
+    const MAX_BYTES: u32 = 64 << 10;
+    const BUFFER: usize = 256 << 10;
+    let mut config = ConsumerConfig::new("idle-group", ["idle"]);
+    config.auto_offset_reset = OffsetReset::Earliest;
+    config.fetch = FetchOptions {
+        max_bytes: MAX_BYTES,
+        min_bytes: 1,
+        max_wait: Duration::from_millis(100),
+    };
+    config.fetch_buffer_bytes = BUFFER;
+    // The chunk count alone would allow 16 x 33 KB: the byte budget is what binds here.
+    config.buffered_fetches = 16;
+    let mut consumer = Consumer::subscribe(client, config).unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(60), consumer.next())
+        .await
+        .expect("a record in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!((first.offset, number(&first.value)), (0, 0));
+
+    // The member fills its buffer (the broker has served that much)...
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let filled = BUFFER as u64 - u64::from(MAX_BYTES);
+    while bytes_out(broker.metrics_addr(), "idle").await < filled {
+        assert!(Instant::now() < deadline, "the member never fetched ahead");
+        tokio::task::yield_now().await;
+    }
+    // ...and then holds it while the application stays away (2 s): its buffer, plus the one
+    // fetch that arrived and waits for room, plus slack of one batch past `max_bytes`.
+    let stay_away = Instant::now() + Duration::from_secs(2);
+    let bound = BUFFER as u64 + u64::from(MAX_BYTES) + (40 << 10);
+    while Instant::now() < stay_away {
+        let served = bytes_out(broker.metrics_addr(), "idle").await;
+        assert!(
+            served <= bound,
+            "the broker served {served} bytes to a member that stopped (bound {bound})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Resumed: every record once, in order, alternating records and batches.
+    let mut next = 1u64;
+    while next < total {
+        if next.is_multiple_of(2) {
+            let r = consumer.next().await.unwrap().unwrap();
+            assert_eq!((r.offset, number(&r.value)), (next, next));
+            next += 1;
+        } else {
+            let batch = consumer.next_batch().await.unwrap().unwrap();
+            for r in batch.records.records() {
+                assert_eq!((r.offset, number(r.value)), (next, next));
+                next += 1;
+            }
+        }
+    }
+    assert_eq!(next, total);
+    consumer.close().await.unwrap();
 }
