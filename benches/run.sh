@@ -21,11 +21,14 @@ EXTRA=("$@")
 
 run "produce, 1 producer, 1 partition, 100 B, fsync=always" produce --messages 10000000
 run "produce, same, fsync=interval:1000" --fsync interval:1000 produce --messages 10000000
-run "consume the same from the start" consume --messages 10000000
+run "consume the same from the start (PartitionReader::next, defaults)" consume --messages 10000000
+run "consume the same, records read in place (PartitionReader::poll_batch, defaults)" consume --reader batches --messages 10000000
 run "consume as a group (2 members, 4 partitions)" group-consume --partitions 4 --consumers 2 --messages 5000000
+run "consume as a group, next_batch and commit_async after every batch" group-consume --reader batches --commit async --messages 5000000
 run "produce 1 KiB, fsync=always" produce --message-size 1024 --messages 1000000
 run "produce 1 KiB, fsync=interval:1000" --fsync interval:1000 produce --message-size 1024 --messages 1000000
-run "consume 1 KiB" consume --message-size 1024 --messages 1000000
+run "consume 1 KiB (PartitionReader::next)" consume --message-size 1024 --messages 1000000
+run "consume 1 KiB (PartitionReader::poll_batch)" consume --reader batches --message-size 1024 --messages 1000000
 run "produce, 4 producers, 100 B, fsync=always" produce --producers 4 --messages 10000000
 run "produce, 4 producers, 100 partitions" produce --producers 4 --partitions 100 --messages 10000000
 run "produce and consume together, 100 B" produce-consume --messages 5000000
