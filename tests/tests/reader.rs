@@ -46,19 +46,43 @@ fn number(value: &[u8]) -> u64 {
     u64::from_be_bytes(value[..8].try_into().unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reader_that_stops_reading_holds_at_most_its_buffer_and_resumes_exactly() {
+/// A broker with one topic of one partition holding 30,000 100-byte records (about 3.6 MB,
+/// many times a reader's buffer): its directory, the broker, a client and the record count.
+async fn filled_topic(topic: &str) -> (tempfile::TempDir, Broker, Client, u64) {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&dir.path().join("data"), &[]);
     let client = Client::connect(broker.addr()).await.unwrap();
     Admin::new(client.clone())
-        .create_topic("slow", 1, TopicConfig::default())
+        .create_topic(topic, 1, TopicConfig::default())
         .await
         .unwrap();
-    // About 3.6 MB, many times the reader's buffer.
     let (batches, per_batch) = (100u64, 300u64);
-    let total = batches * per_batch;
-    fill(&client, "slow", batches, per_batch).await;
+    fill(&client, topic, batches, per_batch).await;
+    (dir, broker, client, batches * per_batch)
+}
+
+/// With the application away: waits until the broker has served `filled` bytes of `topic`
+/// (the reader filled its buffer), then checks for 2 s that it serves no more than `bound`.
+async fn holds_within(broker: &Broker, topic: &str, filled: u64, bound: u64, who: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while bytes_out(broker.metrics_addr(), topic).await < filled {
+        assert!(Instant::now() < deadline, "the {who} never fetched ahead");
+        tokio::task::yield_now().await;
+    }
+    let stay_away = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < stay_away {
+        let served = bytes_out(broker.metrics_addr(), topic).await;
+        assert!(
+            served <= bound,
+            "the broker served {served} bytes to a {who} that stopped (bound {bound})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_reading_holds_at_most_its_buffer_and_resumes_exactly() {
+    let (_dir, broker, client, total) = filled_topic("slow").await;
 
     const MAX_BYTES: u32 = 64 << 10;
     const BUFFER: usize = 256 << 10;
@@ -74,27 +98,18 @@ async fn a_reader_that_stops_reading_holds_at_most_its_buffer_and_resumes_exactl
     let first = reader.next().await.unwrap();
     assert_eq!((first.offset, number(&first.value)), (0, 0));
 
-    // The application stops reading. The reader fills its buffer (an event: the broker has
-    // served that much)...
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // The application stops reading. The reader fills its buffer, and then fetches nothing
+    // more: it may hold its buffer (the fetch `next` is reading included), and past it at
+    // most one batch beyond a fetch's soft `max_bytes` (these batches are about 33 KB).
     let filled = BUFFER as u64 - u64::from(MAX_BYTES);
-    while bytes_out(broker.metrics_addr(), "slow").await < filled {
-        assert!(Instant::now() < deadline, "the reader never fetched ahead");
-        tokio::task::yield_now().await;
-    }
-    // ...and then nothing more, however long the application stays away (2 s here). What
-    // it may hold: its buffer (the fetch `next` is reading included), and past it at most
-    // one batch beyond a fetch's soft `max_bytes` (these batches are about 33 KB).
-    let stay_away = Instant::now() + Duration::from_secs(2);
-    let bound = BUFFER as u64 + (40 << 10);
-    while Instant::now() < stay_away {
-        let served = bytes_out(broker.metrics_addr(), "slow").await;
-        assert!(
-            served <= bound,
-            "the broker served {served} bytes to a reader that stopped (bound {bound})"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    holds_within(
+        &broker,
+        "slow",
+        filled,
+        BUFFER as u64 + (40 << 10),
+        "reader",
+    )
+    .await;
 
     // Resumed: every record once, in order, mixing the three ways of reading.
     let mut next = 1u64;
@@ -128,16 +143,7 @@ async fn a_reader_that_stops_reading_holds_at_most_its_buffer_and_resumes_exactl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_member_that_stops_reading_holds_at_most_its_buffer_and_resumes_exactly() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("data"), &[]);
-    let client = Client::connect(broker.addr()).await.unwrap();
-    Admin::new(client.clone())
-        .create_topic("idle", 1, TopicConfig::default())
-        .await
-        .unwrap();
-    let (batches, per_batch) = (100u64, 300u64);
-    let total = batches * per_batch;
-    fill(&client, "idle", batches, per_batch).await;
+    let (_dir, broker, client, total) = filled_topic("idle").await;
 
     const MAX_BYTES: u32 = 64 << 10;
     const BUFFER: usize = 256 << 10;
@@ -159,25 +165,12 @@ async fn a_group_member_that_stops_reading_holds_at_most_its_buffer_and_resumes_
         .unwrap();
     assert_eq!((first.offset, number(&first.value)), (0, 0));
 
-    // The member fills its buffer (the broker has served that much)...
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // The member fills its buffer, then holds it while the application stays away: its
+    // buffer, plus the one fetch that arrived and waits for room, plus slack of one batch
+    // past `max_bytes`.
     let filled = BUFFER as u64 - u64::from(MAX_BYTES);
-    while bytes_out(broker.metrics_addr(), "idle").await < filled {
-        assert!(Instant::now() < deadline, "the member never fetched ahead");
-        tokio::task::yield_now().await;
-    }
-    // ...and then holds it while the application stays away (2 s): its buffer, plus the one
-    // fetch that arrived and waits for room, plus slack of one batch past `max_bytes`.
-    let stay_away = Instant::now() + Duration::from_secs(2);
     let bound = BUFFER as u64 + u64::from(MAX_BYTES) + (40 << 10);
-    while Instant::now() < stay_away {
-        let served = bytes_out(broker.metrics_addr(), "idle").await;
-        assert!(
-            served <= bound,
-            "the broker served {served} bytes to a member that stopped (bound {bound})"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    holds_within(&broker, "idle", filled, bound, "member").await;
 
     // Resumed: every record once, in order, alternating records and batches.
     let mut next = 1u64;

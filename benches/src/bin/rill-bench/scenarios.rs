@@ -40,6 +40,20 @@ pub struct Params {
     pub start: Instant,
 }
 
+/// What reader tasks read, added up.
+async fn joined(
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Consumed>>>,
+) -> anyhow::Result<Consumed> {
+    let mut total = Consumed::default();
+    for t in tasks {
+        let r = t.await??;
+        total.messages += r.messages;
+        total.checksum = total.checksum.wrapping_add(r.checksum);
+        total.e2e_micros.extend(r.e2e_micros);
+    }
+    Ok(total)
+}
+
 /// How the consume scenarios read a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Reader {
@@ -251,14 +265,7 @@ pub async fn consume(
             consume_one(client, &p, targets, expected, read, progress).await
         }));
     }
-    let mut total = Consumed::default();
-    for t in tasks {
-        let r = t.await??;
-        total.messages += r.messages;
-        total.checksum = total.checksum.wrapping_add(r.checksum);
-        total.e2e_micros.extend(r.e2e_micros);
-    }
-    Ok(total)
+    joined(tasks).await
 }
 
 async fn consume_one(
@@ -375,14 +382,7 @@ async fn read_partitions(
             anyhow::Ok(out)
         }));
     }
-    let mut total = Consumed::default();
-    for t in tasks {
-        let r = t.await??;
-        total.messages += r.messages;
-        total.checksum = total.checksum.wrapping_add(r.checksum);
-        total.e2e_micros.extend(r.e2e_micros);
-    }
-    Ok(total)
+    joined(tasks).await
 }
 
 /// How group-consume members commit their position.
@@ -470,12 +470,7 @@ pub async fn group_consume(
             anyhow::Ok(out)
         }));
     }
-    let mut total = Consumed::default();
-    for t in tasks {
-        let r = t.await??;
-        total.messages += r.messages;
-        total.checksum = total.checksum.wrapping_add(r.checksum);
-    }
+    let mut total = joined(tasks).await?;
     total.first_at = first_at.get().copied();
     Ok(total)
 }
