@@ -68,6 +68,9 @@ pub struct GroupsConfig {
     /// Most members of one group (ids issued to first joins count until they expire); a join
     /// beyond it gets `GroupFull`.
     pub max_members: usize,
+    /// The committed-offsets log is compacted (its live entries written again, the rest
+    /// deleted) once it holds more than this many bytes and four times its live entries.
+    pub offsets_compact_bytes: u64,
 }
 
 /// Largest node id: producer ids handed out by a node carry its id above bit 44, so ids from
@@ -177,6 +180,7 @@ impl Default for GroupsConfig {
             initial_rebalance_delay_ms: 3000,
             max_groups: 100_000,
             max_members: 1000,
+            offsets_compact_bytes: crate::groups::offsets::DEFAULT_COMPACT_BYTES,
         }
     }
 }
@@ -347,6 +351,9 @@ pub struct Args {
     /// Most members of one consumer group [default: 1000].
     #[arg(long, value_name = "N")]
     pub max_group_members: Option<usize>,
+    /// Compact the committed-offsets log beyond this many bytes [default: 4194304].
+    #[arg(long, value_name = "BYTES")]
+    pub offsets_compact_bytes: Option<u64>,
     /// Run as node N of a cluster (with --cluster-listen and --peers).
     #[arg(long, value_name = "N", requires_all = ["cluster_listen", "peers"])]
     pub node_id: Option<u64>,
@@ -414,6 +421,7 @@ impl Config {
             group_initial_rebalance_delay_ms => config.groups.initial_rebalance_delay_ms,
             max_groups => config.groups.max_groups,
             max_group_members => config.groups.max_members,
+            offsets_compact_bytes => config.groups.offsets_compact_bytes,
         );
         if let (Some(node_id), Some(listen), Some(peers)) =
             (args.node_id, args.cluster_listen, args.peers.clone())
@@ -490,6 +498,11 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "max_produce_queue_bytes and max_partition_queue_bytes must be at least max_frame_bytes".into(),
+            ));
+        }
+        if self.groups.offsets_compact_bytes < 64 << 10 {
+            return Err(ConfigError::Invalid(
+                "offsets_compact_bytes must be at least 65536".into(),
             ));
         }
         if self.max_connections == 0 || self.max_in_flight == 0 {

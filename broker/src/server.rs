@@ -59,6 +59,7 @@ impl Broker {
         let dir = data_dir.clone();
         let limits = config.group_limits();
         let test_write_rate = config.test_write_rate;
+        let compact_bytes = config.groups.offsets_compact_bytes;
         let (topics, groups, producer_ids, clean) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let clean = take_clean_marker(&dir)?;
             if !clean {
@@ -73,7 +74,7 @@ impl Broker {
                 None => crate::storage::disk(),
             };
             let (topics, mut reports) = Topics::open(storage, &dir, log_config, clean)?;
-            let (offsets, report) = OffsetStore::open(&dir, clean)?;
+            let (offsets, report) = OffsetStore::open(&dir, clean, compact_bytes)?;
             reports.push(("__group_offsets".into(), report));
             let m = crate::metrics::global();
             for (partition, report) in reports {

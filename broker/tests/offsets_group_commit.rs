@@ -9,7 +9,12 @@ use rill_protocol::messages::TopicPartition;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_commits_share_fsyncs() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = OffsetStore::open(dir.path(), true).unwrap();
+    let (store, _) = OffsetStore::open(
+        dir.path(),
+        true,
+        rill_broker::groups::offsets::DEFAULT_COMPACT_BYTES,
+    )
+    .unwrap();
     let store = std::sync::Arc::new(store);
     let commits = 400u64;
     let before = rill_broker::metrics::global().fsyncs.get();

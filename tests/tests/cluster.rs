@@ -1068,3 +1068,147 @@ async fn a_named_producer_is_fenced_by_an_instance_that_asked_another_node() {
         .collect();
     assert_eq!(p1, ["first-1", "first-3", "second-1"]);
 }
+
+/// Story: sixteen tools reset their groups' offsets over and over in a three-node cluster,
+/// writing several MiB of commits. The replicated offsets log is compacted by its coordinator
+/// and every replica trims itself, so each stays near the live size instead of growing with
+/// every commit. The coordinator is then killed: the new one rebuilds the groups' offsets from
+/// its trimmed log and serves the latest commit of every group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replicated_offsets_log_is_compacted_and_trimmed_on_every_replica() {
+    use rill_client::ResetTo;
+    const GROUPS: u64 = 16;
+    const ROUNDS: u64 = 70;
+    const WIDE: u32 = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(
+        dir.path(),
+        3,
+        &[
+            "--retention-check-interval-ms",
+            "200",
+            "--offsets-compact-bytes",
+            "262144",
+        ],
+    );
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    let admin = Admin::new(client.clone());
+    // Long names make each committed entry about 460 bytes.
+    let topic = format!("wide{}", "w".repeat(196));
+    admin
+        .create_topic(&topic, WIDE, TopicConfig::default())
+        .await
+        .expect("create");
+    settled_partitions(&admin, &topic, WIDE).await;
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    for p in 0..WIDE {
+        let mut deliveries = Vec::new();
+        for i in 0..20 {
+            let record = ProducerRecord::new(topic.clone(), format!("{i}")).partition(p);
+            deliveries.push(producer.send(record).await.expect("send"));
+        }
+        for d in deliveries {
+            d.await.expect("acknowledged");
+        }
+    }
+    let group = |g: u64| format!("g{g:02}-{}", "x".repeat(236));
+    // The first group request creates the offsets partition; its leader then has to start.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Err(e) = admin
+        .reset_offsets(&group(0), &topic, ResetTo::Earliest)
+        .await
+    {
+        assert!(Instant::now() < deadline, "no coordinator: {e}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tools: Vec<_> = (0..GROUPS)
+        .map(|g| {
+            let (admin, topic, group) = (admin.clone(), topic.clone(), group(g));
+            tokio::spawn(async move {
+                // The last round leaves offset `g` on every partition.
+                for round in (0..ROUNDS).rev() {
+                    let to = ResetTo::Offset((round + g) % 21);
+                    admin
+                        .reset_offsets(&group, &topic, to)
+                        .await
+                        .expect("reset");
+                }
+            })
+        })
+        .collect();
+    for t in tools {
+        t.await.expect("tool");
+    }
+    eprintln!("{:?} written", std::time::SystemTime::now());
+    let offsets = settled_partitions(&admin, "__consumer_offsets", 1).await;
+    let coordinator = leader(&offsets, 0);
+    let described = admin
+        .describe_topic("__consumer_offsets")
+        .await
+        .expect("describe")
+        .partitions[0]
+        .clone();
+    let written = GROUPS * ROUNDS * u64::from(WIDE);
+    assert!(
+        described.log_end_offset > written,
+        "{} records for {written} commits",
+        described.log_end_offset
+    );
+    // Every replica trims below the latest compaction (down to the segment it is in, with
+    // 1 MiB segments): about 4 MiB were written.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for n in 1..=3 {
+        while cluster
+            .segment_names(n, "__consumer_offsets", 0)
+            .first()
+            .map(String::as_str)
+            == Some("00000000000000000000.log")
+            || cluster.partition_size(n, "__consumer_offsets", 0) > 5 << 19
+        {
+            assert!(
+                Instant::now() < deadline,
+                "node {n} never trimmed its committed offsets: {:?}, {} bytes",
+                cluster.segment_names(n, "__consumer_offsets", 0),
+                cluster.partition_size(n, "__consumer_offsets", 0)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // The next coordinator knows every group's last commit from what is left.
+    eprintln!("{:?} trimmed", std::time::SystemTime::now());
+    cluster.node(coordinator).kill9();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for g in 0..GROUPS {
+        loop {
+            let committed: Option<Vec<Option<u64>>> = admin
+                .describe_group(&group(g))
+                .await
+                .ok()
+                .map(|d| d.offsets.iter().map(|o| o.committed).collect());
+            if committed == Some(vec![Some(g); WIDE as usize]) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "group {g} after the failover: {committed:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    eprintln!("{:?} served", std::time::SystemTime::now());
+    let moved = admin.metadata(&["__consumer_offsets"]).await.unwrap();
+    assert_ne!(moved.topics[0].partitions[0].leader, Some(coordinator));
+    // Retention could only forget offsets there: its settings stay as created.
+    let expire = TopicConfig {
+        retention_ms: Some(1),
+        ..TopicConfig::default()
+    };
+    let refused = admin.alter_topic("__consumer_offsets", expire).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("internal")),
+        "{refused:?}"
+    );
+    cluster.node(coordinator).restart();
+}

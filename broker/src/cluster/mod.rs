@@ -308,6 +308,11 @@ impl ClusterState {
                 Ok(())
             }
             Command::AlterTopic { name, changes } => {
+                if name.as_str() == rill_protocol::OFFSETS_TOPIC {
+                    return Err(format!(
+                        "'{name}' is internal: its settings cannot be changed"
+                    ));
+                }
                 let t = self
                     .topics
                     .get_mut(&name)
@@ -1581,20 +1586,34 @@ impl Cluster {
     /// Retention of this node's replicas: each one whose oldest segments have expired
     /// (`PartitionLog::retention_index`) beyond its current snapshot is asked to snapshot up to
     /// them; openraft then purges them (see `raft::store::SnapshotBuilder`). Returns how many
-    /// replicas were asked.
+    /// replicas were asked. The offsets partition has no retention (it would forget idle
+    /// groups' offsets); its segments go once a compaction marker supersedes them
+    /// (`groups::offsets`).
     pub async fn enforce_retention(&self, now_ms: i64) -> usize {
-        // The offsets partition is kept whole (in a cluster created before it was configured
-        // so, too) until it is compacted: retention would forget idle groups' offsets.
-        let replicas: Vec<Replica> = self
+        let replicas: Vec<(bool, Replica)> = self
             .replicas
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter(|((t, _), _)| t.as_str() != rill_protocol::OFFSETS_TOPIC)
-            .map(|(_, r)| r.clone())
+            .map(|((t, _), r)| (t.as_str() == rill_protocol::OFFSETS_TOPIC, r.clone()))
             .collect();
         let mut asked = 0;
-        for r in replicas {
+        for (offsets, r) in replicas {
+            if offsets {
+                let log = r.log.clone();
+                let floor = tokio::task::spawn_blocking(move || {
+                    crate::groups::offsets::superseded_below(&log, log.superseded_below())
+                })
+                .await;
+                match floor {
+                    Ok(Ok(Some(floor))) => r.log.supersede_below(floor),
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "the committed offsets could not be scanned for compaction");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "compaction scan"),
+                }
+            }
             let Some(keep) = r.log.retention_index(now_ms) else {
                 continue;
             };

@@ -13,14 +13,20 @@
 //! When it starts to lead (a new Raft term), it rebuilds the entries by reading that partition
 //! up to its commit (`serve_from`), and each commit is proposed through the partition's
 //! sequencer and applied to memory once committed on a majority. A proposal refused because
-//! leadership moved is `OffsetError::Refused`, which tells the client where to go. Replicated
-//! logs are not compacted yet (that needs segment transfer for followers that fall behind).
+//! leadership moved is `OffsetError::Refused`, which tells the client where to go.
 //!
 //! Compaction keeps the log small: when it grows past a few MiB and several times the live
-//! data, every live entry is appended again as a snapshot and the sealed segments before the
-//! snapshot are deleted. Commits wait while a snapshot is written (they take the compaction
-//! lock shared, the snapshot exclusive), so no acknowledged commit can fall between the deleted
-//! prefix and the snapshot.
+//! data, every live entry is appended again as a snapshot, followed by a *marker*: a record
+//! without a key whose value is the offset (u64 big-endian) where the snapshot began, below
+//! which every record is superseded. Commits wait while a snapshot is written (they take the
+//! compaction lock shared, the snapshot exclusive), so no acknowledged commit can fall between
+//! the superseded prefix and the snapshot. On a single node the sealed segments below the
+//! snapshot are deleted at once. In a cluster the snapshot and its marker are replicated like
+//! any commit, and each replica trims itself: its retention pass finds the latest committed
+//! marker (`superseded_below`), and the partition's Raft group snapshots and purges the
+//! segments below it, as retention does for any replicated partition. A replica that needs
+//! what was purged gets the Raft snapshot and starts its log where the leader's continues,
+//! which holds the whole rewrite.
 
 use crate::cluster::{Refused, Replica};
 use crate::log::{AppendError, LogConfig, PartitionLog, RecoveryReport, StorageError};
@@ -34,8 +40,8 @@ use std::sync::Mutex;
 
 /// Segment size of the offsets log: small, so compaction can free space in small steps.
 const SEGMENT_BYTES: u64 = 1 << 20;
-/// Compact once the log is larger than this...
-const COMPACT_MIN_BYTES: u64 = 4 << 20;
+/// Compact once the log is larger than this (the default of `[groups] offsets_compact_bytes`)...
+pub const DEFAULT_COMPACT_BYTES: u64 = 4 << 20;
 /// ...and larger than this many times the live entries.
 const COMPACT_RATIO: u64 = 4;
 /// Records per snapshot batch.
@@ -74,6 +80,11 @@ struct Entry {
 #[derive(Debug)]
 pub struct OffsetStore {
     log: PartitionLog,
+    /// Compact once the log has grown by this many bytes (and `COMPACT_RATIO` times the live
+    /// entries) since the last compaction...
+    compact_bytes: u64,
+    /// ...when it held this many bytes from the segment of its superseded prefix on.
+    compacted_size: std::sync::atomic::AtomicU64,
     entries: Mutex<HashMap<Key, Entry>>,
     compaction: tokio::sync::RwLock<()>,
     /// In a cluster: where commits go (`None` on a single node, or before this node first
@@ -110,7 +121,11 @@ fn decode_key(mut k: &[u8]) -> Option<Key> {
 
 impl OffsetStore {
     /// Opens (and replays) the offsets log under `data_dir`. Blocking.
-    pub fn open(data_dir: &Path, clean: bool) -> Result<(Self, RecoveryReport), StorageError> {
+    pub fn open(
+        data_dir: &Path,
+        clean: bool,
+        compact_bytes: u64,
+    ) -> Result<(Self, RecoveryReport), StorageError> {
         let dir = data_dir.join("groups").join("offsets");
         let config = LogConfig {
             segment_bytes: SEGMENT_BYTES,
@@ -127,6 +142,8 @@ impl OffsetStore {
         Ok((
             OffsetStore {
                 log,
+                compact_bytes,
+                compacted_size: std::sync::atomic::AtomicU64::new(0),
                 entries: Mutex::new(entries),
                 compaction: tokio::sync::RwLock::new(()),
                 attached: Mutex::new(None),
@@ -223,7 +240,7 @@ impl OffsetStore {
     ) -> Result<(), OffsetError> {
         self.write(offsets.iter().map(|(tp, o)| (group, tp, *o)))
             .await?;
-        Ok(self.maybe_compact().await?)
+        self.maybe_compact().await
     }
 
     /// Durably deletes every committed offset of a topic for which `exists` says no, in every
@@ -260,16 +277,9 @@ impl OffsetStore {
             return Ok(());
         }
         let _shared = self.compaction.read().await;
-        let batch = Self::batch(records.clone());
-        let base_offset = match self.attached() {
-            None => self.log.append(batch)?.wait().await?.base_offset,
-            Some(a) => {
-                let header =
-                    rill_protocol::batch::validate(&batch).map_err(AppendError::InvalidBatch)?;
-                let stored = a.replica.sequencer.propose(batch, header).await;
-                stored.map_err(OffsetError::Refused)?.base_offset
-            }
-        };
+        let base_offset = self
+            .store(self.attached().as_ref(), Self::batch(records.clone()))
+            .await?;
         let mut entries = self.entries();
         for (i, (group, tp, offset)) in records.enumerate() {
             let seq = base_offset + i as u64;
@@ -286,41 +296,71 @@ impl OffsetStore {
         Ok(())
     }
 
+    /// Stores one batch, on the local log or through the replicated partition; returns its
+    /// base offset once durable (and in a cluster, committed).
+    async fn store(&self, attached: Option<&Attached>, batch: Bytes) -> Result<u64, OffsetError> {
+        Ok(match attached {
+            None => self.log.append(batch)?.wait().await?.base_offset,
+            Some(a) => {
+                let header =
+                    rill_protocol::batch::validate(&batch).map_err(AppendError::InvalidBatch)?;
+                let stored = a.replica.sequencer.propose(batch, header).await;
+                stored.map_err(OffsetError::Refused)?.base_offset
+            }
+        })
+    }
+
     fn batch<'a>(
         records: impl Iterator<Item = (&'a str, &'a TopicPartition, Option<u64>)>,
     ) -> Bytes {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
         let mut b = BatchBuilder::with_capacity(1024);
         for (group, tp, offset) in records {
             let mut value = BytesMut::new();
             if let Some(o) = offset {
                 value.put_u64(o);
             }
-            b.push(Some(&encode_key(group, tp)), &value, &[], now);
+            b.push(Some(&encode_key(group, tp)), &value, &[], now_ms());
         }
         b.finish()
     }
 
-    async fn maybe_compact(&self) -> Result<(), AppendError> {
-        if self.attached().is_some() {
-            return Ok(()); // replicated: not compacted yet (see the module's notes)
-        }
+    /// The marker that ends a compaction snapshot: records below `offset` are superseded.
+    fn marker(offset: u64) -> Bytes {
+        let mut b = BatchBuilder::with_capacity(96);
+        b.push(None, &offset.to_be_bytes(), &[], now_ms());
+        b.finish()
+    }
+
+    /// Compacts if the log has grown past its limits. In a cluster a failed compaction (this
+    /// node stopped coordinating half-way) is only logged: the commit that triggered it is
+    /// durable, and a snapshot without its marker is harmless (it restates live entries).
+    async fn maybe_compact(&self) -> Result<(), OffsetError> {
+        let attached = self.attached();
+        let log = attached.as_ref().map_or(&self.log, |a| &*a.replica.log);
         let live = self
             .entries()
             .iter()
             .filter(|(_, e)| e.offset.is_some())
             .count() as u64
             * 64;
-        let size = self.log.stats().size_bytes;
-        if size < COMPACT_MIN_BYTES || size < live * COMPACT_RATIO {
+        // Growth since the last compaction: what a replica still has to trim, and the part
+        // of the segment the snapshot began in that came before it, do not count.
+        let size = || log.size_from(log.superseded_below());
+        let grown = || {
+            size().saturating_sub(
+                self.compacted_size
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )
+        };
+        let limit = self.compact_bytes.max(live * COMPACT_RATIO);
+        if grown() < limit {
             return Ok(());
         }
         let _exclusive = self.compaction.write().await;
-        if self.log.stats().size_bytes < COMPACT_MIN_BYTES {
+        if grown() < limit {
             return Ok(()); // another commit compacted while we waited
         }
+        let size = size();
         let snapshot: Vec<(String, TopicPartition, u64)> = {
             let mut entries = self.entries();
             entries.retain(|_, e| e.offset.is_some());
@@ -329,22 +369,66 @@ impl OffsetStore {
                 .filter_map(|((g, tp), e)| e.offset.map(|o| (g.clone(), tp.clone(), o)))
                 .collect()
         };
-        let start = self.log.high_watermark();
-        let mut pending = Vec::new();
-        for chunk in snapshot.chunks(SNAPSHOT_BATCH) {
-            pending.push(self.log.append(Self::batch(
-                chunk.iter().map(|(g, tp, o)| (g.as_str(), tp, Some(*o))),
-            ))?);
+        // Every commit is applied (they wait for this lock), so everything below the end of
+        // the committed log is restated by the snapshot.
+        let start = log.high_watermark();
+        let written = self
+            .write_snapshot(attached.as_ref(), &snapshot, start)
+            .await;
+        if let (Err(e), Some(_)) = (&written, &attached) {
+            tracing::warn!(error = ?e, "compaction of the committed offsets stopped half-way; the next one starts over");
+            return Ok(());
         }
-        for p in pending {
-            p.wait().await?;
-        }
-        let removed = self.log.delete_segments_before(start)?;
+        written?;
+        log.supersede_below(start);
+        let removed = match attached {
+            None => self
+                .log
+                .delete_segments_before(start)
+                .map_err(AppendError::from)?,
+            Some(_) => 0, // each replica trims itself (see the module's notes)
+        };
+        self.compacted_size.store(
+            log.size_from(log.superseded_below()),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         tracing::info!(
             entries = snapshot.len(),
             removed_segments = removed,
+            size_before = size,
             "compacted committed offsets"
         );
+        Ok(())
+    }
+
+    /// Writes every entry of `snapshot` again, then the marker for `start`.
+    async fn write_snapshot(
+        &self,
+        attached: Option<&Attached>,
+        snapshot: &[(String, TopicPartition, u64)],
+        start: u64,
+    ) -> Result<(), OffsetError> {
+        let batches = snapshot
+            .chunks(SNAPSHOT_BATCH)
+            .map(|chunk| Self::batch(chunk.iter().map(|(g, tp, o)| (g.as_str(), tp, Some(*o)))))
+            .chain([Self::marker(start)]);
+        match attached {
+            None => {
+                let mut pending = Vec::new();
+                for b in batches {
+                    pending.push(self.log.append(b)?);
+                }
+                for p in pending {
+                    p.wait().await?;
+                }
+            }
+            // One at a time: the marker must not be committed before the snapshot it closes.
+            Some(_) => {
+                for b in batches {
+                    self.store(attached, b).await?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -356,6 +440,52 @@ impl OffsetStore {
     pub fn close(&self) -> bool {
         self.log.close();
         self.log.failed().is_none()
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The offset below which `log`'s committed records are superseded, from the latest
+/// compaction marker at or after `from` (`None`: no marker there). Reads from `from` to the
+/// high watermark, so callers pass the floor they already know. Blocking.
+pub fn superseded_below(log: &PartitionLog, from: u64) -> Result<Option<u64>, StorageError> {
+    let mut floor = None;
+    let mut next = from.max(log.stats().log_start_offset);
+    loop {
+        let read = log.read(next, 1 << 20).map_err(|e| StorageError::Corrupt {
+            path: log.dir().to_path_buf(),
+            position: next,
+            reason: e.to_string(),
+        })?;
+        if read.batches.is_empty() {
+            return Ok(floor);
+        }
+        for batch in Batches::new(read.batches) {
+            let records =
+                RecordIter::new(batch).map_err(|e| corrupt(log.dir(), next, e.to_string()))?;
+            next = next.max(records.header().last_offset() + 1);
+            if records.header().is_control() || records.header().record_count != 1 {
+                continue; // markers travel alone
+            }
+            for r in records {
+                let r = r.map_err(|e| corrupt(log.dir(), next, e.to_string()))?;
+                if let Some(at) = marker_value(&r) {
+                    floor = Some(at);
+                }
+            }
+        }
+    }
+}
+
+/// The offset a compaction marker names; `None` if `r` is an ordinary entry.
+fn marker_value(r: &rill_protocol::batch::Record) -> Option<u64> {
+    match &r.key {
+        None => r.value[..].try_into().ok().map(u64::from_be_bytes),
+        Some(_) => None,
     }
 }
 
@@ -384,6 +514,9 @@ fn replay(log: &PartitionLog, dir: &Path) -> Result<HashMap<Key, Entry>, Storage
             }
             for r in records {
                 let r = r.map_err(|e| corrupt(dir, next, e.to_string()))?;
+                if r.key.is_none() && marker_value(&r).is_some() {
+                    continue; // the end of a compaction snapshot
+                }
                 let key = r
                     .key
                     .as_deref()
@@ -439,7 +572,7 @@ mod tests {
     #[tokio::test]
     async fn commits_survive_reopening_and_deletes_stick() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = OffsetStore::open(dir.path(), true).unwrap();
+        let (store, _) = OffsetStore::open(dir.path(), true, DEFAULT_COMPACT_BYTES).unwrap();
         store
             .commit("g", &[(tp("a", 0), Some(5)), (tp("a", 1), Some(7))])
             .await
@@ -450,7 +583,7 @@ mod tests {
         assert_eq!(store.get("g", &tp("a", 0)), Some(9));
         store.close();
         drop(store);
-        let (store, _) = OffsetStore::open(dir.path(), false).unwrap();
+        let (store, _) = OffsetStore::open(dir.path(), false, DEFAULT_COMPACT_BYTES).unwrap();
         assert_eq!(store.get("g", &tp("a", 0)), Some(9));
         assert_eq!(store.get("g", &tp("a", 1)), Some(7));
         assert_eq!(store.get("h", &tp("a", 0)), None);
@@ -460,7 +593,7 @@ mod tests {
     #[tokio::test]
     async fn forgetting_a_topic_deletes_its_offsets_in_every_group_durably() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = OffsetStore::open(dir.path(), true).unwrap();
+        let (store, _) = OffsetStore::open(dir.path(), true, DEFAULT_COMPACT_BYTES).unwrap();
         let many: Vec<_> = (0..2500).map(|p| (tp("gone", p), Some(3))).collect();
         store.commit("g", &many).await.unwrap();
         store
@@ -477,7 +610,7 @@ mod tests {
         assert_eq!(store.forget_topics(|t| *t == kept).await.unwrap(), 0);
         store.close();
         drop(store);
-        let (store, _) = OffsetStore::open(dir.path(), false).unwrap();
+        let (store, _) = OffsetStore::open(dir.path(), false, DEFAULT_COMPACT_BYTES).unwrap();
         assert!(store.of_group("g").is_empty());
         assert_eq!(store.of_group("h"), [(tp("kept", 0), 6)].into());
     }
@@ -487,7 +620,7 @@ mod tests {
     #[tokio::test]
     async fn the_log_stays_small_under_endless_commits() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = OffsetStore::open(dir.path(), true).unwrap();
+        let (store, _) = OffsetStore::open(dir.path(), true, DEFAULT_COMPACT_BYTES).unwrap();
         for round in 0..1_000u64 {
             let offsets: Vec<_> = (0..200)
                 .map(|p| (tp("t", p), Some(round * 1000 + u64::from(p))))
@@ -496,13 +629,17 @@ mod tests {
         }
         // 1,000 commits of 200 entries is ~9 MiB of records; compaction keeps a few MiB.
         assert!(
-            store.log_size() < COMPACT_MIN_BYTES + 2 * SEGMENT_BYTES,
+            store.log_size() < DEFAULT_COMPACT_BYTES + 2 * SEGMENT_BYTES,
             "log is {} bytes",
             store.log_size()
         );
+        // The last snapshot ends with its marker, which replicas trim by.
+        let floor = superseded_below(&store.log, 0).unwrap().expect("a marker");
+        assert!(floor >= store.log.stats().log_start_offset && floor > 0);
+        assert_eq!(store.log.superseded_below(), floor);
         store.close();
         drop(store);
-        let (store, _) = OffsetStore::open(dir.path(), false).unwrap();
+        let (store, _) = OffsetStore::open(dir.path(), false, DEFAULT_COMPACT_BYTES).unwrap();
         for p in 0..200 {
             assert_eq!(store.get("g", &tp("t", p)), Some(999 * 1000 + u64::from(p)));
         }

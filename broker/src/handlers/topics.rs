@@ -191,6 +191,7 @@ pub async fn alter(
         };
         return match cluster.propose(&command).await {
             Ok(()) => Ok(AlterTopicResponse { config }),
+            Err(why) if why.contains("internal") => Err(invalid(why)),
             Err(why) => Err(OpError::Route(crate::cluster::RouteError::Unavailable(why))),
         };
     }

@@ -246,6 +246,10 @@ pub struct PartitionLog {
     /// The interval syncer: dropping the sender stops it.
     syncer: Mutex<Option<(crossbeam_channel::Sender<()>, JoinHandle<()>)>>,
     config: Mutex<LogConfig>,
+    /// For a log kept small by compaction rather than by retention (committed offsets in a
+    /// cluster): every record below this offset was superseded by a later rewrite, so whole
+    /// sealed segments below it may go whatever the retention settings say. 0: none.
+    superseded_below: std::sync::atomic::AtomicU64,
 }
 
 impl PartitionLog {
@@ -322,6 +326,7 @@ impl PartitionLog {
             writer: Mutex::new(Some(handle)),
             syncer: Mutex::new(syncer),
             config: Mutex::new(config_copy),
+            superseded_below: std::sync::atomic::AtomicU64::new(0),
         };
         Ok((log, recovered.report))
     }
@@ -743,6 +748,29 @@ impl PartitionLog {
             .map(|(_, index)| index)
     }
 
+    /// Records below `offset` were superseded by a later rewrite of the live ones
+    /// (compaction): retention may delete the sealed segments wholly below it. Never moves
+    /// back.
+    pub fn supersede_below(&self, offset: u64) {
+        self.superseded_below
+            .fetch_max(offset, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Bytes in the segments that hold records at or after `offset`.
+    pub fn size_from(&self, offset: u64) -> u64 {
+        self.view()
+            .iter()
+            .filter(|s| s.next_offset > offset || s.next_offset == s.base)
+            .map(|s| s.size)
+            .sum()
+    }
+
+    /// See [`PartitionLog::supersede_below`] (0: nothing superseded yet).
+    pub fn superseded_below(&self) -> u64 {
+        self.superseded_below
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Where retention cuts the log now: the base offset and log index of the first sealed
     /// or active segment it keeps, if it deletes any.
     fn retention_cut(&self, now_ms: i64) -> Option<(u64, u64)> {
@@ -766,6 +794,13 @@ impl PartitionLog {
                     n += 1;
                 }
             }
+            let superseded = self.superseded_below();
+            n = n.max(
+                sealed
+                    .iter()
+                    .take_while(|s| s.next_offset <= superseded)
+                    .count(),
+            );
             match n.checked_sub(1) {
                 Some(last) => sealed.get(last).map(|s| (s.next_offset, s.next_index)),
                 None => None,
