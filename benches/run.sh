@@ -33,7 +33,7 @@ run "produce, 4 producers, 100 B, fsync=always" produce --producers 4 --messages
 run "produce, 4 producers, 100 partitions" produce --producers 4 --partitions 100 --messages 10000000
 run "produce and consume together, 100 B" produce-consume --messages 5000000
 run "end-to-end latency at 10,000 msg/s, 100 B, fsync=always" latency --rate 10000 --duration 10
-run "produce 100 B through the per-record Producer API (linger 5 ms)" produce --api producer --messages 5000000
+run "produce 100 B through the per-record Producer API (its defaults: 256 KiB batches, 5 in flight, linger 5 ms)" produce --api producer --messages 5000000
 run "latency at 10,000 msg/s alone, then beside 1,000 idle connections and 40,000 tiny requests/s (fsync=interval:1000)" --fsync interval:1000 hostile --rate 10000 --duration 10
 
 python3 - "$results" <<'PY'

@@ -91,11 +91,17 @@ struct Cli {
     /// (for latency: how long to run, default 10).
     #[arg(long, value_name = "SECONDS")]
     duration: Option<u64>,
-    /// Messages per batch.
-    #[arg(long, default_value_t = 1000)]
+    /// Messages per batch [default: 1000; with --api producer, as many as fit the Producer's
+    /// default `batch_bytes`].
+    #[arg(long = "batch", value_name = "BATCH")]
+    batch_arg: Option<usize>,
+    #[arg(skip)]
     batch: usize,
-    /// Batches awaiting acknowledgement per producer (1 = wait for each ack before the next).
-    #[arg(long, default_value_t = 8)]
+    /// Batches awaiting acknowledgement per producer (1 = wait for each ack before the next)
+    /// [default: 8; with --api producer, the Producer's default `max_in_flight`].
+    #[arg(long = "in-flight", value_name = "IN_FLIGHT")]
+    in_flight_arg: Option<usize>,
+    #[arg(skip)]
     in_flight: usize,
     /// Messages per second for the latency scenario.
     #[arg(long, default_value_t = 10_000)]
@@ -141,7 +147,19 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // The Producer API is measured with the Producer's own defaults unless told otherwise.
+    let producer = rill_client::ProducerConfig::default();
+    let per_record = cli.message_size + scenarios::RECORD_OVERHEAD;
+    (cli.batch, cli.in_flight) = match cli.api {
+        Api::Batch => (1000, 8),
+        Api::Producer => (
+            (producer.batch_bytes / per_record.max(1)).max(1),
+            producer.max_in_flight,
+        ),
+    };
+    cli.batch = cli.batch_arg.unwrap_or(cli.batch);
+    cli.in_flight = cli.in_flight_arg.unwrap_or(cli.in_flight);
     ensure!(
         cli.message_size >= stats::HEADER,
         "--message-size must be at least {}",

@@ -171,6 +171,9 @@ async fn produce_one(
     Ok(out)
 }
 
+/// Bytes a record of the bench's adds to a batch beyond its value (about: lengths, deltas).
+pub const RECORD_OVERHEAD: usize = 12;
+
 /// The same load through the per-record `Producer` API (`send_ref`: one call per record, the
 /// value borrowed): it batches by `batch` messages' worth of bytes or `linger`, whichever comes
 /// first. Like an application that does not await every record, it keeps the `Delivery` of
@@ -186,7 +189,7 @@ async fn produce_records(
 ) -> anyhow::Result<Produced> {
     let config = ProducerConfig {
         linger: p.linger,
-        batch_bytes: p.batch * (p.message_size + 12),
+        batch_bytes: p.batch * (p.message_size + RECORD_OVERHEAD),
         max_in_flight: p.in_flight,
         idempotent: p.idempotent,
         ..ProducerConfig::default()
