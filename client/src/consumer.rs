@@ -778,7 +778,9 @@ impl Driver {
             generation: Some(self.generation),
             offsets: offsets.clone(),
         };
-        self.coord.enqueue(&request, Bytes::new()).await?.await?;
+        // Safe to repeat: a commit that moved to a new coordinator (or met a lost connection)
+        // is sent again there, within the client's `retry_timeout`.
+        self.coord.call(&request).await?;
         self.committed.extend(offsets);
         Ok(())
     }

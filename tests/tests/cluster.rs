@@ -491,6 +491,69 @@ async fn a_consumer_group_resumes_from_its_commits_after_its_coordinator_is_kill
     cluster.node(coordinator).restart();
 }
 
+/// Story: a group member is reading when its coordinator's node is killed. The next
+/// coordinator restores the group's generation from `__consumer_offsets`: the member keeps its
+/// id, generation and partitions (no rebalance, as in Kafka), its commit lands on the new
+/// coordinator, and nothing it committed is read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_keeps_its_generation_when_its_coordinator_is_killed() {
+    use rill_client::{Consumer, ConsumerConfig, OffsetReset};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3, &[]);
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic("orders", 3, TopicConfig::default())
+        .await
+        .expect("create");
+    settled_partitions(&admin, "orders", 3).await;
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let values = |range: std::ops::Range<u32>| range.map(|i| format!("o{i}"));
+    produce(&producer, "orders", values(0..300)).await;
+    let mut config = ConsumerConfig::new("g", ["orders"]);
+    config.session_timeout = Duration::from_secs(10);
+    config.auto_offset_reset = OffsetReset::Earliest;
+    config.auto_commit_interval = None;
+    let mut consumer = Consumer::subscribe(client.clone(), config).unwrap();
+    let first = read_group(&mut consumer, 300).await;
+    consumer.commit().await.expect("commit");
+    let membership = |d: &rill_client::DescribeGroupResponse| {
+        let mut members: Vec<_> = d
+            .members
+            .iter()
+            .map(|m| (m.member_id.clone(), m.assignment.len()))
+            .collect();
+        members.sort();
+        (d.state.clone(), d.generation, members)
+    };
+    let before = membership(&admin.describe_group("g").await.expect("describe"));
+    assert_eq!(
+        (before.0.as_str(), before.2.len()),
+        ("stable", 1),
+        "{before:?}"
+    );
+
+    let offsets = settled_partitions(&admin, "__consumer_offsets", 1).await;
+    let coordinator = leader(&offsets, 0);
+    cluster.node(coordinator).kill9();
+    produce(&producer, "orders", values(300..400)).await;
+    let fresh = read_group(&mut consumer, 100).await;
+    let expected: std::collections::BTreeSet<String> = values(300..400).collect();
+    assert!(fresh.is_disjoint(&first), "committed records came again");
+    assert_eq!(fresh, expected);
+    consumer
+        .commit()
+        .await
+        .expect("the commit lands on the new coordinator");
+    let described = admin.describe_group("g").await.expect("describe");
+    assert_eq!(membership(&described), before, "the group rebalanced");
+    assert_eq!(described.offsets.iter().map(|o| o.lag).sum::<u64>(), 0);
+    let moved = admin.metadata(&["__consumer_offsets"]).await.unwrap();
+    assert_ne!(moved.topics[0].partitions[0].leader, Some(coordinator));
+    consumer.close().await.expect("close");
+    cluster.node(coordinator).restart();
+}
+
 /// `n` distinct values from a group consumer (each record waited for at most 60 s).
 async fn read_group(
     consumer: &mut rill_client::Consumer,

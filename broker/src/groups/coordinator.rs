@@ -21,6 +21,7 @@
 use super::assignment::{self, Assignment, MemberId, Subscriptions};
 use rill_protocol::TopicName;
 use rill_protocol::messages::{AssignmentStrategy, TopicPartition};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -106,6 +107,26 @@ pub enum Joined {
         generation: u32,
         assignment: Vec<TopicPartition>,
     },
+}
+
+/// A stable generation as it is kept durably in a cluster (`Group::record`), so that the next
+/// coordinator restores it (`Group::restore`) and its members go on without a rebalance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationRecord {
+    pub generation: u32,
+    pub strategy: Option<AssignmentStrategy>,
+    pub members: Vec<MemberRecord>,
+    /// Partition counts the assignment was computed from.
+    pub counts: Vec<(TopicName, u32)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub id: MemberId,
+    pub client: String,
+    pub topics: Vec<TopicName>,
+    pub session_timeout_ms: u64,
+    pub assignment: Vec<TopicPartition>,
 }
 
 /// A completed rebalance: the new generation and what each member that joined owns in it.
@@ -441,6 +462,61 @@ impl Group {
         self.members.is_empty()
     }
 
+    /// The current generation, if the group is stable with members.
+    pub fn record(&self) -> Option<GenerationRecord> {
+        if self.state != State::Stable || self.members.is_empty() {
+            return None;
+        }
+        Some(GenerationRecord {
+            generation: self.generation,
+            strategy: self.strategy,
+            members: self
+                .members
+                .iter()
+                .map(|(id, m)| MemberRecord {
+                    id: id.clone(),
+                    client: m.client.clone(),
+                    topics: m.topics.iter().cloned().collect(),
+                    session_timeout_ms: m.session_timeout.as_millis() as u64,
+                    assignment: self.assignment_of(id).to_vec(),
+                })
+                .collect(),
+            counts: self.counts.iter().map(|(t, n)| (t.clone(), *n)).collect(),
+        })
+    }
+
+    /// A stable group restored from `r`: every member's session starts `now`, so members that
+    /// are gone expire as usual and the others heartbeat, commit and fetch on as before.
+    pub fn restore(
+        r: GenerationRecord,
+        initial_delay: Duration,
+        max_members: usize,
+        now: Instant,
+    ) -> Self {
+        let mut group = Group::new(initial_delay, max_members);
+        group.generation = r.generation;
+        group.strategy = r.strategy;
+        group.counts = r.counts.into_iter().collect();
+        for m in r.members {
+            group.assignment.insert(m.id.clone(), m.assignment);
+            group.members.insert(
+                m.id,
+                Member {
+                    client: m.client,
+                    topics: m.topics.into_iter().collect(),
+                    session_timeout: Duration::from_millis(m.session_timeout_ms),
+                    last_seen: now,
+                },
+            );
+        }
+        group.state = if group.members.is_empty() {
+            State::Empty
+        } else {
+            State::Stable
+        };
+        group
+    }
+
     /// No members and no ids waiting to be used: the group can be forgotten.
     pub fn is_idle(&self) -> bool {
         self.members.is_empty() && self.pending.is_empty()
@@ -535,6 +611,59 @@ mod tests {
             g.check_commit(Some("a"), Some(1), &owned[..1]),
             Err(GroupError::StaleGeneration { got: 1, current: 2 }),
             "after the rebalance the old generation is refused"
+        );
+    }
+
+    /// Story: a cluster's coordinator moves. The next one restores the group from its
+    /// recorded generation: members go on with the same generation and partitions, commits
+    /// are checked as before, and a member that is gone expires after its session.
+    #[test]
+    fn a_restored_generation_goes_on_where_the_recorded_one_was() {
+        let mut g = Group::default();
+        let t0 = Instant::now();
+        for id in ["a", "b"] {
+            enter(&mut g, id, t0).unwrap();
+        }
+        g.try_complete(t0, &counts(6)).unwrap();
+        enter(&mut g, "c", t0).unwrap();
+        assert_eq!(g.record(), None, "nothing to record while rebalancing");
+        for id in ["a", "b"] {
+            enter(&mut g, id, t0).unwrap();
+        }
+        g.try_complete(t0, &counts(6)).unwrap();
+        let record = g.record().expect("stable with members");
+        let mut encoded = bytes::BytesMut::new();
+        rill_protocol::codec::encode(&record, &mut encoded);
+        let decoded: GenerationRecord = rill_protocol::codec::decode(&encoded, "test").unwrap();
+        assert_eq!(decoded, record);
+
+        let t1 = t0 + Duration::from_secs(4);
+        let mut r = Group::restore(decoded, Duration::ZERO, 10, t1);
+        assert_eq!((r.state(), r.generation()), (State::Stable, 2));
+        for id in ["a", "b", "c"] {
+            assert_eq!(r.assignment_of(id), g.assignment_of(id), "{id}");
+        }
+        let owned = r.assignment_of("a").to_vec();
+        assert!(r.check_commit(Some("a"), Some(2), &owned).is_ok());
+        assert!(r.check_commit(Some("b"), Some(2), &owned).is_err());
+        assert_eq!(
+            r.join(join(Some("a")), t1, || unreachable!()),
+            Ok(Joined::Current {
+                member_id: "a".into(),
+                generation: 2,
+                assignment: owned,
+            }),
+            "a member's rejoin changes nothing"
+        );
+        // Sessions start at the restore: b and c heartbeat on, a goes silent and expires.
+        let t2 = t1 + Duration::from_secs(8);
+        for id in ["b", "c"] {
+            r.heartbeat(id, 2, t2).unwrap();
+        }
+        assert!(r.tick(t2, &counts(6)).is_empty());
+        assert_eq!(
+            r.tick(t1 + Duration::from_secs(11), &counts(6)),
+            vec!["a".to_string()]
         );
     }
 

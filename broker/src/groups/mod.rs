@@ -7,8 +7,11 @@
 //! of groups is behind a read-write lock taken for writing only to add or drop a group, so
 //! groups never wait for one another. A slot dropped from the map is marked retired, so a
 //! request that found it just before is retried on the group's new slot.
-//! Membership is not persisted: after a broker restart members join again with new ids;
-//! offsets persist.
+//! On a single node membership is not persisted: after a broker restart members join again
+//! with new ids; offsets persist. In a cluster each stable generation is recorded in
+//! `__consumer_offsets` before its members are told of it (`Groups::persist`), and a node that
+//! starts to coordinate restores every group from its last record (`Groups::restore`), so
+//! members go on heartbeating and committing across a coordinator move.
 //!
 //! Limits (`GroupLimits`): groups on the broker, members (and issued, unused ids) per group,
 //! and the length of the client name a member gives; each refusal has its own typed error.
@@ -18,7 +21,7 @@ pub mod coordinator;
 pub mod offsets;
 
 use crate::topics::Topics;
-use coordinator::{Completed, Group, GroupError, Join, Joined, State};
+use coordinator::{Completed, GenerationRecord, Group, GroupError, Join, Joined, State};
 use rill_protocol::TopicName;
 use rill_protocol::messages::{
     AssignmentStrategy, GroupSummary, JoinGroupResponse, MemberInfo, TopicPartition,
@@ -52,14 +55,24 @@ struct Slot {
     waiting: HashMap<String, oneshot::Sender<JoinReply>>,
     /// Dropped from the map: whoever still holds it must look the group up again.
     retired: bool,
+    /// In a cluster: the latest generation known to be recorded durably.
+    persisted: u32,
+    /// Held while a generation is being recorded, so its members record it once.
+    persisting: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Slot {
     fn new(limits: &GroupLimits) -> Self {
+        Slot::with(Group::new(limits.initial_delay, limits.max_members))
+    }
+
+    fn with(group: Group) -> Self {
         Slot {
-            group: Group::new(limits.initial_delay, limits.max_members),
+            group,
             waiting: HashMap::new(),
             retired: false,
+            persisted: 0,
+            persisting: Arc::default(),
         }
     }
 
@@ -357,15 +370,74 @@ impl Groups {
         }
     }
 
-    /// Drops every group's membership: a new coordinator term starts with no members (they
-    /// join again, as after a restart). Waiting joins are answered `RebalanceInProgress`.
-    pub fn start_over(&self) {
+    /// Replaces every group's membership with its last recorded generation (encoded
+    /// `GenerationRecord`s, as `OffsetStore::serve_from` hands them over): a new coordinator
+    /// term. Members of a restored generation go on as before (a session starts now for each;
+    /// those that are gone expire); waiting joins are answered `RebalanceInProgress` and come
+    /// again.
+    pub fn restore(&self, records: Vec<(String, bytes::Bytes)>, now: Instant) {
         let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
         for (_, slot) in slots.drain() {
             let mut s = lock(&slot);
             s.retired = true;
             s.waiting.clear();
         }
+        for (name, value) in records {
+            let record: GenerationRecord = match rill_protocol::codec::decode(
+                &value,
+                "group generation",
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(group = %name, error = %e, "unreadable group generation; its members join afresh");
+                    continue;
+                }
+            };
+            let generation = record.generation;
+            let group = Group::restore(
+                record,
+                self.limits.initial_delay,
+                self.limits.max_members,
+                now,
+            );
+            if group.is_empty() || slots.len() >= self.limits.max_groups {
+                continue;
+            }
+            let mut slot = Slot::with(group);
+            slot.persisted = generation;
+            slots.insert(name, Arc::new(Mutex::new(slot)));
+        }
+    }
+
+    /// In a cluster: records `group`'s current generation durably if it is `generation` or
+    /// later and not yet recorded; a join is answered only after this, so every generation a
+    /// member acts on survives a coordinator move. A group that moved on to a rebalance has
+    /// nothing to record (its next generation will be).
+    pub async fn persist(&self, group: &str, generation: u32) -> Result<(), offsets::OffsetError> {
+        let Some(slot) = self.slot(group) else {
+            return Ok(());
+        };
+        let gate = lock(&slot).persisting.clone();
+        let _one = gate.lock().await;
+        let record = {
+            let s = lock(&slot);
+            if s.retired || s.persisted >= generation {
+                return Ok(());
+            }
+            s.group.record()
+        };
+        let Some(record) = record else {
+            return Ok(());
+        };
+        let recorded = record.generation;
+        let mut value = bytes::BytesMut::new();
+        rill_protocol::codec::encode(&record, &mut value);
+        self.offsets
+            .record_generation(group, Some(value.freeze()))
+            .await?;
+        let mut s = lock(&slot);
+        s.persisted = s.persisted.max(recorded);
+        Ok(())
     }
 
     /// Forgets an empty group's coordinator state.

@@ -86,6 +86,10 @@ pub struct OffsetStore {
     /// ...when it held this many bytes from the segment of its superseded prefix on.
     compacted_size: std::sync::atomic::AtomicU64,
     entries: Mutex<HashMap<Key, Entry>>,
+    /// In a cluster: each group's last stable generation as recorded (`record_generation`),
+    /// with the log offset of its record; encoded `GenerationRecord`s, handed to the groups
+    /// when this node starts to coordinate.
+    generations: Mutex<HashMap<String, (u64, Bytes)>>,
     compaction: tokio::sync::RwLock<()>,
     /// In a cluster: where commits go (`None` on a single node, or before this node first
     /// coordinated).
@@ -102,6 +106,32 @@ fn encode_key(group: &str, tp: &TopicPartition) -> Vec<u8> {
     k.put_slice(tp.topic.as_str().as_bytes());
     k.put_u32(tp.partition);
     k
+}
+
+/// The key of a group's stable generation (a cluster's coordinator keeps it beside the
+/// offsets): the group, then an empty topic name, which no offset key has.
+fn generation_key(group: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + group.len());
+    k.put_u16(group.len() as u16);
+    k.put_slice(group.as_bytes());
+    k.put_u16(0);
+    k
+}
+
+/// What a record of the offsets log is about.
+#[derive(Debug, PartialEq, Eq)]
+enum Subject {
+    Offset(Key),
+    Generation(String),
+}
+
+fn decode_subject(k: &[u8]) -> Option<Subject> {
+    if let Some(key) = decode_key(k) {
+        return Some(Subject::Offset(key));
+    }
+    let glen = usize::from(u16::from_be_bytes(k.get(..2)?.try_into().ok()?));
+    let group = std::str::from_utf8(k.get(2..2 + glen)?).ok()?;
+    (k.get(2 + glen..)? == [0, 0]).then(|| Subject::Generation(group.to_string()))
 }
 
 fn decode_key(mut k: &[u8]) -> Option<Key> {
@@ -137,7 +167,7 @@ impl OffsetStore {
             producer_expiration_ms: u64::MAX,
         };
         let (log, report) = PartitionLog::open(&dir, "__group_offsets".into(), config, clean)?;
-        let entries = replay(&log, &dir)?;
+        let (entries, _) = replay(&log, &dir)?;
         tracing::info!(entries = entries.len(), "committed offsets loaded");
         Ok((
             OffsetStore {
@@ -145,6 +175,7 @@ impl OffsetStore {
                 compact_bytes,
                 compacted_size: std::sync::atomic::AtomicU64::new(0),
                 entries: Mutex::new(entries),
+                generations: Mutex::new(HashMap::new()),
                 compaction: tokio::sync::RwLock::new(()),
                 attached: Mutex::new(None),
                 loading: tokio::sync::Mutex::new(()),
@@ -162,15 +193,16 @@ impl OffsetStore {
 
     /// In a cluster: makes this store serve from `replica` (this node's replica of
     /// `__consumer_offsets`, which it leads) in Raft term `term`. The first call of a term
-    /// rebuilds the entries from the replica's committed records and calls `starting`
-    /// (group membership starts over with each coordinator term). The caller must have
+    /// rebuilds the entries from the replica's committed records and calls `starting` with
+    /// every group's last recorded generation (membership is restored from them with each
+    /// coordinator term). The caller must have
     /// checked that the replica applied an entry of `term`, so everything committed before
     /// it is readable.
     pub async fn serve_from(
         &self,
         replica: &Replica,
         term: u64,
-        starting: impl FnOnce(),
+        starting: impl FnOnce(Vec<(String, Bytes)>),
     ) -> Result<(), StorageError> {
         if self.attached().is_some_and(|a| a.term == term) {
             return Ok(());
@@ -180,7 +212,7 @@ impl OffsetStore {
             return Ok(());
         }
         let log = replica.log.clone();
-        let entries = tokio::task::spawn_blocking(move || {
+        let (entries, generations) = tokio::task::spawn_blocking(move || {
             let dir = std::path::PathBuf::from(log.label());
             replay(&log, &dir)
         })
@@ -193,10 +225,16 @@ impl OffsetStore {
         tracing::info!(
             term,
             entries = entries.len(),
-            "coordinating consumer groups: committed offsets loaded from {OFFSETS_TOPIC}"
+            groups = generations.len(),
+            "coordinating consumer groups: committed offsets and generations loaded from {OFFSETS_TOPIC}"
         );
         *self.entries() = entries;
-        starting();
+        let restored = generations
+            .iter()
+            .map(|(g, (_, v))| (g.clone(), v.clone()))
+            .collect();
+        *self.generations() = generations;
+        starting(restored);
         *self.attached.lock().unwrap_or_else(|p| p.into_inner()) = Some(Attached {
             replica: replica.clone(),
             term,
@@ -206,6 +244,44 @@ impl OffsetStore {
 
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn generations(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Bytes)>> {
+        self.generations.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// In a cluster: durably records `group`'s stable generation (an encoded
+    /// `GenerationRecord`), or that it has none (`None`: deleted), for the next coordinator.
+    /// On a single node there is no next coordinator and nothing is written.
+    pub async fn record_generation(
+        &self,
+        group: &str,
+        record: Option<Bytes>,
+    ) -> Result<(), OffsetError> {
+        let Some(attached) = self.attached() else {
+            return Ok(());
+        };
+        if record.is_none() && !self.generations().contains_key(group) {
+            return Ok(());
+        }
+        {
+            let _shared = self.compaction.read().await;
+            let value = record.clone().unwrap_or_default();
+            let batch = Self::generation_batch([(group, &value)].into_iter());
+            let seq = self.store(Some(&attached), batch).await?;
+            let mut generations = self.generations();
+            let newer = generations.get(group).is_none_or(|(at, _)| *at <= seq);
+            match record {
+                Some(value) if newer => {
+                    generations.insert(group.to_string(), (seq, value));
+                }
+                None if newer => {
+                    generations.remove(group);
+                }
+                _ => {}
+            }
+        }
+        self.maybe_compact().await
     }
 
     pub fn get(&self, group: &str, tp: &TopicPartition) -> Option<u64> {
@@ -324,6 +400,14 @@ impl OffsetStore {
         b.finish()
     }
 
+    fn generation_batch<'a>(records: impl Iterator<Item = (&'a str, &'a Bytes)>) -> Bytes {
+        let mut b = BatchBuilder::with_capacity(1024);
+        for (group, value) in records {
+            b.push(Some(&generation_key(group)), value, &[], now_ms());
+        }
+        b.finish()
+    }
+
     /// The marker that ends a compaction snapshot: records below `offset` are superseded.
     fn marker(offset: u64) -> Bytes {
         let mut b = BatchBuilder::with_capacity(96);
@@ -369,11 +453,16 @@ impl OffsetStore {
                 .filter_map(|((g, tp), e)| e.offset.map(|o| (g.clone(), tp.clone(), o)))
                 .collect()
         };
+        let generations: Vec<(String, Bytes)> = self
+            .generations()
+            .iter()
+            .map(|(g, (_, v))| (g.clone(), v.clone()))
+            .collect();
         // Every commit is applied (they wait for this lock), so everything below the end of
         // the committed log is restated by the snapshot.
         let start = log.high_watermark();
         let written = self
-            .write_snapshot(attached.as_ref(), &snapshot, start)
+            .write_snapshot(attached.as_ref(), &snapshot, &generations, start)
             .await;
         if let (Err(e), Some(_)) = (&written, &attached) {
             tracing::warn!(error = ?e, "compaction of the committed offsets stopped half-way; the next one starts over");
@@ -401,17 +490,23 @@ impl OffsetStore {
         Ok(())
     }
 
-    /// Writes every entry of `snapshot` again, then the marker for `start`.
+    /// Writes every entry of `snapshot` and every generation again, then the marker for
+    /// `start`.
     async fn write_snapshot(
         &self,
         attached: Option<&Attached>,
         snapshot: &[(String, TopicPartition, u64)],
+        generations: &[(String, Bytes)],
         start: u64,
     ) -> Result<(), OffsetError> {
-        let batches = snapshot
-            .chunks(SNAPSHOT_BATCH)
-            .map(|chunk| Self::batch(chunk.iter().map(|(g, tp, o)| (g.as_str(), tp, Some(*o)))))
-            .chain([Self::marker(start)]);
+        let batches =
+            snapshot
+                .chunks(SNAPSHOT_BATCH)
+                .map(|chunk| Self::batch(chunk.iter().map(|(g, tp, o)| (g.as_str(), tp, Some(*o)))))
+                .chain(generations.chunks(SNAPSHOT_BATCH / 10).map(|chunk| {
+                    Self::generation_batch(chunk.iter().map(|(g, v)| (g.as_str(), v)))
+                }))
+                .chain([Self::marker(start)]);
         match attached {
             None => {
                 let mut pending = Vec::new();
@@ -490,8 +585,15 @@ fn marker_value(r: &rill_protocol::batch::Record) -> Option<u64> {
 }
 
 /// Every live entry in `log`, the last record for a key winning. Blocking.
-fn replay(log: &PartitionLog, dir: &Path) -> Result<HashMap<Key, Entry>, StorageError> {
+/// Each group's last recorded generation, with the log offset of its record.
+type Generations = HashMap<String, (u64, Bytes)>;
+
+fn replay(
+    log: &PartitionLog,
+    dir: &Path,
+) -> Result<(HashMap<Key, Entry>, Generations), StorageError> {
     let mut entries = HashMap::new();
+    let mut generations = Generations::new();
     let mut next = log.stats().log_start_offset;
     loop {
         let read = match log.read(next, 1 << 20) {
@@ -517,11 +619,18 @@ fn replay(log: &PartitionLog, dir: &Path) -> Result<HashMap<Key, Entry>, Storage
                 if r.key.is_none() && marker_value(&r).is_some() {
                     continue; // the end of a compaction snapshot
                 }
-                let key = r
-                    .key
-                    .as_deref()
-                    .and_then(decode_key)
-                    .ok_or_else(|| corrupt(dir, r.offset, "bad offset key".into()))?;
+                let key = match r.key.as_deref().and_then(decode_subject) {
+                    Some(Subject::Offset(key)) => key,
+                    Some(Subject::Generation(group)) if r.value.is_empty() => {
+                        generations.remove(&group);
+                        continue;
+                    }
+                    Some(Subject::Generation(group)) => {
+                        generations.insert(group, (r.offset, r.value));
+                        continue;
+                    }
+                    None => return Err(corrupt(dir, r.offset, "bad offset key".into())),
+                };
                 let offset = match r.value.len() {
                     0 => None,
                     8 => Some(u64::from_be_bytes(
@@ -540,7 +649,7 @@ fn replay(log: &PartitionLog, dir: &Path) -> Result<HashMap<Key, Entry>, Storage
         }
     }
     entries.retain(|_, e| e.offset.is_some());
-    Ok(entries)
+    Ok((entries, generations))
 }
 
 fn corrupt(dir: &Path, position: u64, reason: String) -> StorageError {
@@ -567,6 +676,41 @@ mod tests {
         let k = encode_key("g-1", &tp("orders", 7));
         assert_eq!(decode_key(&k), Some(("g-1".to_string(), tp("orders", 7))));
         assert_eq!(decode_key(&k[..k.len() - 1]), None);
+        assert_eq!(
+            decode_subject(&generation_key("g-1")),
+            Some(Subject::Generation("g-1".into()))
+        );
+        assert_eq!(
+            decode_subject(&k),
+            Some(Subject::Offset(("g-1".to_string(), tp("orders", 7))))
+        );
+        assert_eq!(decode_subject(&generation_key("g-1")[..4]), None);
+    }
+
+    /// A cluster's coordinator keeps groups' generations in the same log: the last record of
+    /// a group wins, an empty one deletes it, and offsets are read around them.
+    #[tokio::test]
+    async fn generations_are_replayed_beside_the_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = OffsetStore::open(dir.path(), true, DEFAULT_COMPACT_BYTES).unwrap();
+        store.commit("g", &[(tp("a", 0), Some(5))]).await.unwrap();
+        let (one, two, empty) = (Bytes::from("one"), Bytes::from("two"), Bytes::new());
+        for batch in [[("g", &one), ("h", &one)], [("g", &two), ("h", &empty)]] {
+            let appended = store
+                .log
+                .append(OffsetStore::generation_batch(batch.into_iter()));
+            appended.unwrap().wait().await.unwrap();
+        }
+        store.commit("g", &[(tp("a", 0), Some(6))]).await.unwrap();
+        let (entries, generations) = replay(&store.log, dir.path()).unwrap();
+        assert_eq!(entries[&("g".to_string(), tp("a", 0))].offset, Some(6));
+        assert_eq!(
+            generations
+                .into_iter()
+                .map(|(g, (_, v))| (g, v))
+                .collect::<Vec<_>>(),
+            vec![("g".to_string(), two)]
+        );
     }
 
     #[tokio::test]

@@ -60,7 +60,9 @@ pub async fn coordinating(ctx: &Arc<Context>) -> Result<(), OpError> {
     let c = ctx.clone();
     ctx.groups
         .offsets()
-        .serve_from(&replica, m.current_term, || c.groups.start_over())
+        .serve_from(&replica, m.current_term, |records| {
+            c.groups.restore(records, Instant::now())
+        })
         .await
         .map_err(|e| OpError::Append(e.into()))
 }
@@ -100,10 +102,15 @@ pub async fn join(ctx: Arc<Context>, req: JoinGroupRequest) -> Result<JoinGroupR
         let (c, group) = (ctx.clone(), req.group.clone());
         blocking(move || c.groups.join(&c.topics, &group, join, Instant::now())).await??
     };
-    tokio::select! {
-        reply = waiting => reply.map_err(|_| OpError::Group(GroupError::RebalanceInProgress))?.map_err(OpError::Group),
-        _ = ctx.shutdown.cancelled() => Err(OpError::ShuttingDown),
+    let reply = tokio::select! {
+        reply = waiting => reply.map_err(|_| OpError::Group(GroupError::RebalanceInProgress))?.map_err(OpError::Group)?,
+        _ = ctx.shutdown.cancelled() => return Err(OpError::ShuttingDown),
+    };
+    // In a cluster the generation is durable before a member acts on it.
+    if ctx.cluster.is_some() && reply.generation > 0 {
+        ctx.groups.persist(&req.group, reply.generation).await?;
     }
+    Ok(reply)
 }
 
 pub fn heartbeat(ctx: &Context, req: HeartbeatRequest) -> Result<HeartbeatResponse, OpError> {
@@ -238,6 +245,10 @@ pub async fn delete(
     }
     let tombstones: Vec<_> = committed.into_keys().map(|tp| (tp, None)).collect();
     ctx.groups.offsets().commit(&req.group, &tombstones).await?;
+    ctx.groups
+        .offsets()
+        .record_generation(&req.group, None)
+        .await?;
     ctx.groups.forget(&req.group);
     tracing::info!(group = %req.group, "group deleted");
     Ok(DeleteGroupResponse {})
