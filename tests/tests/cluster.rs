@@ -43,6 +43,25 @@ async fn settled_partitions(admin: &Admin, topic: &str, partitions: u32) -> Meta
     }
 }
 
+/// Three nodes with default settings, a topic of `partitions` created and led, and a routing
+/// client, its admin and an idempotent producer.
+async fn three_nodes_with(
+    dir: &std::path::Path,
+    topic: &str,
+    partitions: u32,
+) -> (Cluster, Client, Admin, Producer) {
+    let cluster = Cluster::start(dir, 3, &[]);
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic(topic, partitions, TopicConfig::default())
+        .await
+        .expect("create");
+    settled_partitions(&admin, topic, partitions).await;
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    (cluster, client, admin, producer)
+}
+
 fn leader(m: &MetadataResponse, p: u32) -> u64 {
     m.topics[0].partitions[p as usize]
         .leader
@@ -499,15 +518,7 @@ async fn a_consumer_group_resumes_from_its_commits_after_its_coordinator_is_kill
 async fn a_group_keeps_its_generation_when_its_coordinator_is_killed() {
     use rill_client::{Consumer, ConsumerConfig, OffsetReset};
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(dir.path(), 3, &[]);
-    let client = Client::connect(&cluster.addrs()).await.expect("connect");
-    let admin = Admin::new(client.clone());
-    admin
-        .create_topic("orders", 3, TopicConfig::default())
-        .await
-        .expect("create");
-    settled_partitions(&admin, "orders", 3).await;
-    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let (mut cluster, client, admin, producer) = three_nodes_with(dir.path(), "orders", 3).await;
     let values = |range: std::ops::Range<u32>| range.map(|i| format!("o{i}"));
     produce(&producer, "orders", values(0..300)).await;
     let mut config = ConsumerConfig::new("g", ["orders"]);
@@ -994,15 +1005,7 @@ async fn retention_in_a_cluster_trims_every_replica_and_a_returning_one_starts_f
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_deleted_while_a_node_is_down_is_removed_there_and_its_name_reused() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(dir.path(), 3, &[]);
-    let client = Client::connect(&cluster.addrs()).await.expect("connect");
-    let admin = Admin::new(client.clone());
-    admin
-        .create_topic("doomed", 3, TopicConfig::default())
-        .await
-        .expect("create");
-    settled_partitions(&admin, "doomed", 3).await;
-    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let (mut cluster, _client, admin, producer) = three_nodes_with(dir.path(), "doomed", 3).await;
     produce(&producer, "doomed", (0..300).map(|i| format!("old-{i}"))).await;
     let away = 3;
     cluster.node(away).kill9();
