@@ -565,6 +565,82 @@ async fn a_group_keeps_its_generation_when_its_coordinator_is_killed() {
     cluster.node(coordinator).restart();
 }
 
+/// Story: an operator resets a group to the end of a topic whose partitions have one replica
+/// each, so the coordinator holds only some of them. It takes every partition's figures from a
+/// node that holds it, not from its own empty copy (which would send the group back to 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_finds_the_offsets_of_partitions_the_coordinator_does_not_hold() {
+    use rill_client::ResetTo;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 3, &[]);
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic_replicated("single", 3, Some(1), TopicConfig::default())
+        .await
+        .expect("create");
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    // Each partition's end: one past its last acknowledged record (Raft's own entries take
+    // offsets too).
+    let mut ends = Vec::new();
+    for p in 0..3u32 {
+        let mut deliveries = Vec::new();
+        for i in 0..=p * 10 + 10 {
+            let record = ProducerRecord::new("single", format!("{i}")).partition(p);
+            deliveries.push(producer.send(record).await.expect("send"));
+        }
+        let mut last = 0;
+        for d in deliveries {
+            last = d.await.expect("acknowledged").offset;
+        }
+        ends.push((p, last + 1));
+    }
+    // The first group request makes the coordinator; its node holds one partition at most.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let latest = loop {
+        match admin.reset_offsets("g", "single", ResetTo::Latest).await {
+            Ok(o) => break o,
+            Err(e) => assert!(Instant::now() < deadline, "no coordinator: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let coordinator = leader(
+        &settled_partitions(&admin, "__consumer_offsets", 1).await,
+        0,
+    );
+    // (A node's metadata names leaders only where it holds a replica; the replicas it knows.)
+    let m = admin.metadata(&["single"]).await.expect("metadata");
+    let elsewhere = m.topics[0]
+        .partitions
+        .iter()
+        .filter(|p| p.replicas != [coordinator])
+        .count();
+    assert!(
+        elsewhere >= 2,
+        "the test needs partitions away from the coordinator"
+    );
+    let got = |o: Vec<(rill_client::TopicPartition, u64)>| {
+        o.into_iter()
+            .map(|(tp, o)| (tp.partition, o))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(got(latest), ends);
+    let middle = admin
+        .reset_offsets("g", "single", ResetTo::Offset(5))
+        .await
+        .expect("reset");
+    assert_eq!(got(middle), vec![(0, 5), (1, 5), (2, 5)]);
+    // Describing the group reads the same figures: each partition's end and lag.
+    let described = admin.describe_group("g").await.expect("describe");
+    let lags: Vec<(u32, u64, u64)> = described
+        .offsets
+        .iter()
+        .map(|o| (o.partition.partition, o.log_end, o.lag))
+        .collect();
+    let expected: Vec<(u32, u64, u64)> = ends.iter().map(|(p, e)| (*p, *e, e - 5)).collect();
+    assert_eq!(lags, expected);
+}
+
 /// `n` distinct values from a group consumer (each record waited for at most 60 s).
 async fn read_group(
     consumer: &mut rill_client::Consumer,

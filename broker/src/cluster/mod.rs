@@ -21,7 +21,7 @@ pub use sequencer::{Answer, Refused, Sequencer, Stored};
 
 use crate::config::ClusterConfig;
 use crate::log::{LogConfig, PartitionLog};
-use crate::raft::net::{GroupId, Hello, NodeService, Peers, Router};
+use crate::raft::net::{GroupId, Hello, NodeService, PartitionOffsets, Peers, Router};
 use crate::raft::{self, NodeInfo, Raft, store};
 use crate::server::Context;
 use bytes::Bytes;
@@ -499,6 +499,20 @@ impl NodeService for Service {
                 }
             }),
         }
+    }
+
+    fn offsets(
+        &self,
+        group: GroupId,
+        timestamp: Option<i64>,
+    ) -> futures::future::BoxFuture<'static, Result<PartitionOffsets, String>> {
+        let c = self.cluster.upgrade();
+        Box::pin(async move {
+            let replica = c
+                .and_then(|c| c.replica_by_group(group))
+                .ok_or("no replica of that partition here")?;
+            local_offsets(replica.log, timestamp).await
+        })
     }
 
     fn propose(&self, command: Bytes) -> futures::future::BoxFuture<'static, Result<u64, String>> {
@@ -1556,6 +1570,55 @@ impl Cluster {
         }
     }
 
+    fn replica_by_group(&self, group: GroupId) -> Option<Replica> {
+        self.replicas
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .find(|r| r.group == group)
+            .cloned()
+    }
+
+    /// A partition's log start, high watermark and first offset at or after `timestamp`: from
+    /// this node's replica, or else from a node that holds one (the leader first). A node that
+    /// coordinates a group need not replicate its partitions; a follower's figures may trail
+    /// the leader's by what is being committed.
+    pub async fn partition_offsets(
+        &self,
+        topic: &TopicName,
+        partition: u32,
+        timestamp: Option<i64>,
+    ) -> Result<PartitionOffsets, String> {
+        if let Some(r) = self.replica_of(topic, partition) {
+            return local_offsets(r.log, timestamp).await;
+        }
+        let state = self.state();
+        let t = state
+            .topics
+            .get(topic)
+            .ok_or_else(|| format!("unknown topic '{topic}'"))?;
+        let group = group_id(t.id, partition);
+        let mut why = format!("{topic}-{partition} has no replica to ask");
+        for id in t.replicas.get(partition as usize).into_iter().flatten() {
+            let addr = state
+                .nodes
+                .get(id)
+                .map(|n| n.cluster_addr.clone())
+                .or_else(|| self.config.peers.get(id).cloned());
+            let Some(addr) = addr else { continue };
+            match self
+                .peers
+                .get(*id, &addr)
+                .offsets(group, timestamp, RPC_TTL)
+                .await
+            {
+                Ok(o) => return Ok(o),
+                Err(e) => why = format!("{topic}-{partition}: node {id}: {e}"),
+            }
+        }
+        Err(why)
+    }
+
     /// The partition's leader and the term it leads in, as far as this node knows: its own
     /// replica's view; `(None, 0)` where it holds no replica (it does not follow that group).
     /// This node names itself only while its leadership is confirmed.
@@ -1653,4 +1716,25 @@ impl Cluster {
         }
         let _ = self.meta.shutdown().await;
     }
+}
+
+/// A partition's offsets from a local log (see `Cluster::partition_offsets`); only a
+/// timestamp lookup reads the disk (off the async workers).
+pub async fn local_offsets(
+    log: Arc<PartitionLog>,
+    timestamp: Option<i64>,
+) -> Result<PartitionOffsets, String> {
+    let stats = log.stats();
+    let at_timestamp = match timestamp {
+        Some(ts) => tokio::task::spawn_blocking(move || log.offset_for_timestamp(ts))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?,
+        None => None,
+    };
+    Ok(PartitionOffsets {
+        log_start: stats.log_start_offset,
+        high_watermark: stats.high_watermark,
+        at_timestamp,
+    })
 }

@@ -172,8 +172,8 @@ pub fn list(ctx: &Context, _req: ListGroupsRequest) -> ListGroupsResponse {
     }
 }
 
-pub fn describe(
-    ctx: &Context,
+pub async fn describe(
+    ctx: Arc<Context>,
     req: DescribeGroupRequest,
 ) -> Result<DescribeGroupResponse, OpError> {
     let view = ctx.groups.describe(&req.group);
@@ -196,19 +196,29 @@ pub fn describe(
             }));
         }
     }
+    // Each partition's figures from this node's copy, or in a cluster from a node that holds
+    // one (all asked at once); a partition nobody answers for shows an end of 0.
+    let figures = futures::future::join_all(partitions.iter().map(|tp| {
+        let ctx = ctx.clone();
+        async move {
+            let local = ctx.topics.partition(&tp.topic, tp.partition).ok()?;
+            let o = match &ctx.cluster {
+                Some(c) => c.partition_offsets(&tp.topic, tp.partition, None).await,
+                None => crate::cluster::local_offsets(local, None).await,
+            };
+            o.ok()
+        }
+    }))
+    .await;
     let offsets = partitions
         .into_iter()
-        .map(|tp| {
-            let stats = ctx
-                .topics
-                .partition(&tp.topic, tp.partition)
-                .map(|log| log.stats())
-                .ok();
-            let log_end = stats.map_or(0, |s| s.high_watermark);
+        .zip(figures)
+        .map(|(tp, o)| {
+            let log_end = o.map_or(0, |o| o.high_watermark);
             let from = committed
                 .get(&tp)
                 .copied()
-                .or(stats.map(|s| s.log_start_offset))
+                .or(o.map(|o| o.log_start))
                 .unwrap_or(0);
             PartitionLag {
                 committed: committed.get(&tp).copied(),
@@ -262,19 +272,27 @@ pub async fn reset(
     let _admin = ctx.groups.exclusive(&req.group).await;
     ctx.groups.require_empty(&req.group)?;
     let topic = ctx.topics.get(&req.topic)?;
+    let timestamp = match req.to {
+        ResetTo::Timestamp(ts) => Some(ts),
+        _ => None,
+    };
     let mut targets = BTreeMap::new();
     for (p, log) in topic.partitions.iter().enumerate() {
-        let stats = log.stats();
+        // In a cluster this node may hold no replica of the partition: ask one that does.
+        let o = match &ctx.cluster {
+            Some(c) => c
+                .partition_offsets(&req.topic, p as u32, timestamp)
+                .await
+                .map_err(|why| OpError::Route(crate::cluster::RouteError::Unavailable(why)))?,
+            None => crate::cluster::local_offsets(log.clone(), timestamp)
+                .await
+                .map_err(OpError::Internal)?,
+        };
         let offset = match req.to {
-            ResetTo::Earliest => stats.log_start_offset,
-            ResetTo::Latest => stats.high_watermark,
-            ResetTo::Offset(o) => o.clamp(stats.log_start_offset, stats.high_watermark),
-            ResetTo::Timestamp(ts) => {
-                let log = log.clone();
-                blocking(move || log.offset_for_timestamp(ts))
-                    .await??
-                    .unwrap_or(stats.high_watermark)
-            }
+            ResetTo::Earliest => o.log_start,
+            ResetTo::Latest => o.high_watermark,
+            ResetTo::Offset(n) => n.clamp(o.log_start, o.high_watermark),
+            ResetTo::Timestamp(_) => o.at_timestamp.unwrap_or(o.high_watermark),
         };
         targets.insert(
             TopicPartition {

@@ -284,15 +284,9 @@ pub fn dispatch(ctx: &Arc<Context>, decoded: Decoded) -> BoxFuture<'static, OutF
                 req,
             )),
         ),
-        Request::DescribeGroup(req) => respond(
-            cid,
-            api,
-            plain(coordinated(
-                ctx,
-                |c, r| async move { groups::describe(&c, r) },
-                req,
-            )),
-        ),
+        Request::DescribeGroup(req) => {
+            respond(cid, api, plain(coordinated(ctx, groups::describe, req)))
+        }
         Request::DeleteGroup(req) => {
             respond(cid, api, plain(coordinated(ctx, groups::delete, req)))
         }

@@ -23,9 +23,11 @@ pub async fn create(
         ctx.topics
             .log_config(&req.config)
             .map_err(|e| OpError::Topic(crate::topics::TopicError::InvalidConfig(e)))?;
+        // A node that has not yet heard of the others (just started) leaves the bound to the
+        // controller, which checks it again when it applies the command.
         let nodes = cluster.state().nodes.len() as u32;
         if let Some(rf) = req.replication_factor
-            && (rf == 0 || rf > nodes)
+            && (rf == 0 || (nodes > 0 && rf > nodes))
         {
             return Err(invalid(format!(
                 "replication factor must be between 1 and the number of nodes ({nodes}), got {rf}"

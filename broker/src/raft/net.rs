@@ -51,6 +51,10 @@ enum Rpc {
         to: u64,
         for_ms: u64,
     },
+    /// The partition's offsets as this node's replica of the group holds them.
+    Offsets {
+        timestamp: Option<i64>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -65,6 +69,16 @@ enum Reply {
     NoGroup,
     /// Whether the leader stepped aside, or why not.
     SteppedAside(Result<(), String>),
+    Offsets(Result<PartitionOffsets, String>),
+}
+
+/// A partition's log start and high watermark, and the first offset at or after a timestamp
+/// if one was asked for (`None`: past the end), as one replica holds them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionOffsets {
+    pub log_start: u64,
+    pub high_watermark: u64,
+    pub at_timestamp: Option<u64>,
 }
 
 /// A node's answer to [`Peer::hello`].
@@ -84,6 +98,12 @@ pub struct Hello {
 pub trait NodeService: Send + Sync + 'static {
     fn hello(&self) -> Hello;
     fn propose(&self, command: Bytes) -> futures::future::BoxFuture<'static, Result<u64, String>>;
+    /// The offsets of the partition whose group is `group`, from this node's replica.
+    fn offsets(
+        &self,
+        group: GroupId,
+        timestamp: Option<i64>,
+    ) -> futures::future::BoxFuture<'static, Result<PartitionOffsets, String>>;
 }
 
 /// The Raft groups this node serves to its peers.
@@ -290,7 +310,10 @@ impl Router {
                 };
                 return Reply::Proposed(s.propose(command).await);
             }
-            (Rpc::Hello | Rpc::Propose(_), None) => return Reply::NoGroup,
+            (Rpc::Offsets { timestamp }, Some(s)) => {
+                return Reply::Offsets(s.offsets(group, *timestamp).await);
+            }
+            (Rpc::Hello | Rpc::Propose(_) | Rpc::Offsets { .. }, None) => return Reply::NoGroup,
             _ => {}
         }
         let Some(raft) = self.get(group) else {
@@ -311,7 +334,7 @@ impl Router {
             Rpc::StepAside { to, for_ms } => {
                 Reply::SteppedAside(self.step_aside(group, &raft, to, for_ms))
             }
-            Rpc::Hello | Rpc::Propose(_) => Reply::NoGroup,
+            Rpc::Hello | Rpc::Propose(_) | Rpc::Offsets { .. } => Reply::NoGroup,
         }
     }
 }
@@ -581,6 +604,20 @@ impl Peer {
         match self.call(group, &Rpc::StepAside { to, for_ms }, ttl).await {
             Ok(Reply::SteppedAside(r)) => r,
             Ok(_) => Err(format!("node at {} has no such group", self.addr)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The offsets of the partition whose group is `group`, from the peer's replica.
+    pub async fn offsets(
+        &self,
+        group: GroupId,
+        timestamp: Option<i64>,
+        ttl: Duration,
+    ) -> Result<PartitionOffsets, String> {
+        match self.call(group, &Rpc::Offsets { timestamp }, ttl).await {
+            Ok(Reply::Offsets(r)) => r,
+            Ok(_) => Err(format!("node at {} is not ready", self.addr)),
             Err(e) => Err(e.to_string()),
         }
     }
