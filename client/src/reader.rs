@@ -33,6 +33,9 @@ pub struct FetchOptions {
     pub min_bytes: u32,
     /// ...or this long has passed.
     pub max_wait: Duration,
+    /// Cap on records per fetch: whole batches holding at most this many, but always the
+    /// first batch whole (a batch is never split). `None`: bytes alone bound a fetch.
+    pub max_records: Option<u32>,
 }
 
 impl Default for FetchOptions {
@@ -41,6 +44,7 @@ impl Default for FetchOptions {
             max_bytes: 1 << 20,
             min_bytes: 1,
             max_wait: Duration::from_millis(500),
+            max_records: None,
         }
     }
 }
@@ -286,6 +290,7 @@ impl Client {
             max_bytes: options.max_bytes,
             min_bytes: options.min_bytes,
             max_wait_ms: u32::try_from(options.max_wait.as_millis()).unwrap_or(u32::MAX),
+            max_records: options.max_records.unwrap_or(0),
         };
         self.call_partition(topic, partition, &request).await
     }

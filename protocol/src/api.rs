@@ -91,9 +91,14 @@ impl ApiKey {
         }
     }
 
-    /// The versions of this API this build speaks, inclusive.
+    /// The versions of this API this build speaks, inclusive. Clients send the newest; the
+    /// broker also decodes the older ones (see `Request::decode`).
     pub fn versions(self) -> (u16, u16) {
-        (0, 0)
+        match self {
+            // v1: `FetchRequest::max_records`.
+            ApiKey::Fetch => (0, 1),
+            _ => (0, 0),
+        }
     }
 }
 

@@ -268,10 +268,11 @@ mod tests {
             max_bytes: 1 << 20,
             min_bytes: 1,
             max_wait_ms: 500,
+            max_records: 0,
         };
         let header = RequestHeader {
             api_key: 2,
-            api_version: 0,
+            api_version: 1,
             correlation_id: 7,
         };
         let out = encode_request(header, &req, Bytes::from_static(b"payload"));

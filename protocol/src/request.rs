@@ -81,6 +81,11 @@ impl Request {
             ($($api:ident),*) => {
                 match key {
                     ApiKey::Produce => Request::Produce(control(&c, &payload).map_err(malformed)?, payload),
+                    ApiKey::Fetch if h.api_version == 0 => Request::Fetch(
+                        control::<crate::messages::FetchRequestV0>(&c, &payload)
+                            .map_err(malformed)?
+                            .into(),
+                    ),
                     $(ApiKey::$api => Request::$api(control(&c, &payload).map_err(malformed)?),)*
                 }
             };
@@ -152,6 +157,42 @@ mod tests {
         };
         assert_eq!(got, req);
         assert_eq!(&payload[..], b"batch");
+    }
+
+    /// A client older than Fetch v1 sends no record cap; the broker reads it as none.
+    #[test]
+    fn decodes_both_fetch_versions() {
+        let v1 = crate::messages::FetchRequest {
+            topic: TopicName::new("t").unwrap(),
+            partition: 1,
+            offset: 9,
+            max_bytes: 100,
+            min_bytes: 1,
+            max_wait_ms: 5,
+            max_records: 7,
+        };
+        let v0 = crate::messages::FetchRequestV0 {
+            topic: v1.topic.clone(),
+            partition: 1,
+            offset: 9,
+            max_bytes: 100,
+            min_bytes: 1,
+            max_wait_ms: 5,
+        };
+        let Ok(Request::Fetch(got)) = Request::decode(frame_of(2, 1, &v1, Bytes::new())) else {
+            panic!("v1 is a fetch")
+        };
+        assert_eq!(got, v1);
+        let Ok(Request::Fetch(got)) = Request::decode(frame_of(2, 0, &v0, Bytes::new())) else {
+            panic!("v0 is a fetch")
+        };
+        assert_eq!(got.max_records, 0);
+        assert_eq!((got.offset, got.max_bytes), (9, 100));
+        // Each version's body is its own: a v1 body under version 0 is refused.
+        assert!(matches!(
+            Request::decode(frame_of(2, 0, &v1, Bytes::new())),
+            Err(RequestError::Malformed { .. })
+        ));
     }
 
     #[test]

@@ -99,6 +99,7 @@ async fn read_all(client: &Client, topic: &str, p: u32) -> Vec<(u64, String)> {
         max_wait: Duration::ZERO,
         min_bytes: 0,
         max_bytes: 1 << 20,
+        max_records: None,
     };
     let mut out = Vec::new();
     let mut at = 0;
@@ -1051,6 +1052,7 @@ async fn retention_in_a_cluster_trims_every_replica_and_a_returning_one_starts_f
         max_wait: Duration::ZERO,
         min_bytes: 0,
         max_bytes: 1 << 20,
+        max_records: None,
     };
     let mut at = start;
     loop {

@@ -147,6 +147,7 @@ impl Load {
                     max_wait: Duration::from_millis(200),
                     min_bytes: 1,
                     max_bytes: 1 << 20,
+                    max_records: None,
                 };
                 let mut at = 0;
                 while !s.load(Ordering::SeqCst) {
@@ -517,6 +518,7 @@ async fn fault_rounds_lose_nothing_acknowledged() {
         max_wait: Duration::ZERO,
         min_bytes: 0,
         max_bytes: 1 << 20,
+        max_records: None,
     };
     for p in 0..PARTITIONS {
         let mut at = 0;

@@ -16,7 +16,7 @@ fn request(key: ApiKey, id: u32, body: &impl serde::Serialize) -> Vec<u8> {
     let out = frame::encode_request(
         RequestHeader {
             api_key: key as u16,
-            api_version: 0,
+            api_version: key.versions().1,
             correlation_id: id,
         },
         body,
@@ -149,6 +149,7 @@ async fn a_client_that_never_reads_holds_bounded_memory_and_does_not_slow_others
             max_bytes: 1 << 20,
             min_bytes: 1,
             max_wait_ms: 0,
+            max_records: 0,
         };
         flood.extend(request(ApiKey::Fetch, i, &fetch));
     }

@@ -93,6 +93,7 @@ async fn a_reader_that_stops_reading_holds_at_most_its_buffer_and_resumes_exactl
             max_bytes: MAX_BYTES,
             min_bytes: 1,
             max_wait: Duration::from_millis(100),
+            max_records: None,
         })
         .with_buffer_bytes(BUFFER);
     let first = reader.next().await.unwrap();
@@ -153,6 +154,7 @@ async fn a_group_member_that_stops_reading_holds_at_most_its_buffer_and_resumes_
         max_bytes: MAX_BYTES,
         min_bytes: 1,
         max_wait: Duration::from_millis(100),
+        max_records: None,
     };
     config.fetch_buffer_bytes = BUFFER;
     // The chunk count alone would allow 16 x 33 KB: the byte budget is what binds here.
@@ -189,4 +191,51 @@ async fn a_group_member_that_stops_reading_holds_at_most_its_buffer_and_resumes_
     }
     assert_eq!(next, total);
     consumer.close().await.unwrap();
+}
+
+/// Story: an application handles at most 500 records per round, whatever their size. With
+/// `max_records` a fetch brings whole batches holding at most that many (always one), the
+/// reader's batches respect it, and every record still comes once, in order.
+#[tokio::test]
+async fn a_record_cap_bounds_every_fetch_and_loses_nothing() {
+    let (_dir, _broker, client, total) = filled_topic("capped").await;
+    let capped = |n| FetchOptions {
+        max_records: Some(n),
+        max_wait: Duration::ZERO,
+        ..FetchOptions::default()
+    };
+    // Batches of 300: a cap of 500 takes one, a cap of 600 two, a cap of 1 still one.
+    for (cap, records) in [(500, 300), (600, 600), (1, 300)] {
+        let got = client
+            .fetch_batches("capped", 0, 0, &capped(cap))
+            .await
+            .unwrap();
+        assert_eq!(got.len(), records, "cap {cap}");
+    }
+    let from_middle = client
+        .fetch_batches("capped", 0, 150, &capped(450))
+        .await
+        .unwrap();
+    assert_eq!(
+        from_middle.len(),
+        450,
+        "records before the offset do not count"
+    );
+    let mut reader = PartitionReader::new(client, "capped", 0, StartOffset::Earliest)
+        .await
+        .unwrap()
+        .with_options(capped(500));
+    let mut next = 0;
+    while next < total {
+        let batch = reader.poll_batch().await.unwrap();
+        assert!(
+            (1..=500).contains(&batch.len()),
+            "a fetch of {} records",
+            batch.len()
+        );
+        for r in batch.records() {
+            assert_eq!((r.offset, number(r.value)), (next, next));
+            next += 1;
+        }
+    }
 }

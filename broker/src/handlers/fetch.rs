@@ -26,6 +26,16 @@ pub async fn handle(
     let min_bytes = req.min_bytes as usize;
     let deadline = Instant::now() + Duration::from_millis(u64::from(req.max_wait_ms)).min(MAX_WAIT);
     let mut watermark = log.subscribe();
+    // What is answered: the read, cut to `max_records` (after `min_bytes` was judged on all
+    // of it, so a cap never makes a long poll wait longer).
+    let answer = |(batches, response): (Bytes, FetchResponse)| {
+        let batches = match req.max_records {
+            0 => batches,
+            n => rill_protocol::batch::take_records(batches, req.offset, n),
+        };
+        count_out(&req.topic, &batches);
+        Ok((response, batches))
+    };
     loop {
         let hw = *watermark.borrow_and_update();
         let read = if req.offset == hw {
@@ -50,21 +60,16 @@ pub async fn handle(
             )
         };
         if read.0.len() >= min_bytes.max(1) || min_bytes == 0 || Instant::now() >= deadline {
-            count_out(&req.topic, &read.0);
-            return Ok((read.1, read.0));
+            return answer(read);
         }
         tokio::select! {
             changed = watermark.changed() => {
                 if changed.is_err() {
-                    count_out(&req.topic, &read.0);
-                    return Ok((read.1, read.0));
+                    return answer(read);
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {}
-            _ = ctx.shutdown.cancelled() => {
-                count_out(&req.topic, &read.0);
-                return Ok((read.1, read.0));
-            }
+            _ = ctx.shutdown.cancelled() => return answer(read),
         }
     }
 }

@@ -235,5 +235,33 @@ impl Iterator for Batches {
     }
 }
 
+/// The leading whole batches of `batches` (back to back, as a fetch returns them) that hold
+/// at most `max_records` records at or after offset `from`, and always the first batch: a
+/// fetch's record cap. Records before `from` (the first batch may start earlier) do not count.
+/// Bytes after a batch whose header does not parse are kept as they were; the reader names
+/// the damage.
+pub fn take_records(batches: bytes::Bytes, from: u64, max_records: u32) -> bytes::Bytes {
+    let mut taken: usize = 0;
+    let mut counted: u64 = 0;
+    for batch in Batches::new(batches.clone()) {
+        let Ok(header) = BatchHeader::parse(&batch) else {
+            return batches;
+        };
+        let wanted = header
+            .last_offset()
+            .saturating_add(1)
+            .saturating_sub(header.base_offset.max(from));
+        if taken > 0 && counted.saturating_add(wanted) > u64::from(max_records) {
+            break;
+        }
+        taken = taken.saturating_add(batch.len());
+        counted = counted.saturating_add(wanted);
+    }
+    if taken == 0 {
+        return batches;
+    }
+    batches.slice(..taken.min(batches.len()))
+}
+
 #[cfg(test)]
 mod tests;

@@ -339,3 +339,41 @@ proptest! {
         prop_assert_eq!((h.producer_epoch, h.base_sequence), (epoch.wrapping_add(1), 0));
     }
 }
+
+/// Three batches of five records at offsets 0, 5 and 10, back to back as a fetch returns them.
+fn three_batches() -> (Bytes, [usize; 3]) {
+    let mut all = Vec::new();
+    let mut sizes = [0; 3];
+    for (i, size) in sizes.iter_mut().enumerate() {
+        let mut b = BatchBuilder::with_capacity(256);
+        for r in 0..5 {
+            b.push(None, format!("{i}-{r}").as_bytes(), &[], 0);
+        }
+        let batch = with_base_offset(&b.finish(), i as u64 * 5);
+        *size = batch.len();
+        all.extend_from_slice(&batch);
+    }
+    (Bytes::from(all), sizes)
+}
+
+#[test]
+fn a_record_cap_keeps_whole_batches_and_always_the_first() {
+    let (all, [a, b, _]) = three_batches();
+    let len = |from, cap| take_records(all.clone(), from, cap).len();
+    assert_eq!(len(0, 1), a, "the first batch comes whole");
+    assert_eq!(len(0, 9), a, "a second batch would pass the cap");
+    assert_eq!(len(0, 10), a + b);
+    assert_eq!(
+        len(3, 7),
+        a + b,
+        "records before the fetch offset do not count"
+    );
+    assert_eq!(len(3, 6), a);
+    assert_eq!(len(0, 100), all.len());
+    assert_eq!(take_records(Bytes::new(), 0, 5), Bytes::new());
+    // A damaged header stops the counting, not the bytes: the reader names the damage.
+    let mut broken = all.to_vec();
+    broken[a + 16] ^= 0xff;
+    let broken = Bytes::from(broken);
+    assert!(take_records(broken.clone(), 0, 1).len() >= a);
+}

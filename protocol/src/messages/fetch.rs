@@ -18,6 +18,40 @@ pub struct FetchRequest {
     pub min_bytes: u32,
     /// Longest time to wait for `min_bytes`; 0 returns at once.
     pub max_wait_ms: u32,
+    /// Cap on records at or after `offset` (v1; 0: none): whole batches holding at most this
+    /// many, except that the first batch comes whole whatever it holds, so a reader always
+    /// makes progress.
+    pub max_records: u32,
+}
+
+/// Version 0 of [`FetchRequest`]: without `max_records`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchRequestV0 {
+    pub topic: TopicName,
+    pub partition: u32,
+    pub offset: u64,
+    pub max_bytes: u32,
+    pub min_bytes: u32,
+    pub max_wait_ms: u32,
+}
+
+impl Message for FetchRequestV0 {
+    const API_KEY: ApiKey = ApiKey::Fetch;
+    type Response = FetchResponse;
+}
+
+impl From<FetchRequestV0> for FetchRequest {
+    fn from(v: FetchRequestV0) -> Self {
+        FetchRequest {
+            topic: v.topic,
+            partition: v.partition,
+            offset: v.offset,
+            max_bytes: v.max_bytes,
+            min_bytes: v.min_bytes,
+            max_wait_ms: v.max_wait_ms,
+            max_records: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

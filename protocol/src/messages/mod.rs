@@ -12,7 +12,7 @@ mod producers;
 mod topics;
 mod versions;
 
-pub use fetch::{FetchRequest, FetchResponse};
+pub use fetch::{FetchRequest, FetchRequestV0, FetchResponse};
 pub use groups::{
     AssignmentStrategy, CommitOffsetsRequest, CommitOffsetsResponse, DeleteGroupRequest,
     DeleteGroupResponse, DescribeGroupRequest, DescribeGroupResponse, FetchOffsetsRequest,
@@ -78,8 +78,9 @@ mod round_trip {
         }
 
         #[test]
-        fn fetch(t in topic(), p: u32, o: u64, mb: u32, mn: u32, w: u32, hw: u64, ls: u64) {
-            round_trip(FetchRequest { topic: t, partition: p, offset: o, max_bytes: mb, min_bytes: mn, max_wait_ms: w });
+        fn fetch(t in topic(), p: u32, o: u64, mb: u32, mn: u32, w: u32, mr: u32, hw: u64, ls: u64) {
+            round_trip(FetchRequest { topic: t.clone(), partition: p, offset: o, max_bytes: mb, min_bytes: mn, max_wait_ms: w, max_records: mr });
+            round_trip(FetchRequestV0 { topic: t, partition: p, offset: o, max_bytes: mb, min_bytes: mn, max_wait_ms: w });
             round_trip(FetchResponse { high_watermark: hw, log_start_offset: ls });
         }
 

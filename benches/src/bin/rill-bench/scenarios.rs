@@ -290,6 +290,7 @@ async fn consume_one(
         max_bytes: 4 << 20,
         min_bytes: 1,
         max_wait: Duration::from_millis(100),
+        max_records: None,
     };
     let mut offsets = vec![0u64; targets.len()];
     let mut i = 0;
