@@ -167,7 +167,7 @@ impl OffsetStore {
             producer_expiration_ms: u64::MAX,
         };
         let (log, report) = PartitionLog::open(&dir, "__group_offsets".into(), config, clean)?;
-        let (entries, _) = replay(&log, &dir)?;
+        let (entries, _) = replay(&log)?;
         tracing::info!(entries = entries.len(), "committed offsets loaded");
         Ok((
             OffsetStore {
@@ -212,16 +212,13 @@ impl OffsetStore {
             return Ok(());
         }
         let log = replica.log.clone();
-        let (entries, generations) = tokio::task::spawn_blocking(move || {
-            let dir = std::path::PathBuf::from(log.label());
-            replay(&log, &dir)
-        })
-        .await
-        .map_err(|e| StorageError::Io {
-            op: "replay",
-            path: OFFSETS_TOPIC.into(),
-            source: std::io::Error::other(e.to_string()),
-        })??;
+        let (entries, generations) = tokio::task::spawn_blocking(move || replay(&log))
+            .await
+            .map_err(|e| StorageError::Io {
+                op: "replay",
+                path: OFFSETS_TOPIC.into(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
         tracing::info!(
             term,
             entries = entries.len(),
@@ -549,28 +546,42 @@ fn now_ms() -> i64 {
 /// high watermark, so callers pass the floor they already know. Blocking.
 pub fn superseded_below(log: &PartitionLog, from: u64) -> Result<Option<u64>, StorageError> {
     let mut floor = None;
+    let unreadable =
+        |position, e: crate::log::ReadError| Err(corrupt(log.dir(), position, e.to_string()));
+    walk(log, from, unreadable, |r| {
+        floor = marker_value(&r).or(floor);
+        Ok(())
+    })?;
+    Ok(floor)
+}
+
+/// Calls `f` with every record of `log` from `from` (or its start) to its high watermark,
+/// skipping Raft's control batches. A read that fails is handed to `unreadable`, which ends
+/// the walk with its answer; a batch or record that does not decode is `Corrupt`. Blocking.
+fn walk(
+    log: &PartitionLog,
+    from: u64,
+    unreadable: impl FnOnce(u64, crate::log::ReadError) -> Result<(), StorageError>,
+    mut f: impl FnMut(rill_protocol::batch::Record) -> Result<(), StorageError>,
+) -> Result<(), StorageError> {
     let mut next = from.max(log.stats().log_start_offset);
     loop {
-        let read = log.read(next, 1 << 20).map_err(|e| StorageError::Corrupt {
-            path: log.dir().to_path_buf(),
-            position: next,
-            reason: e.to_string(),
-        })?;
+        let read = match log.read(next, 1 << 20) {
+            Ok(read) => read,
+            Err(e) => return unreadable(next, e),
+        };
         if read.batches.is_empty() {
-            return Ok(floor);
+            return Ok(());
         }
         for batch in Batches::new(read.batches) {
             let records =
                 RecordIter::new(batch).map_err(|e| corrupt(log.dir(), next, e.to_string()))?;
             next = next.max(records.header().last_offset() + 1);
-            if records.header().is_control() || records.header().record_count != 1 {
-                continue; // markers travel alone
+            if records.header().is_control() {
+                continue; // Raft's own entries in a replicated log
             }
             for r in records {
-                let r = r.map_err(|e| corrupt(log.dir(), next, e.to_string()))?;
-                if let Some(at) = marker_value(&r) {
-                    floor = Some(at);
-                }
+                f(r.map_err(|e| corrupt(log.dir(), next, e.to_string()))?)?;
             }
         }
     }
@@ -588,66 +599,48 @@ fn marker_value(r: &rill_protocol::batch::Record) -> Option<u64> {
 /// Each group's last recorded generation, with the log offset of its record.
 type Generations = HashMap<String, (u64, Bytes)>;
 
-fn replay(
-    log: &PartitionLog,
-    dir: &Path,
-) -> Result<(HashMap<Key, Entry>, Generations), StorageError> {
+fn replay(log: &PartitionLog) -> Result<(HashMap<Key, Entry>, Generations), StorageError> {
     let mut entries = HashMap::new();
     let mut generations = Generations::new();
-    let mut next = log.stats().log_start_offset;
-    loop {
-        let read = match log.read(next, 1 << 20) {
-            Ok(read) => read,
-            Err(e) => {
-                // Bad data at rest: keep what was read; groups resume from older commits
-                // for the entries lost, which re-delivers records (at-least-once holds).
-                tracing::error!(offset = next, error = %e, "committed offsets from here on are unreadable and ignored");
-                break;
+    let dir = log.dir();
+    let unreadable = |offset, e: crate::log::ReadError| {
+        // Bad data at rest: keep what was read; groups resume from older commits for the
+        // entries lost, which re-delivers records (at-least-once holds).
+        tracing::error!(offset, error = %e, "committed offsets from here on are unreadable and ignored");
+        Ok(())
+    };
+    walk(log, 0, unreadable, |r| {
+        if r.key.is_none() && marker_value(&r).is_some() {
+            return Ok(()); // the end of a compaction snapshot
+        }
+        let key = match r.key.as_deref().and_then(decode_subject) {
+            Some(Subject::Offset(key)) => key,
+            Some(Subject::Generation(group)) if r.value.is_empty() => {
+                generations.remove(&group);
+                return Ok(());
             }
+            Some(Subject::Generation(group)) => {
+                generations.insert(group, (r.offset, r.value));
+                return Ok(());
+            }
+            None => return Err(corrupt(dir, r.offset, "bad offset key".into())),
         };
-        if read.batches.is_empty() {
-            break;
-        }
-        for batch in Batches::new(read.batches) {
-            let records = RecordIter::new(batch).map_err(|e| corrupt(dir, next, e.to_string()))?;
-            next = next.max(records.header().last_offset() + 1);
-            if records.header().is_control() {
-                continue; // Raft's own entries in a replicated log
-            }
-            for r in records {
-                let r = r.map_err(|e| corrupt(dir, next, e.to_string()))?;
-                if r.key.is_none() && marker_value(&r).is_some() {
-                    continue; // the end of a compaction snapshot
-                }
-                let key = match r.key.as_deref().and_then(decode_subject) {
-                    Some(Subject::Offset(key)) => key,
-                    Some(Subject::Generation(group)) if r.value.is_empty() => {
-                        generations.remove(&group);
-                        continue;
-                    }
-                    Some(Subject::Generation(group)) => {
-                        generations.insert(group, (r.offset, r.value));
-                        continue;
-                    }
-                    None => return Err(corrupt(dir, r.offset, "bad offset key".into())),
-                };
-                let offset = match r.value.len() {
-                    0 => None,
-                    8 => Some(u64::from_be_bytes(
-                        r.value[..].try_into().unwrap_or_default(),
-                    )),
-                    _ => return Err(corrupt(dir, r.offset, "bad offset value".into())),
-                };
-                entries.insert(
-                    key,
-                    Entry {
-                        offset,
-                        seq: r.offset,
-                    },
-                );
-            }
-        }
-    }
+        let offset = match r.value.len() {
+            0 => None,
+            8 => Some(u64::from_be_bytes(
+                r.value[..].try_into().unwrap_or_default(),
+            )),
+            _ => return Err(corrupt(dir, r.offset, "bad offset value".into())),
+        };
+        entries.insert(
+            key,
+            Entry {
+                offset,
+                seq: r.offset,
+            },
+        );
+        Ok(())
+    })?;
     entries.retain(|_, e| e.offset.is_some());
     Ok((entries, generations))
 }
@@ -702,7 +695,7 @@ mod tests {
             appended.unwrap().wait().await.unwrap();
         }
         store.commit("g", &[(tp("a", 0), Some(6))]).await.unwrap();
-        let (entries, generations) = replay(&store.log, dir.path()).unwrap();
+        let (entries, generations) = replay(&store.log).unwrap();
         assert_eq!(entries[&("g".to_string(), tp("a", 0))].offset, Some(6));
         assert_eq!(
             generations

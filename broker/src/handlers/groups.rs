@@ -196,17 +196,13 @@ pub async fn describe(
             }));
         }
     }
-    // Each partition's figures from this node's copy, or in a cluster from a node that holds
-    // one (all asked at once); a partition nobody answers for shows an end of 0.
+    // All asked at once; a partition nobody answers for shows an end of 0.
     let figures = futures::future::join_all(partitions.iter().map(|tp| {
         let ctx = ctx.clone();
         async move {
-            let local = ctx.topics.partition(&tp.topic, tp.partition).ok()?;
-            let o = match &ctx.cluster {
-                Some(c) => c.partition_offsets(&tp.topic, tp.partition, None).await,
-                None => crate::cluster::local_offsets(local, None).await,
-            };
-            o.ok()
+            partition_offsets(&ctx, &tp.topic, tp.partition, None)
+                .await
+                .ok()
         }
     }))
     .await;
@@ -264,6 +260,29 @@ pub async fn delete(
     Ok(DeleteGroupResponse {})
 }
 
+/// A partition's log start, high watermark and first offset at or after `timestamp`: from this
+/// node's copy on a single node; in a cluster from a node that holds a replica (this one, which
+/// coordinates groups, may hold none).
+async fn partition_offsets(
+    ctx: &Context,
+    topic: &rill_protocol::TopicName,
+    partition: u32,
+    timestamp: Option<i64>,
+) -> Result<crate::raft::net::PartitionOffsets, OpError> {
+    match &ctx.cluster {
+        Some(c) => c
+            .partition_offsets(topic, partition, timestamp)
+            .await
+            .map_err(|why| OpError::Route(crate::cluster::RouteError::Unavailable(why))),
+        None => {
+            let log = ctx.topics.partition(topic, partition)?;
+            crate::cluster::local_offsets(log, timestamp)
+                .await
+                .map_err(OpError::Internal)
+        }
+    }
+}
+
 pub async fn reset(
     ctx: Arc<Context>,
     req: ResetOffsetsRequest,
@@ -277,17 +296,8 @@ pub async fn reset(
         _ => None,
     };
     let mut targets = BTreeMap::new();
-    for (p, log) in topic.partitions.iter().enumerate() {
-        // In a cluster this node may hold no replica of the partition: ask one that does.
-        let o = match &ctx.cluster {
-            Some(c) => c
-                .partition_offsets(&req.topic, p as u32, timestamp)
-                .await
-                .map_err(|why| OpError::Route(crate::cluster::RouteError::Unavailable(why)))?,
-            None => crate::cluster::local_offsets(log.clone(), timestamp)
-                .await
-                .map_err(OpError::Internal)?,
-        };
+    for p in 0..topic.partitions.len() {
+        let o = partition_offsets(&ctx, &req.topic, p as u32, timestamp).await?;
         let offset = match req.to {
             ResetTo::Earliest => o.log_start,
             ResetTo::Latest => o.high_watermark,
