@@ -32,6 +32,7 @@
 use crate::admin::topic_name;
 use crate::client::Client;
 use crate::error::Error;
+use crate::pipeline::{Lead, Pipeline};
 use crate::reader::{FetchOptions, Fetched, Unread};
 use bytes::Bytes;
 use futures::Stream;
@@ -696,18 +697,24 @@ impl Driver {
             st.epoch
         };
         for (slot, (tp, pos)) in positions.into_iter().enumerate() {
+            let pipeline = Pipeline::new(
+                self.client.clone(),
+                tp.clone(),
+                pos,
+                self.config.fetch.clone(),
+                self.budget.clone(),
+                self.config.fetch_buffer_bytes.max(1),
+                Lead::Free,
+            );
             let fetcher = Fetcher {
                 client: self.client.clone(),
                 topic: tp.topic.as_str().into(),
                 tp,
-                position: pos,
+                pipeline,
                 epoch,
                 slot,
                 tx: self.tx.clone(),
-                options: self.config.fetch.clone(),
                 reset: self.config.auto_offset_reset,
-                budget: self.budget.clone(),
-                budget_bytes: self.config.fetch_buffer_bytes.max(1),
             };
             self.fetchers.push(tokio::spawn(fetcher.run()));
         }
@@ -883,38 +890,26 @@ struct Fetcher {
     client: Client,
     topic: Arc<str>,
     tp: TopicPartition,
-    position: u64,
+    /// The partition's fetches, several in flight while there is a backlog.
+    pipeline: Pipeline,
     epoch: u64,
     slot: usize,
     tx: mpsc::Sender<Item>,
-    options: FetchOptions,
     reset: OffsetReset,
-    budget: Arc<Semaphore>,
-    budget_bytes: usize,
 }
 
 impl Fetcher {
     async fn run(mut self) {
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self
-                .client
-                .fetch_batches(&self.topic, self.tp.partition, self.position, &self.options)
-                .await
-            {
-                Ok(mut r) => {
+            match self.pipeline.next().await {
+                Ok(r) => {
                     backoff = Duration::from_millis(50);
-                    self.position = r.next_offset;
                     if r.is_empty() {
                         continue;
                     }
-                    // Room in the fetch buffer, given back once the application has read the
-                    // chunk (or dropped the batch it was handed).
-                    let bytes = r.size().clamp(1, self.budget_bytes) as u32;
-                    let Ok(room) = self.budget.clone().acquire_many_owned(bytes).await else {
-                        return;
-                    };
-                    r.hold(room);
+                    // The chunk holds its room in the fetch buffer (or the partition's one
+                    // fetch beyond it) until the application has read it or dropped its batch.
                     let chunk = Chunk {
                         epoch: self.epoch,
                         slot: self.slot,
@@ -929,8 +924,8 @@ impl Fetcher {
                 Err(e) if is(&e, &[ErrorCode::OffsetOutOfRange]) => {
                     match reset_position(&self.client, &self.tp, self.reset).await {
                         Ok(p) => {
-                            tracing::warn!(partition = %self.tp, from = self.position, to = p, "offset out of range; reset");
-                            self.position = p;
+                            tracing::warn!(partition = %self.tp, from = self.pipeline.position(), to = p, "offset out of range; reset");
+                            self.pipeline.seek(p);
                         }
                         Err(e) => tracing::debug!(error = %e, "reset failed"),
                     }

@@ -30,6 +30,7 @@ mod connection;
 mod consumer;
 mod error;
 mod partitioner;
+mod pipeline;
 mod producer;
 mod reader;
 

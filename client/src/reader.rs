@@ -3,11 +3,12 @@
 use crate::admin::topic_name;
 use crate::client::Client;
 use crate::error::Error;
+use crate::pipeline::{Lead, Pipeline};
 use bytes::Bytes;
 use rill_protocol::TopicName;
 use rill_protocol::batch::{BatchHeader, Batches, Record, RecordIter, RecordView, ValidBatch};
 use rill_protocol::messages::{
-    FetchRequest, FetchResponse, ListOffsetsRequest, OffsetSpec, ProduceRequest,
+    FetchRequest, FetchResponse, ListOffsetsRequest, OffsetSpec, ProduceRequest, TopicPartition,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -127,7 +128,11 @@ impl Fetched {
 }
 
 /// A fetch's payload, each batch checked once (CRC and layout), as a [`Fetched`].
-fn checked(offset: u64, response: &FetchResponse, payload: Bytes) -> Result<Fetched, Error> {
+pub(crate) fn checked(
+    offset: u64,
+    response: &FetchResponse,
+    payload: Bytes,
+) -> Result<Fetched, Error> {
     let bytes = payload.len();
     let mut batches = Vec::new();
     let mut next_offset = offset;
@@ -154,7 +159,7 @@ fn checked(offset: u64, response: &FetchResponse, payload: Bytes) -> Result<Fetc
 
 /// Where the fetch after this payload starts, read from its batch headers alone (what
 /// [`checked`] computes once it has checked them; if they are damaged, it fails instead).
-fn end_of(offset: u64, payload: &Bytes) -> u64 {
+pub(crate) fn end_of(offset: u64, payload: &Bytes) -> u64 {
     Batches::new(payload.clone())
         .filter_map(|b| BatchHeader::parse(&b).ok())
         .fold(offset, |end, h| end.max(h.last_offset() + 1))
@@ -276,7 +281,7 @@ impl Client {
     }
 
     /// One fetch, its payload not yet checked.
-    async fn fetch_raw(
+    pub(crate) async fn fetch_raw(
         &self,
         topic: &TopicName,
         partition: u32,
@@ -334,7 +339,7 @@ impl Client {
 /// Reads one partition in order from a starting point, following new records as they arrive.
 ///
 /// Fetches run ahead of the application in a task of their own: while it handles one fetch's
-/// records, the next are already on their way, up to [`PartitionReader::with_buffer_bytes`]
+/// records, the next are already on their way (several at once through a backlog), up to [`PartitionReader::with_buffer_bytes`]
 /// bytes (4 MiB by default) fetched and not yet handed out or dropped. Records come one at a
 /// time ([`PartitionReader::next`]), as owned vectors ([`PartitionReader::poll`]), or as whole
 /// fetches read in place ([`PartitionReader::poll_batch`], the fastest).
@@ -479,64 +484,25 @@ impl PartitionReader {
 
     fn start_prefetch(&self) -> Prefetch {
         let (tx, rx) = mpsc::channel(64);
-        let budget = Arc::new(Semaphore::new(self.buffer_bytes));
-        let want = (self.options.max_bytes as usize).clamp(1, self.buffer_bytes) as u32;
-        let (client, topic, partition, options) = (
+        let mut pipeline = Pipeline::new(
             self.client.clone(),
-            self.topic.clone(),
-            self.partition,
+            TopicPartition {
+                topic: self.topic.clone(),
+                partition: self.partition,
+            },
+            self.position,
             self.options.clone(),
+            Arc::new(Semaphore::new(self.buffer_bytes)),
+            self.buffer_bytes,
+            Lead::Reserve,
         );
-        let mut offset = self.position;
-        let fetch = move |offset: u64| {
-            let (client, topic, options) = (client.clone(), topic.clone(), options.clone());
-            tokio::spawn(async move { client.fetch_raw(&topic, partition, offset, &options).await })
-        };
         let task = tokio::spawn(async move {
-            // A fetch's room is taken before it is sent (it may return `max_bytes`) and what
-            // it did not use is given back when it arrives. The next fetch is sent as soon as
-            // this one arrives, before it is checked, so checking overlaps the broker's work.
-            let Ok(mut permit) = budget.clone().acquire_many_owned(want).await else {
-                return;
-            };
-            let mut in_flight = fetch(offset);
             loop {
-                let (response, payload) = match in_flight.await {
-                    Ok(Ok(raw)) => raw,
-                    Ok(Err(e)) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                    Err(_) => return,
-                };
-                drop(permit.split((want as usize).saturating_sub(payload.len())));
-                let next_offset = end_of(offset, &payload);
-                let next = budget
-                    .clone()
-                    .try_acquire_many_owned(want)
-                    .ok()
-                    .map(|p| (p, fetch(next_offset)));
-                let result = checked(offset, &response, payload).map(|mut f| {
-                    f.hold(permit);
-                    f
-                });
+                let result = pipeline.next().await;
                 let failed = result.is_err();
                 if tx.send(result).await.is_err() || failed {
-                    if let Some((_, f)) = next {
-                        f.abort();
-                    }
                     return;
                 }
-                offset = next_offset;
-                (permit, in_flight) = match next {
-                    Some(started) => started,
-                    None => {
-                        let Ok(p) = budget.clone().acquire_many_owned(want).await else {
-                            return;
-                        };
-                        (p, fetch(offset))
-                    }
-                };
             }
         });
         Prefetch {

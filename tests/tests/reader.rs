@@ -239,3 +239,124 @@ async fn a_record_cap_bounds_every_fetch_and_loses_nothing() {
         }
     }
 }
+
+/// Batches of `sizes` records each, in turn, until `total` records (100 bytes each, record i
+/// holding i); returns the bytes produced.
+async fn fill_irregular(client: &Client, topic: &str, sizes: &[u64], total: u64) -> u64 {
+    let (mut next, mut bytes) = (0u64, 0u64);
+    for size in sizes.iter().cycle() {
+        if next >= total {
+            break;
+        }
+        let n = (*size).min(total - next);
+        let mut builder = BatchBuilder::with_capacity((n * 120) as usize);
+        for i in next..next + n {
+            let mut value = [0u8; 100];
+            value[..8].copy_from_slice(&i.to_be_bytes());
+            builder.push(None, &value, &[], 1_700_000_000_000);
+        }
+        let batch = builder.finish();
+        bytes += batch.len() as u64;
+        client
+            .send_batch(topic, 0, batch)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        next += n;
+    }
+    bytes
+}
+
+/// Story: a backlog of batches of very different sizes. The reader sends fetches ahead of the
+/// one in flight from where it guesses each will start; the guesses are mostly wrong here, and
+/// every wrong one must be dropped: the reader and a group member each read every record
+/// exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_fetching_ahead_of_irregular_batches_read_every_record_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &[]);
+    let client = Client::connect(broker.addr()).await.unwrap();
+    Admin::new(client.clone())
+        .create_topic("irregular", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let total = 40_000;
+    fill_irregular(
+        &client,
+        "irregular",
+        &[1, 300, 17, 120, 45, 999, 3, 64],
+        total,
+    )
+    .await;
+    let options = FetchOptions {
+        max_bytes: 24 << 10,
+        max_wait: Duration::from_millis(100),
+        ..FetchOptions::default()
+    };
+
+    let mut reader = PartitionReader::new(client.clone(), "irregular", 0, StartOffset::Earliest)
+        .await
+        .unwrap()
+        .with_options(options.clone());
+    let mut next = 0u64;
+    while next < total {
+        let fetched = reader.poll_batch().await.unwrap();
+        for r in fetched.records() {
+            assert_eq!((r.offset, number(r.value)), (next, next));
+            next += 1;
+        }
+    }
+    assert_eq!(reader.position(), total);
+
+    let mut config = ConsumerConfig::new("irregular-group", ["irregular"]);
+    config.auto_offset_reset = OffsetReset::Earliest;
+    config.fetch = options;
+    let mut consumer = Consumer::subscribe(client, config).unwrap();
+    let mut next = 0u64;
+    while next < total {
+        let batch = tokio::time::timeout(Duration::from_secs(60), consumer.next_batch())
+            .await
+            .expect("records in time")
+            .unwrap()
+            .unwrap();
+        for r in batch.records.records() {
+            assert_eq!((r.offset, number(r.value)), (next, next));
+            next += 1;
+        }
+    }
+    consumer.close().await.unwrap();
+}
+
+/// Story: a backlog of alike batches, read from the start. The fetches sent ahead start where
+/// the ones before them end, so none is wasted: the broker serves each byte of the partition
+/// once (a reader whose guesses were off by a record would be served whole fetches twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetching_ahead_of_alike_batches_serves_each_byte_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &[]);
+    let client = Client::connect(broker.addr()).await.unwrap();
+    Admin::new(client.clone())
+        .create_topic("alike", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let total = 60_000;
+    let produced = fill_irregular(&client, "alike", &[200], total).await;
+    let mut reader = PartitionReader::new(client, "alike", 0, StartOffset::Earliest)
+        .await
+        .unwrap()
+        .with_options(FetchOptions {
+            max_bytes: 64 << 10,
+            max_wait: Duration::from_millis(100),
+            ..FetchOptions::default()
+        })
+        .with_buffer_bytes(512 << 10);
+    let mut next = 0u64;
+    while next < total {
+        for r in reader.poll_batch().await.unwrap().records() {
+            assert_eq!((r.offset, number(r.value)), (next, next));
+            next += 1;
+        }
+    }
+    assert_eq!(bytes_out(broker.metrics_addr(), "alike").await, produced);
+}
