@@ -49,6 +49,12 @@ pub struct Config {
     pub groups: GroupsConfig,
     /// Replication across several rilld nodes; absent: a single-node broker.
     pub cluster: Option<ClusterConfig>,
+    /// TLS on the client listener; absent: plaintext.
+    pub tls: Option<TlsConfig>,
+    /// Serve clients on a non-loopback address without TLS and authentication. Off by default:
+    /// rilld refuses to start so exposed unless told this explicitly, and warns on every start
+    /// with it on.
+    pub allow_anonymous: bool,
     /// For tests only (`--test-write-rate`, never from a file): throttle partition-log writes
     /// to this many bytes per second.
     #[serde(skip)]
@@ -71,6 +77,21 @@ pub struct GroupsConfig {
     /// The committed-offsets log is compacted (its live entries written again, the rest
     /// deleted) once it holds more than this many bytes and four times its live entries.
     pub offsets_compact_bytes: u64,
+}
+
+/// TLS settings of the client listener (`[tls]`, or `--tls-cert`, `--tls-key`,
+/// `--tls-client-ca`). The files are read again on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the broker's certificate, then any intermediates.
+    pub cert: PathBuf,
+    /// PEM file with its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM file with the CAs that sign client certificates. Set: every client must present a
+    /// certificate they signed (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Largest node id: producer ids handed out by a node carry its id above bit 44, so ids from
@@ -228,6 +249,8 @@ impl Default for Config {
             storage: StorageConfig::default(),
             groups: GroupsConfig::default(),
             cluster: None,
+            tls: None,
+            allow_anonymous: false,
             test_write_rate: None,
         }
     }
@@ -363,6 +386,20 @@ pub struct Args {
     /// Every node of the cluster, this one included: 1=ADDR,2=ADDR,... (cluster addresses).
     #[arg(long, value_name = "PEERS", value_parser = parse_peers, requires = "node_id")]
     pub peers: Option<std::collections::BTreeMap<u64, String>>,
+    /// PEM certificate (chain) for TLS on the client listener (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM file of the CAs whose client certificates are accepted; set, every client must
+    /// present one (mutual TLS).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Serve clients on a non-loopback address without TLS and authentication (refused
+    /// otherwise); logged at warn on every start.
+    #[arg(long)]
+    pub allow_anonymous: bool,
     /// Raft heartbeat interval in ms; failover takes 6 to 8 of them plus an election
     /// [default: 150].
     #[arg(long, value_name = "MS")]
@@ -450,6 +487,18 @@ impl Config {
         if let (Some(ms), Some(c)) = (args.leader_rebalance_ms, config.cluster.as_mut()) {
             c.leader_rebalance_ms = ms;
         }
+        if let (Some(cert), Some(key)) = (args.tls_cert.clone(), args.tls_key.clone()) {
+            let client_ca = args
+                .tls_client_ca
+                .clone()
+                .or_else(|| config.tls.as_ref().and_then(|t| t.client_ca.clone()));
+            config.tls = Some(TlsConfig {
+                cert,
+                key,
+                client_ca,
+            });
+        }
+        config.allow_anonymous |= args.allow_anonymous;
         config.test_write_rate = args.test_write_rate;
         config.validate()?;
         Ok(config)
@@ -505,10 +554,35 @@ impl Config {
                 "offsets_compact_bytes must be at least 65536".into(),
             ));
         }
+        self.check_exposure()?;
         if self.max_connections == 0 || self.max_in_flight == 0 {
             return Err(ConfigError::Invalid(
                 "max_connections and max_in_flight must be at least 1".into(),
             ));
+        }
+        Ok(())
+    }
+
+    /// Refuses a listener off loopback that anyone reaching it could use without credentials,
+    /// unless `allow_anonymous` says that is meant.
+    fn check_exposure(&self) -> Result<(), ConfigError> {
+        if self.allow_anonymous {
+            return Ok(());
+        }
+        let mut exposed = vec![("client listener", self.listen)];
+        if let Some(c) = &self.cluster {
+            exposed.push(("cluster listener", c.listen));
+        }
+        for (what, addr) in exposed {
+            if !addr.ip().is_loopback() {
+                return Err(ConfigError::Invalid(format!(
+                    "refusing to serve the {what} on {addr} without TLS and authentication: \
+                     anyone who reaches it could read, write and delete every topic and group. \
+                     This rilld has no client authentication yet, so bind a loopback address, \
+                     or pass --allow-anonymous (allow_anonymous = true) to accept anonymous \
+                     access knowingly"
+                )));
+            }
         }
         Ok(())
     }

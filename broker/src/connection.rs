@@ -16,10 +16,33 @@ use rill_protocol::request::{Request, RequestError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+/// A connection's byte stream, split into the halves its reading and writing tasks own: a
+/// plain TCP socket into its lock-free owned halves, a TLS stream through `tokio::io::split`.
+pub trait Split: Send + 'static {
+    type Read: AsyncRead + Unpin + Send + 'static;
+    type Write: AsyncWrite + Unpin + Send + 'static;
+    fn split(self) -> (Self::Read, Self::Write);
+}
+
+impl Split for TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+    fn split(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+impl Split for tokio_rustls::server::TlsStream<TcpStream> {
+    type Read = tokio::io::ReadHalf<Self>;
+    type Write = tokio::io::WriteHalf<Self>;
+    fn split(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
+}
 
 /// Bytes reserved for a request's response before it runs: what a fetch asked for (its
 /// `max_bytes`, as the handler bounds it) plus room for the frame, anything else small. A fetch
@@ -37,18 +60,19 @@ fn response_cost(ctx: &Context, request: &Result<Request, RequestError>) -> usiz
 /// How long a shutting-down broker waits for a connection's pending responses to be written.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-pub async fn serve(
-    socket: TcpStream,
+/// Serves one connection (a TCP socket, or a TLS stream over one, its handshake done) until
+/// the peer closes it, it breaks, or the broker shuts down.
+pub async fn serve<S: Split>(
+    socket: S,
     peer: SocketAddr,
     ctx: Arc<Context>,
     _slot: OwnedSemaphorePermit,
 ) {
-    let _ = socket.set_nodelay(true);
     tracing::info!(%peer, "connection opened");
     let m = crate::metrics::global();
     m.connections.inc();
     m.connections_total.inc();
-    let (mut reader, writer) = socket.into_split();
+    let (mut reader, writer) = socket.split();
     let max_in_flight = ctx.config.max_in_flight;
     let (tx, rx) = mpsc::channel::<(OutFrame, OwnedSemaphorePermit)>(max_in_flight);
     // Bytes of responses in progress: reserved before a request is dispatched, released once
@@ -162,8 +186,8 @@ pub async fn serve(
     m.connections.dec();
 }
 
-async fn write_loop(
-    writer: OwnedWriteHalf,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    writer: W,
     mut rx: mpsc::Receiver<(OutFrame, OwnedSemaphorePermit)>,
 ) {
     let mut out = BufWriter::with_capacity(64 * 1024, writer);

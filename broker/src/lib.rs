@@ -15,6 +15,7 @@ pub mod producer_ids;
 pub mod raft;
 pub mod server;
 pub mod storage;
+pub mod tls;
 pub mod topics;
 
 pub use config::Config;

@@ -91,11 +91,31 @@ async fn run(config: Config) -> anyhow::Result<()> {
     println!("rilld listening on {addr}, data in {}", data.display());
     tracing::info!(%addr, data_dir = %data.display(), "listening");
     tokio::spawn(signals(shutdown));
+    if let Some(tls) = broker.context().tls.clone() {
+        tokio::spawn(reload_on_hangup(tls));
+    }
     let served = broker.serve().await;
     if let Some(http) = http {
         http.abort();
     }
     served
+}
+
+/// SIGHUP: read the TLS certificate and key again; new connections get them.
+async fn reload_on_hangup(tls: Arc<rill_broker::tls::Reloader>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; certificates reload only on restart");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "SIGHUP: TLS reload failed; still serving the previous certificate")
+            }
+        }
+    }
 }
 
 async fn signals(shutdown: CancellationToken) {

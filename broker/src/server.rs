@@ -34,6 +34,8 @@ pub struct Context {
     pub producer_ids: ProducerIds,
     /// This node's part of a cluster (`[cluster]`); `None` for a single-node broker.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// TLS on the client listener (`[tls]`), its certificate replaced on SIGHUP.
+    pub tls: Option<Arc<crate::tls::Reloader>>,
 }
 
 const CLEAN_MARKER: &str = "clean-shutdown";
@@ -104,9 +106,27 @@ impl Broker {
                 "deleted committed offsets of topics that no longer exist"
             );
         }
+        let tls = match &config.tls {
+            Some(settings) => Some(Arc::new(crate::tls::Reloader::new(settings.clone())?)),
+            None => None,
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        if config.allow_anonymous {
+            tracing::warn!(
+                listen = %config.listen,
+                tls = tls.is_some(),
+                "anonymous access allowed (--allow-anonymous): any client that reaches this \
+                 broker can read, write and delete every topic and group"
+            );
+        }
+        if let Some(tls) = &tls {
+            tracing::info!(
+                mutual = tls.verifies_clients(),
+                "TLS on the client listener; SIGHUP reloads its certificate"
+            );
+        }
         tracing::info!(topics = topics.list().len(), clean, "storage ready");
         let cluster = match config.cluster.clone() {
             Some(c) => Some(
@@ -132,6 +152,7 @@ impl Broker {
                 config,
                 shutdown,
                 cluster,
+                tls,
             }),
             listener,
             _lock: lock,
@@ -253,7 +274,32 @@ async fn accept_loop(listener: &TcpListener, ctx: &Arc<Context>) {
         };
         match accepted {
             Ok((socket, peer)) => {
-                tracker.spawn(connection::serve(socket, peer, ctx.clone(), permit));
+                let _ = socket.set_nodelay(true);
+                match &ctx.tls {
+                    None => {
+                        tracker.spawn(connection::serve(socket, peer, ctx.clone(), permit));
+                    }
+                    Some(tls) => {
+                        let (acceptor, ctx) = (tls.acceptor(), ctx.clone());
+                        tracker.spawn(async move {
+                            let handshake = tokio::time::timeout(
+                                crate::tls::HANDSHAKE_TIMEOUT,
+                                acceptor.accept(socket),
+                            );
+                            match handshake.await {
+                                Ok(Ok(stream)) => {
+                                    connection::serve(stream, peer, ctx, permit).await;
+                                }
+                                Ok(Err(e)) => {
+                                    tracing::warn!(%peer, error = %e, "TLS handshake failed");
+                                }
+                                Err(_) => {
+                                    tracing::warn!(%peer, "TLS handshake not finished within 10 s; closed");
+                                }
+                            }
+                        });
+                    }
+                }
             }
             Err(e) => {
                 // Usually out of file descriptors: back off instead of spinning.

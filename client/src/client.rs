@@ -10,6 +10,7 @@
 
 use crate::connection::Connection;
 use crate::error::Error;
+use crate::tls::TlsSettings;
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use rill_protocol::messages::{MetadataRequest, MetadataResponse};
@@ -54,6 +55,8 @@ pub struct ClientConfig {
     /// not grow: an election takes one to two heartbeats' election timeouts, and a retry that
     /// waits a doubled backoff would find the new leader late (Kafka's `retry.backoff.ms`).
     pub leader_backoff: Duration,
+    /// TLS to the broker (and to every node of a cluster); `None`: plaintext.
+    pub tls: Option<TlsSettings>,
 }
 
 impl Default for ClientConfig {
@@ -67,6 +70,7 @@ impl Default for ClientConfig {
             min_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_secs(1),
             leader_backoff: Duration::from_millis(100),
+            tls: None,
         }
     }
 }
@@ -168,7 +172,13 @@ impl Client {
             let cfg = &self.inner.config;
             let attempt = tokio::time::timeout(
                 cfg.connect_timeout,
-                Connection::open(addr, &cfg.client_name, cfg.keepalive, cfg.connect_timeout),
+                Connection::open(
+                    addr,
+                    &cfg.client_name,
+                    cfg.keepalive,
+                    cfg.connect_timeout,
+                    cfg.tls.as_ref(),
+                ),
             );
             match attempt.await {
                 Ok(Ok(conn)) => return Ok(conn),

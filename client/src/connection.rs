@@ -15,6 +15,7 @@
 //! finds a dead peer on a connection with nothing outstanding.
 
 use crate::error::Error;
+use crate::tls::TlsSettings;
 use bytes::{Bytes, BytesMut};
 use rill_protocol::frame::{self, OutFrame, RequestHeader};
 use rill_protocol::messages::{ApiVersionsRequest, ApiVersionsResponse};
@@ -24,9 +25,8 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -67,13 +67,15 @@ fn poison(pending: &Mutex<Pending>, closed: &CancellationToken, why: String) {
 }
 
 impl Connection {
-    /// Connects, sets TCP keepalive (`keepalive`: idle time before the first probe) and
-    /// performs the `ApiVersions` handshake, which must answer within `timeout`.
+    /// Connects, sets TCP keepalive (`keepalive`: idle time before the first probe), runs the
+    /// TLS handshake if `tls` is given, and performs the `ApiVersions` handshake, which must
+    /// answer within `timeout`.
     pub(crate) async fn open(
         addr: &str,
         client_name: &str,
         keepalive: Option<Duration>,
         timeout: Duration,
+        tls: Option<&TlsSettings>,
     ) -> Result<Arc<Connection>, Error> {
         let connect_err = |e: std::io::Error| Error::Connect {
             addr: addr.to_string(),
@@ -90,19 +92,28 @@ impl Connection {
                 .set_tcp_keepalive(&probes)
                 .map_err(connect_err)?;
         }
-        let (reader, writer) = socket.into_split();
         let (tx, rx) = mpsc::channel(1024);
         let pending = Arc::new(Mutex::new(Pending::default()));
         let closed = CancellationToken::new();
-        // Generous: a fetch may return one batch larger than asked for.
-        let max_response = 1 << 30;
-        tokio::spawn(write_loop(writer, rx, pending.clone(), closed.clone()));
-        tokio::spawn(read_loop(
-            reader,
-            pending.clone(),
-            closed.clone(),
-            max_response,
-        ));
+        let (p, c) = (pending.clone(), closed.clone());
+        match tls {
+            None => {
+                let (reader, writer) = socket.into_split();
+                start_io(reader, writer, rx, p, c);
+            }
+            Some(settings) => {
+                let (connector, name) = (settings.connector()?, settings.name_for(addr)?);
+                let stream = connector
+                    .connect(name, socket)
+                    .await
+                    .map_err(|e| Error::Connect {
+                        addr: addr.to_string(),
+                        message: format!("TLS handshake failed: {e}"),
+                    })?;
+                let (reader, writer) = tokio::io::split(stream);
+                start_io(reader, writer, rx, p, c);
+            }
+        }
         let mut conn = Connection {
             addr: addr.to_string(),
             frames: tx,
@@ -210,8 +221,25 @@ impl Drop for Waiting {
     }
 }
 
-async fn write_loop(
-    writer: OwnedWriteHalf,
+/// Starts the tasks that write the connection's frames and read its responses.
+fn start_io<R, W>(
+    reader: R,
+    writer: W,
+    frames: mpsc::Receiver<OutFrame>,
+    pending: Arc<Mutex<Pending>>,
+    closed: CancellationToken,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    // Generous: a fetch may return one batch larger than asked for.
+    let max_response = 1 << 30;
+    tokio::spawn(write_loop(writer, frames, pending.clone(), closed.clone()));
+    tokio::spawn(read_loop(reader, pending, closed, max_response));
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    writer: W,
     mut rx: mpsc::Receiver<OutFrame>,
     pending: Arc<Mutex<Pending>>,
     closed: CancellationToken,
@@ -221,7 +249,12 @@ async fn write_loop(
         let first = tokio::select! {
             f = rx.recv() => match f {
                 Some(f) => f,
-                None => return,
+                None => {
+                    // The connection was dropped: close the stream properly (a TLS stream
+                    // sends its close_notify).
+                    let _ = out.shutdown().await;
+                    return;
+                }
             },
             _ = closed.cancelled() => return,
         };
@@ -246,8 +279,8 @@ async fn write_loop(
     }
 }
 
-async fn read_loop(
-    mut reader: OwnedReadHalf,
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut reader: R,
     pending: Arc<Mutex<Pending>>,
     closed: CancellationToken,
     max_response: usize,

@@ -33,6 +33,7 @@ mod partitioner;
 mod pipeline;
 mod producer;
 mod reader;
+mod tls;
 
 pub use admin::Admin;
 pub use client::{Client, ClientConfig};
@@ -52,6 +53,7 @@ pub use rill_protocol::messages::{
     ResetTo, TopicMetadata, TopicPartition, TopicSummary,
 };
 pub use rill_protocol::{ErrorCode, FsyncPolicy, TopicConfig};
+pub use tls::TlsSettings;
 
 /// The README's Rust examples, compiled as doc tests so they cannot rot.
 #[doc = include_str!("../../README.md")]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Paths of the freshly built `rilld` and `rill`.
 #[derive(Debug)]
@@ -44,6 +44,24 @@ pub fn binaries() -> &'static Binaries {
             .expect("workspace root");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
+        // What `cargo test` sets for this test binary must not reach the build: build scripts
+        // that watch these variables (ring's does, CARGO_MANIFEST_DIR and CARGO_PKG_NAME among
+        // them) would see them change and rebuild, here and again in the next plain build.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+                "CARGO_PRIMARY_",
+            ]
+            .iter()
+            .any(|p| key.starts_with(p))
+            {
+                cmd.env_remove(key.as_ref());
+            }
+        }
         cmd.current_dir(workspace).args([
             "build",
             "--quiet",
@@ -266,6 +284,24 @@ impl Broker {
     /// SIGCONT after [`Broker::pause`].
     pub fn resume(&self) {
         self.signal("-CONT");
+    }
+
+    /// SIGHUP: the broker reads its TLS certificate and key again.
+    pub fn hangup(&self) {
+        self.signal("-HUP");
+    }
+
+    /// Waits (up to 30 s) until the broker's log holds `needle` `count` times or more.
+    pub async fn wait_for_log(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.log().matches(needle).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "the broker never logged {needle:?} {count} times; its log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn signal(&self, sig: &str) {

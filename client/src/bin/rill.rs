@@ -49,6 +49,25 @@ struct Cli {
     /// Print list and describe results as JSON (for scripts) instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// Connect with TLS, trusting the CA certificates in this PEM file; also RILL_TLS_CA.
+    #[arg(long, global = true, env = "RILL_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for a broker that requires one (with --tls-key); also
+    /// RILL_TLS_CERT.
+    #[arg(long, global = true, env = "RILL_TLS_CERT", value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --tls-cert; also RILL_TLS_KEY.
+    #[arg(
+        long,
+        global = true,
+        env = "RILL_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<std::path::PathBuf>,
+    /// The name the broker's certificate must hold, if not the host in --broker.
+    #[arg(long, global = true, value_name = "NAME", requires = "tls_ca")]
+    tls_server_name: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -347,8 +366,28 @@ fn main() -> ExitCode {
     }
 }
 
+impl Cli {
+    /// The client settings the flags ask for (TLS among them).
+    fn client_config(&self) -> rill_client::ClientConfig {
+        let tls = self.tls_ca.as_ref().map(|ca| {
+            let mut tls = rill_client::TlsSettings::new(ca);
+            if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+                tls = tls.identity(cert, key);
+            }
+            if let Some(name) = &self.tls_server_name {
+                tls = tls.server_name(name);
+            }
+            tls
+        });
+        rill_client::ClientConfig {
+            tls,
+            ..rill_client::ClientConfig::default()
+        }
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = Client::connect(&cli.broker)
+    let client = Client::connect_with(&cli.broker, cli.client_config())
         .await
         .with_context(|| format!("cannot reach the broker at {}", cli.broker))?;
     match cli.command {
@@ -357,7 +396,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Consume(args) if args.group.is_some() => consume_group(client, args).await,
         Command::Consume(args) => consume(client, args).await,
         Command::Group(cmd) => group(client, cmd, cli.json).await,
-        Command::Cluster(ClusterCommand::Status) => cluster_status(client, cli.json).await,
+        Command::Cluster(ClusterCommand::Status) => {
+            cluster_status(client, cli.client_config(), cli.json).await
+        }
         Command::Cluster(ClusterCommand::RemoveNode { node_id }) => {
             Admin::new(client).remove_node(node_id).await?;
             outln!("removed node {node_id} from the cluster; stop its process now");
@@ -368,7 +409,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// `rill cluster status`: the metadata as each node sees it (a node knows the leaders of the
 /// partitions it replicates; of two answers the higher term wins), and whether it answers now.
-async fn cluster_status(client: Client, json: bool) -> anyhow::Result<()> {
+async fn cluster_status(
+    client: Client,
+    config: rill_client::ClientConfig,
+    json: bool,
+) -> anyhow::Result<()> {
     let mut m = Admin::new(client).metadata(&[]).await?;
     if json {
         outln!("{}", serde_json::to_string(&m)?);
@@ -378,7 +423,7 @@ async fn cluster_status(client: Client, json: bool) -> anyhow::Result<()> {
         connect_timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(2),
         retry_timeout: Duration::ZERO,
-        ..rill_client::ClientConfig::default()
+        ..config
     };
     let mut up = BTreeMap::new();
     for n in &m.nodes {
