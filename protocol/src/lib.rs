@@ -23,6 +23,7 @@ pub mod error;
 pub mod frame;
 pub mod messages;
 pub mod request;
+pub mod scram;
 pub mod topic;
 
 pub use api::{ApiKey, Message, OFFSETS_TOPIC};
