@@ -287,7 +287,10 @@ async fn accept_loop(listener: &TcpListener, ctx: &Arc<Context>) {
                                 acceptor.accept(socket),
                             );
                             match handshake.await {
-                                Ok(Ok(stream)) => {
+                                Ok(Ok(mut stream)) => {
+                                    // Encrypt a whole response frame at a time (rustls holds
+                                    // 64 KiB by default): fewer, larger socket writes.
+                                    stream.get_mut().1.set_buffer_limit(Some(crate::tls::BUFFER_LIMIT));
                                     connection::serve(stream, peer, ctx, permit).await;
                                 }
                                 Ok(Err(e)) => {

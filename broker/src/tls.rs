@@ -13,6 +13,9 @@ use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 /// How long a connection may take to finish its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Bytes of plaintext a connection's TLS layer takes in before writing to the socket.
+pub const BUFFER_LIMIT: usize = 1 << 20;
+
 /// The listener's TLS settings and the configuration built from them; new connections are
 /// served the configuration current when they arrive.
 #[derive(Debug)]

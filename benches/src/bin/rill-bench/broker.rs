@@ -12,6 +12,8 @@ pub struct Spawned {
     children: Vec<Child>,
     /// Client addresses, comma-separated (what `Client::connect` takes).
     pub addr: String,
+    /// With TLS: the CA that signed the broker's certificate, for the clients to trust.
+    pub ca: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -19,12 +21,31 @@ impl Spawned {
     /// Starts `rilld` (from `path`, or next to this executable) on a free loopback port; with
     /// `nodes` above 1, that many nodes forming a cluster (node ids 1..=nodes, each with its
     /// own data directory and cluster port).
-    pub fn start(path: Option<PathBuf>, extra: &[String], nodes: usize) -> anyhow::Result<Spawned> {
+    /// With `tls`, each node serves TLS with a certificate for 127.0.0.1 from a CA made here.
+    pub fn start(
+        path: Option<PathBuf>,
+        extra: &[String],
+        nodes: usize,
+        tls: bool,
+    ) -> anyhow::Result<Spawned> {
         let rilld = match path {
             Some(p) => p,
             None => std::env::current_exe()?.with_file_name("rilld"),
         };
         let dir = tempfile::tempdir()?;
+        let (ca, tls_args) = match tls {
+            true => {
+                let (ca, cert, key) = make_certificates(dir.path())?;
+                let args = vec![
+                    "--tls-cert".to_string(),
+                    cert.display().to_string(),
+                    "--tls-key".to_string(),
+                    key.display().to_string(),
+                ];
+                (Some(ca), args)
+            }
+            false => (None, Vec::new()),
+        };
         // Cluster ports must be known before any node starts: free ones, taken from the OS.
         let cluster_ports: Vec<u16> = match nodes {
             0 | 1 => Vec::new(),
@@ -58,7 +79,8 @@ impl Spawned {
                 "--data-dir",
             ])
             .arg(&data)
-            .args(extra);
+            .args(extra)
+            .args(&tls_args);
             if let Some(port) = cluster_ports.get(node) {
                 cmd.args(["--node-id", &(node + 1).to_string()])
                     .args(["--cluster-listen", &format!("127.0.0.1:{port}")])
@@ -94,8 +116,14 @@ impl Spawned {
         Ok(Spawned {
             addr: addrs.join(","),
             children,
+            ca,
             _dir: dir,
         })
+    }
+
+    /// The CA file clients trust when the broker serves TLS.
+    pub fn ca(&self) -> Option<&std::path::Path> {
+        self.ca.as_deref()
     }
 
     pub fn nodes(&self) -> usize {
@@ -145,4 +173,27 @@ impl Drop for Spawned {
             let _ = child.wait();
         }
     }
+}
+
+/// A CA and a certificate it signed for 127.0.0.1, as PEM files in `dir`: (CA, cert, key).
+fn make_certificates(dir: &std::path::Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "rill-bench CA");
+    let ca = ca_params.self_signed(&ca_key)?;
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])?
+        .signed_by(&key, &ca, &ca_key)?;
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("broker.pem"),
+        dir.join("broker.key"),
+    );
+    std::fs::write(&paths.0, ca.pem())?;
+    std::fs::write(&paths.1, cert.pem())?;
+    std::fs::write(&paths.2, key.serialize_pem())?;
+    Ok(paths)
 }

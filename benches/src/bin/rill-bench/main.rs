@@ -66,6 +66,13 @@ struct Cli {
     /// are summed over the nodes.
     #[arg(long, value_name = "NODES")]
     cluster: Option<usize>,
+    /// The spawned broker serves TLS (a certificate from a CA made for the run), and every
+    /// client of the benchmark connects with TLS.
+    #[arg(long)]
+    tls: bool,
+    /// Connect to --broker with TLS, trusting the CA certificates in this PEM file.
+    #[arg(long, value_name = "FILE", conflicts_with = "tls")]
+    tls_ca: Option<PathBuf>,
     /// The rilld binary for --spawn-broker [default: next to rill-bench].
     #[arg(long, value_name = "PATH")]
     rilld: Option<PathBuf>,
@@ -190,14 +197,31 @@ struct Summary {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let spawned = match (cli.spawn_broker, cli.cluster) {
-        (_, Some(nodes)) => Some(broker::Spawned::start(cli.rilld.clone(), &[], nodes)?),
-        (true, None) => Some(broker::Spawned::start(cli.rilld.clone(), &[], 1)?),
+        (_, Some(nodes)) => Some(broker::Spawned::start(
+            cli.rilld.clone(),
+            &[],
+            nodes,
+            cli.tls,
+        )?),
+        (true, None) => Some(broker::Spawned::start(cli.rilld.clone(), &[], 1, cli.tls)?),
         (false, None) => None,
     };
     let addr = spawned
         .as_ref()
         .map_or(cli.broker.clone(), |s| s.addr.clone());
-    let client = Client::connect(&addr)
+    anyhow::ensure!(
+        !cli.tls || spawned.is_some(),
+        "--tls starts a broker with TLS (with --spawn-broker or --cluster); for a running one, give --tls-ca"
+    );
+    let ca = spawned
+        .as_ref()
+        .and_then(|s| s.ca().map(PathBuf::from))
+        .or(cli.tls_ca.clone());
+    let client_config = rill_client::ClientConfig {
+        tls: ca.map(rill_client::TlsSettings::new),
+        ..rill_client::ClientConfig::default()
+    };
+    let client = Client::connect_with(&addr, client_config.clone())
         .await
         .with_context(|| format!("cannot reach the broker at {addr}"))?;
     let admin = Admin::new(client.clone());
@@ -207,6 +231,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let targets = create_targets(&admin, &cli, &format!("bench-{run_id}")).await?;
     let params = Params {
         addr: addr.clone(),
+        client: client_config,
         targets,
         producers: cli.producers,
         consumers: cli.consumers,
@@ -354,6 +379,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     let max = params.duration.unwrap_or(Duration::from_secs(10)) * 3;
                     let a = scenarios::Abuse::start(
                         &addr,
+                        &params.client,
                         cli.idle_connections,
                         cli.flood_rate,
                         cli.flooders,

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub struct Params {
     pub addr: String,
+    /// How every client of the run connects (TLS among it).
+    pub client: rill_client::ClientConfig,
     pub targets: Vec<(String, u32)>,
     pub producers: usize,
     pub consumers: usize,
@@ -101,7 +103,10 @@ pub async fn produce(p: &Params, progress: Arc<AtomicU64>) -> anyhow::Result<Pro
         } else {
             p.targets.clone()
         };
-        let (client, p) = (Client::connect(&p.addr).await?, p.clone());
+        let (client, p) = (
+            Client::connect_with(&p.addr, p.client.clone()).await?,
+            p.clone(),
+        );
         let progress = progress.clone();
         tasks.push(tokio::spawn(async move {
             produce_one(client, &p, i as u64, share, targets, progress).await
@@ -262,7 +267,10 @@ pub async fn consume(
     let mut tasks = Vec::new();
     for i in 0..p.consumers {
         let targets = split(&p.targets, p.consumers, i);
-        let (client, p) = (Client::connect(&p.addr).await?, p.clone());
+        let (client, p) = (
+            Client::connect_with(&p.addr, p.client.clone()).await?,
+            p.clone(),
+        );
         let (progress, read) = (progress.clone(), read.clone());
         tasks.push(tokio::spawn(async move {
             consume_one(client, &p, targets, expected, read, progress).await
@@ -423,7 +431,10 @@ pub async fn group_consume(
         // The consumer's default settings, as a user has them.
         let mut config = ConsumerConfig::new(group.clone(), topics.clone());
         config.auto_offset_reset = OffsetReset::Earliest;
-        let mut consumer = Consumer::subscribe(Client::connect(&p.addr).await?, config)?;
+        let mut consumer = Consumer::subscribe(
+            Client::connect_with(&p.addr, p.client.clone()).await?,
+            config,
+        )?;
         let (progress, read, commit, reader) = (progress.clone(), read.clone(), p.commit, p.reader);
         let first_at = first_at.clone();
         let (mut done, done_tx) = (done.clone(), done_tx.clone());
@@ -485,7 +496,7 @@ pub async fn latency(p: &Params, progress: Arc<AtomicU64>) -> anyhow::Result<(Pr
     let duration = p.duration.unwrap_or(Duration::from_secs(10));
     let per_ms = (p.rate / 1000).max(1);
     let total = per_ms * duration.as_millis() as u64;
-    let client = Client::connect(&p.addr).await?;
+    let client = Client::connect_with(&p.addr, p.client.clone()).await?;
     let producer = {
         let (p, progress) = (p.clone(), progress.clone());
         tokio::spawn(async move {
@@ -581,6 +592,7 @@ impl Abuse {
     /// burst) until [`Abuse::stop`] or `max` has passed. Returns once all are connected.
     pub async fn start(
         addr: &str,
+        client: &rill_client::ClientConfig,
         idle: usize,
         rate: u64,
         flooders: usize,
@@ -593,7 +605,7 @@ impl Abuse {
             .build()?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let (ready_tx, ready) = tokio::sync::oneshot::channel();
-        let addr = addr.to_string();
+        let (addr, config) = (addr.to_string(), client.clone());
         let task = runtime.spawn(async move {
             let mut idle_conns = Vec::with_capacity(idle);
             for i in 0..idle {
@@ -606,7 +618,7 @@ impl Abuse {
             let per_ms = (rate / 1000 / flooders.max(1) as u64).max(1) as usize;
             let mut tasks = Vec::new();
             for _ in 0..if rate == 0 { 0 } else { flooders.max(1) } {
-                let client = Client::connect(&addr).await?;
+                let client = Client::connect_with(&addr, config.clone()).await?;
                 let stopped = stopped.clone();
                 tasks.push(tokio::spawn(async move {
                     let deadline = Instant::now() + max;
@@ -680,7 +692,7 @@ pub async fn group_heartbeats(
     let topic = TopicName::new(&p.targets.first().context("no topic")?.0)?;
     let mut clients = Vec::new();
     for _ in 0..connections.max(1) {
-        clients.push(Client::connect(&p.addr).await?);
+        clients.push(Client::connect_with(&p.addr, p.client.clone()).await?);
     }
     let duration = p.duration.unwrap_or(Duration::from_secs(30));
     let mut tasks = tokio::task::JoinSet::new();
