@@ -43,6 +43,12 @@ pub struct Config {
     pub log_format: String,
     /// Address of the HTTP endpoint serving /metrics (Prometheus) and /health, or "off".
     pub metrics_listen: String,
+    /// Serve /metrics and /health over TLS, with the `[tls]` certificate.
+    pub metrics_tls: bool,
+    /// `user:password` that /metrics requires (HTTP basic authentication; /health stays open
+    /// for probes). Better given through RILL_METRICS_BASIC_AUTH than written in a file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_basic_auth: Option<String>,
     /// Storage defaults; topics may override some of them.
     pub storage: StorageConfig,
     /// Consumer-group coordination.
@@ -246,6 +252,8 @@ impl Default for Config {
             log_level: "info".into(),
             log_format: "text".into(),
             metrics_listen: DEFAULT_METRICS_LISTEN.into(),
+            metrics_tls: false,
+            metrics_basic_auth: None,
             storage: StorageConfig::default(),
             groups: GroupsConfig::default(),
             cluster: None,
@@ -364,6 +372,17 @@ pub struct Args {
     /// HTTP address for /metrics and /health, or "off" [default: 127.0.0.1:7172].
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+    /// Serve /metrics and /health over TLS with the --tls-cert certificate.
+    #[arg(long)]
+    pub metrics_tls: bool,
+    /// USER:PASSWORD that /metrics requires (HTTP basic auth); /health stays open.
+    #[arg(
+        long,
+        env = "RILL_METRICS_BASIC_AUTH",
+        value_name = "USER:PASSWORD",
+        hide_env_values = true
+    )]
+    pub metrics_basic_auth: Option<String>,
     /// A new consumer group waits this long for more members before its first assignment, in
     /// ms; 0 assigns at once [default: 3000].
     #[arg(long, value_name = "MS")]
@@ -499,6 +518,10 @@ impl Config {
             });
         }
         config.allow_anonymous |= args.allow_anonymous;
+        config.metrics_tls |= args.metrics_tls;
+        if let Some(auth) = args.metrics_basic_auth.clone() {
+            config.metrics_basic_auth = Some(auth);
+        }
         config.test_write_rate = args.test_write_rate;
         config.validate()?;
         Ok(config)
@@ -529,6 +552,21 @@ impl Config {
             )));
         }
         self.metrics_addr()?;
+        if self.metrics_tls && self.tls.is_none() {
+            return Err(ConfigError::Invalid(
+                "metrics_tls needs a certificate: set [tls] cert and key (or --tls-cert, --tls-key)"
+                    .into(),
+            ));
+        }
+        if let Some(auth) = &self.metrics_basic_auth
+            && auth
+                .split_once(':')
+                .is_none_or(|(u, p)| u.is_empty() || p.is_empty())
+        {
+            return Err(ConfigError::Invalid(
+                "metrics_basic_auth must be USER:PASSWORD, both non-empty".into(),
+            ));
+        }
         if let Some(c) = &self.cluster {
             c.validate()?;
         }
@@ -572,6 +610,16 @@ impl Config {
         let mut exposed = vec![("client listener", self.listen)];
         if let Some(c) = &self.cluster {
             exposed.push(("cluster listener", c.listen));
+        }
+        if let Ok(Some(addr)) = self.metrics_addr()
+            && !addr.ip().is_loopback()
+            && self.metrics_basic_auth.is_none()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "refusing to serve /metrics on {addr} without basic authentication: it names \
+                 every topic and group. Set metrics_basic_auth (RILL_METRICS_BASIC_AUTH), bind \
+                 a loopback address, or pass --allow-anonymous"
+            )));
         }
         for (what, addr) in exposed {
             if !addr.ip().is_loopback() {
@@ -719,6 +767,36 @@ mod tests {
             Config::load(&args(&[])).unwrap().cluster.is_none(),
             "no flags: a single node"
         );
+    }
+
+    #[test]
+    fn exposure_without_protection_is_refused_unless_allowed() {
+        let err = |list: &[&str]| Config::load(&args(list)).unwrap_err().to_string();
+        let e = err(&["--listen", "0.0.0.0:7171"]);
+        assert!(
+            e.contains("0.0.0.0:7171") && e.contains("--allow-anonymous"),
+            "{e}"
+        );
+        let e = err(&["--metrics-listen", "0.0.0.0:7172"]);
+        assert!(
+            e.contains("/metrics") && e.contains("metrics_basic_auth"),
+            "{e}"
+        );
+        let e = err(&["--metrics-tls"]);
+        assert!(e.contains("needs a certificate"), "{e}");
+        let e = err(&["--metrics-basic-auth", "nopassword"]);
+        assert!(e.contains("USER:PASSWORD"), "{e}");
+        for ok in [
+            &["--listen", "0.0.0.0:7171", "--allow-anonymous"][..],
+            &[
+                "--metrics-listen",
+                "0.0.0.0:7172",
+                "--metrics-basic-auth",
+                "p:s",
+            ],
+        ] {
+            assert!(Config::load(&args(ok)).is_ok(), "{ok:?}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use rill_broker::config::{Args, Config};
-use rill_broker::metrics::{Health, serve_http};
+use rill_broker::metrics::{Health, HttpSecurity, serve_http};
 use rill_broker::server::Broker;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -70,6 +70,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     // The HTTP endpoint comes up first, so /health can answer "recovering" during recovery.
     let health = Arc::new(Health::default());
+    let tls = match &config.tls {
+        Some(settings) => Some(Arc::new(rill_broker::tls::Reloader::new(settings.clone())?)),
+        None => None,
+    };
+    let security = HttpSecurity {
+        tls: tls.clone().filter(|_| config.metrics_tls),
+        basic_auth: config.metrics_basic_auth.clone(),
+    };
     let http = match config.metrics_addr()? {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -78,11 +86,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
             let bound = listener.local_addr()?;
             println!("rilld metrics listening on {bound}");
             tracing::info!(addr = %bound, "metrics listening");
-            Some(tokio::spawn(serve_http(listener, health.clone())))
+            Some(tokio::spawn(serve_http(listener, health.clone(), security)))
         }
         None => None,
     };
-    let broker = Broker::open(config, shutdown.clone()).await?;
+    let broker = Broker::open(config, tls, shutdown.clone()).await?;
     health.set_ready(broker.context());
     let addr = broker.local_addr()?;
     let data = std::fs::canonicalize(broker.data_dir())

@@ -16,8 +16,8 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -432,24 +432,72 @@ impl Health {
 }
 
 /// Serves `/metrics` and `/health` until the task is dropped.
-pub async fn serve_http(listener: TcpListener, health: Arc<Health>) {
+/// Who may read the HTTP endpoint, and how it is reached.
+#[derive(Debug, Clone, Default)]
+pub struct HttpSecurity {
+    /// Serve over TLS with the client listener's certificate.
+    pub tls: Option<Arc<crate::tls::Reloader>>,
+    /// `user:password` that /metrics requires (basic authentication); /health stays open.
+    pub basic_auth: Option<String>,
+}
+
+pub async fn serve_http(listener: TcpListener, health: Arc<Health>, security: HttpSecurity) {
     let slots = Arc::new(Semaphore::new(64));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Ok((socket, _)) = listener.accept().await else {
+        let Ok((socket, peer)) = listener.accept().await else {
             continue;
         };
-        let health = health.clone();
+        let (health, security) = (health.clone(), security.clone());
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), answer(socket, &health)).await;
+            let auth = security.basic_auth.as_deref();
+            let served = async {
+                match &security.tls {
+                    None => answer(socket, &health, auth).await,
+                    Some(tls) => match tls.acceptor().accept(socket).await {
+                        Ok(stream) => answer(stream, &health, auth).await,
+                        Err(e) => {
+                            tracing::warn!(%peer, error = %e, "metrics: TLS handshake failed");
+                            Ok(())
+                        }
+                    },
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(10), served).await;
             drop(permit);
         });
     }
 }
 
-async fn answer(mut socket: TcpStream, health: &Health) -> std::io::Result<()> {
+/// Whether the request's head carries `Authorization: Basic` with exactly `expected`.
+fn authorized(head: &str, expected: &str) -> bool {
+    use base64::Engine;
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(name, _)| name.trim().eq_ignore_ascii_case("authorization"))
+        .filter_map(|(_, value)| value.trim().strip_prefix("Basic "))
+        .filter_map(|b64| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .ok()
+        })
+        .any(|given| {
+            given.len() == expected.len()
+                && given
+                    .iter()
+                    .zip(expected.as_bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        })
+}
+
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
+    mut socket: S,
+    health: &Health,
+    basic_auth: Option<&str>,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
         if socket.read_buf(&mut buf).await? == 0 {
@@ -461,7 +509,10 @@ async fn answer(mut socket: TcpStream, health: &Health) -> std::io::Result<()> {
     let mut words = line.split_whitespace();
     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let ready = health.ready.load(Ordering::Acquire);
+    let head = String::from_utf8_lossy(&buf);
+    let denied = path != "/health" && basic_auth.is_some_and(|a| !authorized(&head, a));
     let (status, body) = match (method, path) {
+        _ if denied => ("401 Unauthorized", "authentication required\n".to_string()),
         ("GET", "/health") if !ready => ("503 Service Unavailable", "recovering\n".to_string()),
         ("GET", "/health") => {
             let cluster = health.ctx.get().and_then(|c| c.cluster.as_ref());
@@ -481,7 +532,12 @@ async fn answer(mut socket: TcpStream, health: &Health) -> std::io::Result<()> {
         _ => ("405 Method Not Allowed", "only GET\n".to_string()),
     };
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\n{}Content-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        if denied {
+            "WWW-Authenticate: Basic realm=\"rill\"\r\n"
+        } else {
+            ""
+        },
         body.len()
     );
     socket.write_all(head.as_bytes()).await?;

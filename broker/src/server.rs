@@ -51,7 +51,13 @@ pub struct Broker {
 
 impl Broker {
     /// Locks and recovers the data directory, then binds the listener.
-    pub async fn open(config: Config, shutdown: CancellationToken) -> anyhow::Result<Broker> {
+    /// `tls`: the client listener's TLS, built from `config.tls` (shared with the HTTP
+    /// endpoint, so one SIGHUP reloads both).
+    pub async fn open(
+        config: Config,
+        tls: Option<Arc<crate::tls::Reloader>>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Broker> {
         let data_dir = config.data_dir.clone();
         fs::create_dir_all(&data_dir).map_err(|e| {
             anyhow::anyhow!("cannot create data directory {}: {e}", data_dir.display())
@@ -106,10 +112,6 @@ impl Broker {
                 "deleted committed offsets of topics that no longer exist"
             );
         }
-        let tls = match &config.tls {
-            Some(settings) => Some(Arc::new(crate::tls::Reloader::new(settings.clone())?)),
-            None => None,
-        };
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
