@@ -57,6 +57,8 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// TLS on the client listener; absent: plaintext.
     pub tls: Option<TlsConfig>,
+    /// Client authentication (SASL SCRAM) and who the superusers are.
+    pub auth: AuthConfig,
     /// Serve clients on a non-loopback address without TLS and authentication. Off by default:
     /// rilld refuses to start so exposed unless told this explicitly, and warns on every start
     /// with it on.
@@ -83,6 +85,17 @@ pub struct GroupsConfig {
     /// The committed-offsets log is compacted (its live entries written again, the rest
     /// deleted) once it holds more than this many bytes and four times its live entries.
     pub offsets_compact_bytes: u64,
+}
+
+/// Client authentication (`[auth]`, or `--auth`, `--superuser`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Every client must authenticate (SASL SCRAM-SHA-256 or -512) before any other request.
+    pub enabled: bool,
+    /// Users allowed everything, user management included. One without credentials gets them
+    /// on start from RILL_SUPERUSER_PASSWORD.
+    pub superusers: Vec<String>,
 }
 
 /// TLS settings of the client listener (`[tls]`, or `--tls-cert`, `--tls-key`,
@@ -258,6 +271,7 @@ impl Default for Config {
             groups: GroupsConfig::default(),
             cluster: None,
             tls: None,
+            auth: AuthConfig::default(),
             allow_anonymous: false,
             test_write_rate: None,
         }
@@ -415,6 +429,13 @@ pub struct Args {
     /// present one (mutual TLS).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Every client must authenticate with SASL SCRAM before any other request.
+    #[arg(long)]
+    pub auth: bool,
+    /// A superuser (repeatable); one without credentials gets them from
+    /// RILL_SUPERUSER_PASSWORD on start.
+    #[arg(long, value_name = "USER")]
+    pub superuser: Vec<String>,
     /// Serve clients on a non-loopback address without TLS and authentication (refused
     /// otherwise); logged at warn on every start.
     #[arg(long)]
@@ -518,6 +539,11 @@ impl Config {
             });
         }
         config.allow_anonymous |= args.allow_anonymous;
+        config.auth.enabled |= args.auth;
+        config
+            .auth
+            .superusers
+            .extend(args.superuser.iter().cloned());
         config.metrics_tls |= args.metrics_tls;
         if let Some(auth) = args.metrics_basic_auth.clone() {
             config.metrics_basic_auth = Some(auth);
@@ -604,7 +630,7 @@ impl Config {
     /// Refuses a listener off loopback that anyone reaching it could use without credentials,
     /// unless `allow_anonymous` says that is meant.
     fn check_exposure(&self) -> Result<(), ConfigError> {
-        if self.allow_anonymous {
+        if self.allow_anonymous || (self.tls.is_some() && self.auth.enabled) {
             return Ok(());
         }
         let mut exposed = vec![("client listener", self.listen)];
@@ -626,9 +652,9 @@ impl Config {
                 return Err(ConfigError::Invalid(format!(
                     "refusing to serve the {what} on {addr} without TLS and authentication: \
                      anyone who reaches it could read, write and delete every topic and group. \
-                     This rilld has no client authentication yet, so bind a loopback address, \
-                     or pass --allow-anonymous (allow_anonymous = true) to accept anonymous \
-                     access knowingly"
+                     configure [tls] and [auth] (--tls-cert, --tls-key, --auth), bind a \
+                     loopback address, or pass --allow-anonymous (allow_anonymous = true) to \
+                     accept anonymous access knowingly"
                 )));
             }
         }

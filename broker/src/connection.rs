@@ -12,7 +12,11 @@ use crate::server::Context;
 use bytes::BytesMut;
 use rill_protocol::ErrorCode;
 use rill_protocol::frame::{self, FrameError, OutFrame};
+use rill_protocol::messages::{
+    SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
+};
 use rill_protocol::request::{Request, RequestError};
+use rill_protocol::scram::Mechanism;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,11 +90,80 @@ pub async fn serve<S: Split>(
     let in_flight = Arc::new(Semaphore::new(max_in_flight));
     let max_frame = ctx.config.max_frame_bytes as usize;
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    // Authentication (when `[auth]` is on): the SASL exchange so far, and who the connection
+    // acts as once it succeeded.
+    let mut sasl = crate::auth::Sasl::default();
+    let mut principal: Option<String> = None;
     let reason: String = 'conn: loop {
         loop {
             match frame::decode_request(&mut buf, max_frame) {
                 Ok(Some(request)) => {
-                    let decoded = handlers::Decoded::new(request);
+                    let mut decoded = handlers::Decoded::new(request);
+                    if ctx.users.enabled() && principal.is_none() {
+                        let (cid, api) = (decoded.correlation_id(), decoded.api_name());
+                        let answer = match &decoded.request {
+                            Ok(Request::ApiVersions(_)) => None,
+                            Ok(Request::SaslHandshake(h)) => Some(handshake(&mut sasl, h, cid)),
+                            Ok(Request::SaslAuthenticate(a)) => {
+                                let step = sasl.step(&ctx.users, &a.bytes);
+                                Some(match step {
+                                    Ok((bytes, done)) => {
+                                        if done && let crate::auth::Sasl::Done(p) = &sasl {
+                                            tracing::info!(%peer, principal = %p, "authenticated");
+                                            ctx.users.succeeded(peer.ip());
+                                            principal = Some(p.clone());
+                                        }
+                                        let response = SaslAuthenticateResponse {
+                                            bytes,
+                                            principal: principal.clone(),
+                                        };
+                                        Ok(frame::encode_response(
+                                            cid,
+                                            &response,
+                                            bytes::Bytes::new(),
+                                        ))
+                                    }
+                                    Err(e) => {
+                                        // Answered late, later for each failure in a row from
+                                        // this address: guessing passwords is slow.
+                                        let delay = ctx.users.failed(peer.ip());
+                                        tracing::warn!(%peer, error = %e, delay_ms = delay.as_millis() as u64, "authentication failed");
+                                        tokio::time::sleep(delay).await;
+                                        Err(frame::encode_error_response(
+                                            cid,
+                                            ErrorCode::AuthenticationFailed,
+                                            &e.to_string(),
+                                        ))
+                                    }
+                                })
+                            }
+                            _ => {
+                                tracing::warn!(%peer, api, "request before authentication; closing");
+                                Some(Err(frame::encode_error_response(
+                                    cid,
+                                    ErrorCode::AuthenticationRequired,
+                                    "authenticate first (SaslHandshake, then SaslAuthenticate)",
+                                )))
+                            }
+                        };
+                        match answer {
+                            None => {}
+                            Some(answer) => {
+                                let (out, fatal) = match answer {
+                                    Ok(out) => (out, false),
+                                    Err(out) => (out, true),
+                                };
+                                if let Ok(bytes) = budget.clone().acquire_owned().await {
+                                    let _ = tx.send((out, bytes)).await;
+                                }
+                                if fatal {
+                                    break 'conn "authentication failed or missing".into();
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                    decoded.principal = principal.clone();
                     let cost = response_cost(&ctx, &decoded.request);
                     // A produced batch waits for room in its partition's and the broker's
                     // queue budget: until then this connection reads nothing (backpressure).
@@ -184,6 +257,43 @@ pub async fn serve<S: Split>(
         tracing::warn!(%peer, "peer did not read its responses within the shutdown grace period; dropped them");
     }
     m.connections.dec();
+}
+
+/// Answers SaslHandshake: the mechanisms offered; an error (closing the connection) if the one
+/// asked for is not among them or the handshake came out of turn.
+fn handshake(
+    sasl: &mut crate::auth::Sasl,
+    req: &SaslHandshakeRequest,
+    cid: u32,
+) -> Result<OutFrame, OutFrame> {
+    let offered = SaslHandshakeResponse {
+        mechanisms: Mechanism::ALL
+            .iter()
+            .map(|m| m.name().to_string())
+            .collect(),
+    };
+    if !matches!(sasl, crate::auth::Sasl::Start) {
+        return Err(frame::encode_error_response(
+            cid,
+            ErrorCode::IllegalSaslState,
+            "a second SaslHandshake",
+        ));
+    }
+    match Mechanism::from_name(&req.mechanism) {
+        Some(m) => {
+            *sasl = crate::auth::Sasl::Chosen(m);
+            Ok(frame::encode_response(cid, &offered, bytes::Bytes::new()))
+        }
+        None => Err(frame::encode_error_response(
+            cid,
+            ErrorCode::UnsupportedSaslMechanism,
+            &format!(
+                "mechanism {:?} is not offered; offered: {}",
+                req.mechanism,
+                offered.mechanisms.join(", ")
+            ),
+        )),
+    }
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(

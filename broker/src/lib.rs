@@ -2,6 +2,7 @@
 //!
 //! Dependencies point one way: `server` -> `connection` -> `handlers` -> `groups`/`topics` -> `log`.
 
+pub mod auth;
 pub mod backpressure;
 pub mod check;
 pub mod cluster;

@@ -36,6 +36,8 @@ pub struct Context {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// TLS on the client listener (`[tls]`), its certificate replaced on SIGHUP.
     pub tls: Option<Arc<crate::tls::Reloader>>,
+    /// Users and their credentials; whether clients must authenticate (`[auth]`).
+    pub users: crate::auth::Users,
 }
 
 const CLEAN_MARKER: &str = "clean-shutdown";
@@ -112,6 +114,7 @@ impl Broker {
                 "deleted committed offsets of topics that no longer exist"
             );
         }
+        let users = crate::auth::Users::open(&config.data_dir, &config.auth)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -155,6 +158,7 @@ impl Broker {
                 shutdown,
                 cluster,
                 tls,
+                users,
             }),
             listener,
             _lock: lock,

@@ -149,6 +149,48 @@ impl Admin {
         Ok(())
     }
 
+    /// Creates a user who logs in with `password` (SCRAM-SHA-256 and -512). The credentials
+    /// are derived here: the password is never sent. Superusers only, on a broker that
+    /// authenticates.
+    pub async fn create_user(&self, user: &str, password: &str) -> Result<(), Error> {
+        self.upsert_user(user, password, Some(false)).await
+    }
+
+    /// Replaces an existing user's password.
+    pub async fn set_password(&self, user: &str, password: &str) -> Result<(), Error> {
+        self.upsert_user(user, password, Some(true)).await
+    }
+
+    async fn upsert_user(
+        &self,
+        user: &str,
+        password: &str,
+        must_exist: Option<bool>,
+    ) -> Result<(), Error> {
+        let credentials = rill_protocol::scram::credentials_for(password)
+            .ok_or_else(|| Error::InvalidArgument("no randomness for a salt".into()))?;
+        let request = UpsertUserRequest {
+            user: user.to_string(),
+            credentials,
+            must_exist,
+        };
+        self.client.call(&request).await?;
+        Ok(())
+    }
+
+    pub async fn delete_user(&self, user: &str) -> Result<(), Error> {
+        self.client
+            .call(&DeleteUserRequest {
+                user: user.to_string(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<UserSummary>, Error> {
+        Ok(self.client.call(&ListUsersRequest {}).await?.0.users)
+    }
+
     /// Removes a node from the cluster; refused while it holds replicas.
     pub async fn remove_node(&self, node_id: u64) -> Result<(), Error> {
         let request = rill_protocol::messages::RemoveNodeRequest { node_id };

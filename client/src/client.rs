@@ -57,6 +57,36 @@ pub struct ClientConfig {
     pub leader_backoff: Duration,
     /// TLS to the broker (and to every node of a cluster); `None`: plaintext.
     pub tls: Option<TlsSettings>,
+    /// Authentication (SASL SCRAM) on every connection; `None`: none.
+    pub sasl: Option<SaslSettings>,
+}
+
+/// Who a client authenticates as: SCRAM-SHA-512 unless told otherwise.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SaslSettings {
+    pub mechanism: rill_protocol::scram::Mechanism,
+    pub user: String,
+    pub password: String,
+}
+
+impl SaslSettings {
+    pub fn scram(user: impl Into<String>, password: impl Into<String>) -> Self {
+        SaslSettings {
+            mechanism: rill_protocol::scram::Mechanism::ScramSha512,
+            user: user.into(),
+            password: password.into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SaslSettings {
+    /// The password stays out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SaslSettings")
+            .field("mechanism", &self.mechanism)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ClientConfig {
@@ -71,6 +101,7 @@ impl Default for ClientConfig {
             max_backoff: Duration::from_secs(1),
             leader_backoff: Duration::from_millis(100),
             tls: None,
+            sasl: None,
         }
     }
 }
@@ -170,16 +201,7 @@ impl Client {
         }
         for addr in &addrs {
             let cfg = &self.inner.config;
-            let attempt = tokio::time::timeout(
-                cfg.connect_timeout,
-                Connection::open(
-                    addr,
-                    &cfg.client_name,
-                    cfg.keepalive,
-                    cfg.connect_timeout,
-                    cfg.tls.as_ref(),
-                ),
-            );
+            let attempt = tokio::time::timeout(cfg.connect_timeout, Connection::open(addr, cfg));
             match attempt.await {
                 Ok(Ok(conn)) => return Ok(conn),
                 Ok(Err(e)) => last = Some(e),

@@ -36,7 +36,7 @@ mod reader;
 mod tls;
 
 pub use admin::Admin;
-pub use client::{Client, ClientConfig};
+pub use client::{Client, ClientConfig, SaslSettings};
 pub use consumer::{
     Assignment, CommitHandle, Consumer, ConsumerBatch, ConsumerConfig, ConsumerRecord, OffsetReset,
 };
@@ -52,6 +52,7 @@ pub use rill_protocol::messages::{
     MetadataResponse, NodeAddress, OffsetSpec, PartitionInfo, PartitionLag, PartitionMetadata,
     ResetTo, TopicMetadata, TopicPartition, TopicSummary,
 };
+pub use rill_protocol::scram::Mechanism as SaslMechanism;
 pub use rill_protocol::{ErrorCode, FsyncPolicy, TopicConfig};
 pub use tls::TlsSettings;
 

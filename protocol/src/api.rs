@@ -29,10 +29,15 @@ pub enum ApiKey {
     Metadata = 20,
     ReassignPartition = 21,
     RemoveNode = 22,
+    SaslHandshake = 23,
+    SaslAuthenticate = 24,
+    UpsertUser = 25,
+    DeleteUser = 26,
+    ListUsers = 27,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 23] = [
+    pub const ALL: [ApiKey; 28] = [
         ApiKey::ApiVersions,
         ApiKey::Produce,
         ApiKey::Fetch,
@@ -56,6 +61,11 @@ impl ApiKey {
         ApiKey::Metadata,
         ApiKey::ReassignPartition,
         ApiKey::RemoveNode,
+        ApiKey::SaslHandshake,
+        ApiKey::SaslAuthenticate,
+        ApiKey::UpsertUser,
+        ApiKey::DeleteUser,
+        ApiKey::ListUsers,
     ];
 
     pub fn from_u16(v: u16) -> Option<Self> {
@@ -88,6 +98,11 @@ impl ApiKey {
             ApiKey::Metadata => "metadata",
             ApiKey::ReassignPartition => "reassign_partition",
             ApiKey::RemoveNode => "remove_node",
+            ApiKey::SaslHandshake => "sasl_handshake",
+            ApiKey::SaslAuthenticate => "sasl_authenticate",
+            ApiKey::UpsertUser => "upsert_user",
+            ApiKey::DeleteUser => "delete_user",
+            ApiKey::ListUsers => "list_users",
         }
     }
 

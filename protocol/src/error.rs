@@ -75,6 +75,18 @@ pub enum ErrorCode {
     /// The partition (or the cluster's metadata) has no leader at the moment: an election is
     /// under way, or too few replicas are reachable. Retry shortly.
     LeaderNotAvailable = 34,
+    /// Authentication is required on this listener and the connection has not authenticated:
+    /// only ApiVersions, SaslHandshake and SaslAuthenticate are served. The connection closes.
+    AuthenticationRequired = 35,
+    /// Authentication failed: unknown user, wrong password, or a broken exchange. Not told
+    /// apart, on purpose. The connection closes.
+    AuthenticationFailed = 36,
+    /// The SASL mechanism asked for is not offered (the response lists those that are).
+    UnsupportedSaslMechanism = 37,
+    /// A SASL request out of turn (authenticate before handshake, a second handshake).
+    IllegalSaslState = 38,
+    /// The principal may not do this (user management is for superusers).
+    NotAuthorized = 39,
 }
 
 impl ErrorCode {
@@ -116,6 +128,11 @@ impl ErrorCode {
             32 => ProducerFenced,
             33 => NotLeader,
             34 => LeaderNotAvailable,
+            35 => AuthenticationRequired,
+            36 => AuthenticationFailed,
+            37 => UnsupportedSaslMechanism,
+            38 => IllegalSaslState,
+            39 => NotAuthorized,
             _ => return Option::None,
         })
     }

@@ -33,6 +33,11 @@ pub enum Request {
     Metadata(MetadataRequest),
     ReassignPartition(ReassignPartitionRequest),
     RemoveNode(RemoveNodeRequest),
+    SaslHandshake(SaslHandshakeRequest),
+    SaslAuthenticate(SaslAuthenticateRequest),
+    UpsertUser(UpsertUserRequest),
+    DeleteUser(DeleteUserRequest),
+    ListUsers(ListUsersRequest),
 }
 
 /// Why a whole frame is not a request this broker can serve. The frame boundaries are intact,
@@ -112,7 +117,12 @@ impl Request {
             InitProducer,
             Metadata,
             ReassignPartition,
-            RemoveNode
+            RemoveNode,
+            SaslHandshake,
+            SaslAuthenticate,
+            UpsertUser,
+            DeleteUser,
+            ListUsers
         ))
     }
 }

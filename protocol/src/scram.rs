@@ -18,6 +18,24 @@ use std::num::NonZeroU32;
 pub const MIN_ITERATIONS: u32 = 4096;
 /// Most iterations a client computes for a server: a hostile server cannot make it spin.
 pub const MAX_ITERATIONS: u32 = 1 << 20;
+/// PBKDF2 iterations of credentials made by [`credentials_for`].
+pub const DEFAULT_ITERATIONS: u32 = 8192;
+
+/// Credentials for `password` with every mechanism, each with a fresh random salt (what a
+/// client sends to create a user, so the password never leaves it). `None` if the system has
+/// no randomness to give.
+pub fn credentials_for(password: &str) -> Option<Vec<Credential>> {
+    let random = ring::rand::SystemRandom::new();
+    Mechanism::ALL
+        .into_iter()
+        .map(|m| {
+            let mut salt = [0u8; 16];
+            ring::rand::SecureRandom::fill(&random, &mut salt).ok()?;
+            Some(Credential::derive(m, password, &salt, DEFAULT_ITERATIONS))
+        })
+        .collect()
+}
+
 /// Longest SCRAM message either side accepts.
 pub const MAX_MESSAGE: usize = 4096;
 

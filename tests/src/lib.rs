@@ -132,6 +132,8 @@ pub struct Broker {
     data_dir: PathBuf,
     log: PathBuf,
     args: Vec<String>,
+    /// Environment variables set for rilld (kept across restarts).
+    env: Vec<(String, String)>,
 }
 
 /// How long start-up may take before the test fails (recovery of a big log in a debug build).
@@ -149,13 +151,24 @@ impl Broker {
         if !extra.contains(&"--group-initial-rebalance-delay-ms") {
             args.extend(["--group-initial-rebalance-delay-ms".into(), "0".into()]);
         }
-        Self::start_at(data_dir, &fixed_addr(), args, |_| {})
+        Self::start_at(data_dir, &fixed_addr(), args, Vec::new(), |_| {})
+    }
+
+    /// [`Broker::start`] with these environment variables set for rilld.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Broker {
+        let args = extra.iter().map(|s| s.to_string()).collect();
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::start_at(data_dir, &fixed_addr(), args, env, |_| {})
     }
 
     fn start_at(
         data_dir: &Path,
         listen: &str,
         args: Vec<String>,
+        env: Vec<(String, String)>,
         mut during_recovery: impl FnMut(&str),
     ) -> Broker {
         let log = data_dir.with_extension("rilld.log");
@@ -172,6 +185,7 @@ impl Broker {
             .args(["--metrics-listen", "127.0.0.1:0"])
             .args(&args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
@@ -214,6 +228,7 @@ impl Broker {
             data_dir: data_dir.to_path_buf(),
             log,
             args,
+            env,
         }
     }
 
@@ -334,6 +349,7 @@ impl Broker {
             &self.data_dir,
             &self.addr,
             self.args.clone(),
+            self.env.clone(),
             during_recovery,
         );
         self.child = next.child.take();
@@ -352,7 +368,18 @@ impl Drop for Broker {
 
 /// Runs `rill` with `args` against `broker` (or no `--broker` at all), feeding `stdin`.
 pub fn rill(broker: Option<&str>, args: &[&str], stdin: &str) -> std::process::Output {
+    rill_with_env(broker, args, stdin, &[])
+}
+
+/// [`rill`] with these environment variables set.
+pub fn rill_with_env(
+    broker: Option<&str>,
+    args: &[&str],
+    stdin: &str,
+    env: &[(&str, &str)],
+) -> std::process::Output {
     let mut cmd = Command::new(&binaries().rill);
+    cmd.envs(env.iter().copied());
     if let Some(addr) = broker {
         cmd.arg("--broker").arg(addr);
     }

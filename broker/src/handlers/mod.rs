@@ -14,6 +14,7 @@ mod offsets;
 mod produce;
 mod producers;
 mod topics;
+mod users;
 
 use crate::groups::coordinator::GroupError;
 use crate::log::producers::SequenceError;
@@ -54,6 +55,10 @@ pub enum OpError {
     ShuttingDown,
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("not authorized: {0}")]
+    Denied(String),
+    #[error("{0}")]
+    SaslState(String),
 }
 
 /// A group request, served only where groups are coordinated (in a cluster, the leader of
@@ -138,6 +143,8 @@ impl OpError {
             OpError::Invalid(_) => ErrorCode::InvalidConfig,
             OpError::ShuttingDown => ErrorCode::ShuttingDown,
             OpError::Internal(_) => ErrorCode::Unknown,
+            OpError::Denied(_) => ErrorCode::NotAuthorized,
+            OpError::SaslState(_) => ErrorCode::IllegalSaslState,
         }
     }
 }
@@ -204,6 +211,8 @@ pub struct Decoded {
     cid: u32,
     api: &'static str,
     pub request: Result<Request, RequestError>,
+    /// Who the connection authenticated as (`None`: nobody, on an anonymous broker).
+    pub principal: Option<String>,
 }
 
 impl Decoded {
@@ -212,7 +221,16 @@ impl Decoded {
             cid: frame.header.correlation_id,
             api: ApiKey::from_u16(frame.header.api_key).map_or("unknown", ApiKey::name),
             request: Request::decode(frame),
+            principal: None,
         }
+    }
+
+    pub fn correlation_id(&self) -> u32 {
+        self.cid
+    }
+
+    pub fn api_name(&self) -> &'static str {
+        self.api
     }
 }
 
@@ -221,7 +239,12 @@ impl Decoded {
 /// returning; the returned future completes the request and may run concurrently with later
 /// ones.
 pub fn dispatch(ctx: &Arc<Context>, decoded: Decoded) -> BoxFuture<'static, OutFrame> {
-    let Decoded { cid, api, request } = decoded;
+    let Decoded {
+        cid,
+        api,
+        request,
+        principal,
+    } = decoded;
     let request = match request {
         Ok(r) => r,
         Err(e) => return futures::future::ready(error_frame(cid, &OpError::Request(e))).boxed(),
@@ -301,6 +324,23 @@ pub fn dispatch(ctx: &Arc<Context>, decoded: Decoded) -> BoxFuture<'static, OutF
         }
         Request::ReassignPartition(req) => respond(cid, api, plain(topics::reassign(ctx, req))),
         Request::RemoveNode(req) => respond(cid, api, plain(topics::remove_node(ctx, req))),
+        // The connection runs the exchange itself; one that reaches here is out of turn.
+        Request::SaslHandshake(_) | Request::SaslAuthenticate(_) => respond(
+            cid,
+            api,
+            plain(async move {
+                Err::<(), _>(OpError::SaslState(
+                    "this connection has authenticated already, or the broker does not ask for authentication".into(),
+                ))
+            }),
+        ),
+        Request::UpsertUser(req) => respond(cid, api, plain(users::upsert(ctx, principal, req))),
+        Request::DeleteUser(req) => respond(cid, api, plain(users::delete(ctx, principal, req))),
+        Request::ListUsers(req) => respond(
+            cid,
+            api,
+            plain(async move { users::list(&ctx, principal.as_deref(), req) }),
+        ),
     }
 }
 

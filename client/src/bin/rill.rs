@@ -65,6 +65,17 @@ struct Cli {
         requires = "tls_cert"
     )]
     tls_key: Option<std::path::PathBuf>,
+    /// Authenticate as this user (SASL SCRAM); the password from RILL_PASSWORD. Also RILL_USER.
+    #[arg(long, global = true, env = "RILL_USER", value_name = "USER")]
+    user: Option<String>,
+    /// SCRAM mechanism for --user: SCRAM-SHA-512 (default) or SCRAM-SHA-256.
+    #[arg(
+        long,
+        global = true,
+        value_name = "MECHANISM",
+        default_value = "SCRAM-SHA-512"
+    )]
+    sasl_mechanism: String,
     /// The name the broker's certificate must hold, if not the host in --broker.
     #[arg(long, global = true, value_name = "NAME", requires = "tls_ca")]
     tls_server_name: Option<String>,
@@ -93,6 +104,33 @@ enum Command {
     /// A cluster's nodes and where partitions are led.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Create, list and delete the users of a broker that authenticates (superusers only).
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create a user; the password comes from RILL_NEW_PASSWORD or the first line of stdin.
+    #[command(
+        after_help = "Example:\n  RILL_NEW_PASSWORD=s3cret rill --user admin user create billing"
+    )]
+    Create {
+        #[arg(value_name = "USER")]
+        name: String,
+    },
+    /// Replace a user's password (RILL_NEW_PASSWORD or the first line of stdin).
+    SetPassword {
+        #[arg(value_name = "USER")]
+        name: String,
+    },
+    /// Delete a user; its connections stay open until they close.
+    Delete {
+        #[arg(value_name = "USER")]
+        name: String,
+    },
+    /// Users, their mechanisms, and which are superusers.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -379,14 +417,77 @@ impl Cli {
             }
             tls
         });
+        let sasl = self.user.as_ref().map(|user| rill_client::SaslSettings {
+            mechanism: rill_client::SaslMechanism::from_name(&self.sasl_mechanism)
+                .unwrap_or(rill_client::SaslMechanism::ScramSha512),
+            user: user.clone(),
+            password: std::env::var("RILL_PASSWORD").unwrap_or_default(),
+        });
         rill_client::ClientConfig {
             tls,
+            sasl,
             ..rill_client::ClientConfig::default()
         }
     }
 }
 
+/// A new password: RILL_NEW_PASSWORD, or the first line of standard input.
+fn new_password() -> anyhow::Result<String> {
+    if let Ok(p) = std::env::var("RILL_NEW_PASSWORD") {
+        return Ok(p);
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let p = line.trim_end_matches(['\r', '\n']).to_string();
+    anyhow::ensure!(
+        !p.is_empty(),
+        "no password: set RILL_NEW_PASSWORD or give it on stdin"
+    );
+    Ok(p)
+}
+
+async fn user(client: Client, cmd: UserCommand, json: bool) -> anyhow::Result<()> {
+    let admin = Admin::new(client);
+    match cmd {
+        UserCommand::Create { name: user } => {
+            admin.create_user(&user, &new_password()?).await?;
+            outln!("created user {user}");
+        }
+        UserCommand::SetPassword { name: user } => {
+            admin.set_password(&user, &new_password()?).await?;
+            outln!("changed the password of {user}");
+        }
+        UserCommand::Delete { name: user } => {
+            admin.delete_user(&user).await?;
+            outln!("deleted user {user}");
+        }
+        UserCommand::List => {
+            let users = admin.list_users().await?;
+            if json {
+                outln!("{}", serde_json::to_string(&users)?);
+            } else {
+                outln!("{:<24} {:<32} SUPERUSER", "USER", "MECHANISMS");
+                for u in users {
+                    let mechs: Vec<&str> = u.mechanisms.iter().map(|m| m.name()).collect();
+                    outln!(
+                        "{:<24} {:<32} {}",
+                        u.user,
+                        mechs.join(","),
+                        if u.superuser { "yes" } else { "" }
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        rill_client::SaslMechanism::from_name(&cli.sasl_mechanism).is_some(),
+        "--sasl-mechanism must be SCRAM-SHA-256 or SCRAM-SHA-512, got {:?}",
+        cli.sasl_mechanism
+    );
     let client = Client::connect_with(&cli.broker, cli.client_config())
         .await
         .with_context(|| format!("cannot reach the broker at {}", cli.broker))?;
@@ -396,6 +497,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Consume(args) if args.group.is_some() => consume_group(client, args).await,
         Command::Consume(args) => consume(client, args).await,
         Command::Group(cmd) => group(client, cmd, cli.json).await,
+        Command::User(cmd) => user(client, cmd, cli.json).await,
         Command::Cluster(ClusterCommand::Status) => {
             cluster_status(client, cli.client_config(), cli.json).await
         }

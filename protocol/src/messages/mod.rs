@@ -3,6 +3,7 @@
 //! Every type here is plain data encoded by [`crate::codec`]. Record batches never pass through
 //! serde: a produce request and a fetch response carry them as the frame's raw payload.
 
+mod auth;
 mod fetch;
 mod groups;
 mod metadata;
@@ -12,6 +13,11 @@ mod producers;
 mod topics;
 mod versions;
 
+pub use auth::{
+    DeleteUserRequest, DeleteUserResponse, ListUsersRequest, ListUsersResponse,
+    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
+    UpsertUserRequest, UpsertUserResponse, UserSummary,
+};
 pub use fetch::{FetchRequest, FetchRequestV0, FetchResponse};
 pub use groups::{
     AssignmentStrategy, CommitOffsetsRequest, CommitOffsetsResponse, DeleteGroupRequest,
@@ -172,6 +178,23 @@ mod round_trip {
             round_trip(ReassignPartitionResponse {});
             round_trip(RemoveNodeRequest { node_id: o });
             round_trip(RemoveNodeResponse {});
+            round_trip(SaslHandshakeRequest { mechanism: g.clone() });
+            round_trip(SaslHandshakeResponse { mechanisms: vec![g.clone()] });
+            round_trip(SaslAuthenticateRequest { bytes: g.clone().into_bytes() });
+            round_trip(SaslAuthenticateResponse { bytes: vec![p as u8], principal: Some(g.clone()) });
+            let credential = crate::scram::Credential {
+                mechanism: crate::scram::Mechanism::ScramSha512,
+                salt: g.clone().into_bytes(),
+                iterations: p,
+                stored_key: vec![1, 2],
+                server_key: vec![3],
+            };
+            round_trip(UpsertUserRequest { user: g.clone(), credentials: vec![credential], must_exist: Some(opt.is_some()) });
+            round_trip(UpsertUserResponse {});
+            round_trip(DeleteUserRequest { user: g.clone() });
+            round_trip(DeleteUserResponse {});
+            round_trip(ListUsersRequest {});
+            round_trip(ListUsersResponse { users: vec![UserSummary { user: g.clone(), mechanisms: vec![crate::scram::Mechanism::ScramSha256], superuser: opt.is_some() }] });
             prop_assert_eq!(strategy.to_string().parse::<AssignmentStrategy>(), Ok(strategy));
         }
 

@@ -1,0 +1,91 @@
+//! Authentication (SASL, Kafka's two-step shape) and the users a broker knows.
+
+use crate::api::{ApiKey, Message};
+use crate::scram::{Credential, Mechanism};
+use serde::{Deserialize, Serialize};
+
+/// Chooses the SASL mechanism; answered with the mechanisms the broker offers (also when the
+/// one asked for is not among them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaslHandshakeRequest {
+    pub mechanism: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaslHandshakeResponse {
+    pub mechanisms: Vec<String>,
+}
+
+impl Message for SaslHandshakeRequest {
+    const API_KEY: ApiKey = ApiKey::SaslHandshake;
+    type Response = SaslHandshakeResponse;
+}
+
+/// One message of the mechanism's exchange (for SCRAM: client-first, then client-final).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaslAuthenticateRequest {
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaslAuthenticateResponse {
+    pub bytes: Vec<u8>,
+    /// Set on the last step: the principal the connection now acts as.
+    pub principal: Option<String>,
+}
+
+impl Message for SaslAuthenticateRequest {
+    const API_KEY: ApiKey = ApiKey::SaslAuthenticate;
+    type Response = SaslAuthenticateResponse;
+}
+
+/// Creates a user, or replaces the credentials of one. The client derives them (salt, keys)
+/// so the password never leaves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpsertUserRequest {
+    pub user: String,
+    pub credentials: Vec<Credential>,
+    /// Refuse if the user exists (create) or if it does not (set-password).
+    pub must_exist: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpsertUserResponse {}
+
+impl Message for UpsertUserRequest {
+    const API_KEY: ApiKey = ApiKey::UpsertUser;
+    type Response = UpsertUserResponse;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteUserRequest {
+    pub user: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteUserResponse {}
+
+impl Message for DeleteUserRequest {
+    const API_KEY: ApiKey = ApiKey::DeleteUser;
+    type Response = DeleteUserResponse;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListUsersRequest {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserSummary {
+    pub user: String,
+    pub mechanisms: Vec<Mechanism>,
+    pub superuser: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListUsersResponse {
+    pub users: Vec<UserSummary>,
+}
+
+impl Message for ListUsersRequest {
+    const API_KEY: ApiKey = ApiKey::ListUsers;
+    type Response = ListUsersResponse;
+}
