@@ -106,6 +106,10 @@ impl Default for ClientConfig {
     }
 }
 
+/// Time beyond `connect_timeout` a connection that authenticates may take: the broker holds
+/// the answer to a failed login up to 5 s per failure in a row.
+pub(crate) const AUTH_FAILURE_SLACK: Duration = Duration::from_secs(10);
+
 /// A cheap-to-clone handle to a broker. Requests share one pipelined connection; if it breaks,
 /// the next request opens a new one, backing off exponentially while the broker is away.
 #[derive(Debug, Clone)]
@@ -201,7 +205,13 @@ impl Client {
         }
         for addr in &addrs {
             let cfg = &self.inner.config;
-            let attempt = tokio::time::timeout(cfg.connect_timeout, Connection::open(addr, cfg));
+            // A failed login is answered late on purpose (the broker slows guessing): allow
+            // for it, so the error says why rather than "timed out".
+            let limit = match cfg.sasl {
+                Some(_) => cfg.connect_timeout + AUTH_FAILURE_SLACK,
+                None => cfg.connect_timeout,
+            };
+            let attempt = tokio::time::timeout(limit, Connection::open(addr, cfg));
             match attempt.await {
                 Ok(Ok(conn)) => return Ok(conn),
                 Ok(Err(e)) => last = Some(e),

@@ -187,7 +187,11 @@ impl Connection {
         };
         // A failed proof is answered late (the broker slows guessing): allow for it.
         let (done, _) = self
-            .enqueue(&last, Bytes::new(), timeout + Duration::from_secs(10))
+            .enqueue(
+                &last,
+                Bytes::new(),
+                timeout + crate::client::AUTH_FAILURE_SLACK,
+            )
             .await?
             .await
             .map_err(step)?;
