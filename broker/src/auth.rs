@@ -21,6 +21,8 @@ const USERS_FILE: &str = "users";
 const ITERATIONS: u32 = scram::DEFAULT_ITERATIONS;
 /// Longest delay before a failed attempt is answered.
 const MAX_DELAY: Duration = Duration::from_secs(5);
+/// Longest an attempt from an address with failures waits for its turn; beyond it, refused.
+const MAX_QUEUE: Duration = Duration::from_secs(30);
 /// Failures from one address are forgotten after this long without another.
 const FORGET_AFTER: Duration = Duration::from_secs(60);
 
@@ -223,6 +225,17 @@ impl Users {
         entry.1.saturating_duration_since(now)
     }
 
+    /// Whether a new attempt from `ip` may start, and after how long: an address with recent
+    /// failures waits until the last one's answer is due, so parallel connections cannot guess
+    /// faster than one at a time. `None`: the queue is longer than 30 s; refuse the attempt.
+    pub fn admit(&self, ip: IpAddr) -> Option<Duration> {
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let wait = failures.get(&ip).map_or(Duration::ZERO, |(_, due)| {
+            due.saturating_duration_since(Instant::now())
+        });
+        (wait <= MAX_QUEUE).then_some(wait)
+    }
+
     /// A successful login clears the address's failures.
     pub fn succeeded(&self, ip: IpAddr) {
         self.failures
@@ -399,6 +412,15 @@ mod tests {
                 "{waits:?}"
             );
         }
+        // A new attempt from that address waits for its turn (after the last answer); one
+        // whose turn is over 30 s away is refused outright.
+        let wait = u.admit(ip).unwrap();
+        assert!(wait > Duration::from_secs(16) && wait <= Duration::from_millis(16300));
+        for _ in 0..3 {
+            u.failed(ip);
+        }
+        assert_eq!(u.admit(ip), None, "31.3 s of queue");
+        assert_eq!(u.admit("10.0.0.3".parse().unwrap()), Some(Duration::ZERO));
         let other = u.failed("10.0.0.2".parse().unwrap());
         assert!(
             other <= Duration::from_millis(100),

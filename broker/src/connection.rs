@@ -103,7 +103,26 @@ pub async fn serve<S: Split>(
                         let (cid, api) = (decoded.correlation_id(), decoded.api_name());
                         let answer = match &decoded.request {
                             Ok(Request::ApiVersions(_)) => None,
-                            Ok(Request::SaslHandshake(h)) => Some(handshake(&mut sasl, h, cid)),
+                            Ok(Request::SaslHandshake(h)) => match ctx.users.admit(peer.ip()) {
+                                // After failures from this address, attempts take turns.
+                                Some(wait) => {
+                                    if !wait.is_zero() {
+                                        tokio::select! {
+                                            _ = tokio::time::sleep(wait) => {}
+                                            _ = ctx.shutdown.cancelled() => break 'conn "broker shutting down".into(),
+                                        }
+                                    }
+                                    Some(handshake(&mut sasl, h, cid))
+                                }
+                                None => {
+                                    tracing::warn!(%peer, "authentication attempt refused: too many failures from this address");
+                                    Some(Err(frame::encode_error_response(
+                                        cid,
+                                        ErrorCode::AuthenticationFailed,
+                                        "too many failed attempts from this address; retry later",
+                                    )))
+                                }
+                            },
                             Ok(Request::SaslAuthenticate(a)) => {
                                 let step = sasl.step(&ctx.users, &a.bytes);
                                 Some(match step {
@@ -128,7 +147,10 @@ pub async fn serve<S: Split>(
                                         // this address: guessing passwords is slow.
                                         let delay = ctx.users.failed(peer.ip());
                                         tracing::warn!(%peer, error = %e, delay_ms = delay.as_millis() as u64, "authentication failed");
-                                        tokio::time::sleep(delay).await;
+                                        tokio::select! {
+                                            _ = tokio::time::sleep(delay) => {}
+                                            _ = ctx.shutdown.cancelled() => break 'conn "broker shutting down".into(),
+                                        }
                                         Err(frame::encode_error_response(
                                             cid,
                                             ErrorCode::AuthenticationFailed,

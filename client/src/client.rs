@@ -106,9 +106,10 @@ impl Default for ClientConfig {
     }
 }
 
-/// Time beyond `connect_timeout` a connection that authenticates may take: the broker holds
-/// the answer to a failed login up to 5 s per failure in a row.
-pub(crate) const AUTH_FAILURE_SLACK: Duration = Duration::from_secs(10);
+/// Time beyond `connect_timeout` a connection that authenticates may take: after failures from
+/// its address the broker lets attempts wait their turn (up to 30 s) and holds the answer to a
+/// failed one up to 5 s.
+pub(crate) const AUTH_FAILURE_SLACK: Duration = Duration::from_secs(40);
 
 /// A cheap-to-clone handle to a broker. Requests share one pipelined connection; if it breaks,
 /// the next request opens a new one, backing off exponentially while the broker is away.
