@@ -692,8 +692,14 @@ impl Config {
         }
     }
 
+    /// The configuration as TOML, secrets masked (`metrics_basic_auth` keeps its user only).
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
+        let mut shown = self.clone();
+        if let Some(auth) = &mut shown.metrics_basic_auth {
+            let user = auth.split(':').next().unwrap_or_default().to_string();
+            *auth = format!("{user}:<hidden>");
+        }
+        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
     }
 }
 
@@ -810,6 +816,13 @@ mod tests {
         );
         let e = err(&["--metrics-tls"]);
         assert!(e.contains("needs a certificate"), "{e}");
+        let shown = Config::load(&args(&["--metrics-basic-auth", "prom:s3cret"]))
+            .unwrap()
+            .to_toml();
+        assert!(
+            shown.contains("prom:<hidden>") && !shown.contains("s3cret"),
+            "{shown}"
+        );
         let e = err(&["--metrics-basic-auth", "nopassword"]);
         assert!(e.contains("USER:PASSWORD"), "{e}");
         for ok in [
