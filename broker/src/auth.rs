@@ -288,7 +288,7 @@ impl Sasl {
                     reason: e.to_string(),
                 })?;
                 let (credential, _) = users.credential(&first.user, mechanism);
-                let nonce = server_nonce().ok_or(SaslError::OutOfTurn("no randomness"))?;
+                let nonce = scram::nonce().ok_or(SaslError::OutOfTurn("no randomness"))?;
                 let server_first = scram::server_first(&first, &nonce, &credential);
                 let reply = server_first.clone().into_bytes();
                 *self = Sasl::Challenged {
@@ -321,14 +321,6 @@ impl Sasl {
             }
         }
     }
-}
-
-/// 24 random bytes as printable SCRAM nonce characters.
-fn server_nonce() -> Option<String> {
-    use base64::Engine;
-    let mut raw = [0u8; 24];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw).ok()?;
-    Some(base64::engine::general_purpose::STANDARD_NO_PAD.encode(raw))
 }
 
 #[cfg(test)]

@@ -483,14 +483,7 @@ fn authorized(head: &str, expected: &str) -> bool {
                 .decode(b64.trim())
                 .ok()
         })
-        .any(|given| {
-            given.len() == expected.len()
-                && given
-                    .iter()
-                    .zip(expected.as_bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0
-        })
+        .any(|given| rill_protocol::scram::constant_time_eq(&given, expected.as_bytes()))
 }
 
 async fn answer<S: AsyncRead + AsyncWrite + Unpin>(

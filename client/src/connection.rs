@@ -165,8 +165,9 @@ impl Connection {
         self.enqueue(&handshake, Bytes::new(), timeout)
             .await?
             .await?;
-        let mut exchange =
-            ClientExchange::new(sasl.mechanism, &sasl.user, &sasl.password, &nonce());
+        let nonce = rill_protocol::scram::nonce()
+            .ok_or_else(|| failed("no randomness for a nonce".into()))?;
+        let mut exchange = ClientExchange::new(sasl.mechanism, &sasl.user, &sasl.password, &nonce);
         let first = SaslAuthenticateRequest {
             bytes: exchange.client_first().into_bytes(),
         };
@@ -367,13 +368,4 @@ async fn read_loop<R: AsyncRead + Unpin>(
         }
     };
     poison(&pending, &closed, why);
-}
-
-/// A fresh SCRAM client nonce: 24 random bytes, base64 (printable, no comma).
-fn nonce() -> String {
-    use base64::Engine;
-    let mut raw = [0u8; 24];
-    // The system's generator; should it fail, the exchange fails on the broker's side.
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw);
-    base64::engine::general_purpose::STANDARD_NO_PAD.encode(raw)
 }

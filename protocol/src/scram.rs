@@ -427,7 +427,16 @@ fn xor(a: &[u8], b: &[u8]) -> Vec<u8> {
     a.iter().zip(b).map(|(x, y)| x ^ y).collect()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// A fresh nonce for either side: 24 random bytes as base64 (printable, no comma). `None` if
+/// the system has no randomness to give.
+pub fn nonce() -> Option<String> {
+    let mut raw = [0u8; 24];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw).ok()?;
+    Some(base64::engine::general_purpose::STANDARD_NO_PAD.encode(raw))
+}
+
+/// Equality that takes as long whatever the contents (for secrets and proofs).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

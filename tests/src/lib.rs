@@ -457,7 +457,12 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     .expect("send request");
     let mut raw = String::new();
     s.read_to_string(&mut raw).expect("read response");
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw.as_str(), ""));
+    http_response(&raw)
+}
+
+/// An HTTP response's status (0 if there is none) and body.
+pub fn http_response(raw: &str) -> (u16, String) {
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
     let status = head
         .split_whitespace()
         .nth(1)

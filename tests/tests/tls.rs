@@ -358,14 +358,7 @@ async fn https_get(addr: &str, ca: &Path, path: &str, auth: Option<&str>) -> (u1
     tls.write_all(request.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     let _ = tls.read_to_end(&mut raw).await;
-    let raw = String::from_utf8_lossy(&raw);
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_string())
+    rill_e2e::http_response(&String::from_utf8_lossy(&raw))
 }
 
 /// Story: an operator scrapes /metrics from another machine. With `--metrics-tls` and basic
