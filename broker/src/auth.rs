@@ -1,11 +1,15 @@
 //! Authentication: the users a broker knows (their SCRAM credentials, never a password), and
 //! the SASL exchange of one connection (ARCHITECTURE.md, "Security").
 //!
-//! Users live in `users` in the data directory, written whole to a temporary file, fsynced and
-//! renamed over the old one. A superuser named in `[auth] superusers` without credentials gets
-//! them on start from RILL_SUPERUSER_PASSWORD (the bootstrap).
+//! Users and ACLs change only through a [`Change`], checked first and then applied where it
+//! cannot fail: on a single node to the state saved whole in `security` in the data directory
+//! (a temporary file, fsynced, renamed over the old one, with a CRC); in a cluster through the
+//! metadata log, so every node applies the same changes in the same order. A superuser named in
+//! `[auth] superusers` without credentials gets them on start from RILL_SUPERUSER_PASSWORD (the
+//! bootstrap). Requests are checked with [`Security::allows`] in the dispatcher.
 
 use crate::config::AuthConfig;
+use rill_protocol::acl::{self, Acl, AclFilter, Operation, ResourceType};
 use rill_protocol::codec;
 use rill_protocol::messages::UserSummary;
 use rill_protocol::scram::{self, ClientFirst, Credential, Mechanism};
@@ -13,10 +17,13 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-const USERS_FILE: &str = "users";
+/// Where a single node keeps its users and ACLs.
+const SECURITY_FILE: &str = "security";
+/// The file of users alone that came before it; read once and replaced.
+const OLD_USERS_FILE: &str = "users";
 /// PBKDF2 iterations of an unknown user's decoy credential (as a real one has).
 const ITERATIONS: u32 = scram::DEFAULT_ITERATIONS;
 /// Longest delay before a failed attempt is answered.
@@ -26,17 +33,76 @@ const MAX_QUEUE: Duration = Duration::from_secs(30);
 /// Failures from one address are forgotten after this long without another.
 const FORGET_AFTER: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Stored {
+/// Users (their SCRAM credentials) and ACLs: what [`Change`]s build, saved whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityState {
     users: BTreeMap<String, Vec<Credential>>,
+    acls: BTreeSet<Acl>,
+}
+
+/// One change to the users or ACLs, checked before it is made (`Security::check`); applying
+/// it cannot fail, so every replica that applies it ends in the same state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Change {
+    UpsertUser {
+        user: String,
+        credentials: Vec<Credential>,
+    },
+    DeleteUser {
+        user: String,
+    },
+    /// A superuser's first credentials: made only if the user does not exist when applied, so
+    /// every node of a cluster may propose it at every start.
+    BootstrapUser {
+        user: String,
+        credentials: Vec<Credential>,
+    },
+    AddAcls(Vec<Acl>),
+    RemoveAcls(Vec<Acl>),
+}
+
+impl SecurityState {
+    /// Makes the change; how many users or entries it added, replaced or removed.
+    pub fn apply(&mut self, change: &Change) -> u32 {
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        match change {
+            Change::UpsertUser { user, credentials } => {
+                self.users.insert(user.clone(), credentials.clone());
+                1
+            }
+            Change::DeleteUser { user } => count(usize::from(self.users.remove(user).is_some())),
+            Change::BootstrapUser { user, credentials } => {
+                if self.users.contains_key(user) {
+                    return 0;
+                }
+                self.users.insert(user.clone(), credentials.clone());
+                1
+            }
+            Change::AddAcls(acls) => count(
+                acls.iter()
+                    .filter(|a| self.acls.insert((*a).clone()))
+                    .count(),
+            ),
+            Change::RemoveAcls(acls) => count(acls.iter().filter(|a| self.acls.remove(*a)).count()),
+        }
+    }
+}
+
+/// Who a request is checked as: everything passes for the superusers of a broker with
+/// authentication, and for everyone on an anonymous one; anyone else gets what the ACLs allow.
+#[derive(Debug, Clone)]
+pub enum Access {
+    All,
+    User(Arc<str>),
 }
 
 #[derive(Debug)]
-pub struct Users {
-    path: PathBuf,
+pub struct Security {
+    /// The single node's file; `None` in a cluster, whose metadata log holds the changes.
+    path: Option<PathBuf>,
     enabled: bool,
     superusers: BTreeSet<String>,
-    users: Mutex<BTreeMap<String, Vec<Credential>>>,
+    state: RwLock<Arc<SecurityState>>,
     /// Failed attempts per client address, and when the last one was.
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
     /// Salts of users that do not exist are derived from this, so asking twice gives the same
@@ -59,46 +125,91 @@ pub enum UserError {
     },
 }
 
-impl Users {
-    pub fn open(dir: &Path, config: &AuthConfig) -> anyhow::Result<Users> {
-        let path = dir.join(USERS_FILE);
-        let stored: Stored = match std::fs::read(&path) {
-            Ok(bytes) => codec::decode(&bytes, "users file")
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Stored::default(),
-            Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+impl Security {
+    /// The users and ACLs of the data directory `dir` (a single node), or an empty set that the
+    /// cluster's metadata log fills (`replicated`).
+    pub fn open(dir: &Path, config: &AuthConfig, replicated: bool) -> anyhow::Result<Security> {
+        let disk = crate::storage::Disk;
+        let state = if replicated {
+            SecurityState::default()
+        } else {
+            match crate::storage::load::<SecurityState>(&disk, dir, SECURITY_FILE)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+            {
+                Some(state) => state,
+                None => {
+                    let old = dir.join(OLD_USERS_FILE);
+                    match std::fs::read(&old) {
+                        Ok(bytes) => SecurityState {
+                            users: codec::decode(&bytes, "users file")
+                                .map_err(|e| anyhow::anyhow!("{}: {e}", old.display()))?,
+                            acls: BTreeSet::new(),
+                        },
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            SecurityState::default()
+                        }
+                        Err(e) => anyhow::bail!("cannot read {}: {e}", old.display()),
+                    }
+                }
+            }
         };
         let mut secret = [0u8; 32];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
             .map_err(|_| anyhow::anyhow!("no randomness from the system"))?;
-        let users = Users {
-            path,
+        let security = Security {
+            path: (!replicated).then(|| dir.join(SECURITY_FILE)),
             enabled: config.enabled,
             superusers: config.superusers.iter().cloned().collect(),
-            users: Mutex::new(stored.users),
+            state: RwLock::new(Arc::new(state)),
             failures: Mutex::new(HashMap::new()),
             secret,
         };
-        if let Ok(password) = std::env::var("RILL_SUPERUSER_PASSWORD") {
-            for name in &config.superusers {
-                if users.lock().contains_key(name) {
-                    continue;
-                }
-                let credentials = derive_all(&password)?;
-                users.upsert(name, credentials, Some(false))?;
-                tracing::info!(user = %name, "created superuser from RILL_SUPERUSER_PASSWORD");
+        if !replicated {
+            while let Some(change) = security.bootstrap()? {
+                security.commit(change)?;
+            }
+            // Written in the new file's format once, then the old one goes.
+            let old = dir.join(OLD_USERS_FILE);
+            if old.exists() {
+                security.persist(&security.read())?;
+                std::fs::remove_file(&old)?;
+            }
+            if security.enabled && security.read().users.is_empty() {
+                tracing::warn!(
+                    "authentication is on but no user exists: nobody can connect; name a superuser in [auth] superusers and start once with RILL_SUPERUSER_PASSWORD"
+                );
             }
         }
-        if users.enabled && users.lock().is_empty() {
-            tracing::warn!(
-                "authentication is on but no user exists: nobody can connect; name a superuser in [auth] superusers and start once with RILL_SUPERUSER_PASSWORD"
-            );
-        }
-        Ok(users)
+        Ok(security)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<Credential>>> {
-        self.users.lock().unwrap_or_else(|p| p.into_inner())
+    /// The change that gives the first superuser without credentials those of
+    /// RILL_SUPERUSER_PASSWORD, if it is set.
+    pub fn bootstrap(&self) -> anyhow::Result<Option<Change>> {
+        let Ok(password) = std::env::var("RILL_SUPERUSER_PASSWORD") else {
+            return Ok(None);
+        };
+        let state = self.read();
+        let Some(user) = self
+            .superusers
+            .iter()
+            .find(|u| !state.users.contains_key(*u))
+        else {
+            return Ok(None);
+        };
+        tracing::info!(user = %user, "creating superuser from RILL_SUPERUSER_PASSWORD");
+        Ok(Some(Change::BootstrapUser {
+            user: user.clone(),
+            credentials: derive_all(&password)?,
+        }))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Arc<SecurityState>> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Arc<SecurityState>> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether clients must authenticate.
@@ -110,11 +221,40 @@ impl Users {
         self.superusers.contains(principal)
     }
 
+    /// How requests of a connection that authenticated as `principal` are checked.
+    pub fn access(&self, principal: Option<&Arc<str>>) -> Access {
+        match principal {
+            _ if !self.enabled => Access::All,
+            Some(p) if self.is_superuser(p) => Access::All,
+            Some(p) => Access::User(p.clone()),
+            // Not reached: nothing but SASL is served before authentication.
+            None => Access::User(Arc::from("")),
+        }
+    }
+
+    /// Whether `access` may do `op` on the resource.
+    pub fn allows(
+        &self,
+        access: &Access,
+        resource: ResourceType,
+        name: &str,
+        op: Operation,
+    ) -> bool {
+        match access {
+            Access::All => true,
+            Access::User(p) => {
+                let state = self.read();
+                acl::authorize(state.acls.iter(), p, resource, name, op)
+            }
+        }
+    }
+
     /// The credential to check `user` against: the stored one, or for an unknown user a decoy
     /// with a stable salt that no proof matches.
     fn credential(&self, user: &str, mechanism: Mechanism) -> (Credential, bool) {
         let found = self
-            .lock()
+            .read()
+            .users
             .get(user)
             .and_then(|c| c.iter().find(|c| c.mechanism == mechanism).cloned());
         match found {
@@ -130,50 +270,61 @@ impl Users {
         }
     }
 
-    pub fn upsert(
-        &self,
-        user: &str,
-        credentials: Vec<Credential>,
-        must_exist: Option<bool>,
-    ) -> Result<(), UserError> {
-        if user.is_empty() || user.len() > 255 || user.chars().any(|c| c.is_control()) {
-            return Err(UserError::Invalid(
-                "a user name is 1 to 255 characters, no control characters".into(),
-            ));
+    /// Checks a change against the current state: a user to create must not exist (or to
+    /// change must), names and keys must be well formed. Returns what applying it now would
+    /// count ([`SecurityState::apply`]).
+    pub fn check(&self, change: &Change, must_exist: Option<bool>) -> Result<u32, UserError> {
+        let exists = |user: &str| self.read().users.contains_key(user);
+        match change {
+            Change::UpsertUser { user, credentials } => {
+                if user.is_empty() || user.len() > 255 || user.chars().any(|c| c.is_control()) {
+                    return Err(UserError::Invalid(
+                        "a user name is 1 to 255 characters, no control characters".into(),
+                    ));
+                }
+                if credentials.is_empty() || !credentials.iter().all(Credential::is_well_formed) {
+                    return Err(UserError::Invalid(format!(
+                        "credentials must be well-formed SCRAM keys with at least {} iterations",
+                        scram::MIN_ITERATIONS
+                    )));
+                }
+                match (must_exist, exists(user)) {
+                    (Some(true), false) => Err(UserError::Unknown(user.clone())),
+                    (Some(false), true) => Err(UserError::Exists(user.clone())),
+                    _ => Ok(1),
+                }
+            }
+            Change::DeleteUser { user } if !exists(user) => Err(UserError::Unknown(user.clone())),
+            Change::DeleteUser { .. } | Change::BootstrapUser { .. } => Ok(1),
+            Change::AddAcls(acls) | Change::RemoveAcls(acls) => {
+                acls.iter()
+                    .try_for_each(Acl::validate)
+                    .map_err(UserError::Invalid)?;
+                let mut next = SecurityState::clone(&self.read());
+                Ok(next.apply(change))
+            }
         }
-        if credentials.is_empty() || !credentials.iter().all(Credential::is_well_formed) {
-            return Err(UserError::Invalid(format!(
-                "credentials must be well-formed SCRAM keys with at least {} iterations",
-                scram::MIN_ITERATIONS
-            )));
-        }
-        let mut users = self.lock();
-        match (must_exist, users.contains_key(user)) {
-            (Some(true), false) => return Err(UserError::Unknown(user.into())),
-            (Some(false), true) => return Err(UserError::Exists(user.into())),
-            _ => {}
-        }
-        let mut next = users.clone();
-        next.insert(user.to_string(), credentials);
-        self.persist(&next)?;
-        *users = next;
-        Ok(())
     }
 
-    pub fn delete(&self, user: &str) -> Result<(), UserError> {
-        let mut users = self.lock();
-        if !users.contains_key(user) {
-            return Err(UserError::Unknown(user.into()));
-        }
-        let mut next = users.clone();
-        next.remove(user);
+    /// Makes a checked change on a single node: saved (synced) before it takes effect.
+    /// Returns what [`SecurityState::apply`] counted.
+    pub fn commit(&self, change: Change) -> Result<u32, UserError> {
+        let mut state = self.write();
+        let mut next = SecurityState::clone(&state);
+        let n = next.apply(&change);
         self.persist(&next)?;
-        *users = next;
-        Ok(())
+        *state = Arc::new(next);
+        Ok(n)
+    }
+
+    /// Takes the state the cluster's metadata log built (saved there already).
+    pub fn replace(&self, state: Arc<SecurityState>) {
+        *self.write() = state;
     }
 
     pub fn list(&self) -> Vec<UserSummary> {
-        self.lock()
+        self.read()
+            .users
             .iter()
             .map(|(user, creds)| UserSummary {
                 user: user.clone(),
@@ -183,29 +334,31 @@ impl Users {
             .collect()
     }
 
-    fn persist(&self, users: &BTreeMap<String, Vec<Credential>>) -> Result<(), UserError> {
-        let io = |source| UserError::Io {
-            path: self.path.clone(),
-            source,
+    pub fn acls(&self, filter: &AclFilter) -> Vec<Acl> {
+        self.read()
+            .acls
+            .iter()
+            .filter(|a| filter.matches(a))
+            .cloned()
+            .collect()
+    }
+
+    fn persist(&self, state: &SecurityState) -> Result<(), UserError> {
+        let Some(path) = &self.path else {
+            return Ok(());
         };
-        let mut buf = bytes::BytesMut::new();
-        codec::encode(
-            &Stored {
-                users: users.clone(),
-            },
-            &mut buf,
+        let (dir, name) = (
+            path.parent().unwrap_or(Path::new(".")),
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or(SECURITY_FILE),
         );
-        let tmp = self.path.with_extension("tmp");
-        let file = std::fs::File::create(&tmp).map_err(io)?;
-        std::io::Write::write_all(&mut &file, &buf).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io)?;
-        }
-        Ok(())
+        crate::storage::save(&crate::storage::Disk, dir, name, state, true).map_err(|source| {
+            UserError::Io {
+                path: path.clone(),
+                source,
+            }
+        })
     }
 
     /// How long to hold the answer to a failed attempt from `ip`; counts this failure. Each
@@ -280,7 +433,7 @@ pub enum SaslError {
 impl Sasl {
     /// Takes the client's message of the step the exchange is at; the server's answer, and
     /// whether the connection is now authenticated.
-    pub fn step(&mut self, users: &Users, message: &[u8]) -> Result<(Vec<u8>, bool), SaslError> {
+    pub fn step(&mut self, users: &Security, message: &[u8]) -> Result<(Vec<u8>, bool), SaslError> {
         match std::mem::take(self) {
             Sasl::Chosen(mechanism) => {
                 let first = scram::parse_client_first(message).map_err(|e| SaslError::Failed {
@@ -328,15 +481,20 @@ mod tests {
     use super::*;
     use rill_protocol::scram::ClientExchange;
 
-    fn users(dir: &Path) -> Users {
+    fn users(dir: &Path) -> Security {
         let config = AuthConfig {
             enabled: true,
             superusers: vec!["admin".into()],
         };
-        Users::open(dir, &config).unwrap()
+        Security::open(dir, &config, false).unwrap()
     }
 
-    fn login(users: &Users, m: Mechanism, user: &str, password: &str) -> Result<String, SaslError> {
+    fn login(
+        users: &Security,
+        m: Mechanism,
+        user: &str,
+        password: &str,
+    ) -> Result<String, SaslError> {
         let mut client = ClientExchange::new(m, user, password, "fyko+d2lbbFgONRv9qkxdawL");
         let mut sasl = Sasl::Chosen(m);
         let (server_first, _) = sasl.step(users, client.client_first().as_bytes())?;
@@ -350,12 +508,27 @@ mod tests {
         }
     }
 
+    impl Security {
+        fn upsert(
+            &self,
+            user: &str,
+            password: &str,
+            must_exist: Option<bool>,
+        ) -> Result<u32, UserError> {
+            let change = Change::UpsertUser {
+                user: user.into(),
+                credentials: derive_all(password).unwrap(),
+            };
+            self.check(&change, must_exist)?;
+            self.commit(change)
+        }
+    }
+
     #[test]
     fn users_log_in_survive_a_reopen_and_strangers_look_like_wrong_passwords() {
         let dir = tempfile::tempdir().unwrap();
         let u = users(dir.path());
-        u.upsert("alice", derive_all("secret").unwrap(), Some(false))
-            .unwrap();
+        u.upsert("alice", "secret", Some(false)).unwrap();
         for m in Mechanism::ALL {
             assert_eq!(login(&u, m, "alice", "secret").unwrap(), "alice");
             assert!(matches!(
@@ -371,7 +544,7 @@ mod tests {
         let a = u.credential("nobody", Mechanism::ScramSha256).0.salt;
         assert_eq!(a, u.credential("nobody", Mechanism::ScramSha256).0.salt);
         assert!(matches!(
-            u.upsert("alice", derive_all("x").unwrap(), Some(false)),
+            u.upsert("alice", "x", Some(false)),
             Err(UserError::Exists(_))
         ));
         drop(u);
@@ -380,12 +553,59 @@ mod tests {
             login(&u, Mechanism::ScramSha512, "alice", "secret").unwrap(),
             "alice"
         );
-        u.delete("alice").unwrap();
+        let delete = Change::DeleteUser {
+            user: "alice".into(),
+        };
+        u.check(&delete, None).unwrap();
+        u.commit(delete.clone()).unwrap();
+        assert!(matches!(u.check(&delete, None), Err(UserError::Unknown(_))));
         assert!(login(&u, Mechanism::ScramSha256, "alice", "secret").is_err());
         assert!(
             users(dir.path()).list().is_empty(),
             "the deletion was persisted"
         );
+    }
+
+    #[test]
+    fn acls_decide_for_users_only_and_survive_a_reopen() {
+        use rill_protocol::acl::{PatternType, Permission};
+        let dir = tempfile::tempdir().unwrap();
+        let u = users(dir.path());
+        let read = Acl {
+            principal: "alice".into(),
+            resource: ResourceType::Topic,
+            pattern: PatternType::Prefix,
+            name: "orders.".into(),
+            operation: Operation::Read,
+            permission: Permission::Allow,
+        };
+        let add = Change::AddAcls(vec![read.clone(), read.clone()]);
+        u.check(&add, None).unwrap();
+        assert_eq!(u.commit(add).unwrap(), 1, "an entry is kept once");
+        let alice = u.access(Some(&Arc::from("alice")));
+        let admin = u.access(Some(&Arc::from("admin")));
+        let allows = |u: &Security, a: &Access, topic: &str| {
+            u.allows(a, ResourceType::Topic, topic, Operation::Read)
+        };
+        assert!(allows(&u, &alice, "orders.eu"));
+        assert!(!allows(&u, &alice, "payments"));
+        assert!(allows(&u, &admin, "payments"), "a superuser passes");
+        drop(u);
+        let u = users(dir.path());
+        assert!(allows(&u, &alice, "orders.eu"), "the entry was saved");
+        assert_eq!(u.acls(&AclFilter::default()), vec![read.clone()]);
+        let mut bad = read.clone();
+        bad.name.clear();
+        bad.pattern = PatternType::Literal;
+        assert!(matches!(
+            u.check(&Change::AddAcls(vec![bad]), None),
+            Err(UserError::Invalid(_))
+        ));
+        assert_eq!(u.commit(Change::RemoveAcls(vec![read])).unwrap(), 1);
+        assert!(!allows(&users(dir.path()), &alice, "orders.eu"));
+        // An anonymous broker checks nothing.
+        let open = Security::open(dir.path(), &AuthConfig::default(), false).unwrap();
+        assert!(allows(&open, &open.access(None), "payments"));
     }
 
     #[test]

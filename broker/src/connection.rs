@@ -93,17 +93,17 @@ pub async fn serve<S: Split>(
     // Authentication (when `[auth]` is on): the SASL exchange so far, and who the connection
     // acts as once it succeeded.
     let mut sasl = crate::auth::Sasl::default();
-    let mut principal: Option<String> = None;
+    let mut principal: Option<Arc<str>> = None;
     let reason: String = 'conn: loop {
         loop {
             match frame::decode_request(&mut buf, max_frame) {
                 Ok(Some(request)) => {
                     let mut decoded = handlers::Decoded::new(request);
-                    if ctx.users.enabled() && principal.is_none() {
+                    if ctx.security.enabled() && principal.is_none() {
                         let (cid, api) = (decoded.correlation_id(), decoded.api_name());
                         let answer = match &decoded.request {
                             Ok(Request::ApiVersions(_)) => None,
-                            Ok(Request::SaslHandshake(h)) => match ctx.users.admit(peer.ip()) {
+                            Ok(Request::SaslHandshake(h)) => match ctx.security.admit(peer.ip()) {
                                 // After failures from this address, attempts take turns.
                                 Some(wait) => {
                                     if !wait.is_zero() {
@@ -124,17 +124,17 @@ pub async fn serve<S: Split>(
                                 }
                             },
                             Ok(Request::SaslAuthenticate(a)) => {
-                                let step = sasl.step(&ctx.users, &a.bytes);
+                                let step = sasl.step(&ctx.security, &a.bytes);
                                 Some(match step {
                                     Ok((bytes, done)) => {
                                         if done && let crate::auth::Sasl::Done(p) = &sasl {
                                             tracing::info!(%peer, principal = %p, "authenticated");
-                                            ctx.users.succeeded(peer.ip());
-                                            principal = Some(p.clone());
+                                            ctx.security.succeeded(peer.ip());
+                                            principal = Some(Arc::from(p.as_str()));
                                         }
                                         let response = SaslAuthenticateResponse {
                                             bytes,
-                                            principal: principal.clone(),
+                                            principal: principal.as_deref().map(str::to_string),
                                         };
                                         Ok(frame::encode_response(
                                             cid,
@@ -145,7 +145,7 @@ pub async fn serve<S: Split>(
                                     Err(e) => {
                                         // Answered late, later for each failure in a row from
                                         // this address: guessing passwords is slow.
-                                        let delay = ctx.users.failed(peer.ip());
+                                        let delay = ctx.security.failed(peer.ip());
                                         tracing::warn!(%peer, error = %e, delay_ms = delay.as_millis() as u64, "authentication failed");
                                         tokio::select! {
                                             _ = tokio::time::sleep(delay) => {}

@@ -36,8 +36,8 @@ pub struct Context {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// TLS on the client listener (`[tls]`), its certificate replaced on SIGHUP.
     pub tls: Option<Arc<crate::tls::Reloader>>,
-    /// Users and their credentials; whether clients must authenticate (`[auth]`).
-    pub users: crate::auth::Users,
+    /// Users, their credentials and ACLs; whether clients must authenticate (`[auth]`).
+    pub security: Arc<crate::auth::Security>,
 }
 
 const CLEAN_MARKER: &str = "clean-shutdown";
@@ -114,7 +114,11 @@ impl Broker {
                 "deleted committed offsets of topics that no longer exist"
             );
         }
-        let users = crate::auth::Users::open(&config.data_dir, &config.auth)?;
+        let security = Arc::new(crate::auth::Security::open(
+            &config.data_dir,
+            &config.auth,
+            config.cluster.is_some(),
+        )?);
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -140,6 +144,7 @@ impl Broker {
                     listener.local_addr()?,
                     &config.data_dir,
                     config.log_config(),
+                    security.clone(),
                 )
                 .await?,
             ),
@@ -158,7 +163,7 @@ impl Broker {
                 shutdown,
                 cluster,
                 tls,
-                users,
+                security,
             }),
             listener,
             _lock: lock,

@@ -2,6 +2,7 @@
 
 use crate::client::Client;
 use crate::error::Error;
+use rill_protocol::acl::{Acl, AclFilter};
 use rill_protocol::messages::*;
 use rill_protocol::{TopicConfig, TopicName};
 
@@ -189,6 +190,26 @@ impl Admin {
 
     pub async fn list_users(&self) -> Result<Vec<UserSummary>, Error> {
         Ok(self.client.call(&ListUsersRequest {}).await?.0.users)
+    }
+
+    /// Adds access control entries; returns how many were new. Needs `alter` on the cluster.
+    pub async fn create_acls(&self, acls: Vec<Acl>) -> Result<u32, Error> {
+        Ok(self.client.call(&CreateAclsRequest { acls }).await?.0.added)
+    }
+
+    /// Removes the entries equal to these; returns how many there were.
+    pub async fn delete_acls(&self, acls: Vec<Acl>) -> Result<u32, Error> {
+        Ok(self
+            .client
+            .call(&DeleteAclsRequest { acls })
+            .await?
+            .0
+            .removed)
+    }
+
+    /// The entries `filter` selects. Needs `describe` on the cluster.
+    pub async fn list_acls(&self, filter: AclFilter) -> Result<Vec<Acl>, Error> {
+        Ok(self.client.call(&ListAclsRequest { filter }).await?.0.acls)
     }
 
     /// Removes a node from the cluster; refused while it holds replicas.

@@ -46,6 +46,8 @@ pub use producer::{
     Delivery, Producer, ProducerConfig, ProducerRecord, Receipt, RecordMetadata, RecordRef,
 };
 pub use reader::{FetchOptions, FetchResult, Fetched, PartitionReader, StartOffset};
+/// Access control entries (`Admin::create_acls`).
+pub use rill_protocol::acl;
 pub use rill_protocol::batch::{BatchBuilder, Header, Record, RecordView, ValidBatch};
 pub use rill_protocol::messages::{
     AssignmentStrategy, DescribeGroupResponse, DescribeTopicResponse, GroupSummary, MemberInfo,

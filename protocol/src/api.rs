@@ -34,10 +34,13 @@ pub enum ApiKey {
     UpsertUser = 25,
     DeleteUser = 26,
     ListUsers = 27,
+    CreateAcls = 28,
+    DeleteAcls = 29,
+    ListAcls = 30,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 28] = [
+    pub const ALL: [ApiKey; 31] = [
         ApiKey::ApiVersions,
         ApiKey::Produce,
         ApiKey::Fetch,
@@ -66,6 +69,9 @@ impl ApiKey {
         ApiKey::UpsertUser,
         ApiKey::DeleteUser,
         ApiKey::ListUsers,
+        ApiKey::CreateAcls,
+        ApiKey::DeleteAcls,
+        ApiKey::ListAcls,
     ];
 
     pub fn from_u16(v: u16) -> Option<Self> {
@@ -103,6 +109,9 @@ impl ApiKey {
             ApiKey::UpsertUser => "upsert_user",
             ApiKey::DeleteUser => "delete_user",
             ApiKey::ListUsers => "list_users",
+            ApiKey::CreateAcls => "create_acls",
+            ApiKey::DeleteAcls => "delete_acls",
+            ApiKey::ListAcls => "list_acls",
         }
     }
 

@@ -15,6 +15,7 @@
     )
 )]
 
+pub mod acl;
 pub mod api;
 pub mod batch;
 pub mod codec;

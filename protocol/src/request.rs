@@ -38,6 +38,9 @@ pub enum Request {
     UpsertUser(UpsertUserRequest),
     DeleteUser(DeleteUserRequest),
     ListUsers(ListUsersRequest),
+    CreateAcls(CreateAclsRequest),
+    DeleteAcls(DeleteAclsRequest),
+    ListAcls(ListAclsRequest),
 }
 
 /// Why a whole frame is not a request this broker can serve. The frame boundaries are intact,
@@ -122,7 +125,10 @@ impl Request {
             SaslAuthenticate,
             UpsertUser,
             DeleteUser,
-            ListUsers
+            ListUsers,
+            CreateAcls,
+            DeleteAcls,
+            ListAcls
         ))
     }
 }

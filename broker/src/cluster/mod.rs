@@ -112,6 +112,8 @@ pub enum Command {
     AddNode { id: u64, info: NodeInfo },
     /// Removes a node from the metadata group (executed by the leader like `AddNode`).
     RemoveNode { id: u64 },
+    /// A change to the users or ACLs, checked by the proposer (`auth::Security::check`).
+    Security(crate::auth::Change),
 }
 
 /// A topic as the cluster knows it.
@@ -158,6 +160,8 @@ pub struct ClusterState {
     named: BTreeMap<u64, (i64, i16)>,
     /// Ids of deleted topics (ids are never reused): a local copy holding one is removed.
     deleted: BTreeSet<u64>,
+    /// Users and ACLs (`Command::Security`), handed to `auth::Security` as they change.
+    pub security: Arc<crate::auth::SecurityState>,
     /// Log index of the last entry applied.
     pub applied: u64,
 }
@@ -350,6 +354,10 @@ impl ClusterState {
                 self.deleted.insert(t.id);
                 Ok(())
             }
+            Command::Security(change) => {
+                Arc::make_mut(&mut self.security).apply(&change);
+                Ok(())
+            }
             Command::NameProducer { .. } => Err("named producers are applied apart".into()),
             Command::AddNode { .. } | Command::RemoveNode { .. } => {
                 Err("membership changes are not log commands".into())
@@ -534,6 +542,7 @@ impl Cluster {
         client_addr: SocketAddr,
         data_dir: &std::path::Path,
         log_config: LogConfig,
+        security: Arc<crate::auth::Security>,
     ) -> anyhow::Result<Arc<Cluster>> {
         let raft_config = raft::raft_config(config.timing()).map_err(anyhow::Error::msg)?;
         let dir = data_dir.join("cluster").join("metadata");
@@ -558,7 +567,12 @@ impl Cluster {
             meta_log.clone(),
             Box::new(move |entry| {
                 let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+                let before = s.security.clone();
                 s.apply(entry);
+                if !Arc::ptr_eq(&before, &s.security) {
+                    // Before the proposer hears it is applied: its next request sees it.
+                    security.replace(s.security.clone());
+                }
                 tx.send_replace(Arc::new(s.clone()));
             }),
         );
@@ -651,6 +665,9 @@ impl Cluster {
     pub async fn run(self: Arc<Self>, ctx: Arc<Context>) {
         let bootstrap = self.clone();
         tokio::spawn(async move { bootstrap.bootstrap().await });
+        let superuser = self.clone();
+        let c = ctx.clone();
+        tokio::spawn(async move { superuser.bootstrap_superuser(&c).await });
         if let Some(marker) = self.joined.clone() {
             let rejoin = self.clone();
             tokio::spawn(async move { rejoin.rejoin(marker).await });
@@ -882,6 +899,30 @@ impl Cluster {
             .get(&id)
             .copied()
             .filter(|current| epoch < *current)
+    }
+
+    /// Gives a superuser without credentials those of RILL_SUPERUSER_PASSWORD, through the
+    /// metadata log (applied only if the user is still unknown then), retrying until a
+    /// metadata leader takes it or the broker stops.
+    async fn bootstrap_superuser(&self, ctx: &Context) {
+        loop {
+            let change = match ctx.security.bootstrap() {
+                Ok(Some(change)) => change,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot create the bootstrap superuser");
+                    return;
+                }
+            };
+            match self.propose(&Command::Security(change)).await {
+                Ok(()) => continue,
+                Err(why) => tracing::debug!(%why, "bootstrap superuser not proposed yet"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = ctx.shutdown.cancelled() => return,
+            }
+        }
     }
 
     /// [`Cluster::propose`], returning the command's metadata log index.

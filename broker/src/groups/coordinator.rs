@@ -55,6 +55,25 @@ pub enum GroupError {
     GroupFull { max: usize },
     #[error("the broker has its maximum of {max} groups")]
     TooManyGroups { max: usize },
+    /// A member id used by another principal than the one that joined with it.
+    #[error("member '{0}' belongs to another principal")]
+    NotOwner(String),
+}
+
+/// The principal a member joined as.
+pub type Principal = std::sync::Arc<str>;
+
+/// Refuses `principal` acting for a member that `owner` joined, unless the caller passes every
+/// check (`None`: a superuser, or a broker without authentication).
+fn check_owner(
+    member: &str,
+    owner: &Option<Principal>,
+    principal: Option<&str>,
+) -> Result<(), GroupError> {
+    match principal {
+        Some(p) if owner.as_deref() != Some(p) => Err(GroupError::NotOwner(member.to_string())),
+        _ => Ok(()),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +95,9 @@ impl State {
 
 #[derive(Debug, Clone)]
 pub struct Member {
+    /// Who joined (`None`: a broker without authentication, or a superuser); only they may
+    /// act for the member.
+    pub principal: Option<Principal>,
     pub client: String,
     pub topics: BTreeSet<TopicName>,
     pub session_timeout: Duration,
@@ -86,6 +108,7 @@ pub struct Member {
 #[derive(Debug, Clone)]
 pub struct Join {
     pub member_id: Option<MemberId>,
+    pub principal: Option<Principal>,
     pub client: String,
     pub topics: BTreeSet<TopicName>,
     pub session_timeout: Duration,
@@ -123,6 +146,7 @@ pub struct GenerationRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberRecord {
     pub id: MemberId,
+    pub principal: Option<String>,
     pub client: String,
     pub topics: Vec<TopicName>,
     pub session_timeout_ms: u64,
@@ -152,7 +176,7 @@ pub struct Group {
     /// While preparing a group's first assignment: not to be completed before this.
     not_before: Option<Instant>,
     /// Member ids issued to first joins and not yet used, with when they expire.
-    pending: BTreeMap<MemberId, Instant>,
+    pending: BTreeMap<MemberId, (Instant, Option<Principal>)>,
     /// Most members (and issued ids) at once.
     max_members: usize,
 }
@@ -246,12 +270,22 @@ impl Group {
                     });
                 }
                 let id = new_id();
-                self.pending.insert(id.clone(), now + join.session_timeout);
+                self.pending.insert(
+                    id.clone(),
+                    (now + join.session_timeout, join.principal.clone()),
+                );
                 return Ok(Joined::IdIssued(id));
             }
-            Some(id) if self.members.contains_key(&id) => id,
-            Some(id) if self.pending.remove(&id).is_some() => id,
-            Some(id) => return Err(GroupError::UnknownMember(id)),
+            Some(id) => {
+                let owner = match (self.members.get(&id), self.pending.get(&id)) {
+                    (Some(m), _) => &m.principal,
+                    (None, Some((_, p))) => p,
+                    (None, None) => return Err(GroupError::UnknownMember(id)),
+                };
+                check_owner(&id, owner, join.principal.as_deref())?;
+                self.pending.remove(&id);
+                id
+            }
         };
         let unchanged = self
             .members
@@ -272,6 +306,7 @@ impl Group {
         self.members.insert(
             id.clone(),
             Member {
+                principal: join.principal,
                 client: join.client,
                 topics: join.topics,
                 session_timeout: join.session_timeout,
@@ -352,6 +387,7 @@ impl Group {
     pub fn heartbeat(
         &mut self,
         member: &str,
+        principal: Option<&str>,
         generation: u32,
         now: Instant,
     ) -> Result<(), GroupError> {
@@ -359,6 +395,7 @@ impl Group {
             .members
             .get_mut(member)
             .ok_or_else(|| GroupError::UnknownMember(member.to_string()))?;
+        check_owner(member, &m.principal, principal)?;
         m.last_seen = now;
         if matches!(self.state, State::Preparing { .. }) {
             return Err(GroupError::RebalanceInProgress);
@@ -372,10 +409,18 @@ impl Group {
         Ok(())
     }
 
-    pub fn leave(&mut self, member: &str, now: Instant) -> Result<(), GroupError> {
-        self.members
-            .remove(member)
+    pub fn leave(
+        &mut self,
+        member: &str,
+        principal: Option<&str>,
+        now: Instant,
+    ) -> Result<(), GroupError> {
+        let m = self
+            .members
+            .get(member)
             .ok_or_else(|| GroupError::UnknownMember(member.to_string()))?;
+        check_owner(member, &m.principal, principal)?;
+        self.members.remove(member);
         self.joined.remove(member);
         self.after_departure(now);
         Ok(())
@@ -396,7 +441,7 @@ impl Group {
     /// removed members.
     pub fn tick(&mut self, now: Instant, counts: &BTreeMap<TopicName, u32>) -> Vec<MemberId> {
         // Ids issued to first joins that never came back.
-        self.pending.retain(|_, expires| *expires > now);
+        self.pending.retain(|_, (expires, _)| *expires > now);
         let preparing = matches!(self.state, State::Preparing { .. });
         let expired: Vec<MemberId> = self
             .members
@@ -423,6 +468,7 @@ impl Group {
     pub fn check_commit(
         &self,
         member: Option<&str>,
+        principal: Option<&str>,
         generation: Option<u32>,
         partitions: &[TopicPartition],
     ) -> Result<(), GroupError> {
@@ -435,9 +481,11 @@ impl Group {
                 }),
             };
         };
-        if !self.members.contains_key(member) {
-            return Err(GroupError::UnknownMember(member.to_string()));
-        }
+        let m = self
+            .members
+            .get(member)
+            .ok_or_else(|| GroupError::UnknownMember(member.to_string()))?;
+        check_owner(member, &m.principal, principal)?;
         let got = generation.unwrap_or(u32::MAX);
         if got != self.generation {
             return Err(GroupError::StaleGeneration {
@@ -475,6 +523,7 @@ impl Group {
                 .iter()
                 .map(|(id, m)| MemberRecord {
                     id: id.clone(),
+                    principal: m.principal.as_deref().map(str::to_string),
                     client: m.client.clone(),
                     topics: m.topics.iter().cloned().collect(),
                     session_timeout_ms: m.session_timeout.as_millis() as u64,
@@ -502,6 +551,7 @@ impl Group {
             group.members.insert(
                 m.id,
                 Member {
+                    principal: m.principal.map(Principal::from),
                     client: m.client,
                     topics: m.topics.into_iter().collect(),
                     session_timeout: Duration::from_millis(m.session_timeout_ms),
@@ -534,6 +584,7 @@ mod tests {
     fn join(id: Option<&str>) -> Join {
         Join {
             member_id: id.map(str::to_string),
+            principal: None,
             client: "test".into(),
             topics: topics(&["t"]),
             session_timeout: Duration::from_secs(10),
@@ -578,7 +629,7 @@ mod tests {
         assert_eq!(done.generation, 1);
         assert_eq!(done.assignment["a"].len(), 6);
         assert_eq!(g.state(), State::Stable);
-        assert!(g.heartbeat("a", 1, now).is_ok());
+        assert!(g.heartbeat("a", None, 1, now).is_ok());
     }
 
     #[test]
@@ -595,9 +646,9 @@ mod tests {
         );
         // a still owns its partitions and may commit for them under generation 1.
         let owned = g.assignment_of("a").to_vec();
-        assert!(g.check_commit(Some("a"), Some(1), &owned).is_ok());
+        assert!(g.check_commit(Some("a"), None, Some(1), &owned).is_ok());
         assert_eq!(
-            g.heartbeat("a", 1, now),
+            g.heartbeat("a", None, 1, now),
             Err(GroupError::RebalanceInProgress)
         );
         enter(&mut g, "a", now).unwrap();
@@ -608,7 +659,7 @@ mod tests {
             (3, 3)
         );
         assert_eq!(
-            g.check_commit(Some("a"), Some(1), &owned[..1]),
+            g.check_commit(Some("a"), None, Some(1), &owned[..1]),
             Err(GroupError::StaleGeneration { got: 1, current: 2 }),
             "after the rebalance the old generation is refused"
         );
@@ -644,8 +695,8 @@ mod tests {
             assert_eq!(r.assignment_of(id), g.assignment_of(id), "{id}");
         }
         let owned = r.assignment_of("a").to_vec();
-        assert!(r.check_commit(Some("a"), Some(2), &owned).is_ok());
-        assert!(r.check_commit(Some("b"), Some(2), &owned).is_err());
+        assert!(r.check_commit(Some("a"), None, Some(2), &owned).is_ok());
+        assert!(r.check_commit(Some("b"), None, Some(2), &owned).is_err());
         assert_eq!(
             r.join(join(Some("a")), t1, || unreachable!()),
             Ok(Joined::Current {
@@ -658,7 +709,7 @@ mod tests {
         // Sessions start at the restore: b and c heartbeat on, a goes silent and expires.
         let t2 = t1 + Duration::from_secs(8);
         for id in ["b", "c"] {
-            r.heartbeat(id, 2, t2).unwrap();
+            r.heartbeat(id, None, 2, t2).unwrap();
         }
         assert!(r.tick(t2, &counts(6)).is_empty());
         assert_eq!(
@@ -676,12 +727,12 @@ mod tests {
         }
         g.try_complete(t0, &counts(4)).unwrap();
         let t1 = t0 + Duration::from_secs(6);
-        g.heartbeat("a", 1, t1).unwrap();
+        g.heartbeat("a", None, 1, t1).unwrap();
         assert!(g.tick(t1, &counts(4)).is_empty());
         let t2 = t0 + Duration::from_secs(10);
         assert_eq!(g.tick(t2, &counts(4)), vec!["b".to_string()]);
         assert_eq!(
-            g.heartbeat("a", 1, t2),
+            g.heartbeat("a", None, 1, t2),
             Err(GroupError::RebalanceInProgress)
         );
         enter(&mut g, "a", t2).unwrap();
@@ -721,16 +772,16 @@ mod tests {
             enter(&mut g, id, now).unwrap();
         }
         g.try_complete(now, &counts(2)).unwrap();
-        g.leave("b", now).unwrap();
+        g.leave("b", None, now).unwrap();
         assert!(matches!(g.state(), State::Preparing { .. }));
         assert_eq!(
-            g.leave("b", now),
+            g.leave("b", None, now),
             Err(GroupError::UnknownMember("b".into()))
         );
-        g.leave("a", now).unwrap();
+        g.leave("a", None, now).unwrap();
         assert_eq!(g.state(), State::Empty);
         assert!(
-            g.check_commit(None, None, &[]).is_ok(),
+            g.check_commit(None, None, None, &[]).is_ok(),
             "tools may commit for an empty group"
         );
     }
@@ -757,18 +808,18 @@ mod tests {
         g.try_complete(now, &counts(2)).unwrap();
         let theirs = g.assignment_of("b").to_vec();
         assert!(matches!(
-            g.check_commit(Some("a"), Some(1), &theirs),
+            g.check_commit(Some("a"), None, Some(1), &theirs),
             Err(GroupError::NotAssigned { .. })
         ));
         assert!(matches!(
-            g.check_commit(Some("zz"), Some(1), &theirs),
+            g.check_commit(Some("zz"), None, Some(1), &theirs),
             Err(GroupError::UnknownMember(_))
         ));
         assert!(matches!(
-            g.check_commit(None, None, &theirs),
+            g.check_commit(None, None, None, &theirs),
             Err(GroupError::NotEmpty { .. })
         ));
-        assert!(g.check_commit(Some("b"), Some(1), &theirs).is_ok());
+        assert!(g.check_commit(Some("b"), None, Some(1), &theirs).is_ok());
     }
 
     /// The bug: two consumers started together on a new group; the first was assigned every
@@ -859,14 +910,14 @@ mod tests {
         assert_eq!(done.assignment.keys().collect::<Vec<_>>(), ["used"]);
         // The unused id expires with its session; a later join completes without waiting.
         let later = now + Duration::from_secs(11);
-        g.heartbeat("used", 1, later).unwrap();
+        g.heartbeat("used", None, 1, later).unwrap();
         g.tick(later, &counts(2));
         assert!(
             g.join(join(Some("lost")), later, || unreachable!())
                 .is_err()
         );
         assert!(!g.is_idle());
-        g.leave("used", later).unwrap();
+        g.leave("used", None, later).unwrap();
         assert!(g.is_idle());
     }
 
@@ -882,6 +933,70 @@ mod tests {
             "an issued id holds a place"
         );
         assert!(enter(&mut g, "a", now).is_ok(), "members may rejoin");
+    }
+
+    #[test]
+    fn only_the_principal_that_joined_acts_for_a_member() {
+        let mut g = Group::default();
+        let now = Instant::now();
+        let alice = Some(Principal::from("alice"));
+        let first = Join {
+            principal: alice.clone(),
+            ..join(None)
+        };
+        assert_eq!(
+            g.join(first, now, || "a".into()).unwrap(),
+            Joined::IdIssued("a".into())
+        );
+        // Mallory cannot take up the id alice was issued, nor act for her once she joined.
+        let stolen = Join {
+            principal: Some(Principal::from("mallory")),
+            ..join(Some("a"))
+        };
+        assert!(matches!(
+            g.join(stolen.clone(), now, || unreachable!()),
+            Err(GroupError::NotOwner(_))
+        ));
+        let second = Join {
+            principal: alice,
+            ..join(Some("a"))
+        };
+        assert!(matches!(
+            g.join(second, now, || unreachable!()),
+            Ok(Joined::Waiting(_))
+        ));
+        assert!(
+            g.try_complete(now + Duration::from_secs(1), &BTreeMap::new())
+                .is_some()
+        );
+        let generation = g.generation();
+        assert!(matches!(
+            g.join(stolen, now, || unreachable!()),
+            Err(GroupError::NotOwner(_))
+        ));
+        assert!(matches!(
+            g.heartbeat("a", Some("mallory"), generation, now),
+            Err(GroupError::NotOwner(_))
+        ));
+        assert!(matches!(
+            g.check_commit(Some("a"), Some("mallory"), Some(generation), &[]),
+            Err(GroupError::NotOwner(_))
+        ));
+        assert!(matches!(
+            g.leave("a", Some("mallory"), now),
+            Err(GroupError::NotOwner(_))
+        ));
+        // Alice, and an unchecked caller (a superuser), may.
+        g.heartbeat("a", Some("alice"), generation, now).unwrap();
+        g.check_commit(Some("a"), None, Some(generation), &[])
+            .unwrap();
+        // The owner is kept in the durable record a new coordinator restores from.
+        let restored = Group::restore(g.record().unwrap(), Duration::ZERO, 10, now);
+        assert!(matches!(
+            restored.check_commit(Some("a"), Some("mallory"), Some(generation), &[]),
+            Err(GroupError::NotOwner(_))
+        ));
+        g.leave("a", Some("alice"), now).unwrap();
     }
 
     #[test]

@@ -288,13 +288,14 @@ impl Groups {
         &self,
         group: &str,
         member: &str,
+        principal: Option<&str>,
         generation: u32,
         now: Instant,
     ) -> Result<(), GroupError> {
         self.with_slot(
             group,
             false,
-            |slot| slot.group.heartbeat(member, generation, now),
+            |slot| slot.group.heartbeat(member, principal, generation, now),
             || GroupError::UnknownMember(member.to_string()),
         )
     }
@@ -304,13 +305,14 @@ impl Groups {
         topics: &Topics,
         group: &str,
         member: &str,
+        principal: Option<&str>,
         now: Instant,
     ) -> Result<(), GroupError> {
         self.with_slot(
             group,
             false,
             |slot| {
-                slot.group.leave(member, now)?;
+                slot.group.leave(member, principal, now)?;
                 if let Some(w) = slot.waiting.remove(member) {
                     let _ = w.send(Err(GroupError::UnknownMember(member.to_string())));
                 }
@@ -329,6 +331,7 @@ impl Groups {
         &self,
         group: &str,
         member: Option<&str>,
+        principal: Option<&str>,
         generation: Option<u32>,
         partitions: &[TopicPartition],
     ) -> Result<(), GroupError> {
@@ -341,7 +344,7 @@ impl Groups {
         };
         lock(&slot)
             .group
-            .check_commit(member, generation, partitions)
+            .check_commit(member, principal, generation, partitions)
             .map_err(|e| match e {
                 GroupError::NotEmpty { members, .. } => GroupError::NotEmpty {
                     group: group.to_string(),

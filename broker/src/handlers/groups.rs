@@ -1,7 +1,8 @@
 //! Consumer-group requests: membership, commits, and group administration.
 
+use super::access::Checker;
 use super::{OpError, blocking};
-use crate::groups::coordinator::{GroupError, Join};
+use crate::groups::coordinator::{GroupError, Join, Principal};
 use crate::server::Context;
 use rill_protocol::messages::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -67,7 +68,11 @@ pub async fn coordinating(ctx: &Arc<Context>) -> Result<(), OpError> {
         .map_err(|e| OpError::Append(e.into()))
 }
 
-pub async fn join(ctx: Arc<Context>, req: JoinGroupRequest) -> Result<JoinGroupResponse, OpError> {
+pub async fn join(
+    ctx: Arc<Context>,
+    principal: Option<Principal>,
+    req: JoinGroupRequest,
+) -> Result<JoinGroupResponse, OpError> {
     if !SESSION_TIMEOUT.contains(&req.session_timeout_ms) {
         return Err(OpError::Invalid(format!(
             "session_timeout_ms must be within {SESSION_TIMEOUT:?}, got {}",
@@ -90,6 +95,7 @@ pub async fn join(ctx: Arc<Context>, req: JoinGroupRequest) -> Result<JoinGroupR
     // the partition count change), as Kafka's consumers do.
     let join = Join {
         member_id: req.member_id,
+        principal,
         client: req.client,
         topics: req.topics.into_iter().collect(),
         session_timeout: Duration::from_millis(u64::from(req.session_timeout_ms)),
@@ -113,20 +119,39 @@ pub async fn join(ctx: Arc<Context>, req: JoinGroupRequest) -> Result<JoinGroupR
     Ok(reply)
 }
 
-pub fn heartbeat(ctx: &Context, req: HeartbeatRequest) -> Result<HeartbeatResponse, OpError> {
-    ctx.groups
-        .heartbeat(&req.group, &req.member_id, req.generation, Instant::now())?;
+pub fn heartbeat(
+    ctx: &Context,
+    principal: Option<&str>,
+    req: HeartbeatRequest,
+) -> Result<HeartbeatResponse, OpError> {
+    ctx.groups.heartbeat(
+        &req.group,
+        &req.member_id,
+        principal,
+        req.generation,
+        Instant::now(),
+    )?;
     Ok(HeartbeatResponse {})
 }
 
-pub fn leave(ctx: &Context, req: LeaveGroupRequest) -> Result<LeaveGroupResponse, OpError> {
-    ctx.groups
-        .leave(&ctx.topics, &req.group, &req.member_id, Instant::now())?;
+pub fn leave(
+    ctx: &Context,
+    principal: Option<&str>,
+    req: LeaveGroupRequest,
+) -> Result<LeaveGroupResponse, OpError> {
+    ctx.groups.leave(
+        &ctx.topics,
+        &req.group,
+        &req.member_id,
+        principal,
+        Instant::now(),
+    )?;
     Ok(LeaveGroupResponse {})
 }
 
 pub async fn commit(
     ctx: Arc<Context>,
+    principal: Option<Principal>,
     req: CommitOffsetsRequest,
 ) -> Result<CommitOffsetsResponse, OpError> {
     let partitions: Vec<TopicPartition> = req.offsets.iter().map(|(tp, _)| tp.clone()).collect();
@@ -138,6 +163,7 @@ pub async fn commit(
     ctx.groups.check_commit(
         &req.group,
         req.member_id.as_deref(),
+        principal.as_deref(),
         req.generation,
         &partitions,
     )?;
@@ -166,10 +192,10 @@ pub fn fetch_offsets(
     })
 }
 
-pub fn list(ctx: &Context, _req: ListGroupsRequest) -> ListGroupsResponse {
-    ListGroupsResponse {
-        groups: ctx.groups.list(),
-    }
+pub fn list(ctx: &Context, checker: &Checker, _req: ListGroupsRequest) -> ListGroupsResponse {
+    let mut groups = ctx.groups.list();
+    groups.retain(|g| checker.sees_group(&g.group));
+    ListGroupsResponse { groups }
 }
 
 pub async fn describe(

@@ -1,14 +1,22 @@
 //! Metadata: the nodes, and each partition's leader and replicas, for clients to route by.
 
 use super::OpError;
+use super::access::Checker;
 use crate::server::Context;
 use rill_protocol::TopicName;
 use rill_protocol::messages::{
     MetadataRequest, MetadataResponse, NodeAddress, PartitionMetadata, TopicMetadata,
 };
 
-pub fn handle(ctx: &Context, req: MetadataRequest) -> Result<MetadataResponse, OpError> {
-    let wanted = |name: &TopicName| req.topics.is_empty() || req.topics.contains(name);
+/// Topics `checker` may not describe are left out, as if they did not exist.
+pub fn handle(
+    ctx: &Context,
+    checker: &Checker,
+    req: MetadataRequest,
+) -> Result<MetadataResponse, OpError> {
+    let wanted = |name: &TopicName| {
+        (req.topics.is_empty() || req.topics.contains(name)) && checker.sees_topic(name.as_str())
+    };
     let Some(cluster) = &ctx.cluster else {
         // A single node: node 0 leads every partition.
         let topics = ctx

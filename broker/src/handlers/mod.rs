@@ -5,6 +5,7 @@
 //! a frame, calls the handler, and turns its result into a response frame; [`OpError::code`] is
 //! the single place where internal errors become wire error codes.
 
+pub(crate) mod access;
 mod fetch;
 
 pub use fetch::max_bytes as fetch_bytes;
@@ -13,8 +14,8 @@ mod metadata;
 mod offsets;
 mod produce;
 mod producers;
+mod security;
 mod topics;
-mod users;
 
 use crate::groups::coordinator::GroupError;
 use crate::log::producers::SequenceError;
@@ -134,6 +135,7 @@ impl OpError {
                 GroupError::InvalidName(_) => ErrorCode::InvalidGroupName,
                 GroupError::GroupFull { .. } => ErrorCode::GroupFull,
                 GroupError::TooManyGroups { .. } => ErrorCode::TooManyGroups,
+                GroupError::NotOwner(_) => ErrorCode::NotAuthorized,
             },
             OpError::Route(crate::cluster::RouteError::NotLeader { .. }) => ErrorCode::NotLeader,
             OpError::Route(crate::cluster::RouteError::UnknownPartition { .. }) => {
@@ -212,7 +214,7 @@ pub struct Decoded {
     api: &'static str,
     pub request: Result<Request, RequestError>,
     /// Who the connection authenticated as (`None`: nobody, on an anonymous broker).
-    pub principal: Option<String>,
+    pub principal: Option<Arc<str>>,
 }
 
 impl Decoded {
@@ -249,6 +251,13 @@ pub fn dispatch(ctx: &Arc<Context>, decoded: Decoded) -> BoxFuture<'static, OutF
         Ok(r) => r,
         Err(e) => return futures::future::ready(error_frame(cid, &OpError::Request(e))).boxed(),
     };
+    let checker = access::Checker::new(ctx, principal.as_ref());
+    if let Err(e) = checker.check(&request) {
+        tracing::info!(principal = checker.principal().map_or("", |p| p), api, error = %e, "request refused");
+        return respond(cid, api, plain(async move { Err::<(), _>(e) }));
+    }
+    // Who a group member belongs to (`None`: unchecked, as for a superuser).
+    let owner = checker.principal().cloned();
     let ctx = ctx.clone();
     match request {
         Request::ApiVersions(_) => respond(cid, api, plain(async move { Ok(api_versions(&ctx)) })),
@@ -261,19 +270,25 @@ pub fn dispatch(ctx: &Arc<Context>, decoded: Decoded) -> BoxFuture<'static, OutF
         Request::ListOffsets(req) => respond(cid, api, plain(offsets::handle(ctx, req))),
         Request::CreateTopic(req) => respond(cid, api, plain(topics::create(ctx, req))),
         Request::DeleteTopic(req) => respond(cid, api, plain(topics::delete(ctx, req))),
-        Request::ListTopics(req) => {
-            respond(cid, api, plain(async move { Ok(topics::list(&ctx, req)) }))
-        }
+        Request::ListTopics(req) => respond(
+            cid,
+            api,
+            plain(async move { Ok(topics::list(&ctx, &checker, req)) }),
+        ),
         Request::DescribeTopic(req) => {
             respond(cid, api, plain(async move { topics::describe(&ctx, req) }))
         }
-        Request::JoinGroup(req) => respond(cid, api, plain(coordinated(ctx, groups::join, req))),
+        Request::JoinGroup(req) => respond(
+            cid,
+            api,
+            plain(coordinated(ctx, |c, r| groups::join(c, owner, r), req)),
+        ),
         Request::Heartbeat(req) => respond(
             cid,
             api,
             plain(coordinated(
                 ctx,
-                |c, r| async move { groups::heartbeat(&c, r) },
+                |c, r| async move { groups::heartbeat(&c, owner.as_deref(), r) },
                 req,
             )),
         ),
@@ -282,13 +297,15 @@ pub fn dispatch(ctx: &Arc<Context>, decoded: Decoded) -> BoxFuture<'static, OutF
             api,
             plain(coordinated(
                 ctx,
-                |c, r| async move { groups::leave(&c, r) },
+                |c, r| async move { groups::leave(&c, owner.as_deref(), r) },
                 req,
             )),
         ),
-        Request::CommitOffsets(req) => {
-            respond(cid, api, plain(coordinated(ctx, groups::commit, req)))
-        }
+        Request::CommitOffsets(req) => respond(
+            cid,
+            api,
+            plain(coordinated(ctx, |c, r| groups::commit(c, owner, r), req)),
+        ),
         Request::FetchOffsets(req) => respond(
             cid,
             api,
@@ -303,7 +320,7 @@ pub fn dispatch(ctx: &Arc<Context>, decoded: Decoded) -> BoxFuture<'static, OutF
             api,
             plain(coordinated(
                 ctx,
-                |c, r| async move { Ok(groups::list(&c, r)) },
+                |c, r| async move { Ok(groups::list(&c, &checker, r)) },
                 req,
             )),
         ),
@@ -319,9 +336,11 @@ pub fn dispatch(ctx: &Arc<Context>, decoded: Decoded) -> BoxFuture<'static, OutF
         Request::AddPartitions(req) => respond(cid, api, plain(topics::add_partitions(ctx, req))),
         Request::AlterTopic(req) => respond(cid, api, plain(topics::alter(ctx, req))),
         Request::InitProducer(req) => respond(cid, api, plain(producers::init(ctx, req))),
-        Request::Metadata(req) => {
-            respond(cid, api, plain(async move { metadata::handle(&ctx, req) }))
-        }
+        Request::Metadata(req) => respond(
+            cid,
+            api,
+            plain(async move { metadata::handle(&ctx, &checker, req) }),
+        ),
         Request::ReassignPartition(req) => respond(cid, api, plain(topics::reassign(ctx, req))),
         Request::RemoveNode(req) => respond(cid, api, plain(topics::remove_node(ctx, req))),
         // The connection runs the exchange itself; one that reaches here is out of turn.
@@ -334,12 +353,19 @@ pub fn dispatch(ctx: &Arc<Context>, decoded: Decoded) -> BoxFuture<'static, OutF
                 ))
             }),
         ),
-        Request::UpsertUser(req) => respond(cid, api, plain(users::upsert(ctx, principal, req))),
-        Request::DeleteUser(req) => respond(cid, api, plain(users::delete(ctx, principal, req))),
+        Request::UpsertUser(req) => respond(cid, api, plain(security::upsert(ctx, checker, req))),
+        Request::DeleteUser(req) => respond(cid, api, plain(security::delete(ctx, checker, req))),
         Request::ListUsers(req) => respond(
             cid,
             api,
-            plain(async move { users::list(&ctx, principal.as_deref(), req) }),
+            plain(async move { security::list(&ctx, &checker, req) }),
+        ),
+        Request::CreateAcls(req) => respond(cid, api, plain(security::create_acls(ctx, req))),
+        Request::DeleteAcls(req) => respond(cid, api, plain(security::delete_acls(ctx, req))),
+        Request::ListAcls(req) => respond(
+            cid,
+            api,
+            plain(async move { Ok(security::list_acls(&ctx, req)) }),
         ),
     }
 }

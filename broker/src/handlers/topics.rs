@@ -236,7 +236,12 @@ pub async fn delete(
     Ok(DeleteTopicResponse {})
 }
 
-pub fn list(ctx: &Context, _req: ListTopicsRequest) -> ListTopicsResponse {
+/// Topics `checker` may not describe are left out.
+pub fn list(
+    ctx: &Context,
+    checker: &super::access::Checker,
+    _req: ListTopicsRequest,
+) -> ListTopicsResponse {
     // In a cluster, what the metadata has (a deleted topic's local copy may still be going).
     let state = ctx.cluster.as_ref().map(|c| c.state());
     let topics = ctx
@@ -247,6 +252,7 @@ pub fn list(ctx: &Context, _req: ListTopicsRequest) -> ListTopicsResponse {
             state
                 .as_ref()
                 .is_none_or(|s| s.topics.contains_key(&t.name))
+                && checker.sees_topic(t.name.as_str())
         })
         .map(|t| TopicSummary {
             name: t.name.clone(),

@@ -26,19 +26,19 @@ use super::{
     Applied, NodeInfo, RaftEntry, Rill, StorageError, batch_entry, entry_batch, entry_records,
 };
 use crate::log::PartitionLog;
-use crate::storage::Storage;
+use crate::storage::{Storage, load, save};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader,
     RaftSnapshotBuilder, SnapshotMeta, StorageIOError, StoredMembership, Vote,
 };
 use rill_protocol::codec;
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -152,57 +152,6 @@ pub fn forget(log: &PartitionLog) -> Result<(), String> {
     storage
         .sync_dir(log.dir())
         .map_err(|e| format!("cannot sync {}: {e}", log.dir().display()))
-}
-
-/// Writes `value` (bincode, then CRC-32C) to `dir/name` through a temporary file and a rename.
-fn save<T: Serialize>(
-    storage: &dyn Storage,
-    dir: &Path,
-    name: &str,
-    value: &T,
-    synced: bool,
-) -> std::io::Result<()> {
-    let mut bytes = bytes::BytesMut::new();
-    codec::encode(value, &mut bytes);
-    let crc = crc32c::crc32c(&bytes);
-    bytes.extend_from_slice(&crc.to_le_bytes());
-    let tmp = dir.join(format!("{name}.tmp"));
-    if synced {
-        storage.write_synced(&tmp, &bytes)?;
-    } else {
-        storage.write_unsynced(&tmp, &bytes)?;
-    }
-    storage.rename(&tmp, &dir.join(name))?;
-    if synced {
-        storage.sync_dir(dir)?;
-    }
-    Ok(())
-}
-
-/// Reads what [`save`] wrote: `None` if the file does not exist; an error if it is damaged.
-fn load<T: DeserializeOwned>(
-    storage: &dyn Storage,
-    dir: &Path,
-    name: &str,
-) -> Result<Option<T>, String> {
-    let path = dir.join(name);
-    if !storage.exists(&path) {
-        return Ok(None);
-    }
-    let bytes = storage
-        .read(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let body = bytes
-        .len()
-        .checked_sub(4)
-        .ok_or_else(|| format!("{}: too short", path.display()))?;
-    let (value, crc) = bytes.split_at(body);
-    if crc32c::crc32c(value).to_le_bytes() != crc {
-        return Err(format!("{}: CRC mismatch", path.display()));
-    }
-    codec::decode(value, "raft state")
-        .map(Some)
-        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// A partition's snapshot (`raft-snapshot`): the log up to `meta.last_log_id` is no longer
@@ -1084,7 +1033,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_installed_snapshot_survives_a_restart_and_a_crash_mid_install() {
-        let open = |dir: &Path| {
+        let open = |dir: &std::path::Path| {
             let (log, _) = PartitionLog::open(dir, "t-0".into(), config(), true).unwrap();
             Arc::new(log)
         };

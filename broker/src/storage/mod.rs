@@ -48,6 +48,57 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn remove_dir_all(&self, dir: &Path) -> io::Result<()>;
 }
 
+/// Writes `value` (bincode, then CRC-32C) to `dir/name` through a temporary file and a rename.
+pub fn save<T: serde::Serialize>(
+    storage: &dyn Storage,
+    dir: &Path,
+    name: &str,
+    value: &T,
+    synced: bool,
+) -> std::io::Result<()> {
+    let mut bytes = bytes::BytesMut::new();
+    rill_protocol::codec::encode(value, &mut bytes);
+    let crc = crc32c::crc32c(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    let tmp = dir.join(format!("{name}.tmp"));
+    if synced {
+        storage.write_synced(&tmp, &bytes)?;
+    } else {
+        storage.write_unsynced(&tmp, &bytes)?;
+    }
+    storage.rename(&tmp, &dir.join(name))?;
+    if synced {
+        storage.sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Reads what [`save`] wrote: `None` if the file does not exist; an error if it is damaged.
+pub fn load<T: serde::de::DeserializeOwned>(
+    storage: &dyn Storage,
+    dir: &Path,
+    name: &str,
+) -> Result<Option<T>, String> {
+    let path = dir.join(name);
+    if !storage.exists(&path) {
+        return Ok(None);
+    }
+    let bytes = storage
+        .read(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let body = bytes
+        .len()
+        .checked_sub(4)
+        .ok_or_else(|| format!("{}: too short", path.display()))?;
+    let (value, crc) = bytes.split_at(body);
+    if crc32c::crc32c(value).to_le_bytes() != crc {
+        return Err(format!("{}: CRC mismatch", path.display()));
+    }
+    rill_protocol::codec::decode(value, "saved state")
+        .map(Some)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// One open file.
 pub trait StorageFile: Send + Sync + fmt::Debug {
     fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()>;

@@ -7,6 +7,7 @@ use futures::StreamExt;
 use rill_client::{
     Admin, AssignmentStrategy, Client, Consumer, ConsumerConfig, FsyncPolicy, OffsetReset,
     PartitionReader, Producer, ProducerConfig, ProducerRecord, ResetTo, StartOffset, TopicConfig,
+    acl,
 };
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
@@ -107,6 +108,102 @@ enum Command {
     /// Create, list and delete the users of a broker that authenticates (superusers only).
     #[command(subcommand)]
     User(UserCommand),
+    /// Add, remove and list access control entries (who may do what to which topic or group).
+    #[command(subcommand)]
+    Acl(AclCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AclCommand {
+    /// Allow (or with --deny, refuse) operations on a resource; a deny wins over any allow.
+    #[command(
+        after_help = "Examples:\n  rill acl add --principal billing --operation read,describe --topic orders\n  rill acl add --principal '*' --operation read --topic public. --prefix\n  rill acl add --principal billing --operation read --group billing\n  rill acl add --principal ops --operation create --cluster\n  rill acl add --deny --principal intern --operation delete --topic '*'"
+    )]
+    Add(AclArgs),
+    /// Remove entries given exactly as they were added.
+    Remove(AclArgs),
+    /// List entries, all of them or those of a principal or resource.
+    List(AclListArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("resource").required(true).args(["topic", "group", "cluster"]))]
+struct AclArgs {
+    /// A user name, or '*' for every principal.
+    #[arg(long)]
+    principal: String,
+    /// read, write, create, delete, alter, describe or all; several separated by commas.
+    #[arg(long, value_delimiter = ',', required = true)]
+    operation: Vec<acl::Operation>,
+    /// The topic ('*' for every topic; with --prefix, every topic starting with it).
+    #[arg(long)]
+    topic: Option<String>,
+    /// The consumer group ('*' for every group; with --prefix, every group starting with it).
+    #[arg(long)]
+    group: Option<String>,
+    /// The cluster: creating topics, moving partitions, managing ACLs, named producers.
+    #[arg(long)]
+    cluster: bool,
+    /// Match every topic or group whose name starts with the one given.
+    #[arg(long)]
+    prefix: bool,
+    /// Refuse instead of allow.
+    #[arg(long)]
+    deny: bool,
+}
+
+impl AclArgs {
+    fn entries(self) -> anyhow::Result<Vec<acl::Acl>> {
+        let (resource, name) = match (self.topic, self.group) {
+            (Some(t), _) => (acl::ResourceType::Topic, t),
+            (_, Some(g)) => (acl::ResourceType::Group, g),
+            _ => (acl::ResourceType::Cluster, acl::CLUSTER.to_string()),
+        };
+        anyhow::ensure!(
+            !(self.prefix && resource == acl::ResourceType::Cluster),
+            "--prefix applies to --topic and --group"
+        );
+        let entries: Vec<acl::Acl> = self
+            .operation
+            .into_iter()
+            .map(|operation| acl::Acl {
+                principal: self.principal.clone(),
+                resource,
+                pattern: if self.prefix {
+                    acl::PatternType::Prefix
+                } else {
+                    acl::PatternType::Literal
+                },
+                name: name.clone(),
+                operation,
+                permission: if self.deny {
+                    acl::Permission::Deny
+                } else {
+                    acl::Permission::Allow
+                },
+            })
+            .collect();
+        for e in &entries {
+            e.validate().map_err(anyhow::Error::msg)?;
+        }
+        Ok(entries)
+    }
+}
+
+#[derive(Debug, Args)]
+struct AclListArgs {
+    /// Only entries of this principal ('*' lists those for everyone).
+    #[arg(long)]
+    principal: Option<String>,
+    /// Only entries naming this topic.
+    #[arg(long, conflicts_with_all = ["group", "cluster"])]
+    topic: Option<String>,
+    /// Only entries naming this group.
+    #[arg(long, conflicts_with = "cluster")]
+    group: Option<String>,
+    /// Only entries on the cluster.
+    #[arg(long)]
+    cluster: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -482,6 +579,63 @@ async fn user(client: Client, cmd: UserCommand, json: bool) -> anyhow::Result<()
     Ok(())
 }
 
+async fn acls(client: Client, cmd: AclCommand, json: bool) -> anyhow::Result<()> {
+    let admin = Admin::new(client);
+    match cmd {
+        AclCommand::Add(args) => {
+            let entries = args.entries()?;
+            let asked = entries.len();
+            let added = admin.create_acls(entries).await?;
+            outln!(
+                "added {added} entries ({} already there)",
+                asked as u32 - added.min(asked as u32)
+            );
+        }
+        AclCommand::Remove(args) => {
+            let removed = admin.delete_acls(args.entries()?).await?;
+            outln!("removed {removed} entries");
+        }
+        AclCommand::List(args) => {
+            let (resource, name) = match (args.topic, args.group, args.cluster) {
+                (Some(t), _, _) => (Some(acl::ResourceType::Topic), Some(t)),
+                (_, Some(g), _) => (Some(acl::ResourceType::Group), Some(g)),
+                (_, _, true) => (Some(acl::ResourceType::Cluster), None),
+                _ => (None, None),
+            };
+            let filter = acl::AclFilter {
+                principal: args.principal,
+                resource,
+                name,
+            };
+            let entries = admin.list_acls(filter).await?;
+            if json {
+                outln!("{}", serde_json::to_string(&entries)?);
+            } else {
+                outln!(
+                    "{:<6} {:<20} {:<9} {:<8} {:<8} NAME",
+                    "",
+                    "PRINCIPAL",
+                    "OPERATION",
+                    "RESOURCE",
+                    "PATTERN"
+                );
+                for e in entries {
+                    outln!(
+                        "{:<6} {:<20} {:<9} {:<8} {:<8} {}",
+                        e.permission.to_string(),
+                        e.principal,
+                        e.operation.to_string(),
+                        e.resource.to_string(),
+                        e.pattern.to_string(),
+                        e.name
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     anyhow::ensure!(
         rill_client::SaslMechanism::from_name(&cli.sasl_mechanism).is_some(),
@@ -498,6 +652,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Consume(args) => consume(client, args).await,
         Command::Group(cmd) => group(client, cmd, cli.json).await,
         Command::User(cmd) => user(client, cmd, cli.json).await,
+        Command::Acl(cmd) => acls(client, cmd, cli.json).await,
         Command::Cluster(ClusterCommand::Status) => {
             cluster_status(client, cli.client_config(), cli.json).await
         }

@@ -1,5 +1,6 @@
 //! Authentication (SASL, Kafka's two-step shape) and the users a broker knows.
 
+use crate::acl::{Acl, AclFilter};
 use crate::api::{ApiKey, Message};
 use crate::scram::{Credential, Mechanism};
 use serde::{Deserialize, Serialize};
@@ -88,4 +89,53 @@ pub struct ListUsersResponse {
 impl Message for ListUsersRequest {
     const API_KEY: ApiKey = ApiKey::ListUsers;
     type Response = ListUsersResponse;
+}
+
+/// Adds access control entries (those already present are kept once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateAclsRequest {
+    pub acls: Vec<Acl>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateAclsResponse {
+    /// How many of them were new.
+    pub added: u32,
+}
+
+impl Message for CreateAclsRequest {
+    const API_KEY: ApiKey = ApiKey::CreateAcls;
+    type Response = CreateAclsResponse;
+}
+
+/// Removes the entries equal to these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteAclsRequest {
+    pub acls: Vec<Acl>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteAclsResponse {
+    /// How many were there to remove.
+    pub removed: u32,
+}
+
+impl Message for DeleteAclsRequest {
+    const API_KEY: ApiKey = ApiKey::DeleteAcls;
+    type Response = DeleteAclsResponse;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListAclsRequest {
+    pub filter: AclFilter,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListAclsResponse {
+    pub acls: Vec<Acl>,
+}
+
+impl Message for ListAclsRequest {
+    const API_KEY: ApiKey = ApiKey::ListAcls;
+    type Response = ListAclsResponse;
 }

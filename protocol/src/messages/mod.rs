@@ -14,9 +14,10 @@ mod topics;
 mod versions;
 
 pub use auth::{
-    DeleteUserRequest, DeleteUserResponse, ListUsersRequest, ListUsersResponse,
-    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
-    UpsertUserRequest, UpsertUserResponse, UserSummary,
+    CreateAclsRequest, CreateAclsResponse, DeleteAclsRequest, DeleteAclsResponse,
+    DeleteUserRequest, DeleteUserResponse, ListAclsRequest, ListAclsResponse, ListUsersRequest,
+    ListUsersResponse, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
+    SaslHandshakeResponse, UpsertUserRequest, UpsertUserResponse, UserSummary,
 };
 pub use fetch::{FetchRequest, FetchRequestV0, FetchResponse};
 pub use groups::{
@@ -195,6 +196,20 @@ mod round_trip {
             round_trip(DeleteUserResponse {});
             round_trip(ListUsersRequest {});
             round_trip(ListUsersResponse { users: vec![UserSummary { user: g.clone(), mechanisms: vec![crate::scram::Mechanism::ScramSha256], superuser: opt.is_some() }] });
+            let acl = crate::acl::Acl {
+                principal: g.clone(),
+                resource: crate::acl::ResourceType::Group,
+                pattern: crate::acl::PatternType::Prefix,
+                name: g.clone(),
+                operation: crate::acl::Operation::Alter,
+                permission: crate::acl::Permission::Deny,
+            };
+            round_trip(CreateAclsRequest { acls: vec![acl.clone()] });
+            round_trip(CreateAclsResponse { added: p });
+            round_trip(DeleteAclsRequest { acls: vec![acl.clone()] });
+            round_trip(DeleteAclsResponse { removed: p });
+            round_trip(ListAclsRequest { filter: crate::acl::AclFilter { principal: Some(g.clone()), resource: Some(crate::acl::ResourceType::Topic), name: None } });
+            round_trip(ListAclsResponse { acls: vec![acl] });
             prop_assert_eq!(strategy.to_string().parse::<AssignmentStrategy>(), Ok(strategy));
         }
 
