@@ -18,16 +18,21 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` nodes under `root` (`root/n1`, ...), each with `extra` flags.
     pub fn start(root: &Path, n: u64, extra: &[&str]) -> Cluster {
-        Self::launch(root, n, extra, false)
+        Self::launch(root, n, extra, &[], false)
+    }
+
+    /// [`Cluster::start`] with these environment variables set for every node.
+    pub fn start_with_env(root: &Path, n: u64, extra: &[&str], env: &[(&str, &str)]) -> Cluster {
+        Self::launch(root, n, extra, env, false)
     }
 
     /// Like [`Cluster::start`], but every node reaches every other through its own proxied
     /// link, which [`Cluster::isolate`] cuts: a network partition the test controls.
     pub fn start_linked(root: &Path, n: u64, extra: &[&str]) -> Cluster {
-        Self::launch(root, n, extra, true)
+        Self::launch(root, n, extra, &[], true)
     }
 
-    fn launch(root: &Path, n: u64, extra: &[&str], linked: bool) -> Cluster {
+    fn launch(root: &Path, n: u64, extra: &[&str], env: &[(&str, &str)], linked: bool) -> Cluster {
         let cluster_addrs: Vec<String> = (0..n).map(|_| crate::fixed_addr()).collect();
         let mut links = BTreeMap::new();
         if linked {
@@ -63,7 +68,7 @@ impl Cluster {
                     &peers,
                 ];
                 args.extend_from_slice(extra);
-                Broker::start(&root.join(format!("n{id}")), &args)
+                Broker::start_with_env(&root.join(format!("n{id}")), &args, env)
             })
             .collect();
         Cluster {

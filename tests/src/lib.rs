@@ -147,16 +147,15 @@ impl Broker {
     /// wait for its assignment, and the 3 s default would only slow them down. Tests of the
     /// delay itself pass the flag.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Broker {
-        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        if !extra.contains(&"--group-initial-rebalance-delay-ms") {
-            args.extend(["--group-initial-rebalance-delay-ms".into(), "0".into()]);
-        }
-        Self::start_at(data_dir, &fixed_addr(), args, Vec::new(), |_| {})
+        Self::start_with_env(data_dir, extra, &[])
     }
 
     /// [`Broker::start`] with these environment variables set for rilld.
     pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Broker {
-        let args = extra.iter().map(|s| s.to_string()).collect();
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if !extra.contains(&"--group-initial-rebalance-delay-ms") {
+            args.extend(["--group-initial-rebalance-delay-ms".into(), "0".into()]);
+        }
         let env = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -646,3 +646,107 @@ fn rill_acl_adds_lists_and_removes_entries() {
     let (ok, _, err) = rill(&["acl", "add", "--principal", "x", "--operation", "read"]);
     assert!(!ok && err.contains("--topic"), "{err}");
 }
+
+/// In a cluster, users and ACLs go through the metadata log: made on one node, they hold on
+/// every node, and on a node that restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_and_acls_made_on_one_node_hold_on_every_node_of_a_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = rill_e2e::Cluster::start_with_env(
+        dir.path(),
+        3,
+        &["--auth", "--superuser", "admin"],
+        &[("RILL_SUPERUSER_PASSWORD", "admin-secret")],
+    );
+    let addr = |c: &mut rill_e2e::Cluster, id: u64| c.node(id).addr().to_string();
+    // The superuser exists once the metadata group committed its bootstrap.
+    let first = addr(&mut cluster, 1);
+    let mut tries = 0;
+    let su = loop {
+        match Client::connect_with(&first, as_user("admin", "admin-secret")).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tries += 1;
+                assert!(tries < 30, "no superuser after {tries} attempts: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let admin = Admin::new(su);
+    admin.create_user("svc", "pw").await.unwrap();
+    let entries = vec![
+        acl(
+            "svc",
+            ResourceType::Cluster,
+            PatternType::Literal,
+            CLUSTER,
+            Operation::Create,
+            Permission::Allow,
+        ),
+        acl(
+            "svc",
+            ResourceType::Topic,
+            PatternType::Prefix,
+            "svc-",
+            Operation::All,
+            Permission::Allow,
+        ),
+    ];
+    assert_eq!(admin.create_acls(entries.clone()).await.unwrap(), 2);
+
+    // Another node knows the user and applies the ACLs.
+    let third = addr(&mut cluster, 3);
+    let svc = Client::connect_with(&third, as_user("svc", "pw"))
+        .await
+        .unwrap();
+    Admin::new(svc.clone())
+        .create_topic("svc-events", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let e = Admin::new(svc.clone())
+        .delete_topic("svc-events2")
+        .await
+        .unwrap_err();
+    assert!(
+        !matches!(
+            e,
+            Error::Broker {
+                code: ErrorCode::NotAuthorized,
+                ..
+            }
+        ),
+        "allowed by prefix: {e}"
+    );
+    let r = Admin::new(svc.clone())
+        .list_acls(Default::default())
+        .await
+        .map(|_| ());
+    assert_eq!(code(&r), Some(ErrorCode::NotAuthorized), "{r:?}");
+
+    // A node that restarts rebuilds them from its metadata log.
+    cluster.node(2).kill9();
+    cluster.node(2).restart();
+    let second = addr(&mut cluster, 2);
+    let mut tries = 0;
+    let acls = loop {
+        let r = async {
+            let c = Client::connect_with(&second, as_user("admin", "admin-secret")).await?;
+            Admin::new(c).list_acls(Default::default()).await
+        }
+        .await;
+        match r {
+            Ok(acls) if acls.len() == 2 => break acls,
+            other => {
+                tries += 1;
+                assert!(tries < 100, "node 2 did not catch up: {other:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let mut expected = entries;
+    expected.sort();
+    assert_eq!(acls, expected);
+    Client::connect_with(&second, as_user("svc", "pw"))
+        .await
+        .unwrap();
+}
