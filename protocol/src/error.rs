@@ -85,7 +85,8 @@ pub enum ErrorCode {
     UnsupportedSaslMechanism = 37,
     /// A SASL request out of turn (authenticate before handshake, a second handshake).
     IllegalSaslState = 38,
-    /// The principal may not do this (user management is for superusers).
+    /// The principal may not do this: no ACL allows it, one denies it, or it is for superusers
+    /// (user management). The message names the operation and resource.
     NotAuthorized = 39,
 }
 
