@@ -411,6 +411,8 @@ pub enum Sasl {
     Start,
     /// Mechanism chosen; waiting for client-first.
     Chosen(Mechanism),
+    /// PLAIN chosen (on a TLS connection only); waiting for user and password.
+    Plain,
     /// Server-first sent; waiting for client-final.
     Challenged {
         first: Box<ClientFirst>,
@@ -465,6 +467,24 @@ impl Sasl {
                     reason: e.to_string(),
                 }),
             },
+            Sasl::Plain => {
+                let (user, password) =
+                    scram::parse_plain(message).map_err(|e| SaslError::Failed {
+                        user: String::new(),
+                        reason: e.to_string(),
+                    })?;
+                // The stored keys (or an unknown user's decoy) are derived again either way, so
+                // an unknown user takes as long as a wrong password.
+                let (credential, _) = users.credential(&user, Mechanism::ScramSha256);
+                if !credential.matches_password(&password) {
+                    return Err(SaslError::Failed {
+                        user,
+                        reason: scram::ScramError::Proof.to_string(),
+                    });
+                }
+                *self = Sasl::Done(user);
+                Ok((Vec::new(), true))
+            }
             Sasl::Start => Err(SaslError::OutOfTurn(
                 "SaslAuthenticate before SaslHandshake",
             )),

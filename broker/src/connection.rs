@@ -30,6 +30,17 @@ pub trait Split: Send + 'static {
     type Read: AsyncRead + Unpin + Send + 'static;
     type Write: AsyncWrite + Unpin + Send + 'static;
     fn split(self) -> (Self::Read, Self::Write);
+    /// What the transport vouches for.
+    fn transport(&self) -> Transport;
+}
+
+/// What a connection's transport tells about it.
+#[derive(Debug, Default)]
+pub struct Transport {
+    /// Encrypted: the only kind that may carry SASL PLAIN, which sends the password.
+    pub tls: bool,
+    /// The subject (CN) of the client certificate that mutual TLS verified.
+    pub certificate: Option<Arc<str>>,
 }
 
 impl Split for TcpStream {
@@ -38,6 +49,9 @@ impl Split for TcpStream {
     fn split(self) -> (Self::Read, Self::Write) {
         self.into_split()
     }
+    fn transport(&self) -> Transport {
+        Transport::default()
+    }
 }
 
 impl Split for tokio_rustls::server::TlsStream<TcpStream> {
@@ -45,6 +59,15 @@ impl Split for tokio_rustls::server::TlsStream<TcpStream> {
     type Write = tokio::io::WriteHalf<Self>;
     fn split(self) -> (Self::Read, Self::Write) {
         tokio::io::split(self)
+    }
+    fn transport(&self) -> Transport {
+        let leaf = self.get_ref().1.peer_certificates().and_then(|c| c.first());
+        Transport {
+            tls: true,
+            certificate: leaf
+                .and_then(|c| crate::tls::subject_name(c))
+                .map(Arc::from),
+        }
     }
 }
 
@@ -76,6 +99,7 @@ pub async fn serve<S: Split>(
     let m = crate::metrics::global();
     m.connections.inc();
     m.connections_total.inc();
+    let transport = socket.transport();
     let (mut reader, writer) = socket.split();
     let max_in_flight = ctx.config.max_in_flight;
     let (tx, rx) = mpsc::channel::<(OutFrame, OwnedSemaphorePermit)>(max_in_flight);
@@ -94,6 +118,13 @@ pub async fn serve<S: Split>(
     // acts as once it succeeded.
     let mut sasl = crate::auth::Sasl::default();
     let mut principal: Option<Arc<str>> = None;
+    // Under mutual TLS, a verified certificate is the principal: no SASL exchange follows.
+    if ctx.security.enabled()
+        && let Some(subject) = &transport.certificate
+    {
+        tracing::info!(%peer, principal = %subject, "authenticated by client certificate");
+        principal = Some(subject.clone());
+    }
     let reason: String = 'conn: loop {
         loop {
             match frame::decode_request(&mut buf, max_frame) {
@@ -112,7 +143,7 @@ pub async fn serve<S: Split>(
                                             _ = ctx.shutdown.cancelled() => break 'conn "broker shutting down".into(),
                                         }
                                     }
-                                    Some(handshake(&mut sasl, h, cid))
+                                    Some(handshake(&mut sasl, h, cid, transport.tls))
                                 }
                                 None => {
                                     tracing::warn!(%peer, "authentication attempt refused: too many failures from this address");
@@ -281,25 +312,43 @@ pub async fn serve<S: Split>(
     m.connections.dec();
 }
 
-/// Answers SaslHandshake: the mechanisms offered; an error (closing the connection) if the one
+/// SASL PLAIN's name (RFC 4616).
+const PLAIN: &str = "PLAIN";
+
+/// Answers SaslHandshake: the mechanisms offered (PLAIN only on TLS connections); an error (closing the connection) if the one
 /// asked for is not among them or the handshake came out of turn.
 fn handshake(
     sasl: &mut crate::auth::Sasl,
     req: &SaslHandshakeRequest,
     cid: u32,
+    tls: bool,
 ) -> Result<OutFrame, OutFrame> {
-    let offered = SaslHandshakeResponse {
-        mechanisms: Mechanism::ALL
-            .iter()
-            .map(|m| m.name().to_string())
-            .collect(),
-    };
+    let mut mechanisms: Vec<String> = Mechanism::ALL
+        .iter()
+        .map(|m| m.name().to_string())
+        .collect();
+    if tls {
+        mechanisms.push(PLAIN.into());
+    }
+    let offered = SaslHandshakeResponse { mechanisms };
     if !matches!(sasl, crate::auth::Sasl::Start) {
         return Err(frame::encode_error_response(
             cid,
             ErrorCode::IllegalSaslState,
             "a second SaslHandshake",
         ));
+    }
+    let plain = req.mechanism.eq_ignore_ascii_case(PLAIN);
+    if plain && !tls {
+        return Err(frame::encode_error_response(
+            cid,
+            ErrorCode::UnsupportedSaslMechanism,
+            "PLAIN sends the password itself and is offered only over TLS; use SCRAM-SHA-256 or SCRAM-SHA-512",
+        ));
+    }
+    if plain {
+        *sasl = crate::auth::Sasl::Plain;
+        return Ok(frame::encode_response(cid, &offered, bytes::Bytes::new()));
     }
     match Mechanism::from_name(&req.mechanism) {
         Some(m) => {

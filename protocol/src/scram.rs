@@ -138,6 +138,13 @@ impl Credential {
         }
     }
 
+    /// Whether `password` is the one this credential was made from (for SASL PLAIN, which
+    /// sends the password itself): derives the keys again with the stored salt and iterations.
+    pub fn matches_password(&self, password: &str) -> bool {
+        let again = Credential::derive(self.mechanism, password, &self.salt, self.iterations);
+        constant_time_eq(&again.stored_key, &self.stored_key)
+    }
+
     /// Whether the parts have the sizes its mechanism makes (a damaged store is refused).
     pub fn is_well_formed(&self) -> bool {
         let n = self.mechanism.key_len();
@@ -168,6 +175,30 @@ pub enum ScramError {
     Refused(String),
     #[error("the server asks for {0} iterations (accepted: {MIN_ITERATIONS} to {MAX_ITERATIONS})")]
     Iterations(u64),
+}
+
+/// The one message of SASL PLAIN (RFC 4616): `[authzid] NUL user NUL password`, UTF-8. An
+/// authorization identity other than the user is refused, as with SCRAM.
+pub fn parse_plain(msg: &[u8]) -> Result<(String, String), ScramError> {
+    if msg.len() > MAX_MESSAGE {
+        return Err(ScramError::Malformed("longer than a SASL message may be"));
+    }
+    let text = std::str::from_utf8(msg).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+    let mut parts = text.split('\0');
+    let (Some(authzid), Some(user), Some(password), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ScramError::Malformed(
+            "PLAIN needs authzid, user and password separated by NUL",
+        ));
+    };
+    if user.is_empty() || password.is_empty() {
+        return Err(ScramError::Malformed("PLAIN needs a user and a password"));
+    }
+    if !authzid.is_empty() && authzid != user {
+        return Err(ScramError::Authzid);
+    }
+    Ok((user.to_string(), password.to_string()))
 }
 
 /// A client's first message, as the server reads it.
@@ -455,6 +486,34 @@ mod tests {
     fn rfc_credential() -> Credential {
         let salt = B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
         Credential::derive(Mechanism::ScramSha256, "pencil", &salt, 4096)
+    }
+
+    #[test]
+    fn plain_names_a_user_and_a_password_checked_against_the_stored_keys() {
+        assert_eq!(
+            parse_plain(b"\0user\0pencil").unwrap(),
+            ("user".into(), "pencil".into())
+        );
+        assert_eq!(parse_plain(b"user\0user\0pencil").unwrap().0, "user");
+        assert_eq!(
+            parse_plain(b"admin\0user\0pencil"),
+            Err(ScramError::Authzid)
+        );
+        for bad in [
+            &b"user\0pencil"[..],
+            b"\0\0pencil",
+            b"\0user\0",
+            b"\0u\0p\0x",
+            b"\xff\0u\0p",
+        ] {
+            assert!(
+                matches!(parse_plain(bad), Err(ScramError::Malformed(_))),
+                "{bad:?}"
+            );
+        }
+        let c = rfc_credential();
+        assert!(c.matches_password("pencil"));
+        assert!(!c.matches_password("pencil2"));
     }
 
     #[test]

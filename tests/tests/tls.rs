@@ -286,6 +286,170 @@ async fn mutual_tls_refuses_clients_without_a_trusted_certificate() {
     assert!(log.contains("UnknownIssuer"), "{log}");
 }
 
+/// With authentication on, a client certificate verified by mutual TLS is the principal (its
+/// CN): ACLs apply to it with no password. Without mutual TLS, SASL PLAIN works over TLS, and a
+/// plaintext listener refuses it (it would send the password in the clear).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_is_a_principal_and_plain_is_offered_only_over_tls() {
+    use rill_client::acl::{Acl, Operation, PatternType, Permission, ResourceType};
+    use rill_client::{Error, ErrorCode, SaslMechanism, SaslSettings};
+    use rill_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path();
+    let ca = Ca::new(pki, "rill-ca");
+    let clients = Ca::new(pki, "clients-ca");
+    let (cert, key) = ca.issue(pki, "broker", &["localhost", "127.0.0.1"], false, false);
+    let broker = Broker::start_with_env(
+        &pki.join("data"),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--tls-client-ca",
+            clients.pem.to_str().unwrap(),
+            "--auth",
+            "--superuser",
+            "ops",
+        ],
+        &[("RILL_SUPERUSER_PASSWORD", "unused")],
+    );
+    let addr = broker.addr().to_string();
+    // "ops" logs in by certificate alone: it is a superuser.
+    let (ops, ops_key) = clients.issue(pki, "ops", &["ops"], true, false);
+    let su = Client::connect_with(
+        &addr,
+        config(TlsSettings::new(&ca.pem).identity(&ops, &ops_key)),
+    )
+    .await
+    .unwrap();
+    let admin = Admin::new(su);
+    for t in ["svc-data", "private"] {
+        admin
+            .create_topic(t, 1, TopicConfig::default())
+            .await
+            .unwrap();
+    }
+    let entry = Acl {
+        principal: "svc".into(),
+        resource: ResourceType::Topic,
+        pattern: PatternType::Prefix,
+        name: "svc-".into(),
+        operation: Operation::All,
+        permission: Permission::Allow,
+    };
+    admin.create_acls(vec![entry]).await.unwrap();
+    let (svc, svc_key) = clients.issue(pki, "svc", &["svc"], true, false);
+    let client = Client::connect_with(
+        &addr,
+        config(TlsSettings::new(&ca.pem).identity(&svc, &svc_key)),
+    )
+    .await
+    .unwrap();
+    round_trip(&client, "svc-data", "by certificate").await;
+    let e = Admin::new(client.clone())
+        .describe_topic("private")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Broker {
+                code: ErrorCode::NotAuthorized,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(broker.log().contains("authenticated by client certificate"));
+    drop(broker);
+
+    // TLS without client certificates: PLAIN is offered and checks the stored keys.
+    let broker = Broker::start_with_env(
+        &pki.join("data2"),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--auth",
+            "--superuser",
+            "admin",
+        ],
+        &[("RILL_SUPERUSER_PASSWORD", "admin-secret")],
+    );
+    let addr = broker.addr().to_string();
+    let plain = |message: &str| SaslAuthenticateRequest {
+        bytes: message.as_bytes().to_vec(),
+    };
+    let c = Client::connect_with(&addr, config(TlsSettings::new(&ca.pem)))
+        .await
+        .unwrap();
+    let offered = c
+        .call(&SaslHandshakeRequest {
+            mechanism: "PLAIN".into(),
+        })
+        .await
+        .unwrap()
+        .0
+        .mechanisms;
+    assert!(offered.contains(&"PLAIN".to_string()), "{offered:?}");
+    let answer = c.call(&plain("\0admin\0admin-secret")).await.unwrap().0;
+    assert_eq!(answer.principal.as_deref(), Some("admin"));
+    assert!(
+        Admin::new(c).list_users().await.is_ok(),
+        "authenticated as the superuser"
+    );
+    let c = Client::connect_with(&addr, config(TlsSettings::new(&ca.pem)))
+        .await
+        .unwrap();
+    c.call(&SaslHandshakeRequest {
+        mechanism: "PLAIN".into(),
+    })
+    .await
+    .unwrap();
+    let e = c.call(&plain("\0admin\0guess")).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Broker {
+                code: ErrorCode::AuthenticationFailed,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    drop(broker);
+
+    // Plaintext: PLAIN is refused with the reason, SCRAM still works.
+    let broker = Broker::start_with_env(
+        &pki.join("data3"),
+        &["--auth", "--superuser", "admin"],
+        &[("RILL_SUPERUSER_PASSWORD", "admin-secret")],
+    );
+    let addr = broker.addr().to_string();
+    let c = Client::connect(&addr).await.unwrap();
+    let e = c
+        .call(&SaslHandshakeRequest {
+            mechanism: "PLAIN".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Broker { code: ErrorCode::UnsupportedSaslMechanism, message, .. } if message.contains("only over TLS")),
+        "{e}"
+    );
+    let scram = ClientConfig {
+        sasl: Some(SaslSettings {
+            mechanism: SaslMechanism::ScramSha256,
+            user: "admin".into(),
+            password: "admin-secret".into(),
+        }),
+        ..ClientConfig::default()
+    };
+    Client::connect_with(&addr, scram).await.unwrap();
+}
+
 /// Story: an operator points rilld at every interface without thinking about who can reach it.
 /// It refuses, saying why and what to do; `--allow-anonymous` is the explicit way through, and
 /// it is logged at warn on every start.
