@@ -103,6 +103,20 @@ fn server_config(settings: &TlsConfig) -> anyhow::Result<ServerConfig> {
     })
 }
 
+/// The principal a verified client certificate names: its subject's common name (CN), or, if
+/// it has none, the whole subject (`O=..., OU=...`). `None` if the certificate does not parse
+/// (rustls verified it, so that is not expected).
+pub fn subject_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let cn = subject
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_string);
+    cn.or_else(|| Some(subject.to_string()).filter(|s| !s.is_empty()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,18 +173,4 @@ mod tests {
         reloader.reload().unwrap();
         assert!(!Arc::ptr_eq(&before, &reloader.current.read().unwrap()));
     }
-}
-
-/// The principal a verified client certificate names: its subject's common name (CN), or, if
-/// it has none, the whole subject (`O=..., OU=...`). `None` if the certificate does not parse
-/// (rustls verified it, so that is not expected).
-pub fn subject_name(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let subject = cert.subject();
-    let cn = subject
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .map(str::to_string);
-    cn.or_else(|| Some(subject.to_string()).filter(|s| !s.is_empty()))
 }
