@@ -11,7 +11,7 @@
 use crate::config::AuthConfig;
 use rill_protocol::acl::{self, Acl, AclFilter, Operation, ResourceType};
 use rill_protocol::codec;
-use rill_protocol::messages::UserSummary;
+use rill_protocol::messages::{Quota, UserSummary};
 use rill_protocol::scram::{self, ClientFirst, Credential, Mechanism};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -38,6 +38,8 @@ const FORGET_AFTER: Duration = Duration::from_secs(60);
 pub struct SecurityState {
     users: BTreeMap<String, Vec<Credential>>,
     acls: BTreeSet<Acl>,
+    /// Per principal (`*`: everyone without one of their own).
+    quotas: BTreeMap<String, Quota>,
 }
 
 /// One change to the users or ACLs, checked before it is made (`Security::check`); applying
@@ -59,6 +61,11 @@ pub enum Change {
     },
     AddAcls(Vec<Acl>),
     RemoveAcls(Vec<Acl>),
+    /// Sets (or with `None` removes) a principal's quota.
+    SetQuota {
+        principal: String,
+        quota: Option<Quota>,
+    },
 }
 
 impl SecurityState {
@@ -84,6 +91,13 @@ impl SecurityState {
                     .count(),
             ),
             Change::RemoveAcls(acls) => count(acls.iter().filter(|a| self.acls.remove(*a)).count()),
+            Change::SetQuota { principal, quota } => {
+                let before = match quota {
+                    Some(q) => self.quotas.insert(principal.clone(), *q),
+                    None => self.quotas.remove(principal),
+                };
+                count(usize::from(before != *quota))
+            }
         }
     }
 }
@@ -144,6 +158,7 @@ impl Security {
                             users: codec::decode(&bytes, "users file")
                                 .map_err(|e| anyhow::anyhow!("{}: {e}", old.display()))?,
                             acls: BTreeSet::new(),
+                            quotas: BTreeMap::new(),
                         },
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                             SecurityState::default()
@@ -166,7 +181,10 @@ impl Security {
         };
         if !replicated {
             while let Some(change) = security.bootstrap()? {
-                security.commit(change)?;
+                security.commit(change.clone())?;
+                if let Change::BootstrapUser { user, .. } = change {
+                    tracing::info!(user = %user, "created superuser from RILL_SUPERUSER_PASSWORD");
+                }
             }
             // Written in the new file's format once, then the old one goes.
             let old = dir.join(OLD_USERS_FILE);
@@ -197,7 +215,6 @@ impl Security {
         else {
             return Ok(None);
         };
-        tracing::info!(user = %user, "creating superuser from RILL_SUPERUSER_PASSWORD");
         Ok(Some(Change::BootstrapUser {
             user: user.clone(),
             credentials: derive_all(&password)?,
@@ -296,6 +313,27 @@ impl Security {
             }
             Change::DeleteUser { user } if !exists(user) => Err(UserError::Unknown(user.clone())),
             Change::DeleteUser { .. } | Change::BootstrapUser { .. } => Ok(1),
+            Change::SetQuota { principal, quota } => {
+                if principal.is_empty() {
+                    return Err(UserError::Invalid(
+                        "a quota needs a principal (a user name, or * for everyone)".into(),
+                    ));
+                }
+                if let Some(q) = quota
+                    && [
+                        q.produce_bytes_per_sec,
+                        q.fetch_bytes_per_sec,
+                        q.requests_per_sec,
+                    ]
+                    .contains(&Some(0))
+                {
+                    return Err(UserError::Invalid(
+                        "a rate of 0 would stop the principal; delete the user or deny it by ACL instead"
+                            .into(),
+                    ));
+                }
+                Ok(1)
+            }
             Change::AddAcls(acls) | Change::RemoveAcls(acls) => {
                 acls.iter()
                     .try_for_each(Acl::validate)
@@ -331,6 +369,27 @@ impl Security {
                 mechanisms: creds.iter().map(|c| c.mechanism).collect(),
                 superuser: self.is_superuser(user),
             })
+            .collect()
+    }
+
+    /// The quota that applies to `principal`: its own, or else the one for `*`.
+    pub fn quota_for(&self, principal: &str) -> Option<Quota> {
+        let state = self.read();
+        if state.quotas.is_empty() {
+            return None;
+        }
+        state
+            .quotas
+            .get(principal)
+            .or_else(|| state.quotas.get("*"))
+            .copied()
+    }
+
+    pub fn quotas(&self) -> Vec<(String, Quota)> {
+        self.read()
+            .quotas
+            .iter()
+            .map(|(p, q)| (p.clone(), *q))
             .collect()
     }
 

@@ -25,6 +25,12 @@ pub struct Config {
     pub max_frame_bytes: u32,
     /// Most client connections served at once; further ones wait to be accepted.
     pub max_connections: usize,
+    /// Most connections from one client address at once (0: no limit); one more is closed
+    /// on arrival (logged, `rill_connections_refused`).
+    pub max_connections_per_ip: usize,
+    /// Most connections authenticated as one principal at once (0: no limit); one more gets
+    /// `TooManyConnections` at login and is closed.
+    pub max_connections_per_principal: usize,
     /// Most requests one connection may have in progress; further ones wait to be read.
     pub max_in_flight: usize,
     /// Bytes of responses one connection may have in progress (a fetch counts at its largest
@@ -257,6 +263,8 @@ impl Default for Config {
             data_dir: PathBuf::from("rill-data"),
             max_frame_bytes: 16 << 20,
             max_connections: 1024,
+            max_connections_per_ip: 0,
+            max_connections_per_principal: 0,
             max_in_flight: 256,
             max_connection_buffer_bytes: 64 << 20,
             idle_timeout_ms: 600_000,
@@ -339,6 +347,12 @@ pub struct Args {
     /// Most concurrent client connections [default: 1024].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Most connections from one client address, 0 for no limit [default: 0].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Most connections authenticated as one principal, 0 for no limit [default: 0].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_principal: Option<usize>,
     /// Most requests in progress per connection [default: 256].
     #[arg(long, value_name = "N")]
     pub max_in_flight: Option<usize>,
@@ -487,6 +501,8 @@ impl Config {
             data_dir => config.data_dir,
             max_frame_bytes => config.max_frame_bytes,
             max_connections => config.max_connections,
+            max_connections_per_ip => config.max_connections_per_ip,
+            max_connections_per_principal => config.max_connections_per_principal,
             max_in_flight => config.max_in_flight,
             max_connection_buffer_bytes => config.max_connection_buffer_bytes,
             idle_timeout_ms => config.idle_timeout_ms,

@@ -93,7 +93,7 @@ pub async fn serve<S: Split>(
     socket: S,
     peer: SocketAddr,
     ctx: Arc<Context>,
-    _slot: OwnedSemaphorePermit,
+    slot: (OwnedSemaphorePermit, crate::quotas::Held),
 ) {
     tracing::info!(%peer, "connection opened");
     let m = crate::metrics::global();
@@ -119,11 +119,22 @@ pub async fn serve<S: Split>(
     let mut sasl = crate::auth::Sasl::default();
     let mut principal: Option<Arc<str>> = None;
     // Under mutual TLS, a verified certificate is the principal: no SASL exchange follows.
+    // Counted against `max_connections_per_principal` while the connection lasts.
+    let mut principal_slot = None;
     if ctx.security.enabled()
         && let Some(subject) = &transport.certificate
     {
-        tracing::info!(%peer, principal = %subject, "authenticated by client certificate");
-        principal = Some(subject.clone());
+        match log_in(&ctx, peer, subject, "authenticated by client certificate") {
+            Ok(held) => {
+                principal_slot = Some(held);
+                principal = Some(subject.clone());
+            }
+            Err(_) => {
+                drop(slot);
+                m.connections.dec();
+                return;
+            }
+        }
     }
     let reason: String = 'conn: loop {
         loop {
@@ -158,20 +169,31 @@ pub async fn serve<S: Split>(
                                 let step = sasl.step(&ctx.security, &a.bytes);
                                 Some(match step {
                                     Ok((bytes, done)) => {
+                                        let mut refused = None;
                                         if done && let crate::auth::Sasl::Done(p) = &sasl {
-                                            tracing::info!(%peer, principal = %p, "authenticated");
                                             ctx.security.succeeded(peer.ip());
-                                            principal = Some(Arc::from(p.as_str()));
+                                            let p: Arc<str> = Arc::from(p.as_str());
+                                            match log_in(&ctx, peer, &p, "authenticated") {
+                                                Ok(held) => {
+                                                    principal_slot = Some(held);
+                                                    principal = Some(p);
+                                                }
+                                                Err(out) => refused = Some(out(cid)),
+                                            }
                                         }
-                                        let response = SaslAuthenticateResponse {
-                                            bytes,
-                                            principal: principal.as_deref().map(str::to_string),
-                                        };
-                                        Ok(frame::encode_response(
-                                            cid,
-                                            &response,
-                                            bytes::Bytes::new(),
-                                        ))
+                                        match refused {
+                                            Some(out) => Err(out),
+                                            None => Ok(frame::encode_response(
+                                                cid,
+                                                &SaslAuthenticateResponse {
+                                                    bytes,
+                                                    principal: principal
+                                                        .as_deref()
+                                                        .map(str::to_string),
+                                                },
+                                                bytes::Bytes::new(),
+                                            )),
+                                        }
                                     }
                                     Err(e) => {
                                         // Answered late, later for each failure in a row from
@@ -217,6 +239,17 @@ pub async fn serve<S: Split>(
                         }
                     }
                     decoded.principal = principal.clone();
+                    // Over its quota, a principal's request waits here, and so does the
+                    // connection (a fetch's answer waits in the dispatcher, once its size is known).
+                    let hold = principal
+                        .as_ref()
+                        .map_or(Duration::ZERO, |p| quota_hold(&ctx, p, &decoded.request));
+                    if !hold.is_zero() {
+                        tokio::select! {
+                            _ = tokio::time::sleep(hold) => {}
+                            _ = ctx.shutdown.cancelled() => break 'conn "broker shutting down".into(),
+                        }
+                    }
                     let cost = response_cost(&ctx, &decoded.request);
                     // A produced batch waits for room in its partition's and the broker's
                     // queue budget: until then this connection reads nothing (backpressure).
@@ -309,7 +342,61 @@ pub async fn serve<S: Split>(
         writing_abort.abort();
         tracing::warn!(%peer, "peer did not read its responses within the shutdown grace period; dropped them");
     }
+    // The connection no longer counts against any limit once the gauge says it is gone.
+    drop((slot, principal_slot));
     m.connections.dec();
+}
+
+/// Counts a connection that authenticated as `principal` against its connection limit, and
+/// logs it; refused (with the answer to send, given its correlation id) when the principal has
+/// its limit open.
+#[allow(clippy::type_complexity)]
+fn log_in(
+    ctx: &Context,
+    peer: SocketAddr,
+    principal: &Arc<str>,
+    how: &'static str,
+) -> Result<crate::quotas::Held, Box<dyn FnOnce(u32) -> OutFrame + Send>> {
+    match ctx.quotas.admit_principal(principal) {
+        Some(held) => {
+            tracing::info!(%peer, principal = %principal, "{how}");
+            Ok(held)
+        }
+        None => {
+            crate::metrics::global().connections_refused.inc();
+            let limit = ctx.config.max_connections_per_principal;
+            tracing::warn!(%peer, principal = %principal, limit, "connection refused: the principal has its limit of connections open");
+            let message = format!(
+                "{principal} has {limit} connections open, the most allowed (max_connections_per_principal)"
+            );
+            Err(Box::new(move |cid| {
+                frame::encode_error_response(cid, ErrorCode::TooManyConnections, &message)
+            }))
+        }
+    }
+}
+
+/// How long `principal`'s request must wait to keep it within its request and produce quotas.
+fn quota_hold(
+    ctx: &Context,
+    principal: &Arc<str>,
+    request: &Result<Request, RequestError>,
+) -> Duration {
+    use crate::quotas::Kind;
+    let Some(quota) = ctx.security.quota_for(principal) else {
+        return Duration::ZERO;
+    };
+    let requests = quota.requests_per_sec.map_or(Duration::ZERO, |rate| {
+        ctx.quotas.charge(principal, Kind::Requests, rate, 1)
+    });
+    let produced = match (quota.produce_bytes_per_sec, request) {
+        (Some(rate), Ok(Request::Produce(_, batch))) => {
+            ctx.quotas
+                .charge(principal, Kind::Produce, rate, batch.len() as u64)
+        }
+        _ => Duration::ZERO,
+    };
+    requests.max(produced)
 }
 
 /// SASL PLAIN's name (RFC 4616).

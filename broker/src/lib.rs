@@ -13,6 +13,7 @@ pub mod handlers;
 pub mod log;
 pub mod metrics;
 pub mod producer_ids;
+pub mod quotas;
 pub mod raft;
 pub mod server;
 pub mod storage;

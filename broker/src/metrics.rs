@@ -31,6 +31,11 @@ pub struct ApiLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuotaLabel {
+    pub quota: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub api: &'static str,
     pub code: String,
@@ -75,6 +80,9 @@ pub struct Metrics {
     pub request_seconds: Family<ApiLabel, Histogram, fn() -> Histogram>,
     pub connections: Gauge,
     pub connections_total: Counter,
+    /// Connections closed at once: their address or principal had its limit open.
+    pub connections_refused: Counter,
+    throttle_seconds: Family<QuotaLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
     pub fsyncs: Counter,
     pub fsync_seconds: Histogram,
     pub recovery_truncations: Counter,
@@ -107,6 +115,15 @@ pub fn global() -> &'static Metrics {
 }
 
 impl Metrics {
+    /// Counts time a request was held for a quota.
+    pub fn record_throttle(&self, kind: crate::quotas::Kind, held: std::time::Duration) {
+        self.throttle_seconds
+            .get_or_create(&QuotaLabel { quota: kind.name() })
+            .inc_by(held.as_secs_f64());
+    }
+}
+
+impl Metrics {
     fn new() -> Self {
         let mut r = Registry::with_prefix("rill");
         let m = Metrics {
@@ -119,6 +136,8 @@ impl Metrics {
             request_seconds: Family::new_with_constructor(latency_histogram),
             connections: Gauge::default(),
             connections_total: Counter::default(),
+            connections_refused: Counter::default(),
+            throttle_seconds: Family::default(),
             fsyncs: Counter::default(),
             fsync_seconds: latency_histogram(),
             recovery_truncations: Counter::default(),
@@ -182,6 +201,16 @@ impl Metrics {
             "connections_opened",
             "Client connections accepted",
             m.connections_total.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Connections closed on arrival or at login: their address or principal had its limit open",
+            m.connections_refused.clone(),
+        );
+        r.register(
+            "throttle_seconds",
+            "Time requests were held to keep principals within their quotas, by quota",
+            m.throttle_seconds.clone(),
         );
         r.register(
             "fsyncs",

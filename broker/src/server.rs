@@ -38,6 +38,8 @@ pub struct Context {
     pub tls: Option<Arc<crate::tls::Reloader>>,
     /// Users, their credentials and ACLs; whether clients must authenticate (`[auth]`).
     pub security: Arc<crate::auth::Security>,
+    /// Quota buckets and connection counts (the quotas themselves are in `security`).
+    pub quotas: Arc<crate::quotas::Quotas>,
 }
 
 const CLEAN_MARKER: &str = "clean-shutdown";
@@ -150,6 +152,10 @@ impl Broker {
             ),
             None => None,
         };
+        let quotas = crate::quotas::Quotas::new(
+            config.max_connections_per_ip,
+            config.max_connections_per_principal,
+        );
         Ok(Broker {
             ctx: Arc::new(Context {
                 topics,
@@ -164,6 +170,7 @@ impl Broker {
                 cluster,
                 tls,
                 security,
+                quotas,
             }),
             listener,
             _lock: lock,
@@ -286,9 +293,21 @@ async fn accept_loop(listener: &TcpListener, ctx: &Arc<Context>) {
         match accepted {
             Ok((socket, peer)) => {
                 let _ = socket.set_nodelay(true);
+                // Counted against `max_connections_per_ip` until the connection's task ends.
+                let Some(from_ip) = ctx.quotas.admit_ip(peer.ip()) else {
+                    crate::metrics::global().connections_refused.inc();
+                    tracing::warn!(%peer, limit = ctx.config.max_connections_per_ip, "connection refused: its address has its limit of connections open");
+                    drop(socket);
+                    continue;
+                };
                 match &ctx.tls {
                     None => {
-                        tracker.spawn(connection::serve(socket, peer, ctx.clone(), permit));
+                        tracker.spawn(connection::serve(
+                            socket,
+                            peer,
+                            ctx.clone(),
+                            (permit, from_ip),
+                        ));
                     }
                     Some(tls) => {
                         let (acceptor, ctx) = (tls.acceptor(), ctx.clone());
@@ -302,7 +321,7 @@ async fn accept_loop(listener: &TcpListener, ctx: &Arc<Context>) {
                                     // Encrypt a whole response frame at a time (rustls holds
                                     // 64 KiB by default): fewer, larger socket writes.
                                     stream.get_mut().1.set_buffer_limit(Some(crate::tls::BUFFER_LIMIT));
-                                    connection::serve(stream, peer, ctx, permit).await;
+                                    connection::serve(stream, peer, ctx, (permit, from_ip)).await;
                                 }
                                 Ok(Err(e)) => {
                                     tracing::warn!(%peer, error = %e, "TLS handshake failed");

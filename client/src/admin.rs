@@ -212,6 +212,22 @@ impl Admin {
         Ok(self.client.call(&ListAclsRequest { filter }).await?.0.acls)
     }
 
+    /// Sets `principal`'s quota (`*`: everyone without their own), or removes it (`None`).
+    /// Needs `alter` on the cluster.
+    pub async fn set_quota(&self, principal: &str, quota: Option<Quota>) -> Result<(), Error> {
+        let request = AlterQuotaRequest {
+            principal: principal.to_string(),
+            quota,
+        };
+        self.client.call(&request).await?;
+        Ok(())
+    }
+
+    /// Every principal's quota. Needs `describe` on the cluster.
+    pub async fn list_quotas(&self) -> Result<Vec<(String, Quota)>, Error> {
+        Ok(self.client.call(&ListQuotasRequest {}).await?.0.quotas)
+    }
+
     /// Removes a node from the cluster; refused while it holds replicas.
     pub async fn remove_node(&self, node_id: u64) -> Result<(), Error> {
         let request = rill_protocol::messages::RemoveNodeRequest { node_id };

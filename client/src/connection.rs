@@ -171,7 +171,12 @@ impl Connection {
         let first = SaslAuthenticateRequest {
             bytes: exchange.client_first().into_bytes(),
         };
+        // A refused login says why in its message; a connection limit keeps its typed code.
         let step = |e: Error| match e {
+            Error::Broker {
+                code: rill_protocol::ErrorCode::TooManyConnections,
+                ..
+            } => e,
             Error::Broker { message, .. } => failed(message),
             other => other,
         };

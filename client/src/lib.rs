@@ -52,7 +52,7 @@ pub use rill_protocol::batch::{BatchBuilder, Header, Record, RecordView, ValidBa
 pub use rill_protocol::messages::{
     AssignmentStrategy, DescribeGroupResponse, DescribeTopicResponse, GroupSummary, MemberInfo,
     MetadataResponse, NodeAddress, OffsetSpec, PartitionInfo, PartitionLag, PartitionMetadata,
-    ResetTo, TopicMetadata, TopicPartition, TopicSummary,
+    Quota, ResetTo, TopicMetadata, TopicPartition, TopicSummary,
 };
 pub use rill_protocol::scram::Mechanism as SaslMechanism;
 pub use rill_protocol::{ErrorCode, FsyncPolicy, TopicConfig};

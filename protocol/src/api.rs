@@ -37,10 +37,12 @@ pub enum ApiKey {
     CreateAcls = 28,
     DeleteAcls = 29,
     ListAcls = 30,
+    AlterQuota = 31,
+    ListQuotas = 32,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 31] = [
+    pub const ALL: [ApiKey; 33] = [
         ApiKey::ApiVersions,
         ApiKey::Produce,
         ApiKey::Fetch,
@@ -72,6 +74,8 @@ impl ApiKey {
         ApiKey::CreateAcls,
         ApiKey::DeleteAcls,
         ApiKey::ListAcls,
+        ApiKey::AlterQuota,
+        ApiKey::ListQuotas,
     ];
 
     pub fn from_u16(v: u16) -> Option<Self> {
@@ -112,6 +116,8 @@ impl ApiKey {
             ApiKey::CreateAcls => "create_acls",
             ApiKey::DeleteAcls => "delete_acls",
             ApiKey::ListAcls => "list_acls",
+            ApiKey::AlterQuota => "alter_quota",
+            ApiKey::ListQuotas => "list_quotas",
         }
     }
 

@@ -88,6 +88,10 @@ pub enum ErrorCode {
     /// The principal may not do this: no ACL allows it, one denies it, or it is for superusers
     /// (user management). The message names the operation and resource.
     NotAuthorized = 39,
+    /// The client's address, or its principal, has as many connections open as the broker
+    /// allows (`[quotas] max_connections_per_ip`, `max_connections_per_principal`). The
+    /// connection closes.
+    TooManyConnections = 40,
 }
 
 impl ErrorCode {
@@ -134,6 +138,7 @@ impl ErrorCode {
             37 => UnsupportedSaslMechanism,
             38 => IllegalSaslState,
             39 => NotAuthorized,
+            40 => TooManyConnections,
             _ => return Option::None,
         })
     }

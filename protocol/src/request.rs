@@ -41,6 +41,8 @@ pub enum Request {
     CreateAcls(CreateAclsRequest),
     DeleteAcls(DeleteAclsRequest),
     ListAcls(ListAclsRequest),
+    AlterQuota(AlterQuotaRequest),
+    ListQuotas(ListQuotasRequest),
 }
 
 /// Why a whole frame is not a request this broker can serve. The frame boundaries are intact,
@@ -128,7 +130,9 @@ impl Request {
             ListUsers,
             CreateAcls,
             DeleteAcls,
-            ListAcls
+            ListAcls,
+            AlterQuota,
+            ListQuotas
         ))
     }
 }

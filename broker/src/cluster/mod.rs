@@ -914,8 +914,15 @@ impl Cluster {
                     return;
                 }
             };
+            let user = match &change {
+                crate::auth::Change::BootstrapUser { user, .. } => user.clone(),
+                _ => String::new(),
+            };
             match self.propose(&Command::Security(change)).await {
-                Ok(()) => continue,
+                Ok(()) => {
+                    tracing::info!(user = %user, "created superuser from RILL_SUPERUSER_PASSWORD (unless the cluster had it already)");
+                    continue;
+                }
                 Err(why) => tracing::debug!(%why, "bootstrap superuser not proposed yet"),
             }
             tokio::select! {

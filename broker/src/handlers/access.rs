@@ -135,10 +135,12 @@ impl Checker {
             Request::ReassignPartition(_) | Request::RemoveNode(_) => {
                 self.require(Cluster, CLUSTER, Alter)
             }
-            Request::CreateAcls(_) | Request::DeleteAcls(_) => {
+            Request::CreateAcls(_) | Request::DeleteAcls(_) | Request::AlterQuota(_) => {
                 self.require(Cluster, CLUSTER, Alter)
             }
-            Request::ListAcls(_) => self.require(Cluster, CLUSTER, Describe),
+            Request::ListAcls(_) | Request::ListQuotas(_) => {
+                self.require(Cluster, CLUSTER, Describe)
+            }
         }
     }
 }

@@ -266,7 +266,32 @@ pub fn dispatch(ctx: &Arc<Context>, decoded: Decoded) -> BoxFuture<'static, OutF
             api,
             plain(produce::finish(produce::start(&ctx, req, batch))),
         ),
-        Request::Fetch(req) => respond(cid, api, fetch::handle(ctx, req)),
+        Request::Fetch(req) => {
+            // A fetch quota holds the answer once its size is known.
+            let limit = principal.as_ref().and_then(|p| {
+                let rate = ctx.security.quota_for(p)?.fetch_bytes_per_sec?;
+                Some((p.clone(), rate))
+            });
+            let answer = respond(cid, api, fetch::handle(ctx.clone(), req));
+            match limit {
+                None => answer,
+                Some((p, rate)) => async move {
+                    let frame = answer.await;
+                    let bytes = frame.payload.len() as u64;
+                    let hold = ctx
+                        .quotas
+                        .charge(&p, crate::quotas::Kind::Fetch, rate, bytes);
+                    if !hold.is_zero() {
+                        tokio::select! {
+                            _ = tokio::time::sleep(hold) => {}
+                            _ = ctx.shutdown.cancelled() => {}
+                        }
+                    }
+                    frame
+                }
+                .boxed(),
+            }
+        }
         Request::ListOffsets(req) => respond(cid, api, plain(offsets::handle(ctx, req))),
         Request::CreateTopic(req) => respond(cid, api, plain(topics::create(ctx, req))),
         Request::DeleteTopic(req) => respond(cid, api, plain(topics::delete(ctx, req))),
@@ -366,6 +391,12 @@ pub fn dispatch(ctx: &Arc<Context>, decoded: Decoded) -> BoxFuture<'static, OutF
             cid,
             api,
             plain(async move { Ok(security::list_acls(&ctx, req)) }),
+        ),
+        Request::AlterQuota(req) => respond(cid, api, plain(security::alter_quota(ctx, req))),
+        Request::ListQuotas(req) => respond(
+            cid,
+            api,
+            plain(async move { Ok(security::list_quotas(&ctx, req)) }),
         ),
     }
 }

@@ -9,9 +9,10 @@ use super::access::Checker;
 use crate::auth::{Change, UserError};
 use crate::server::Context;
 use rill_protocol::messages::{
-    CreateAclsRequest, CreateAclsResponse, DeleteAclsRequest, DeleteAclsResponse,
-    DeleteUserRequest, DeleteUserResponse, ListAclsRequest, ListAclsResponse, ListUsersRequest,
-    ListUsersResponse, UpsertUserRequest, UpsertUserResponse,
+    AlterQuotaRequest, AlterQuotaResponse, CreateAclsRequest, CreateAclsResponse,
+    DeleteAclsRequest, DeleteAclsResponse, DeleteUserRequest, DeleteUserResponse, ListAclsRequest,
+    ListAclsResponse, ListQuotasRequest, ListQuotasResponse, ListUsersRequest, ListUsersResponse,
+    UpsertUserRequest, UpsertUserResponse,
 };
 use std::sync::Arc;
 
@@ -97,5 +98,23 @@ pub async fn delete_acls(
 pub fn list_acls(ctx: &Context, req: ListAclsRequest) -> ListAclsResponse {
     ListAclsResponse {
         acls: ctx.security.acls(&req.filter),
+    }
+}
+
+pub async fn alter_quota(
+    ctx: Arc<Context>,
+    req: AlterQuotaRequest,
+) -> Result<AlterQuotaResponse, OpError> {
+    let change = Change::SetQuota {
+        principal: req.principal,
+        quota: req.quota,
+    };
+    make(ctx, change, None).await?;
+    Ok(AlterQuotaResponse {})
+}
+
+pub fn list_quotas(ctx: &Context, _req: ListQuotasRequest) -> ListQuotasResponse {
+    ListQuotasResponse {
+        quotas: ctx.security.quotas(),
     }
 }

@@ -111,6 +111,39 @@ enum Command {
     /// Add, remove and list access control entries (who may do what to which topic or group).
     #[command(subcommand)]
     Acl(AclCommand),
+    /// Set, remove and list per-principal rate quotas (requests over them are held back).
+    #[command(subcommand)]
+    Quota(QuotaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum QuotaCommand {
+    /// Set a principal's quota ('*': everyone without one of their own); rates not given are
+    /// unlimited. Sizes take K, M, G (powers of 1000) or Ki, Mi, Gi (powers of 1024), with or
+    /// without a B.
+    #[command(
+        after_help = "Examples:\n  rill quota set --principal analytics --produce-rate 10MiB --fetch-rate 50MiB\n  rill quota set --principal '*' --request-rate 1000"
+    )]
+    Set {
+        #[arg(long)]
+        principal: String,
+        /// Produced bytes per second.
+        #[arg(long, value_parser = parse_size, value_name = "BYTES")]
+        produce_rate: Option<u64>,
+        /// Fetched bytes per second.
+        #[arg(long, value_parser = parse_size, value_name = "BYTES")]
+        fetch_rate: Option<u64>,
+        /// Requests per second, of any kind.
+        #[arg(long, value_name = "N")]
+        request_rate: Option<u64>,
+    },
+    /// Remove a principal's quota.
+    Remove {
+        #[arg(long)]
+        principal: String,
+    },
+    /// Every quota.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -464,6 +497,90 @@ struct ConsumeArgs {
     strategy: AssignmentStrategy,
 }
 
+/// `10MB`, `5MiB`, `1.5G`, `2048`: bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("bad size {s:?}: expected e.g. 1048576, 10MB, 5MiB"))?;
+    let scale: u64 = match unit.trim().trim_end_matches(['B', 'b']) {
+        "" => 1,
+        "K" | "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => return Err(format!("bad size unit in {s:?}: use K, M, G, Ki, Mi or Gi")),
+    };
+    let bytes = n * scale as f64;
+    if !(1.0..=u64::MAX as f64).contains(&bytes) {
+        return Err(format!("size {s:?} must be at least 1 byte"));
+    }
+    Ok(bytes as u64)
+}
+
+async fn quotas(client: Client, cmd: QuotaCommand, json: bool) -> anyhow::Result<()> {
+    let admin = Admin::new(client);
+    let rate = |r: Option<u64>, unit: &str| r.map_or("-".to_string(), |r| format!("{r}{unit}"));
+    match cmd {
+        QuotaCommand::Set {
+            principal,
+            produce_rate,
+            fetch_rate,
+            request_rate,
+        } => {
+            anyhow::ensure!(
+                produce_rate.or(fetch_rate).or(request_rate).is_some(),
+                "give at least one of --produce-rate, --fetch-rate, --request-rate (rill quota remove clears a quota)"
+            );
+            let quota = rill_client::Quota {
+                produce_bytes_per_sec: produce_rate,
+                fetch_bytes_per_sec: fetch_rate,
+                requests_per_sec: request_rate,
+            };
+            admin.set_quota(&principal, Some(quota)).await?;
+            outln!(
+                "quota of {principal}: produce {} fetch {} requests {}",
+                rate(produce_rate, " B/s"),
+                rate(fetch_rate, " B/s"),
+                rate(request_rate, "/s")
+            );
+        }
+        QuotaCommand::Remove { principal } => {
+            admin.set_quota(&principal, None).await?;
+            outln!("removed the quota of {principal}");
+        }
+        QuotaCommand::List => {
+            let all = admin.list_quotas().await?;
+            if json {
+                outln!("{}", serde_json::to_string(&all)?);
+            } else {
+                outln!(
+                    "{:<24} {:>16} {:>16} {:>12}",
+                    "PRINCIPAL",
+                    "PRODUCE B/S",
+                    "FETCH B/S",
+                    "REQUESTS/S"
+                );
+                for (p, q) in all {
+                    outln!(
+                        "{:<24} {:>16} {:>16} {:>12}",
+                        p,
+                        rate(q.produce_bytes_per_sec, ""),
+                        rate(q.fetch_bytes_per_sec, ""),
+                        rate(q.requests_per_sec, "")
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = number
@@ -653,6 +770,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Group(cmd) => group(client, cmd, cli.json).await,
         Command::User(cmd) => user(client, cmd, cli.json).await,
         Command::Acl(cmd) => acls(client, cmd, cli.json).await,
+        Command::Quota(cmd) => quotas(client, cmd, cli.json).await,
         Command::Cluster(ClusterCommand::Status) => {
             cluster_status(client, cli.client_config(), cli.json).await
         }

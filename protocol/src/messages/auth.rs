@@ -139,3 +139,45 @@ impl Message for ListAclsRequest {
     const API_KEY: ApiKey = ApiKey::ListAcls;
     type Response = ListAclsResponse;
 }
+
+/// A principal's limits, each per second over all its connections (`None`: no limit). A
+/// request over them is not refused: its answer is held back, and its connection reads
+/// nothing more, until the rate is back under the limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    /// Record-batch bytes produced.
+    pub produce_bytes_per_sec: Option<u64>,
+    /// Record-batch bytes fetched.
+    pub fetch_bytes_per_sec: Option<u64>,
+    /// Requests of any kind.
+    pub requests_per_sec: Option<u64>,
+}
+
+/// Sets a principal's quota (`*`: every principal without one of its own), or removes it
+/// (`quota: None`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlterQuotaRequest {
+    pub principal: String,
+    pub quota: Option<Quota>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlterQuotaResponse {}
+
+impl Message for AlterQuotaRequest {
+    const API_KEY: ApiKey = ApiKey::AlterQuota;
+    type Response = AlterQuotaResponse;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListQuotasRequest {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListQuotasResponse {
+    pub quotas: Vec<(String, Quota)>,
+}
+
+impl Message for ListQuotasRequest {
+    const API_KEY: ApiKey = ApiKey::ListQuotas;
+    type Response = ListQuotasResponse;
+}

@@ -14,9 +14,10 @@ mod topics;
 mod versions;
 
 pub use auth::{
-    CreateAclsRequest, CreateAclsResponse, DeleteAclsRequest, DeleteAclsResponse,
-    DeleteUserRequest, DeleteUserResponse, ListAclsRequest, ListAclsResponse, ListUsersRequest,
-    ListUsersResponse, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
+    AlterQuotaRequest, AlterQuotaResponse, CreateAclsRequest, CreateAclsResponse,
+    DeleteAclsRequest, DeleteAclsResponse, DeleteUserRequest, DeleteUserResponse, ListAclsRequest,
+    ListAclsResponse, ListQuotasRequest, ListQuotasResponse, ListUsersRequest, ListUsersResponse,
+    Quota, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
     SaslHandshakeResponse, UpsertUserRequest, UpsertUserResponse, UserSummary,
 };
 pub use fetch::{FetchRequest, FetchRequestV0, FetchResponse};
@@ -210,6 +211,11 @@ mod round_trip {
             round_trip(DeleteAclsResponse { removed: p });
             round_trip(ListAclsRequest { filter: crate::acl::AclFilter { principal: Some(g.clone()), resource: Some(crate::acl::ResourceType::Topic), name: None } });
             round_trip(ListAclsResponse { acls: vec![acl] });
+            let quota = Quota { produce_bytes_per_sec: Some(o), fetch_bytes_per_sec: None, requests_per_sec: Some(u64::from(p)) };
+            round_trip(AlterQuotaRequest { principal: g.clone(), quota: Some(quota) });
+            round_trip(AlterQuotaResponse {});
+            round_trip(ListQuotasRequest {});
+            round_trip(ListQuotasResponse { quotas: vec![(g.clone(), quota)] });
             prop_assert_eq!(strategy.to_string().parse::<AssignmentStrategy>(), Ok(strategy));
         }
 
