@@ -25,6 +25,7 @@ impl Spawned {
     pub fn start(
         path: Option<PathBuf>,
         extra: &[String],
+        env: &[(&str, &str)],
         nodes: usize,
         tls: bool,
     ) -> anyhow::Result<Spawned> {
@@ -80,7 +81,8 @@ impl Spawned {
             ])
             .arg(&data)
             .args(extra)
-            .args(&tls_args);
+            .args(&tls_args)
+            .envs(env.iter().copied());
             if let Some(port) = cluster_ports.get(node) {
                 cmd.args(["--node-id", &(node + 1).to_string()])
                     .args(["--cluster-listen", &format!("127.0.0.1:{port}")])

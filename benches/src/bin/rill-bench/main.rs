@@ -37,6 +37,11 @@ enum Scenario {
     /// --groups consumer groups of two members each join, then heartbeat every 3 s for
     /// --duration seconds (default 30); reports heartbeat latency.
     Groups,
+    /// The latency scenario twice in one run, as an authenticated principal without a quota:
+    /// alone, then beside a principal with a produce quota of --quota-rate bytes/s that
+    /// produces as fast as it is let; reports both, their ratios, and the rate the quota held
+    /// the other principal to (spawns a broker with authentication).
+    Quota,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -148,6 +153,9 @@ struct Cli {
     /// For groups: connections the members share.
     #[arg(long, default_value_t = 128)]
     group_connections: usize,
+    /// For quota: the produce quota of the heavy principal, bytes per second.
+    #[arg(long, default_value_t = 20_000_000)]
+    quota_rate: u64,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
@@ -196,14 +204,37 @@ struct Summary {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // The quota scenario needs principals: its broker authenticates, with "bench" as its
+    // superuser.
+    let quota = cli.scenario == Scenario::Quota;
+    let (auth_args, auth_env): (Vec<String>, Vec<(&str, &str)>) = match quota {
+        true => (
+            ["--auth", "--superuser", "bench"]
+                .map(String::from)
+                .to_vec(),
+            vec![("RILL_SUPERUSER_PASSWORD", BENCH_PASSWORD)],
+        ),
+        false => (Vec::new(), Vec::new()),
+    };
+    anyhow::ensure!(
+        !quota || (cli.spawn_broker && cli.cluster.is_none()),
+        "the quota scenario starts its own single broker: give --spawn-broker"
+    );
     let spawned = match (cli.spawn_broker, cli.cluster) {
         (_, Some(nodes)) => Some(broker::Spawned::start(
             cli.rilld.clone(),
             &[],
+            &[],
             nodes,
             cli.tls,
         )?),
-        (true, None) => Some(broker::Spawned::start(cli.rilld.clone(), &[], 1, cli.tls)?),
+        (true, None) => Some(broker::Spawned::start(
+            cli.rilld.clone(),
+            &auth_args,
+            &auth_env,
+            1,
+            cli.tls,
+        )?),
         (false, None) => None,
     };
     let addr = spawned
@@ -219,6 +250,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .or(cli.tls_ca.clone());
     let client_config = rill_client::ClientConfig {
         tls: ca.map(rill_client::TlsSettings::new),
+        sasl: quota.then(|| rill_client::SaslSettings::scram("bench", BENCH_PASSWORD)),
         ..rill_client::ClientConfig::default()
     };
     let client = Client::connect_with(&addr, client_config.clone())
@@ -370,6 +402,77 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 latency_kind: "heartbeat round trip",
             });
         }
+        Scenario::Quota => {
+            let heavy_topic = format!("bench-{run_id}-heavy");
+            admin
+                .create_topic(&heavy_topic, 1, rill_client::TopicConfig::default())
+                .await?;
+            admin.create_user("heavy", BENCH_PASSWORD).await?;
+            let write = rill_client::acl::Acl {
+                principal: "heavy".into(),
+                resource: rill_client::acl::ResourceType::Topic,
+                pattern: rill_client::acl::PatternType::Literal,
+                name: heavy_topic.clone(),
+                operation: rill_client::acl::Operation::Write,
+                permission: rill_client::acl::Permission::Allow,
+            };
+            admin.create_acls(vec![write]).await?;
+            let limit = rill_client::Quota {
+                produce_bytes_per_sec: Some(cli.quota_rate),
+                ..rill_client::Quota::default()
+            };
+            admin.set_quota("heavy", Some(limit)).await?;
+            for beside in [false, true] {
+                let mut params = params.clone();
+                let heavy = if beside {
+                    // Fresh topics: the reader starts at the beginning.
+                    params.targets =
+                        create_targets(&admin, &cli, &format!("bench-{run_id}-beside")).await?;
+                    let config = rill_client::ClientConfig {
+                        sasl: Some(rill_client::SaslSettings::scram("heavy", BENCH_PASSWORD)),
+                        ..params.client.clone()
+                    };
+                    let batch = scenarios::heavy_batch(cli.message_size, cli.batch);
+                    Some(scenarios::Heavy::start(&addr, config, heavy_topic.clone(), batch).await?)
+                } else {
+                    None
+                };
+                let timer = Instant::now();
+                let (produced, consumed) = scenarios::latency(&params, progress.clone()).await?;
+                let elapsed = timer.elapsed();
+                if let Some(h) = heavy {
+                    let (bytes, steady) = h.stop().await?;
+                    let rate = |(b, t): (u64, Duration)| b as f64 / t.as_secs_f64().max(1e-9);
+                    extra.push(("quota_bytes_per_sec", cli.quota_rate as f64));
+                    extra.push(("heavy_bytes_per_sec", rate(bytes)));
+                    extra.push(("heavy_steady_bytes_per_sec", rate(steady)));
+                    extra.push((
+                        "heavy_steady_over_quota",
+                        rate(steady) / cli.quota_rate as f64,
+                    ));
+                }
+                // The measured principal's produce acknowledgements, beside the end-to-end
+                // latency the summary shows.
+                if let Some(ack) = stats::percentiles(produced.ack_micros.clone()) {
+                    let us = |d: Duration| d.as_secs_f64() * 1e6;
+                    let (p50, p99) = match beside {
+                        false => ("alone_ack_p50_us", "alone_ack_p99_us"),
+                        true => ("beside_ack_p50_us", "beside_ack_p99_us"),
+                    };
+                    extra.push((p50, us(ack.p50)));
+                    extra.push((p99, us(ack.p99)));
+                }
+                scenarios::verify(produced.messages, produced.checksum, &consumed)?;
+                summaries.push(Summary {
+                    phase: if beside { "beside quota" } else { "alone" },
+                    messages: consumed.messages,
+                    elapsed,
+                    latency: stats::percentiles(consumed.e2e_micros),
+                    latency_kind: "end to end",
+                });
+            }
+            latency_ratios(&summaries, &mut extra);
+        }
         Scenario::Hostile => {
             for abused in [false, true] {
                 let mut params = params.clone();
@@ -410,20 +513,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     latency_kind: "end to end",
                 });
             }
-            if let [
-                Summary {
-                    latency: Some(a), ..
-                },
-                Summary {
-                    latency: Some(b), ..
-                },
-            ] = &summaries[..]
-            {
-                let ratio = |x: Duration, y: Duration| y.as_secs_f64() / x.as_secs_f64().max(1e-9);
-                extra.push(("p50_ratio", ratio(a.p50, b.p50)));
-                extra.push(("p99_ratio", ratio(a.p99, b.p99)));
-                extra.push(("p999_ratio", ratio(a.p999, b.p999)));
-            }
+            latency_ratios(&summaries, &mut extra);
         }
     }
     finish(
@@ -436,6 +526,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         reporter,
     )
 }
+
+/// The second phase's latency percentiles over the first's.
+fn latency_ratios(summaries: &[Summary], extra: &mut Vec<(&str, f64)>) {
+    if let [
+        Summary {
+            latency: Some(a), ..
+        },
+        Summary {
+            latency: Some(b), ..
+        },
+    ] = summaries
+    {
+        let ratio = |x: Duration, y: Duration| y.as_secs_f64() / x.as_secs_f64().max(1e-9);
+        extra.push(("p50_ratio", ratio(a.p50, b.p50)));
+        extra.push(("p99_ratio", ratio(a.p99, b.p99)));
+        extra.push(("p999_ratio", ratio(a.p999, b.p999)));
+    }
+}
+
+/// The password of the quota scenario's principals (a broker spawned for the run).
+const BENCH_PASSWORD: &str = "bench-secret";
 
 /// Creates the benchmark topics `{prefix}-{i}`; returns every (topic, partition).
 async fn create_targets(

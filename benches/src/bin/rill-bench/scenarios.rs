@@ -667,6 +667,91 @@ impl Abuse {
     }
 }
 
+/// One batch of `count` records of `size` bytes, what the heavy principal sends again and again.
+pub fn heavy_batch(size: usize, count: usize) -> bytes::Bytes {
+    let mut b = BatchBuilder::with_capacity(count * (size + 8));
+    let value = vec![0x5a; size];
+    for _ in 0..count {
+        b.push(None, &value, &[], now_ms());
+    }
+    b.finish()
+}
+
+/// A principal producing one batch over and over, 8 in flight, as fast as its quota lets it,
+/// on its own runtime (so its client work does not slow the measured one's).
+pub struct Heavy {
+    runtime: tokio::runtime::Runtime,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<(u64, Instant, u64, Instant)>>,
+    started: Instant,
+}
+
+/// What the heavy producer's rate is judged over: after this much time, once its first
+/// second's burst is spent.
+const HEAVY_WARMUP: Duration = Duration::from_secs(2);
+
+impl Heavy {
+    pub async fn start(
+        addr: &str,
+        config: rill_client::ClientConfig,
+        topic: String,
+        batch: bytes::Bytes,
+    ) -> anyhow::Result<Heavy> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("rill-bench-heavy")
+            .enable_all()
+            .build()?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let client = {
+            let addr = addr.to_string();
+            runtime
+                .spawn(async move { Client::connect_with(&addr, config).await })
+                .await??
+        };
+        let started = Instant::now();
+        let task = runtime.spawn(async move {
+            let mut pending = FuturesUnordered::new();
+            let (mut bytes, mut warm_bytes, mut warm_at) = (0u64, 0u64, None);
+            let len = batch.len() as u64;
+            loop {
+                while pending.len() < 8 && !*stopped.borrow() {
+                    let ack = client.send_batch(&topic, 0, batch.clone()).await?;
+                    pending.push(ack);
+                }
+                let Some(ack) = pending.next().await else {
+                    break;
+                };
+                ack?;
+                bytes += len;
+                if warm_at.is_none() && started.elapsed() >= HEAVY_WARMUP {
+                    (warm_bytes, warm_at) = (bytes, Some(Instant::now()));
+                }
+            }
+            let end = Instant::now();
+            anyhow::Ok((bytes, end, warm_bytes, warm_at.unwrap_or(end)))
+        });
+        Ok(Heavy {
+            runtime,
+            stop,
+            task,
+            started,
+        })
+    }
+
+    /// Stops sending and waits for what is in flight; returns the bytes acknowledged and over
+    /// how long, overall and after the warm-up.
+    pub async fn stop(self) -> anyhow::Result<((u64, Duration), (u64, Duration))> {
+        self.stop.send_replace(true);
+        let (bytes, end, warm_bytes, warm_at) = self.task.await??;
+        self.runtime.shutdown_background();
+        Ok((
+            (bytes, end - self.started),
+            (bytes - warm_bytes, end - warm_at),
+        ))
+    }
+}
+
 /// What the group-coordination scenario measured.
 #[derive(Debug, Default)]
 pub struct Heartbeats {
