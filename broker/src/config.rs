@@ -129,6 +129,11 @@ pub const MAX_NODE_ID: u64 = (1 << 18) - 1;
 pub struct ClusterConfig {
     /// This node's id: unique in the cluster, never reused for another machine's data.
     pub node_id: u64,
+    /// PEM file with the CA that signs every node's certificate. Set: node-to-node traffic is
+    /// mutual TLS, each node presenting its `[tls]` certificate, which must name the address
+    /// the other nodes reach it at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
     /// Address for node-to-node traffic (Raft), apart from the client listener.
     pub listen: SocketAddr,
     /// Every node of the cluster at start, this one included: node id -> cluster address.
@@ -433,6 +438,10 @@ pub struct Args {
     /// Every node of the cluster, this one included: 1=ADDR,2=ADDR,... (cluster addresses).
     #[arg(long, value_name = "PEERS", value_parser = parse_peers, requires = "node_id")]
     pub peers: Option<std::collections::BTreeMap<u64, String>>,
+    /// CA (PEM) signing every node's certificate: node-to-node traffic becomes mutual TLS with
+    /// the --tls-cert certificate.
+    #[arg(long, value_name = "FILE", requires = "node_id")]
+    pub cluster_tls_ca: Option<PathBuf>,
     /// PEM certificate (chain) for TLS on the client listener (with --tls-key).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -524,6 +533,7 @@ impl Config {
                 node_id,
                 listen,
                 peers,
+                tls_ca: old.as_ref().and_then(|c| c.tls_ca.clone()),
                 heartbeat_ms: old
                     .as_ref()
                     .map_or(default_heartbeat_ms(), |c| c.heartbeat_ms),
@@ -542,6 +552,9 @@ impl Config {
         }
         if let (Some(ms), Some(c)) = (args.leader_rebalance_ms, config.cluster.as_mut()) {
             c.leader_rebalance_ms = ms;
+        }
+        if let (Some(ca), Some(c)) = (args.cluster_tls_ca.clone(), config.cluster.as_mut()) {
+            c.tls_ca = Some(ca);
         }
         if let (Some(cert), Some(key)) = (args.tls_cert.clone(), args.tls_key.clone()) {
             let client_ca = args
@@ -646,12 +659,30 @@ impl Config {
     /// Refuses a listener off loopback that anyone reaching it could use without credentials,
     /// unless `allow_anonymous` says that is meant.
     fn check_exposure(&self) -> Result<(), ConfigError> {
-        if self.allow_anonymous || (self.tls.is_some() && self.auth.enabled) {
+        if let Some(c) = &self.cluster
+            && c.tls_ca.is_some()
+            && self.tls.is_none()
+        {
+            return Err(ConfigError::Invalid(
+                "cluster TLS (tls_ca, --cluster-tls-ca) needs this node's certificate and key in [tls] (--tls-cert, --tls-key)".into(),
+            ));
+        }
+        if self.allow_anonymous {
             return Ok(());
         }
-        let mut exposed = vec![("client listener", self.listen)];
-        if let Some(c) = &self.cluster {
-            exposed.push(("cluster listener", c.listen));
+        // The cluster listener is protected by mutual TLS between the nodes, whatever the
+        // client listener has.
+        if let Some(c) = &self.cluster
+            && c.tls_ca.is_none()
+            && !c.listen.ip().is_loopback()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "refusing to serve the cluster listener on {} without TLS between the nodes: \
+                 anyone who reaches it could join the cluster or read its data. Give every \
+                 node a certificate (--tls-cert, --tls-key) and the CA that signs them \
+                 (--cluster-tls-ca), bind a loopback address, or pass --allow-anonymous",
+                c.listen
+            )));
         }
         if let Ok(Some(addr)) = self.metrics_addr()
             && !addr.ip().is_loopback()
@@ -663,16 +694,18 @@ impl Config {
                  a loopback address, or pass --allow-anonymous"
             )));
         }
-        for (what, addr) in exposed {
-            if !addr.ip().is_loopback() {
-                return Err(ConfigError::Invalid(format!(
-                    "refusing to serve the {what} on {addr} without TLS and authentication: \
-                     anyone who reaches it could read, write and delete every topic and group. \
-                     configure [tls] and [auth] (--tls-cert, --tls-key, --auth), bind a \
-                     loopback address, or pass --allow-anonymous (allow_anonymous = true) to \
-                     accept anonymous access knowingly"
-                )));
-            }
+        if self.tls.is_some() && self.auth.enabled {
+            return Ok(());
+        }
+        let addr = self.listen;
+        if !addr.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "refusing to serve the client listener on {addr} without TLS and authentication: \
+                 anyone who reaches it could read, write and delete every topic and group. \
+                 configure [tls] and [auth] (--tls-cert, --tls-key, --auth), bind a \
+                 loopback address, or pass --allow-anonymous (allow_anonymous = true) to \
+                 accept anonymous access knowingly"
+            )));
         }
         Ok(())
     }
@@ -841,8 +874,25 @@ mod tests {
         );
         let e = err(&["--metrics-basic-auth", "nopassword"]);
         assert!(e.contains("USER:PASSWORD"), "{e}");
+        // The cluster listener needs TLS between the nodes, whatever the client listener has.
+        let cluster = [
+            "--node-id",
+            "1",
+            "--cluster-listen",
+            "0.0.0.0:7180",
+            "--peers",
+            "1=10.0.0.1:7180",
+        ];
+        let e = err(&cluster);
+        assert!(
+            e.contains("cluster listener") && e.contains("--cluster-tls-ca"),
+            "{e}"
+        );
+        let e = err(&[&cluster[..], &["--cluster-tls-ca", "ca.pem"]].concat());
+        assert!(e.contains("needs this node's certificate"), "{e}");
         for ok in [
             &["--listen", "0.0.0.0:7171", "--allow-anonymous"][..],
+            &[&cluster[..], &["--allow-anonymous"]].concat(),
             &[
                 "--metrics-listen",
                 "0.0.0.0:7172",

@@ -99,8 +99,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
     println!("rilld listening on {addr}, data in {}", data.display());
     tracing::info!(%addr, data_dir = %data.display(), "listening");
     tokio::spawn(signals(shutdown));
-    if let Some(tls) = broker.context().tls.clone() {
-        tokio::spawn(reload_on_hangup(tls));
+    let reloaders: Vec<_> = [
+        broker.context().tls.clone(),
+        broker
+            .context()
+            .cluster_tls
+            .as_ref()
+            .map(|t| t.acceptor.clone()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !reloaders.is_empty() {
+        tokio::spawn(reload_on_hangup(reloaders));
     }
     let served = broker.serve().await;
     if let Some(http) = http {
@@ -109,18 +120,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
     served
 }
 
-/// SIGHUP: read the TLS certificate and key again; new connections get them.
-async fn reload_on_hangup(tls: Arc<rill_broker::tls::Reloader>) {
+/// SIGHUP: read the TLS certificates and keys again (the client listener's, which /metrics
+/// shares, and the cluster listener's); new connections get them.
+async fn reload_on_hangup(reloaders: Vec<Arc<rill_broker::tls::Reloader>>) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hangup) = signal(SignalKind::hangup()) else {
         tracing::error!("cannot install the SIGHUP handler; certificates reload only on restart");
         return;
     };
     while hangup.recv().await.is_some() {
-        match tls.reload() {
-            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "SIGHUP: TLS reload failed; still serving the previous certificate")
+        for tls in &reloaders {
+            match tls.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "SIGHUP: TLS reload failed; still serving the previous certificate")
+                }
             }
         }
     }

@@ -36,6 +36,8 @@ pub struct Context {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// TLS on the client listener (`[tls]`), its certificate replaced on SIGHUP.
     pub tls: Option<Arc<crate::tls::Reloader>>,
+    /// TLS between the nodes of a cluster (`[cluster] tls_ca`), also reloaded on SIGHUP.
+    pub cluster_tls: Option<Arc<crate::tls::ClusterTls>>,
     /// Users, their credentials and ACLs; whether clients must authenticate (`[auth]`).
     pub security: Arc<crate::auth::Security>,
     /// Quota buckets and connection counts (the quotas themselves are in `security`).
@@ -139,6 +141,13 @@ impl Broker {
             );
         }
         tracing::info!(topics = topics.list().len(), clean, "storage ready");
+        let cluster_tls = match (&config.cluster, &config.tls) {
+            (Some(c), Some(identity)) => match &c.tls_ca {
+                Some(ca) => Some(Arc::new(crate::tls::ClusterTls::new(identity, ca)?)),
+                None => None,
+            },
+            _ => None,
+        };
         let cluster = match config.cluster.clone() {
             Some(c) => Some(
                 crate::cluster::Cluster::start(
@@ -147,6 +156,7 @@ impl Broker {
                     &config.data_dir,
                     config.log_config(),
                     security.clone(),
+                    cluster_tls.clone(),
                 )
                 .await?,
             ),
@@ -169,6 +179,7 @@ impl Broker {
                 shutdown,
                 cluster,
                 tls,
+                cluster_tls,
                 security,
                 quotas,
             }),

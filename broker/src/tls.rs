@@ -1,5 +1,6 @@
-//! TLS on the client listener: the server's rustls configuration, read from PEM files and
-//! replaced on SIGHUP without a restart (ARCHITECTURE.md, "Security").
+//! TLS on the client listener and between the nodes of a cluster: rustls configurations read
+//! from PEM files, the servers' replaced on SIGHUP without a restart (ARCHITECTURE.md,
+//! "Security").
 
 use crate::config::TlsConfig;
 use std::path::Path;
@@ -101,6 +102,56 @@ fn server_config(settings: &TlsConfig) -> anyhow::Result<ServerConfig> {
             settings.key.display()
         )
     })
+}
+
+/// TLS between the nodes of a cluster (`[cluster] tls_ca`): mutual, every node presenting the
+/// `[tls]` certificate both when it accepts and when it connects, and trusting only
+/// certificates signed by the cluster's CA.
+#[derive(Debug)]
+pub struct ClusterTls {
+    /// The cluster listener's side (client certificates required, against the cluster CA);
+    /// SIGHUP reloads it with the client listener's.
+    pub acceptor: Arc<Reloader>,
+    identity: TlsConfig,
+}
+
+impl ClusterTls {
+    pub fn new(identity: &TlsConfig, ca: &Path) -> anyhow::Result<ClusterTls> {
+        let identity = TlsConfig {
+            cert: identity.cert.clone(),
+            key: identity.key.clone(),
+            client_ca: Some(ca.to_path_buf()),
+        };
+        Ok(ClusterTls {
+            acceptor: Arc::new(Reloader::new(identity.clone())?),
+            identity,
+        })
+    }
+
+    /// The connecting side, from the files as they are now (each new connection to a peer
+    /// reads them, so rotated certificates are used from the next reconnection).
+    pub fn connector(&self) -> anyhow::Result<tokio_rustls::TlsConnector> {
+        let ca = self.identity.client_ca.as_deref().unwrap_or(Path::new(""));
+        let mut roots = RootCertStore::empty();
+        for cert in read_certs(ca)? {
+            roots
+                .add(cert)
+                .map_err(|e| anyhow::anyhow!("bad CA certificate in {}: {e}", ca.display()))?;
+        }
+        let key = PrivateKeyDer::from_pem_file(&self.identity.key).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read a private key from {}: {e}",
+                self.identity.key.display()
+            )
+        })?;
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| anyhow::anyhow!("TLS: {e}"))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(read_certs(&self.identity.cert)?, key)
+            .map_err(|e| anyhow::anyhow!("node certificate: {e}"))?;
+        Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+    }
 }
 
 /// The principal a verified client certificate names: its subject's common name (CN), or, if

@@ -450,6 +450,93 @@ async fn a_client_certificate_is_a_principal_and_plain_is_offered_only_over_tls(
     Client::connect_with(&addr, scram).await.unwrap();
 }
 
+/// A cluster whose nodes talk mutual TLS (`--cluster-tls-ca`): it forms, replicates and serves
+/// clients; a peer without a certificate of the cluster's CA is refused at the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_nodes_talk_mutual_tls_and_refuse_strangers() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path();
+    let ca = Ca::new(pki, "cluster-ca");
+    // One certificate for every node here (they all live at 127.0.0.1): it names the address
+    // and serves both as the server's and as the connecting client's.
+    let mut params =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "rill-node");
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
+    let (cert_file, key_file) = (pki.join("node.pem"), pki.join("node.key"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    std::fs::create_dir(pki.join("nodes")).unwrap();
+    let cluster = rill_e2e::Cluster::start(
+        &pki.join("nodes"),
+        3,
+        &[
+            "--tls-cert",
+            cert_file.to_str().unwrap(),
+            "--tls-key",
+            key_file.to_str().unwrap(),
+            "--cluster-tls-ca",
+            ca.pem.to_str().unwrap(),
+        ],
+    );
+    for node in &cluster.nodes {
+        assert!(node.log().contains("tls=true"), "{}", node.log());
+    }
+    let client = Client::connect_with(&cluster.addrs(), config(TlsSettings::new(&ca.pem)))
+        .await
+        .unwrap();
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic("replicated", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    // Replicated to three nodes over TLS: the write commits only once a majority holds it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = admin.metadata(&["replicated"]).await.unwrap();
+        let p = m.topics.first().and_then(|t| t.partitions.first()).cloned();
+        if p.as_ref()
+            .is_some_and(|p| p.leader.is_some() && p.replicas.len() == 3)
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no leader: {m:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    round_trip(&client, "replicated", "over node-to-node TLS").await;
+
+    // A stranger on the cluster port: plaintext gets nowhere, and the node says why.
+    let mut stranger = tokio::net::TcpStream::connect(&cluster.cluster_addrs[0])
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stranger
+        .write_all(&[
+            0, 0, 0, 16, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+        ])
+        .await
+        .unwrap();
+    // All it gets back before the close is, at most, a TLS alert record (type 21).
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), stranger.read_to_end(&mut answer))
+        .await
+        .expect("the node closes the connection");
+    assert!(
+        answer.is_empty() || (answer[0] == 21 && answer.len() <= 7),
+        "{read:?} {answer:?}"
+    );
+    cluster.nodes[0]
+        .wait_for_log("cluster TLS handshake failed", 1)
+        .await;
+}
+
 /// Story: an operator points rilld at every interface without thinking about who can reach it.
 /// It refuses, saying why and what to do; `--allow-anonymous` is the explicit way through, and
 /// it is logged at warn on every start.

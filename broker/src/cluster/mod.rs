@@ -543,6 +543,7 @@ impl Cluster {
         data_dir: &std::path::Path,
         log_config: LogConfig,
         security: Arc<crate::auth::Security>,
+        tls: Option<Arc<crate::tls::ClusterTls>>,
     ) -> anyhow::Result<Arc<Cluster>> {
         let raft_config = raft::raft_config(config.timing()).map_err(anyhow::Error::msg)?;
         let dir = data_dir.join("cluster").join("metadata");
@@ -594,7 +595,10 @@ impl Cluster {
                 .unwrap_or_else(|| config.listen.to_string()),
             client_addr: client_addr.to_string(),
         };
-        let (peers, router) = (Peers::with_routes(config.peers.clone()), Router::default());
+        let (peers, router) = (
+            Peers::with_routes(config.peers.clone(), tls.clone()),
+            Router::default(),
+        );
         router.spawn_heartbeats(Duration::from_millis(config.heartbeat_ms));
         // No record of having joined: a new node, or one whose data was lost. Until the peers
         // tell which, its groups abstain from voting (see `Cluster::rejoin`).
@@ -631,8 +635,9 @@ impl Cluster {
         router.set_service(Arc::new(Service {
             cluster: Arc::downgrade(&cluster),
         }));
-        tokio::spawn(crate::raft::net::serve(listener, router));
-        tracing::info!(node = cluster.node_id, cluster_listen = %cluster.config.listen, "cluster node started");
+        let encrypted = tls.is_some();
+        tokio::spawn(crate::raft::net::serve(listener, router, tls));
+        tracing::info!(node = cluster.node_id, cluster_listen = %cluster.config.listen, tls = encrypted, "cluster node started");
         Ok(cluster)
     }
 

@@ -383,9 +383,28 @@ async fn read_frame<R: AsyncReadExt + Unpin>(
     Ok(Some((correlation, body)))
 }
 
+/// A connection's halves: a TCP socket's own, or a TLS stream's (`[cluster] tls_ca`).
+type Halves = (
+    Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+    Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+);
+
+fn halves<S>(stream: S) -> Halves
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (r, w) = tokio::io::split(stream);
+    (Box::new(r), Box::new(w))
+}
+
+fn tcp_halves(stream: TcpStream) -> Halves {
+    let (r, w) = stream.into_split();
+    (Box::new(r), Box::new(w))
+}
+
 /// Writes queued frames, flushing whenever the queue runs dry.
 async fn write_frames(
-    stream: tokio::net::tcp::OwnedWriteHalf,
+    stream: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
 ) {
     let mut w = BufWriter::with_capacity(64 << 10, stream);
@@ -405,7 +424,12 @@ async fn write_frames(
 }
 
 /// Accepts peers' connections and answers their RPCs from `router` until the listener fails.
-pub async fn serve(listener: TcpListener, router: Router) {
+/// With `tls`, a peer must finish a TLS handshake with a certificate of the cluster's CA first.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<Arc<crate::tls::ClusterTls>>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -416,9 +440,25 @@ pub async fn serve(listener: TcpListener, router: Router) {
             }
         };
         let _ = stream.set_nodelay(true);
-        let router = router.clone();
+        let (router, tls) = (router.clone(), tls.clone());
         tokio::spawn(async move {
-            let (read, write) = stream.into_split();
+            let (read, write) = match tls {
+                None => tcp_halves(stream),
+                Some(tls) => {
+                    let accept = tls.acceptor.acceptor().accept(stream);
+                    match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, accept).await {
+                        Ok(Ok(s)) => halves(s),
+                        Ok(Err(e)) => {
+                            tracing::warn!(%peer, error = %e, "cluster TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::warn!(%peer, "cluster TLS handshake not finished within 10 s; closed");
+                            return;
+                        }
+                    }
+                }
+            };
             let (tx, rx) = mpsc::unbounded_channel();
             tokio::spawn(write_frames(write, rx));
             let mut read = BufReader::with_capacity(64 << 10, read);
@@ -474,14 +514,16 @@ impl Conn {
 #[derive(Debug)]
 pub struct Peer {
     addr: String,
+    tls: Option<Arc<crate::tls::ClusterTls>>,
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
     next: AtomicU64,
 }
 
 impl Peer {
-    pub fn new(addr: String) -> Self {
+    pub fn new(addr: String, tls: Option<Arc<crate::tls::ClusterTls>>) -> Self {
         Peer {
             addr,
+            tls,
             conn: tokio::sync::Mutex::new(None),
             next: AtomicU64::new(1),
         }
@@ -501,7 +543,30 @@ impl Peer {
                 )
             })??;
         let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
+        let (read, write) = match &self.tls {
+            None => tcp_halves(stream),
+            Some(tls) => {
+                let connector = tls.connector().map_err(std::io::Error::other)?;
+                // The peer's certificate must name the host this node reaches it at.
+                let host = self
+                    .addr
+                    .rsplit_once(':')
+                    .map_or(self.addr.as_str(), |(h, _)| h)
+                    .trim_matches(['[', ']']);
+                let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_string())
+                    .map_err(|e| std::io::Error::other(format!("peer address {host}: {e}")))?;
+                let connect = connector.connect(name, stream);
+                let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+                    .await
+                    .map_err(|_| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("TLS handshake with {}", self.addr),
+                        )
+                    })??;
+                halves(stream)
+            }
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let conn = Arc::new(Conn {
             tx,
@@ -640,13 +705,19 @@ pub struct Peers {
     /// address a node advertises, for networks where nodes see each other at different
     /// addresses (NAT, proxies, a test's cuttable links).
     routes: Arc<std::collections::BTreeMap<u64, String>>,
+    /// TLS to every peer, when the cluster has it.
+    tls: Option<Arc<crate::tls::ClusterTls>>,
 }
 
 impl Peers {
-    pub fn with_routes(routes: std::collections::BTreeMap<u64, String>) -> Peers {
+    pub fn with_routes(
+        routes: std::collections::BTreeMap<u64, String>,
+        tls: Option<Arc<crate::tls::ClusterTls>>,
+    ) -> Peers {
         Peers {
             peers: Arc::default(),
             routes: Arc::new(routes),
+            tls,
         }
     }
 
@@ -657,9 +728,9 @@ impl Peers {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         let peer = peers
             .entry(id)
-            .or_insert_with(|| Arc::new(Peer::new(addr.to_string())));
+            .or_insert_with(|| Arc::new(Peer::new(addr.to_string(), self.tls.clone())));
         if peer.addr != addr {
-            *peer = Arc::new(Peer::new(addr.to_string()));
+            *peer = Arc::new(Peer::new(addr.to_string(), self.tls.clone()));
         }
         peer.clone()
     }

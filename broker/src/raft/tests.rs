@@ -53,7 +53,7 @@ async fn node(id: u64, l: tokio::net::TcpListener, cfg: LogConfig) -> Node {
     )
     .await
     .unwrap();
-    tokio::spawn(net::serve(l, router));
+    tokio::spawn(net::serve(l, router, None));
     Node {
         id,
         log,
