@@ -228,3 +228,71 @@ async fn guessing_passwords_is_slowed() {
     );
     eprintln!("six wrong guesses took {guessing:?}");
 }
+
+/// The SCRAM exchange spoken by hand: a client-final message cut short, and one replayed from
+/// an exchange that succeeded on another connection, are both refused (the proof, the nonce)
+/// and logged; the honest exchange on a fresh connection succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_and_replayed_scram_messages_are_refused() {
+    use rill_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
+    use rill_protocol::scram::ClientExchange;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = auth_broker(dir.path());
+    let addr = broker.addr().to_string();
+    const NONCE: &str = "fixed-client-nonce-for-the-replay";
+    // One exchange up to the client-final message, on a fresh connection with no SASL
+    // settings: the client's own handshake is not in the way.
+    let begin = || async {
+        let c = Client::connect(&addr).await.unwrap();
+        c.call(&SaslHandshakeRequest {
+            mechanism: "SCRAM-SHA-256".into(),
+        })
+        .await
+        .unwrap();
+        let mut exchange =
+            ClientExchange::new(SaslMechanism::ScramSha256, "admin", "admin-secret", NONCE);
+        let first = SaslAuthenticateRequest {
+            bytes: exchange.client_first().into_bytes(),
+        };
+        let server_first = c.call(&first).await.unwrap().0.bytes;
+        let last = exchange.client_final(&server_first).unwrap();
+        (c, last)
+    };
+    let send = |c: Client, message: String| async move {
+        c.call(&SaslAuthenticateRequest {
+            bytes: message.into_bytes(),
+        })
+        .await
+        .map(|(r, _)| r)
+    };
+    let refused = |r: Result<rill_protocol::messages::SaslAuthenticateResponse, Error>| {
+        matches!(
+            r,
+            Err(Error::Broker {
+                code: ErrorCode::AuthenticationFailed,
+                ..
+            })
+        )
+    };
+
+    // Cut short: the proof is incomplete.
+    let (c, last) = begin().await;
+    let cut = last[..last.len() - 12].to_string();
+    assert!(refused(send(c, cut).await));
+
+    // The honest exchange succeeds and names the principal.
+    let (c, honest) = begin().await;
+    let done = send(c, honest.clone()).await.unwrap();
+    assert_eq!(done.principal.as_deref(), Some("admin"));
+
+    // Replayed on another connection: the broker's nonce differs there, so the old message
+    // does not continue this exchange.
+    let (c, _fresh) = begin().await;
+    assert!(refused(send(c, honest).await));
+    broker.wait_for_log("authentication failed", 2).await;
+    let log = broker.log();
+    assert!(
+        log.contains("the nonce does not continue this exchange"),
+        "{log}"
+    );
+}

@@ -402,6 +402,17 @@ fn tcp_halves(stream: TcpStream) -> Halves {
     (Box::new(r), Box::new(w))
 }
 
+/// `io` unless it takes longer than `limit`, then a `TimedOut` error saying what timed out.
+async fn within<T>(
+    limit: Duration,
+    io: impl std::future::Future<Output = std::io::Result<T>>,
+    what: impl FnOnce() -> String,
+) -> std::io::Result<T> {
+    tokio::time::timeout(limit, io)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, what()))?
+}
+
 /// Writes queued frames, flushing whenever the queue runs dry.
 async fn write_frames(
     stream: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
@@ -534,14 +545,10 @@ impl Peer {
         if let Some(c) = slot.as_ref().filter(|c| c.usable()) {
             return Ok(c.clone());
         }
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("connecting to {}", self.addr),
-                )
-            })??;
+        let stream = within(CONNECT_TIMEOUT, TcpStream::connect(&self.addr), || {
+            format!("connecting to {}", self.addr)
+        })
+        .await?;
         let _ = stream.set_nodelay(true);
         let (read, write) = match &self.tls {
             None => tcp_halves(stream),
@@ -556,15 +563,12 @@ impl Peer {
                 let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_string())
                     .map_err(|e| std::io::Error::other(format!("peer address {host}: {e}")))?;
                 let connect = connector.connect(name, stream);
-                let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-                    .await
-                    .map_err(|_| {
-                        std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            format!("TLS handshake with {}", self.addr),
-                        )
-                    })??;
-                halves(stream)
+                halves(
+                    within(CONNECT_TIMEOUT, connect, || {
+                        format!("TLS handshake with {}", self.addr)
+                    })
+                    .await?,
+                )
             }
         };
         let (tx, rx) = mpsc::unbounded_channel();
