@@ -338,8 +338,15 @@ impl Security {
                 acls.iter()
                     .try_for_each(Acl::validate)
                     .map_err(UserError::Invalid)?;
-                let mut next = SecurityState::clone(&self.read());
-                Ok(next.apply(change))
+                // What applying it would count: the distinct entries it adds or removes.
+                let state = self.read();
+                let distinct: BTreeSet<&Acl> = acls.iter().collect();
+                let adding = matches!(change, Change::AddAcls(_));
+                let n = distinct
+                    .into_iter()
+                    .filter(|a| state.acls.contains(*a) != adding)
+                    .count();
+                Ok(u32::try_from(n).unwrap_or(u32::MAX))
             }
         }
     }

@@ -178,7 +178,13 @@ pub async fn serve<S: Split>(
                                                     principal_slot = Some(held);
                                                     principal = Some(p);
                                                 }
-                                                Err(out) => refused = Some(out(cid)),
+                                                Err(why) => {
+                                                    refused = Some(frame::encode_error_response(
+                                                        cid,
+                                                        ErrorCode::TooManyConnections,
+                                                        &why,
+                                                    ))
+                                                }
                                             }
                                         }
                                         match refused {
@@ -348,15 +354,13 @@ pub async fn serve<S: Split>(
 }
 
 /// Counts a connection that authenticated as `principal` against its connection limit, and
-/// logs it; refused (with the answer to send, given its correlation id) when the principal has
-/// its limit open.
-#[allow(clippy::type_complexity)]
+/// logs it; refused, with the reason for the client, when the principal has its limit open.
 fn log_in(
     ctx: &Context,
     peer: SocketAddr,
     principal: &Arc<str>,
     how: &'static str,
-) -> Result<crate::quotas::Held, Box<dyn FnOnce(u32) -> OutFrame + Send>> {
+) -> Result<crate::quotas::Held, String> {
     match ctx.quotas.admit_principal(principal) {
         Some(held) => {
             tracing::info!(%peer, principal = %principal, "{how}");
@@ -366,12 +370,9 @@ fn log_in(
             crate::metrics::global().connections_refused.inc();
             let limit = ctx.config.max_connections_per_principal;
             tracing::warn!(%peer, principal = %principal, limit, "connection refused: the principal has its limit of connections open");
-            let message = format!(
+            Err(format!(
                 "{principal} has {limit} connections open, the most allowed (max_connections_per_principal)"
-            );
-            Err(Box::new(move |cid| {
-                frame::encode_error_response(cid, ErrorCode::TooManyConnections, &message)
-            }))
+            ))
         }
     }
 }

@@ -370,6 +370,41 @@ pub fn rill(broker: Option<&str>, args: &[&str], stdin: &str) -> std::process::O
     rill_with_env(broker, args, stdin, &[])
 }
 
+/// A broker that authenticates (`--auth`, plus `extra` flags), its superuser "admin" made
+/// from RILL_SUPERUSER_PASSWORD "admin-secret".
+pub fn auth_broker(data_dir: &Path, extra: &[&str]) -> Broker {
+    let mut args = vec!["--auth", "--superuser", "admin"];
+    args.extend_from_slice(extra);
+    Broker::start_with_env(
+        data_dir,
+        &args,
+        &[("RILL_SUPERUSER_PASSWORD", "admin-secret")],
+    )
+}
+
+/// A client that logs in as `user` with SCRAM `mechanism`, and fails at once instead of
+/// retrying (refusals are what these tests look at).
+pub fn scram(
+    user: &str,
+    password: &str,
+    mechanism: rill_client::SaslMechanism,
+) -> rill_client::ClientConfig {
+    rill_client::ClientConfig {
+        sasl: Some(rill_client::SaslSettings {
+            mechanism,
+            user: user.into(),
+            password: password.into(),
+        }),
+        retry_timeout: Duration::ZERO,
+        ..rill_client::ClientConfig::default()
+    }
+}
+
+/// [`scram`] with SCRAM-SHA-256.
+pub fn as_user(user: &str, password: &str) -> rill_client::ClientConfig {
+    scram(user, password, rill_client::SaslMechanism::ScramSha256)
+}
+
 /// [`rill`] with these environment variables set.
 pub fn rill_with_env(
     broker: Option<&str>,

@@ -7,27 +7,14 @@
 use futures::future::BoxFuture;
 use rill_client::acl::{Acl, CLUSTER, Operation, PatternType, Permission, ResourceType};
 use rill_client::{
-    Admin, Client, ClientConfig, Error, ErrorCode, Producer, ProducerConfig, ProducerRecord,
-    SaslMechanism, SaslSettings, TopicConfig,
+    Admin, Client, Error, ErrorCode, Producer, ProducerConfig, ProducerRecord, TopicConfig,
 };
-use rill_e2e::{Broker, rill_with_env};
+use rill_e2e::{as_user, auth_broker, rill_with_env};
 use rill_protocol::messages::{
     AssignmentStrategy, CreateAclsRequest, DescribeGroupRequest, FetchRequest, InitProducerRequest,
     JoinGroupRequest, ListAclsRequest, ResetTo,
 };
 use std::time::Duration;
-
-fn as_user(user: &str, password: &str) -> ClientConfig {
-    ClientConfig {
-        sasl: Some(SaslSettings {
-            mechanism: SaslMechanism::ScramSha256,
-            user: user.into(),
-            password: password.into(),
-        }),
-        retry_timeout: Duration::ZERO,
-        ..ClientConfig::default()
-    }
-}
 
 fn code(r: &Result<(), Error>) -> Option<ErrorCode> {
     match r {
@@ -81,11 +68,7 @@ async fn user(admin: &Admin, addr: &str, name: &str) -> Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_operation_on_each_resource_is_allowed_or_refused_by_the_acls() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start_with_env(
-        &dir.path().join("data"),
-        &["--auth", "--superuser", "admin"],
-        &[("RILL_SUPERUSER_PASSWORD", "admin-secret")],
-    );
+    let broker = auth_broker(&dir.path().join("data"), &[]);
     let addr = broker.addr().to_string();
     let su = Client::connect_with(&addr, as_user("admin", "admin-secret"))
         .await
@@ -403,11 +386,7 @@ async fn each_operation_on_each_resource_is_allowed_or_refused_by_the_acls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_principal_may_not_describe_is_invisible_and_members_belong_to_who_joined() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start_with_env(
-        &dir.path().join("data"),
-        &["--auth", "--superuser", "admin"],
-        &[("RILL_SUPERUSER_PASSWORD", "admin-secret")],
-    );
+    let broker = auth_broker(&dir.path().join("data"), &[]);
     let addr = broker.addr().to_string();
     let su = Client::connect_with(&addr, as_user("admin", "admin-secret"))
         .await
@@ -552,11 +531,7 @@ async fn what_a_principal_may_not_describe_is_invisible_and_members_belong_to_wh
 #[test]
 fn rill_acl_adds_lists_and_removes_entries() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start_with_env(
-        &dir.path().join("data"),
-        &["--auth", "--superuser", "admin"],
-        &[("RILL_SUPERUSER_PASSWORD", "admin-secret")],
-    );
+    let broker = auth_broker(&dir.path().join("data"), &[]);
     let addr = broker.addr().to_string();
     let env = [("RILL_PASSWORD", "admin-secret")];
     let rill = |args: &[&str]| {

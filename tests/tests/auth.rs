@@ -5,31 +5,10 @@
 
 use rill_client::{
     Admin, Client, ClientConfig, Error, ErrorCode, PartitionReader, Producer, ProducerConfig,
-    ProducerRecord, SaslMechanism, SaslSettings, StartOffset, TopicConfig,
+    ProducerRecord, SaslMechanism, StartOffset, TopicConfig,
 };
-use rill_e2e::{Broker, rill_with_env};
+use rill_e2e::{auth_broker, rill_with_env, scram};
 use std::time::{Duration, Instant};
-
-fn as_user(user: &str, password: &str, mechanism: SaslMechanism) -> ClientConfig {
-    ClientConfig {
-        sasl: Some(SaslSettings {
-            mechanism,
-            user: user.into(),
-            password: password.into(),
-        }),
-        retry_timeout: Duration::ZERO,
-        ..ClientConfig::default()
-    }
-}
-
-/// A broker that authenticates, its superuser "admin" made from RILL_SUPERUSER_PASSWORD.
-fn auth_broker(dir: &std::path::Path) -> Broker {
-    Broker::start_with_env(
-        &dir.join("data"),
-        &["--auth", "--superuser", "admin"],
-        &[("RILL_SUPERUSER_PASSWORD", "admin-secret")],
-    )
-}
 
 fn broker_code(e: &Error) -> Option<ErrorCode> {
     match e {
@@ -44,7 +23,7 @@ fn broker_code(e: &Error) -> Option<ErrorCode> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_users_work_and_everyone_else_is_refused_and_logged() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = auth_broker(dir.path());
+    let broker = auth_broker(&dir.path().join("data"), &[]);
     let addr = broker.addr().to_string();
     assert!(
         broker
@@ -54,7 +33,7 @@ async fn scram_users_work_and_everyone_else_is_refused_and_logged() {
 
     let admin = Client::connect_with(
         &addr,
-        as_user("admin", "admin-secret", SaslMechanism::ScramSha512),
+        scram("admin", "admin-secret", SaslMechanism::ScramSha512),
     )
     .await
     .unwrap();
@@ -87,12 +66,9 @@ async fn scram_users_work_and_everyone_else_is_refused_and_logged() {
     assert_eq!(names, [("admin", true), ("billing", false)]);
 
     // The service, with SCRAM-SHA-256: produces and reads back.
-    let billing = Client::connect_with(
-        &addr,
-        as_user("billing", "b1ll", SaslMechanism::ScramSha256),
-    )
-    .await
-    .unwrap();
+    let billing = Client::connect_with(&addr, scram("billing", "b1ll", SaslMechanism::ScramSha256))
+        .await
+        .unwrap();
     let producer = Producer::new(billing.clone(), ProducerConfig::default());
     let stored = producer
         .send(ProducerRecord::new("invoices", "inv-1"))
@@ -115,7 +91,7 @@ async fn scram_users_work_and_everyone_else_is_refused_and_logged() {
 
     // A wrong password and an unknown user: the same refusal, logged.
     for (user, password) in [("billing", "guess"), ("nobody", "b1ll")] {
-        let e = Client::connect_with(&addr, as_user(user, password, SaslMechanism::ScramSha512))
+        let e = Client::connect_with(&addr, scram(user, password, SaslMechanism::ScramSha512))
             .await
             .unwrap_err()
             .to_string();
@@ -200,7 +176,7 @@ async fn scram_users_work_and_everyone_else_is_refused_and_logged() {
     broker.restart();
     let again = Client::connect_with(
         broker.addr(),
-        as_user("reports", "r3ports", SaslMechanism::ScramSha512),
+        scram("reports", "r3ports", SaslMechanism::ScramSha512),
     )
     .await;
     assert!(again.is_ok(), "{:?}", again.err());
@@ -212,12 +188,12 @@ async fn scram_users_work_and_everyone_else_is_refused_and_logged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guessing_passwords_is_slowed() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = auth_broker(dir.path());
+    let broker = auth_broker(&dir.path().join("data"), &[]);
     let addr = broker.addr().to_string();
     let started = Instant::now();
     for _ in 0..6 {
-        let e = Client::connect_with(&addr, as_user("admin", "guess", SaslMechanism::ScramSha512))
-            .await;
+        let e =
+            Client::connect_with(&addr, scram("admin", "guess", SaslMechanism::ScramSha512)).await;
         assert!(e.is_err());
     }
     let guessing = started.elapsed();
@@ -237,7 +213,7 @@ async fn truncated_and_replayed_scram_messages_are_refused() {
     use rill_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
     use rill_protocol::scram::ClientExchange;
     let dir = tempfile::tempdir().unwrap();
-    let broker = auth_broker(dir.path());
+    let broker = auth_broker(&dir.path().join("data"), &[]);
     let addr = broker.addr().to_string();
     const NONCE: &str = "fixed-client-nonce-for-the-replay";
     // One exchange up to the client-final message, on a fresh connection with no SASL

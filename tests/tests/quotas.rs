@@ -5,24 +5,9 @@
 
 use bytes::Bytes;
 use rill_client::acl::{Acl, Operation, PatternType, Permission, ResourceType};
-use rill_client::{
-    Admin, BatchBuilder, Client, ClientConfig, Error, ErrorCode, Quota, SaslMechanism,
-    SaslSettings, TopicConfig,
-};
-use rill_e2e::{Broker, http_get, rill_with_env};
+use rill_client::{Admin, BatchBuilder, Client, Error, ErrorCode, Quota, TopicConfig};
+use rill_e2e::{Broker, as_user, auth_broker, http_get, rill_with_env};
 use std::time::{Duration, Instant};
-
-fn as_user(user: &str, password: &str) -> ClientConfig {
-    ClientConfig {
-        sasl: Some(SaslSettings {
-            mechanism: SaslMechanism::ScramSha256,
-            user: user.into(),
-            password: password.into(),
-        }),
-        retry_timeout: Duration::ZERO,
-        ..ClientConfig::default()
-    }
-}
 
 fn batch(bytes: usize) -> Bytes {
     let mut b = BatchBuilder::with_capacity(bytes + 128);
@@ -33,18 +18,14 @@ fn batch(bytes: usize) -> Bytes {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_producer_over_its_quota_is_held_to_it_and_connections_are_limited() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start_with_env(
+    let broker = auth_broker(
         &dir.path().join("data"),
         &[
-            "--auth",
-            "--superuser",
-            "admin",
             "--max-connections-per-principal",
             "2",
             "--max-connections-per-ip",
             "6",
         ],
-        &[("RILL_SUPERUSER_PASSWORD", "admin-secret")],
     );
     let addr = broker.addr().to_string();
     let su = Client::connect_with(&addr, as_user("admin", "admin-secret"))

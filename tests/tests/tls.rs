@@ -292,7 +292,7 @@ async fn mutual_tls_refuses_clients_without_a_trusted_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_certificate_is_a_principal_and_plain_is_offered_only_over_tls() {
     use rill_client::acl::{Acl, Operation, PatternType, Permission, ResourceType};
-    use rill_client::{Error, ErrorCode, SaslMechanism, SaslSettings};
+    use rill_client::{Error, ErrorCode};
     use rill_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path();
@@ -365,18 +365,14 @@ async fn a_client_certificate_is_a_principal_and_plain_is_offered_only_over_tls(
     drop(broker);
 
     // TLS without client certificates: PLAIN is offered and checks the stored keys.
-    let broker = Broker::start_with_env(
+    let broker = rill_e2e::auth_broker(
         &pki.join("data2"),
         &[
             "--tls-cert",
             cert.to_str().unwrap(),
             "--tls-key",
             key.to_str().unwrap(),
-            "--auth",
-            "--superuser",
-            "admin",
         ],
-        &[("RILL_SUPERUSER_PASSWORD", "admin-secret")],
     );
     let addr = broker.addr().to_string();
     let plain = |message: &str| SaslAuthenticateRequest {
@@ -422,11 +418,7 @@ async fn a_client_certificate_is_a_principal_and_plain_is_offered_only_over_tls(
     drop(broker);
 
     // Plaintext: PLAIN is refused with the reason, SCRAM still works.
-    let broker = Broker::start_with_env(
-        &pki.join("data3"),
-        &["--auth", "--superuser", "admin"],
-        &[("RILL_SUPERUSER_PASSWORD", "admin-secret")],
-    );
+    let broker = rill_e2e::auth_broker(&pki.join("data3"), &[]);
     let addr = broker.addr().to_string();
     let c = Client::connect(&addr).await.unwrap();
     let e = c
@@ -439,15 +431,9 @@ async fn a_client_certificate_is_a_principal_and_plain_is_offered_only_over_tls(
         matches!(&e, Error::Broker { code: ErrorCode::UnsupportedSaslMechanism, message, .. } if message.contains("only over TLS")),
         "{e}"
     );
-    let scram = ClientConfig {
-        sasl: Some(SaslSettings {
-            mechanism: SaslMechanism::ScramSha256,
-            user: "admin".into(),
-            password: "admin-secret".into(),
-        }),
-        ..ClientConfig::default()
-    };
-    Client::connect_with(&addr, scram).await.unwrap();
+    Client::connect_with(&addr, rill_e2e::as_user("admin", "admin-secret"))
+        .await
+        .unwrap();
 }
 
 /// A cluster whose nodes talk mutual TLS (`--cluster-tls-ca`): it forms, replicates and serves
