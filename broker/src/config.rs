@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7171";
 /// Where `/metrics` and `/health` are served by default.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:7172";
+/// Where Kafka clients are served by default: Kafka's own port.
+pub const DEFAULT_KAFKA_LISTEN: &str = "127.0.0.1:9092";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -49,6 +51,12 @@ pub struct Config {
     pub log_format: String,
     /// Address of the HTTP endpoint serving /metrics (Prometheus) and /health, or "off".
     pub metrics_listen: String,
+    /// Address of the Kafka-protocol listener, or "off".
+    pub kafka_listen: String,
+    /// `host:port` that Kafka clients are told to connect to (Metadata); absent: the bound
+    /// address (a wildcard bind advertises the host name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka_advertise: Option<String>,
     /// Serve /metrics and /health over TLS, with the `[tls]` certificate.
     pub metrics_tls: bool,
     /// `user:password` that /metrics requires (HTTP basic authentication; /health stays open
@@ -259,6 +267,18 @@ pub struct StorageConfig {
     pub producer_id_expiration_ms: u64,
 }
 
+/// A listener setting: `host:port`, or `off` (or empty) for none.
+fn listen_or_off(setting: &str, value: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    match value {
+        "off" | "" => Ok(None),
+        addr => addr.parse().map(Some).map_err(|_| {
+            ConfigError::Invalid(format!(
+                "{setting} must be host:port or \"off\", got {addr:?}"
+            ))
+        }),
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -278,6 +298,8 @@ impl Default for Config {
             log_level: "info".into(),
             log_format: "text".into(),
             metrics_listen: DEFAULT_METRICS_LISTEN.into(),
+            kafka_listen: DEFAULT_KAFKA_LISTEN.into(),
+            kafka_advertise: None,
             metrics_tls: false,
             metrics_basic_auth: None,
             storage: StorageConfig::default(),
@@ -405,6 +427,12 @@ pub struct Args {
     /// HTTP address for /metrics and /health, or "off" [default: 127.0.0.1:7172].
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+    /// Address for Kafka clients (Kafka's wire protocol), or "off" [default: 127.0.0.1:9092].
+    #[arg(long, value_name = "ADDR")]
+    pub kafka_listen: Option<String>,
+    /// HOST:PORT Kafka clients are told to connect to [default: the --kafka-listen address].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub kafka_advertise: Option<String>,
     /// Serve /metrics and /health over TLS with the --tls-cert certificate.
     #[arg(long)]
     pub metrics_tls: bool,
@@ -520,6 +548,7 @@ impl Config {
             log_level => config.log_level,
             log_format => config.log_format,
             metrics_listen => config.metrics_listen,
+            kafka_listen => config.kafka_listen,
             group_initial_rebalance_delay_ms => config.groups.initial_rebalance_delay_ms,
             max_groups => config.groups.max_groups,
             max_group_members => config.groups.max_members,
@@ -578,6 +607,9 @@ impl Config {
             config.metrics_basic_auth = Some(auth);
         }
         config.test_write_rate = args.test_write_rate;
+        if let Some(a) = args.kafka_advertise.clone() {
+            config.kafka_advertise = Some(a);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -607,6 +639,7 @@ impl Config {
             )));
         }
         self.metrics_addr()?;
+        self.kafka_addr()?;
         if self.metrics_tls && self.tls.is_none() {
             return Err(ConfigError::Invalid(
                 "metrics_tls needs a certificate: set [tls] cert and key (or --tls-cert, --tls-key)"
@@ -697,29 +730,32 @@ impl Config {
         if self.tls.is_some() && self.auth.enabled {
             return Ok(());
         }
-        let addr = self.listen;
-        if !addr.ip().is_loopback() {
-            return Err(ConfigError::Invalid(format!(
-                "refusing to serve the client listener on {addr} without TLS and authentication: \
-                 anyone who reaches it could read, write and delete every topic and group. \
-                 configure [tls] and [auth] (--tls-cert, --tls-key, --auth), bind a \
-                 loopback address, or pass --allow-anonymous (allow_anonymous = true) to \
-                 accept anonymous access knowingly"
-            )));
+        let listeners = [
+            Some(("client listener", self.listen)),
+            self.kafka_addr()?.map(|a| ("Kafka listener", a)),
+        ];
+        for (what, addr) in listeners.into_iter().flatten() {
+            if !addr.ip().is_loopback() {
+                return Err(ConfigError::Invalid(format!(
+                    "refusing to serve the {what} on {addr} without TLS and authentication: \
+                     anyone who reaches it could read, write and delete every topic and group. \
+                     configure [tls] and [auth] (--tls-cert, --tls-key, --auth), bind a \
+                     loopback address, or pass --allow-anonymous (allow_anonymous = true) to \
+                     accept anonymous access knowingly"
+                )));
+            }
         }
         Ok(())
     }
 
+    /// The Kafka listener's address, or `None` when it is off.
+    pub fn kafka_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        listen_or_off("kafka_listen", &self.kafka_listen)
+    }
+
     /// The metrics endpoint's address, or `None` when it is off.
     pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
-        match self.metrics_listen.as_str() {
-            "off" | "" => Ok(None),
-            addr => addr.parse().map(Some).map_err(|_| {
-                ConfigError::Invalid(format!(
-                    "metrics_listen must be host:port or \"off\", got {addr:?}"
-                ))
-            }),
-        }
+        listen_or_off("metrics_listen", &self.metrics_listen)
     }
 
     pub fn log_config(&self) -> LogConfig {
@@ -858,6 +894,15 @@ mod tests {
             e.contains("0.0.0.0:7171") && e.contains("--allow-anonymous"),
             "{e}"
         );
+        let e = err(&["--kafka-listen", "0.0.0.0:9092"]);
+        assert!(
+            e.contains("Kafka listener on 0.0.0.0:9092") && e.contains("--allow-anonymous"),
+            "{e}"
+        );
+        let e = err(&["--kafka-listen", "localhost"]);
+        assert!(e.contains("kafka_listen must be host:port"), "{e}");
+        let off = Config::load(&args(&["--kafka-listen", "off"])).unwrap();
+        assert_eq!(off.kafka_addr().unwrap(), None);
         let e = err(&["--metrics-listen", "0.0.0.0:7172"]);
         assert!(
             e.contains("/metrics") && e.contains("metrics_basic_auth"),

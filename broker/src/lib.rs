@@ -10,6 +10,7 @@ pub mod config;
 pub mod connection;
 pub mod groups;
 pub mod handlers;
+pub mod kafka;
 pub mod log;
 pub mod metrics;
 pub mod producer_ids;

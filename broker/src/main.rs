@@ -95,6 +95,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let addr = broker.local_addr()?;
     let data = std::fs::canonicalize(broker.data_dir())
         .unwrap_or_else(|_| broker.data_dir().to_path_buf());
+    if let Some(kafka) = broker.kafka_addr() {
+        println!("rilld kafka listening on {kafka}");
+        tracing::info!(addr = %kafka, "Kafka listener listening");
+    }
     // A stable line on stdout that scripts and the end-to-end tests wait for.
     println!("rilld listening on {addr}, data in {}", data.display());
     tracing::info!(%addr, data_dir = %data.display(), "listening");

@@ -52,7 +52,16 @@ const LOCK_FILE: &str = "lock";
 pub struct Broker {
     ctx: Arc<Context>,
     listener: TcpListener,
+    /// The Kafka listener and what it advertises, unless it is off.
+    kafka: Option<(TcpListener, Arc<crate::kafka::Listener>)>,
     _lock: fs::File,
+}
+
+/// Which protocol a listener speaks.
+#[derive(Debug, Clone)]
+enum Protocol {
+    Rill,
+    Kafka(Arc<crate::kafka::Listener>),
 }
 
 impl Broker {
@@ -126,6 +135,26 @@ impl Broker {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        let kafka = match config.kafka_addr()? {
+            Some(_) if config.auth.enabled => {
+                tracing::warn!(
+                    "Kafka listener off: --auth is on and SASL on the Kafka listener is not built yet \
+                     (set kafka_listen = \"off\" to silence this)"
+                );
+                None
+            }
+            Some(addr) => {
+                let l = TcpListener::bind(addr).await.map_err(|e| {
+                    anyhow::anyhow!("cannot listen for Kafka clients on {addr}: {e} (kafka_listen; \"off\" disables it)")
+                })?;
+                let advertised = crate::kafka::Listener::new(
+                    l.local_addr()?,
+                    config.kafka_advertise.as_deref(),
+                )?;
+                Some((l, Arc::new(advertised)))
+            }
+            None => None,
+        };
         if config.allow_anonymous {
             tracing::warn!(
                 listen = %config.listen,
@@ -184,6 +213,7 @@ impl Broker {
                 quotas,
             }),
             listener,
+            kafka,
             _lock: lock,
         })
     }
@@ -197,6 +227,11 @@ impl Broker {
         self.listener.local_addr()
     }
 
+    /// Where the Kafka listener is bound, unless it is off.
+    pub fn kafka_addr(&self) -> Option<SocketAddr> {
+        self.kafka.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.ctx.config.data_dir
     }
@@ -206,6 +241,7 @@ impl Broker {
         let Broker {
             ctx,
             listener,
+            kafka,
             _lock,
         } = self;
         let ticker = tokio::spawn(group_timer(ctx.clone()));
@@ -214,7 +250,12 @@ impl Broker {
             .cluster
             .clone()
             .map(|c| tokio::spawn(c.run(ctx.clone())));
-        accept_loop(&listener, &ctx).await;
+        let kafka_loop = async {
+            if let Some((l, advertised)) = &kafka {
+                accept_loop(l, &ctx, Protocol::Kafka(advertised.clone())).await;
+            }
+        };
+        tokio::join!(accept_loop(&listener, &ctx, Protocol::Rill), kafka_loop);
         if let Some(cluster) = cluster {
             // Raft groups stop before the logs under them close.
             let _ = cluster.await;
@@ -222,6 +263,7 @@ impl Broker {
         let _ = ticker.await;
         let _ = retention.await;
         drop(listener);
+        drop(kafka);
         let dir = ctx.config.data_dir.clone();
         let healthy = tokio::task::spawn_blocking(move || {
             let healthy = ctx.topics.close() & ctx.groups.close();
@@ -289,7 +331,7 @@ async fn retention_timer(ctx: Arc<Context>) {
     }
 }
 
-async fn accept_loop(listener: &TcpListener, ctx: &Arc<Context>) {
+async fn accept_loop(listener: &TcpListener, ctx: &Arc<Context>, protocol: Protocol) {
     let connections = Arc::new(Semaphore::new(ctx.config.max_connections));
     let tracker = TaskTracker::new();
     loop {
@@ -313,15 +355,17 @@ async fn accept_loop(listener: &TcpListener, ctx: &Arc<Context>) {
                 };
                 match &ctx.tls {
                     None => {
-                        tracker.spawn(connection::serve(
+                        tracker.spawn(serve(
                             socket,
                             peer,
                             ctx.clone(),
                             (permit, from_ip),
+                            protocol.clone(),
                         ));
                     }
                     Some(tls) => {
-                        let (acceptor, ctx) = (tls.acceptor(), ctx.clone());
+                        let (acceptor, ctx, protocol) =
+                            (tls.acceptor(), ctx.clone(), protocol.clone());
                         tracker.spawn(async move {
                             let handshake = tokio::time::timeout(
                                 crate::tls::HANDSHAKE_TIMEOUT,
@@ -332,7 +376,7 @@ async fn accept_loop(listener: &TcpListener, ctx: &Arc<Context>) {
                                     // Encrypt a whole response frame at a time (rustls holds
                                     // 64 KiB by default): fewer, larger socket writes.
                                     stream.get_mut().1.set_buffer_limit(Some(crate::tls::BUFFER_LIMIT));
-                                    connection::serve(stream, peer, ctx, (permit, from_ip)).await;
+                                    serve(stream, peer, ctx, (permit, from_ip), protocol).await;
                                 }
                                 Ok(Err(e)) => {
                                     tracing::warn!(%peer, error = %e, "TLS handshake failed");
@@ -358,6 +402,20 @@ async fn accept_loop(listener: &TcpListener, ctx: &Arc<Context>) {
     );
     tracker.close();
     tracker.wait().await;
+}
+
+/// Serves one connection in its listener's protocol.
+async fn serve<S: connection::Split>(
+    socket: S,
+    peer: SocketAddr,
+    ctx: Arc<Context>,
+    slot: (tokio::sync::OwnedSemaphorePermit, crate::quotas::Held),
+    protocol: Protocol,
+) {
+    match protocol {
+        Protocol::Rill => connection::serve(socket, peer, ctx, slot).await,
+        Protocol::Kafka(l) => crate::kafka::connection::serve(socket, peer, ctx, l, slot).await,
+    }
 }
 
 pub(crate) fn lock_data_dir(dir: &Path) -> anyhow::Result<fs::File> {

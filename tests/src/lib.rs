@@ -128,6 +128,8 @@ pub fn fixed_addr() -> String {
 pub struct Broker {
     child: Option<Child>,
     addr: String,
+    /// The Kafka listener's address, when it is on.
+    kafka: Option<String>,
     metrics: String,
     data_dir: PathBuf,
     log: PathBuf,
@@ -153,6 +155,10 @@ impl Broker {
     /// [`Broker::start`] with these environment variables set for rilld.
     pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Broker {
         let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        // Kafka's port is one per machine: each broker gets its own (kept across restarts).
+        if !extra.contains(&"--kafka-listen") {
+            args.extend(["--kafka-listen".into(), fixed_addr()]);
+        }
         if !extra.contains(&"--group-initial-rebalance-delay-ms") {
             args.extend(["--group-initial-rebalance-delay-ms".into(), "0".into()]);
         }
@@ -199,6 +205,7 @@ impl Broker {
             }
         });
         let mut metrics = String::new();
+        let mut kafka = None;
         let addr = loop {
             let line = match rx.recv_timeout(START_TIMEOUT) {
                 Ok(line) => line,
@@ -214,6 +221,8 @@ impl Broker {
             if let Some(m) = line.strip_prefix("rilld metrics listening on ") {
                 metrics = m.to_string();
                 during_recovery(&metrics);
+            } else if let Some(k) = line.strip_prefix("rilld kafka listening on ") {
+                kafka = Some(k.to_string());
             } else if let Some(rest) = line.strip_prefix("rilld listening on ") {
                 break rest.split(',').next().unwrap_or_default().to_string();
             } else {
@@ -223,6 +232,7 @@ impl Broker {
         Broker {
             child: Some(child),
             addr,
+            kafka,
             metrics,
             data_dir: data_dir.to_path_buf(),
             log,
@@ -252,6 +262,11 @@ impl Broker {
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+    }
+
+    /// Address of the Kafka listener (`None` when it is off).
+    pub fn kafka_addr(&self) -> Option<&str> {
+        self.kafka.as_deref()
     }
 
     /// Address of the HTTP endpoint with /metrics and /health.

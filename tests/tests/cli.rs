@@ -161,6 +161,9 @@ fn defaults_need_no_flags() {
     assert_eq!(line.trim_end(), "rilld metrics listening on 127.0.0.1:7172");
     line.clear();
     std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line.trim_end(), "rilld kafka listening on 127.0.0.1:9092");
+    line.clear();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
     assert!(
         line.starts_with("rilld listening on 127.0.0.1:7171, data in "),
         "{line}"

@@ -12,10 +12,10 @@ pub use fetch::max_bytes as fetch_bytes;
 pub(crate) mod groups;
 mod metadata;
 mod offsets;
-mod produce;
+pub(crate) mod produce;
 mod producers;
 mod security;
-mod topics;
+pub(crate) mod topics;
 
 use crate::groups::coordinator::GroupError;
 use crate::log::producers::SequenceError;

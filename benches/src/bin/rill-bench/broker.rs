@@ -75,6 +75,8 @@ impl Spawned {
                 "127.0.0.1:0",
                 "--metrics-listen",
                 "off",
+                "--kafka-listen",
+                "off",
                 "--log-level",
                 "warn",
                 "--data-dir",
