@@ -76,6 +76,10 @@ pub struct ProducerConfig {
     /// transactions): a new instance with the same name fences the older one, whose writes
     /// then fail with `ProducerFenced`. Without a name each producer gets a fresh id.
     pub producer_name: Option<String>,
+    /// Compress each batch's records (Kafka's `compression.type`): gzip, snappy, lz4 or zstd,
+    /// or none (the default). The broker checks a compressed batch by decompressing it, then
+    /// stores and serves it as sent; readers decompress.
+    pub compression: batch::compression::Compression,
 }
 
 impl Default for ProducerConfig {
@@ -89,6 +93,7 @@ impl Default for ProducerConfig {
             delivery_timeout: Duration::from_secs(120),
             idempotent: true,
             producer_name: None,
+            compression: batch::compression::Compression::None,
         }
     }
 }
@@ -928,7 +933,17 @@ impl PartitionSender {
             return Err(Error::Closed);
         };
         batch::seal(&mut buf, producer);
-        let bytes = buf.freeze();
+        // Compressed once, when first sealed; a batch sealed again (a new producer epoch)
+        // keeps its compressed records.
+        let codec = self.common.config.compression;
+        let plain = batch::BatchHeader::parse(&buf).is_ok_and(|h| h.compression() == 0);
+        let bytes = match codec {
+            batch::compression::Compression::None => buf.freeze(),
+            _ if !plain => buf.freeze(),
+            codec => Bytes::from(
+                batch::compressed(&buf, codec).map_err(|e| Error::Protocol(e.to_string()))?,
+            ),
+        };
         out.payload = Payload::Sealed(bytes.clone());
         Ok(bytes)
     }

@@ -92,7 +92,7 @@ impl Fetched {
             out.extend(
                 b.records()
                     .skip(skipped(b, self.start))
-                    .map(|r| r.to_owned(b.bytes())),
+                    .map(|r| r.to_owned(b.records_bytes())),
             );
         }
         out

@@ -464,6 +464,14 @@ struct ProduceArgs {
     /// non-zero, saying how many records were not acknowledged.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION", default_value = "120s")]
     delivery_timeout: Duration,
+    /// Compress each batch: none, gzip, snappy, lz4 or zstd (Kafka's compression.type).
+    #[arg(long, value_parser = parse_compression, value_name = "CODEC", default_value = "none")]
+    compression: rill_protocol::batch::compression::Compression,
+}
+
+fn parse_compression(s: &str) -> Result<rill_protocol::batch::compression::Compression, String> {
+    rill_protocol::batch::compression::Compression::from_name(s)
+        .ok_or_else(|| format!("unknown codec {s:?}: none, gzip, snappy, lz4 or zstd"))
 }
 
 #[derive(Debug, Args)]
@@ -1024,6 +1032,7 @@ async fn topic(client: Client, cmd: TopicCommand, json: bool) -> anyhow::Result<
 async fn produce(client: Client, args: ProduceArgs) -> anyhow::Result<()> {
     let config = ProducerConfig {
         delivery_timeout: args.delivery_timeout,
+        compression: args.compression,
         ..ProducerConfig::default()
     };
     let unreachable = client.watch_unreachable();

@@ -8,7 +8,7 @@
 //!     12     4  partition_leader_epoch
 //!     16     1  magic = 2
 //!     17     4  crc                  CRC-32C of bytes 21..end
-//!     21     2  attributes           bits 0-2 compression (only 0 = none is accepted)
+//!     21     2  attributes           bits 0-2 compression (none, gzip, snappy, lz4, zstd)
 //!     23     4  last_offset_delta    record_count - 1
 //!     27     8  base_timestamp       ms since the epoch
 //!     35     8  max_timestamp
@@ -16,7 +16,7 @@
 //!     51     2  producer_epoch
 //!     53     4  base_sequence
 //!     57     4  record_count
-//!     61     -  records, each: length varint, attributes i8, timestamp_delta varlong,
+//!     61     -  records (compressed as one stream if bits 0-2 say so), each: length varint, attributes i8, timestamp_delta varlong,
 //!               offset_delta varint, key (varint length, -1 = null), value (likewise),
 //!               header_count varint, headers (key: varint length + UTF-8, value: like value)
 //! ```
@@ -26,6 +26,7 @@
 //! [`validate`] is the gate every produced batch passes before it may touch a log.
 
 mod builder;
+pub mod compression;
 mod record;
 mod view;
 
@@ -124,9 +125,43 @@ pub fn peek(buf: &[u8]) -> Option<(u64, usize)> {
     Some((base, (len as usize).saturating_add(LOG_OVERHEAD)))
 }
 
-/// Checks that `buf` holds exactly one well-formed, uncompressed batch: bounds, magic, CRC,
-/// record count and every record's layout. Allocates nothing.
+/// Checks that `buf` holds exactly one well-formed batch: bounds, magic, CRC, record count and
+/// every record's layout, decompressing the records first when the batch is compressed (its
+/// stored form stays compressed). Allocates only for a compressed batch.
 pub fn validate(buf: &[u8]) -> Result<BatchHeader, DecodeError> {
+    let header = check_header(buf)?;
+    check_records(&records_area(buf, &header)?, &header)?;
+    Ok(header)
+}
+
+/// [`validate`], returning the batch's records area as well: a slice of `batch`, or the
+/// decompressed records of a compressed batch.
+pub fn validate_records(batch: &bytes::Bytes) -> Result<(BatchHeader, bytes::Bytes), DecodeError> {
+    let header = check_header(batch)?;
+    let area = match records_area(batch, &header)? {
+        std::borrow::Cow::Borrowed(_) => batch.slice(HEADER_LEN.min(batch.len())..),
+        std::borrow::Cow::Owned(plain) => bytes::Bytes::from(plain),
+    };
+    check_records(&area, &header)?;
+    Ok((header, area))
+}
+
+/// The records after the header, decompressed if the batch is compressed.
+fn records_area<'a>(
+    buf: &'a [u8],
+    header: &BatchHeader,
+) -> Result<std::borrow::Cow<'a, [u8]>, DecodeError> {
+    let records = buf.get(HEADER_LEN..).unwrap_or_default();
+    Ok(
+        match compression::Compression::from_id(header.compression())? {
+            compression::Compression::None => std::borrow::Cow::Borrowed(records),
+            codec => std::borrow::Cow::Owned(compression::decompress(codec, records)?),
+        },
+    )
+}
+
+/// Everything of a batch but its records: length, magic, CRC, count.
+fn check_header(buf: &[u8]) -> Result<BatchHeader, DecodeError> {
     let header = BatchHeader::parse(buf)?;
     if header.total_len() != buf.len() {
         return Err(DecodeError::InvalidDetail {
@@ -152,9 +187,6 @@ pub fn validate(buf: &[u8]) -> Result<BatchHeader, DecodeError> {
             computed,
         });
     }
-    if header.compression() != 0 {
-        return Err(DecodeError::Compression(header.compression()));
-    }
     if header.record_count < 1 {
         return Err(DecodeError::Invalid {
             what: "record count",
@@ -167,9 +199,13 @@ pub fn validate(buf: &[u8]) -> Result<BatchHeader, DecodeError> {
             reason: "must equal record count - 1",
         });
     }
-    let records = buf.get(HEADER_LEN..).unwrap_or_default();
+    Ok(header)
+}
+
+/// Every record's layout, numbered 0, 1, 2, ..., nothing after the last.
+fn check_records(records: &[u8], header: &BatchHeader) -> Result<(), DecodeError> {
     if view::well_formed(records, header.record_count) {
-        return Ok(header);
+        return Ok(());
     }
     // The long way, which names what is wrong.
     let mut c = Cursor::new(records);
@@ -187,7 +223,47 @@ pub fn validate(buf: &[u8]) -> Result<BatchHeader, DecodeError> {
             reason: "bytes after the last record",
         });
     }
-    Ok(header)
+    Ok(())
+}
+
+/// `batch` (one sealed, uncompressed batch) with its records area compressed by `codec`: the
+/// same header with the codec in its attributes, a new length and a new CRC.
+pub fn compressed(batch: &[u8], codec: compression::Compression) -> Result<Vec<u8>, DecodeError> {
+    let header = BatchHeader::parse(batch)?;
+    if header.compression() != 0 {
+        return Err(DecodeError::Invalid {
+            what: "batch",
+            reason: "compressed already",
+        });
+    }
+    let (head, records) = batch
+        .split_at_checked(HEADER_LEN)
+        .ok_or(DecodeError::Truncated {
+            what: "batch header",
+            needed: HEADER_LEN,
+            remaining: batch.len(),
+        })?;
+    let packed = compression::compress(codec, records);
+    let mut out = Vec::with_capacity(HEADER_LEN.saturating_add(packed.len()));
+    out.extend_from_slice(head);
+    out.extend_from_slice(&packed);
+    let length = u32::try_from(out.len().saturating_sub(LOG_OVERHEAD)).map_err(|_| {
+        DecodeError::Invalid {
+            what: "batch",
+            reason: "longer than 4 GiB",
+        }
+    })?;
+    let attributes = (header.attributes & !7) | i16::from(codec.id());
+    let patch = |out: &mut Vec<u8>, at: usize, bytes: &[u8]| {
+        if let Some(dst) = out.get_mut(at..at.saturating_add(bytes.len())) {
+            dst.copy_from_slice(bytes);
+        }
+    };
+    patch(&mut out, 8, &length.to_be_bytes());
+    patch(&mut out, CRC_START, &attributes.to_be_bytes());
+    let crc = crc32c::crc32c(out.get(CRC_START..).unwrap_or_default());
+    patch(&mut out, CRC_AT, &crc.to_be_bytes());
+    Ok(out)
 }
 
 /// The cheap check of a batch that already passed [`validate`] once, used when reading it back

@@ -1,6 +1,6 @@
 //! Reading the records inside a batch.
 
-use super::{BatchHeader, HEADER_LEN};
+use super::BatchHeader;
 use crate::cursor::Cursor;
 use crate::error::DecodeError;
 use bytes::Bytes;
@@ -92,7 +92,8 @@ pub(super) fn skim(c: &mut Cursor<'_>) -> Result<i32, DecodeError> {
 /// Iterates over the records of one batch (held as `Bytes`, so records share its memory).
 #[derive(Debug)]
 pub struct RecordIter {
-    batch: Bytes,
+    /// The records area (decompressed, if the batch was compressed).
+    records: Bytes,
     header: BatchHeader,
     /// Position within the records area.
     pos: usize,
@@ -102,9 +103,9 @@ pub struct RecordIter {
 impl RecordIter {
     /// Iterates the records of a batch validated already.
     pub fn from_valid(batch: super::ValidBatch) -> Self {
-        let (batch, header) = batch.into_parts();
+        let (records, header) = batch.into_parts();
         RecordIter {
-            batch,
+            records,
             header,
             pos: 0,
             left: header.record_count,
@@ -118,7 +119,7 @@ impl RecordIter {
         }
         let mut pos = self.pos;
         super::view::read_record(
-            self.batch.get(HEADER_LEN..).unwrap_or_default(),
+            &self.records,
             &mut pos,
             self.header.base_offset,
             self.header.base_timestamp,
@@ -128,9 +129,9 @@ impl RecordIter {
 
     /// Validates `batch` (see [`super::validate`]) and iterates its records.
     pub fn new(batch: Bytes) -> Result<Self, DecodeError> {
-        let header = super::validate(&batch)?;
+        let (header, records) = super::validate_records(&batch)?;
         Ok(RecordIter {
-            batch,
+            records,
             header,
             pos: 0,
             left: header.record_count,
@@ -143,7 +144,7 @@ impl RecordIter {
 
     /// The batch's records as borrowed views (validated already: nothing is checked again).
     pub fn views(&self) -> super::view::RecordViews<'_> {
-        super::view::ValidBatch::views_of(&self.batch, &self.header)
+        super::view::ValidBatch::views_of(&self.records, &self.header)
     }
 }
 
@@ -155,10 +156,9 @@ impl Iterator for RecordIter {
             return None;
         }
         self.left = self.left.saturating_sub(1);
-        let records = self.batch.get(HEADER_LEN..).unwrap_or_default();
         // Validated when the iterator was made: a record cannot fail to read here.
         let Some(view) = super::view::read_record(
-            records,
+            &self.records,
             &mut self.pos,
             self.header.base_offset,
             self.header.base_timestamp,
@@ -169,6 +169,6 @@ impl Iterator for RecordIter {
                 reason: "unreadable after validation",
             }));
         };
-        Some(Ok(view.to_owned(&self.batch)))
+        Some(Ok(view.to_owned(&self.records)))
     }
 }

@@ -221,18 +221,55 @@ fn records_with_wrong_count_are_rejected_even_with_a_valid_crc() {
 }
 
 #[test]
-fn compressed_batches_are_refused() {
-    let one = build(&[Rec {
-        key: None,
-        value: b"a".to_vec(),
-        headers: vec![],
-        ts: 1,
-    }]);
-    let mut v = one.to_vec();
-    v[22] |= 1; // gzip
+fn compressed_batches_validate_and_read_back_with_every_codec() {
+    use super::compression::Compression;
+    let recs: Vec<Rec> = (0..200)
+        .map(|i| Rec {
+            key: Some(format!("key-{}", i % 7).into_bytes()),
+            value: format!("value number {i}, repeated enough to compress").into_bytes(),
+            headers: vec![("h".to_string(), vec![i as u8])],
+            ts: 1_700_000_000_000 + i,
+        })
+        .collect();
+    let plain = build(&recs);
+    let want: Vec<Record> = RecordIter::new(plain.clone())
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for codec in Compression::ALL.into_iter().skip(1) {
+        let packed = Bytes::from(compressed(&plain, codec).unwrap());
+        assert!(packed.len() < plain.len(), "{codec:?}");
+        let header = validate(&packed).unwrap();
+        assert_eq!(header.compression(), codec.id());
+        assert_eq!(header.records(), 200);
+        let got: Vec<Record> = RecordIter::new(packed.clone())
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(got, want, "{codec:?}: RecordIter");
+        let valid = super::ValidBatch::new(packed.clone()).unwrap();
+        assert_eq!(
+            valid.owned().collect::<Vec<_>>(),
+            want,
+            "{codec:?}: ValidBatch"
+        );
+        assert_eq!(valid.bytes(), &packed, "the batch stays as sent");
+        assert!(compressed(&packed, codec).is_err(), "not twice");
+        // The compressed stream cut short, length and CRC made to match: refused.
+        let mut bad = packed.to_vec();
+        bad.truncate(bad.len() - 20);
+        let len = (bad.len() - LOG_OVERHEAD) as u32;
+        bad[8..12].copy_from_slice(&len.to_be_bytes());
+        let crc = crc32c::crc32c(&bad[CRC_START..]);
+        bad[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert!(validate(&bad).is_err(), "{codec:?}: damaged stream");
+    }
+    // Attribute codes 5-7 are not codecs.
+    let mut v = plain.to_vec();
+    v[22] |= 5;
     let crc = crc32c::crc32c(&v[CRC_START..]);
     v[17..21].copy_from_slice(&crc.to_be_bytes());
-    assert!(matches!(validate(&v), Err(DecodeError::Compression(1))));
+    assert!(matches!(validate(&v), Err(DecodeError::Compression(5))));
 }
 
 #[test]

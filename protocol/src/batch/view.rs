@@ -4,7 +4,7 @@
 //! The owned [`super::Record`] (its own `Bytes` handles and header `Vec`) is built from a view
 //! when wanted; both decoders walk the same validated bytes, so they yield the same records.
 
-use super::{BatchHeader, HEADER_LEN, Header, Record};
+use super::{BatchHeader, Header, Record};
 use crate::error::DecodeError;
 use bytes::Bytes;
 
@@ -14,26 +14,39 @@ use bytes::Bytes;
 pub struct ValidBatch {
     bytes: Bytes,
     header: BatchHeader,
+    /// The records area: a slice of `bytes`, or the decompressed records of a compressed batch.
+    records: Bytes,
 }
 
 impl ValidBatch {
     /// Validates `bytes` (exactly one batch).
     pub fn new(bytes: Bytes) -> Result<Self, DecodeError> {
-        let header = super::validate(&bytes)?;
-        Ok(ValidBatch { bytes, header })
+        let (header, records) = super::validate_records(&bytes)?;
+        Ok(ValidBatch {
+            bytes,
+            header,
+            records,
+        })
     }
 
     pub fn header(&self) -> &BatchHeader {
         &self.header
     }
 
+    /// The records area and the header.
     pub(super) fn into_parts(self) -> (Bytes, BatchHeader) {
-        (self.bytes, self.header)
+        (self.records, self.header)
     }
 
-    /// The whole batch, as received.
+    /// The whole batch, as received (compressed, if it was sent so).
     pub fn bytes(&self) -> &Bytes {
         &self.bytes
+    }
+
+    /// The records area the views borrow from (decompressed): what [`RecordView::to_owned`]
+    /// takes.
+    pub fn records_bytes(&self) -> &Bytes {
+        &self.records
     }
 
     /// Number of records.
@@ -48,12 +61,13 @@ impl ValidBatch {
 
     /// The records, borrowing from the batch.
     pub fn records(&self) -> RecordViews<'_> {
-        Self::views_of(&self.bytes, &self.header)
+        Self::views_of(&self.records, &self.header)
     }
 
-    pub(super) fn views_of<'a>(bytes: &'a [u8], header: &BatchHeader) -> RecordViews<'a> {
+    /// Views over a records area (after the header, decompressed).
+    pub(super) fn views_of<'a>(records: &'a [u8], header: &BatchHeader) -> RecordViews<'a> {
         RecordViews {
-            records: bytes.get(HEADER_LEN..).unwrap_or_default(),
+            records,
             pos: 0,
             left: header.records(),
             base_offset: header.base_offset,
@@ -63,7 +77,7 @@ impl ValidBatch {
 
     /// The records as owned [`Record`]s sharing the batch's memory.
     pub fn owned(&self) -> impl Iterator<Item = Record> + '_ {
-        self.records().map(|r| r.to_owned(&self.bytes))
+        self.records().map(|r| r.to_owned(&self.records))
     }
 }
 
