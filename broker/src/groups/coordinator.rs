@@ -13,6 +13,13 @@
 //! gave up its partitions before any member receives new ones, no partition is ever owned by two
 //! members of one generation, nor handed over while its old owner may still read it.
 //!
+//! Kafka's classic protocol (client-side assignment) runs in the same machine: a group whose
+//! members joined with a `Classic` protocol list gets no assignment from the broker. When the
+//! barrier completes it picks the protocol every member lists (first in the leader's order),
+//! increments the generation and waits in `AwaitingSync` for the leader's SyncGroup, which
+//! carries every member's assignment (opaque bytes, plus the partitions they name when the
+//! handler could read them); members that sync before it wait, and are answered with it.
+//!
 //! A group that had no members waits `initial_delay` after its first join (extended by each
 //! newcomer, never past the rebalance deadline) before its first assignment, so members started
 //! together share the partitions rather than the first taking them all (Kafka's
@@ -58,6 +65,10 @@ pub enum GroupError {
     /// A member id used by another principal than the one that joined with it.
     #[error("member '{0}' belongs to another principal")]
     NotOwner(String),
+    /// A Kafka member whose protocol type or protocols do not fit the group's, or a Rill member
+    /// in a Kafka group (or the other way round).
+    #[error("{0}")]
+    InconsistentProtocol(String),
 }
 
 /// The principal a member joined as.
@@ -79,7 +90,14 @@ fn check_owner(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Empty,
-    Preparing { deadline: Instant },
+    Preparing {
+        deadline: Instant,
+    },
+    /// Classic groups only: a generation was handed out and the leader's SyncGroup is awaited
+    /// (Kafka's CompletingRebalance).
+    AwaitingSync {
+        deadline: Instant,
+    },
     Stable,
 }
 
@@ -88,6 +106,7 @@ impl State {
         match self {
             State::Empty => "empty",
             State::Preparing { .. } => "rebalancing",
+            State::AwaitingSync { .. } => "completing-rebalance",
             State::Stable => "stable",
         }
     }
@@ -101,7 +120,22 @@ pub struct Member {
     pub client: String,
     pub topics: BTreeSet<TopicName>,
     pub session_timeout: Duration,
+    /// How long a rebalance waits for this member to rejoin (Kafka's rebalance timeout; the
+    /// session timeout for Rill members).
+    pub rebalance_timeout: Duration,
+    /// Classic members: the protocols it supports, most preferred first, with its metadata.
+    pub protocols: Vec<(String, bytes::Bytes)>,
     pub last_seen: Instant,
+}
+
+/// What a Kafka member joins with (client-side assignment).
+#[derive(Debug, Clone)]
+pub struct Classic {
+    /// "consumer" for consumers; the group's members must agree on it.
+    pub protocol_type: String,
+    /// Names (assignors) and metadata, most preferred first.
+    pub protocols: Vec<(String, bytes::Bytes)>,
+    pub rebalance_timeout: Duration,
 }
 
 /// A join request, as the coordinator sees it.
@@ -113,6 +147,8 @@ pub struct Join {
     pub topics: BTreeSet<TopicName>,
     pub session_timeout: Duration,
     pub strategy: AssignmentStrategy,
+    /// A Kafka member (client-side assignment); `None` for a Rill member.
+    pub classic: Option<Classic>,
 }
 
 /// What a join leads to.
@@ -158,6 +194,35 @@ pub struct MemberRecord {
 pub struct Completed {
     pub generation: u32,
     pub assignment: Assignment,
+    /// Classic groups: the leader, the protocol chosen, and every member's metadata for it
+    /// (what the leader's join answer carries). The assignment above is then empty: it comes
+    /// with the leader's SyncGroup.
+    pub classic: Option<ClassicRound>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassicRound {
+    pub leader: MemberId,
+    pub protocol: String,
+    pub members: Vec<(MemberId, bytes::Bytes)>,
+}
+
+/// What a SyncGroup leads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Synced {
+    /// The member's assignment (the leader's SyncGroup arrived, now or before).
+    Assigned(bytes::Bytes),
+    /// Wait for the leader's SyncGroup.
+    Waiting,
+}
+
+/// One member's assignment as the leader sends it: the bytes, and the partitions they name
+/// (when the handler could read them: "consumer" protocol), for describe and commit checks.
+#[derive(Debug, Clone)]
+pub struct SyncAssignment {
+    pub member: MemberId,
+    pub bytes: bytes::Bytes,
+    pub partitions: Option<Vec<TopicPartition>>,
 }
 
 #[derive(Debug)]
@@ -179,6 +244,19 @@ pub struct Group {
     pending: BTreeMap<MemberId, (Instant, Option<Principal>)>,
     /// Most members (and issued ids) at once.
     max_members: usize,
+    /// Classic groups: protocol type, the chosen protocol and leader, and the leader's
+    /// assignment bytes per member.
+    classic: Option<ClassicState>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct ClassicState {
+    protocol_type: String,
+    protocol: Option<String>,
+    leader: Option<MemberId>,
+    assigned: BTreeMap<MemberId, bytes::Bytes>,
+    /// Whether the assignments named their partitions (so commits can be checked against them).
+    known_partitions: bool,
 }
 
 impl Default for Group {
@@ -195,6 +273,7 @@ impl Default for Group {
             not_before: None,
             pending: BTreeMap::new(),
             max_members: usize::MAX,
+            classic: None,
         }
     }
 }
@@ -233,11 +312,27 @@ impl Group {
             .collect()
     }
 
+    /// Classic groups: protocol type, chosen protocol and leader (for describe).
+    pub fn classic(&self) -> Option<(&str, Option<&str>, Option<&str>)> {
+        self.classic.as_ref().map(|c| {
+            (
+                c.protocol_type.as_str(),
+                c.protocol.as_deref(),
+                c.leader.as_deref(),
+            )
+        })
+    }
+
+    /// Classic groups: the assignment bytes the leader gave `member`.
+    pub fn classic_assignment(&self, member: &str) -> Option<&bytes::Bytes> {
+        self.classic.as_ref().and_then(|c| c.assigned.get(member))
+    }
+
     fn begin_rebalance(&mut self, now: Instant) {
         let longest = self
             .members
             .values()
-            .map(|m| m.session_timeout)
+            .map(|m| m.rebalance_timeout)
             .max()
             .unwrap_or_default();
         self.state = State::Preparing {
@@ -252,7 +347,10 @@ impl Group {
         now: Instant,
         new_id: impl FnOnce() -> MemberId,
     ) -> Result<Joined, GroupError> {
-        if let Some(current) = self.strategy.filter(|_| !self.members.is_empty())
+        self.check_protocol(&join)?;
+        if let Some(current) = self
+            .strategy
+            .filter(|_| !self.members.is_empty() && join.classic.is_none())
             && current != join.strategy
         {
             return Err(GroupError::InconsistentStrategy {
@@ -287,10 +385,13 @@ impl Group {
                 id
             }
         };
-        let unchanged = self
-            .members
-            .get(&id)
-            .is_some_and(|m| m.topics == join.topics);
+        // A classic member's join always starts a round: its answer carries the round's leader
+        // and metadata, which only a round produces.
+        let unchanged = join.classic.is_none()
+            && self
+                .members
+                .get(&id)
+                .is_some_and(|m| m.topics == join.topics);
         if unchanged && self.state == State::Stable {
             let m = self.members.get_mut(&id).expect("checked above");
             m.last_seen = now;
@@ -303,6 +404,16 @@ impl Group {
         self.strategy = Some(join.strategy);
         let newcomer = !self.members.contains_key(&id);
         let was_empty = self.members.is_empty();
+        if was_empty {
+            self.classic = join.classic.as_ref().map(|c| ClassicState {
+                protocol_type: c.protocol_type.clone(),
+                ..ClassicState::default()
+            });
+        }
+        let (rebalance_timeout, protocols) = match join.classic {
+            Some(c) => (c.rebalance_timeout, c.protocols),
+            None => (join.session_timeout, Vec::new()),
+        };
         self.members.insert(
             id.clone(),
             Member {
@@ -310,6 +421,8 @@ impl Group {
                 client: join.client,
                 topics: join.topics,
                 session_timeout: join.session_timeout,
+                rebalance_timeout,
+                protocols,
                 last_seen: now,
             },
         );
@@ -317,7 +430,7 @@ impl Group {
             self.begin_rebalance(now);
         } else if let State::Preparing { deadline } = &mut self.state {
             // A newcomer with a longer session gets time to be waited for.
-            *deadline = (*deadline).max(now + join.session_timeout);
+            *deadline = (*deadline).max(now + rebalance_timeout);
         }
         if let State::Preparing { deadline } = self.state {
             if was_empty {
@@ -329,6 +442,50 @@ impl Group {
         }
         self.joined.insert(id.clone());
         Ok(Joined::Waiting(id))
+    }
+
+    /// A join must speak the group's protocol: Rill or classic alike, and a classic one of the
+    /// same type with some protocol every member supports.
+    fn check_protocol(&self, join: &Join) -> Result<(), GroupError> {
+        let others = self
+            .members
+            .iter()
+            .filter(|(id, _)| join.member_id.as_ref() != Some(*id))
+            .map(|(_, m)| m)
+            .collect::<Vec<_>>();
+        if others.is_empty() {
+            return Ok(());
+        }
+        match (&self.classic, &join.classic) {
+            (None, None) => Ok(()),
+            (Some(_), None) => Err(GroupError::InconsistentProtocol(
+                "the group's members are Kafka clients (client-side assignment)".into(),
+            )),
+            (None, Some(_)) => Err(GroupError::InconsistentProtocol(
+                "the group's members are Rill consumers (broker-side assignment)".into(),
+            )),
+            (Some(group), Some(c)) => {
+                if group.protocol_type != c.protocol_type {
+                    return Err(GroupError::InconsistentProtocol(format!(
+                        "protocol type {:?} differs from the group's {:?}",
+                        c.protocol_type, group.protocol_type
+                    )));
+                }
+                let shared = c.protocols.iter().any(|(name, _)| {
+                    others
+                        .iter()
+                        .all(|m| m.protocols.iter().any(|(n, _)| n == name))
+                });
+                if shared {
+                    Ok(())
+                } else {
+                    Err(GroupError::InconsistentProtocol(
+                        "none of the member's protocols (assignors) is supported by every member"
+                            .into(),
+                    ))
+                }
+            }
+        }
     }
 
     /// Completes the rebalance if every member has rejoined or the deadline passed.
@@ -353,7 +510,11 @@ impl Group {
         if self.members.is_empty() {
             self.state = State::Empty;
             self.assignment.clear();
+            self.classic = None;
             return None;
+        }
+        if self.classic.is_some() {
+            return Some(self.complete_classic(now, counts));
         }
         let subscriptions: Subscriptions = self
             .members
@@ -372,7 +533,129 @@ impl Group {
         Some(Completed {
             generation: self.generation,
             assignment: self.assignment.clone(),
+            classic: None,
         })
+    }
+
+    /// Ends a classic round: leader and protocol chosen, generation handed out, the leader's
+    /// SyncGroup awaited.
+    fn complete_classic(&mut self, now: Instant, counts: &BTreeMap<TopicName, u32>) -> Completed {
+        self.counts = self.relevant(counts);
+        let classic = self.classic.get_or_insert_with(ClassicState::default);
+        let leader = classic
+            .leader
+            .clone()
+            .filter(|l| self.members.contains_key(l))
+            .or_else(|| self.members.keys().next().cloned())
+            .unwrap_or_default();
+        let preferred = self
+            .members
+            .get(&leader)
+            .map(|m| m.protocols.clone())
+            .unwrap_or_default();
+        let protocol = preferred
+            .iter()
+            .map(|(name, _)| name.clone())
+            .find(|name| {
+                self.members
+                    .values()
+                    .all(|m| m.protocols.iter().any(|(n, _)| n == name))
+            })
+            .unwrap_or_default();
+        let members = self
+            .members
+            .iter()
+            .map(|(id, m)| {
+                let metadata = m
+                    .protocols
+                    .iter()
+                    .find(|(n, _)| *n == protocol)
+                    .map(|(_, b)| b.clone())
+                    .unwrap_or_default();
+                (id.clone(), metadata)
+            })
+            .collect();
+        classic.leader = Some(leader.clone());
+        classic.protocol = Some(protocol.clone());
+        classic.assigned.clear();
+        classic.known_partitions = false;
+        self.assignment = self
+            .members
+            .keys()
+            .map(|id| (id.clone(), Vec::new()))
+            .collect();
+        self.generation = self.generation.wrapping_add(1);
+        let longest = self
+            .members
+            .values()
+            .map(|m| m.session_timeout)
+            .max()
+            .unwrap_or_default();
+        self.state = State::AwaitingSync {
+            deadline: now + longest,
+        };
+        for m in self.members.values_mut() {
+            m.last_seen = now;
+        }
+        Completed {
+            generation: self.generation,
+            assignment: self.assignment.clone(),
+            classic: Some(ClassicRound {
+                leader,
+                protocol,
+                members,
+            }),
+        }
+    }
+
+    /// A classic member's SyncGroup. The leader's carries every member's assignment and makes
+    /// the group stable; the others get theirs once it has come.
+    pub fn sync(
+        &mut self,
+        member: &str,
+        principal: Option<&str>,
+        generation: u32,
+        assignments: Vec<SyncAssignment>,
+        now: Instant,
+    ) -> Result<Synced, GroupError> {
+        let m = self
+            .members
+            .get_mut(member)
+            .ok_or_else(|| GroupError::UnknownMember(member.to_string()))?;
+        check_owner(member, &m.principal, principal)?;
+        m.last_seen = now;
+        if matches!(self.state, State::Preparing { .. } | State::Empty) {
+            return Err(GroupError::RebalanceInProgress);
+        }
+        if generation != self.generation {
+            return Err(GroupError::StaleGeneration {
+                got: generation,
+                current: self.generation,
+            });
+        }
+        let Some(classic) = self.classic.as_mut() else {
+            return Err(GroupError::InconsistentProtocol(
+                "SyncGroup is for Kafka groups; this group's members are Rill consumers".into(),
+            ));
+        };
+        if matches!(self.state, State::AwaitingSync { .. }) {
+            if classic.leader.as_deref() != Some(member) {
+                return Ok(Synced::Waiting);
+            }
+            classic.known_partitions = assignments.iter().all(|a| a.partitions.is_some());
+            for a in assignments {
+                if self.members.contains_key(&a.member) {
+                    if let Some(p) = a.partitions {
+                        self.assignment.insert(a.member.clone(), p);
+                    }
+                    classic.assigned.insert(a.member, a.bytes);
+                }
+            }
+            self.state = State::Stable;
+        }
+        Ok(Synced::Assigned(
+            classic.assigned.get(member).cloned().unwrap_or_default(),
+        ))
     }
 
     fn relevant(&self, counts: &BTreeMap<TopicName, u32>) -> BTreeMap<TopicName, u32> {
@@ -431,7 +714,8 @@ impl Group {
             self.state = State::Empty;
             self.assignment.clear();
             self.joined.clear();
-        } else if self.state == State::Stable {
+            self.classic = None;
+        } else if matches!(self.state, State::Stable | State::AwaitingSync { .. }) {
             self.begin_rebalance(now);
         }
     }
@@ -458,6 +742,12 @@ impl Group {
             self.after_departure(now);
         }
         if self.state == State::Stable && self.relevant(counts) != self.counts {
+            self.begin_rebalance(now);
+        }
+        // The leader never sent its SyncGroup: everyone joins again.
+        if let State::AwaitingSync { deadline } = self.state
+            && now >= deadline
+        {
             self.begin_rebalance(now);
         }
         expired
@@ -493,6 +783,11 @@ impl Group {
                 current: self.generation,
             });
         }
+        // A Kafka group whose assignment this broker cannot read: generation and member only,
+        // as Kafka checks.
+        if self.classic.as_ref().is_some_and(|c| !c.known_partitions) {
+            return Ok(());
+        }
         let owned = self.assignment_of(member);
         for tp in partitions {
             if !owned.contains(tp) {
@@ -511,8 +806,10 @@ impl Group {
     }
 
     /// The current generation, if the group is stable with members.
+    /// Classic (Kafka) groups are not recorded: after a coordinator move their members join
+    /// again.
     pub fn record(&self) -> Option<GenerationRecord> {
-        if self.state != State::Stable || self.members.is_empty() {
+        if self.state != State::Stable || self.members.is_empty() || self.classic.is_some() {
             return None;
         }
         Some(GenerationRecord {
@@ -555,6 +852,8 @@ impl Group {
                     client: m.client,
                     topics: m.topics.into_iter().collect(),
                     session_timeout: Duration::from_millis(m.session_timeout_ms),
+                    rebalance_timeout: Duration::from_millis(m.session_timeout_ms),
+                    protocols: Vec::new(),
                     last_seen: now,
                 },
             );
@@ -589,6 +888,7 @@ mod tests {
             topics: topics(&["t"]),
             session_timeout: Duration::from_secs(10),
             strategy: AssignmentStrategy::Sticky,
+            classic: None,
         }
     }
 
@@ -1012,5 +1312,169 @@ mod tests {
             g.join(other, now, || unreachable!()),
             Err(GroupError::InconsistentStrategy { .. })
         ));
+    }
+
+    fn classic_join(id: Option<&str>, kind: &str, protocols: &[&str]) -> Join {
+        Join {
+            classic: Some(Classic {
+                protocol_type: kind.into(),
+                protocols: protocols
+                    .iter()
+                    .map(|p| (p.to_string(), bytes::Bytes::from(format!("{p}-meta"))))
+                    .collect(),
+                rebalance_timeout: Duration::from_secs(30),
+            }),
+            ..join(id)
+        }
+    }
+
+    /// Two steps, as for a Rill member: an issued id, then the join with it.
+    fn classic_enter(
+        g: &mut Group,
+        id: &str,
+        protocols: &[&str],
+        now: Instant,
+    ) -> Result<Joined, GroupError> {
+        g.join(classic_join(None, "consumer", protocols), now, || {
+            id.to_string()
+        })?;
+        g.join(
+            classic_join(Some(id), "consumer", protocols),
+            now,
+            || unreachable!(),
+        )
+    }
+
+    fn tp(p: u32) -> TopicPartition {
+        TopicPartition {
+            topic: TopicName::new("t").unwrap(),
+            partition: p,
+        }
+    }
+
+    #[test]
+    fn a_classic_round_elects_a_leader_and_hands_out_its_assignment() {
+        let mut g = Group::default();
+        let now = Instant::now();
+        classic_enter(&mut g, "a", &["range", "roundrobin"], now).unwrap();
+        classic_enter(&mut g, "b", &["roundrobin", "range"], now).unwrap();
+        let done = g.try_complete(now, &counts(2)).expect("both joined");
+        let round = done.classic.expect("a classic round");
+        assert_eq!(done.generation, 1);
+        assert_eq!(round.leader, "a");
+        assert_eq!(
+            round.protocol, "range",
+            "the leader's first choice that all support"
+        );
+        assert_eq!(
+            round.members,
+            vec![
+                ("a".to_string(), bytes::Bytes::from("range-meta")),
+                ("b".to_string(), bytes::Bytes::from("range-meta")),
+            ]
+        );
+        assert!(matches!(g.state(), State::AwaitingSync { .. }));
+        assert!(
+            g.heartbeat("b", None, 1, now).is_ok(),
+            "no rebalance while syncing"
+        );
+
+        assert_eq!(g.sync("b", None, 1, vec![], now).unwrap(), Synced::Waiting);
+        let assign = |m: &str, p: u32| SyncAssignment {
+            member: m.into(),
+            bytes: bytes::Bytes::from(format!("{m} gets {p}")),
+            partitions: Some(vec![tp(p)]),
+        };
+        assert!(matches!(
+            g.sync("a", None, 0, vec![], now),
+            Err(GroupError::StaleGeneration { .. })
+        ));
+        assert_eq!(
+            g.sync("a", None, 1, vec![assign("a", 0), assign("b", 1)], now)
+                .unwrap(),
+            Synced::Assigned(bytes::Bytes::from("a gets 0"))
+        );
+        assert_eq!(g.state(), State::Stable);
+        assert_eq!(
+            g.sync("b", None, 1, vec![], now).unwrap(),
+            Synced::Assigned(bytes::Bytes::from("b gets 1"))
+        );
+        assert_eq!(g.assignment_of("b"), &[tp(1)]);
+        assert!(g.check_commit(Some("b"), None, Some(1), &[tp(1)]).is_ok());
+        assert!(matches!(
+            g.check_commit(Some("b"), None, Some(1), &[tp(0)]),
+            Err(GroupError::NotAssigned { .. })
+        ));
+        assert!(g.record().is_none(), "classic groups are not recorded");
+
+        // The leader leaves: a new round, which the other learns of from its heartbeat.
+        g.leave("a", None, now).unwrap();
+        assert!(matches!(
+            g.heartbeat("b", None, 1, now),
+            Err(GroupError::RebalanceInProgress)
+        ));
+        assert!(matches!(
+            g.sync("b", None, 1, vec![], now),
+            Err(GroupError::RebalanceInProgress)
+        ));
+        g.join(
+            classic_join(Some("b"), "consumer", &["roundrobin"]),
+            now,
+            || unreachable!(),
+        )
+        .unwrap();
+        let round = g.try_complete(now, &counts(2)).unwrap().classic.unwrap();
+        assert_eq!(
+            (round.leader.as_str(), round.protocol.as_str()),
+            ("b", "roundrobin")
+        );
+    }
+
+    #[test]
+    fn a_classic_group_admits_only_members_that_share_its_protocols() {
+        let mut g = Group::default();
+        let now = Instant::now();
+        classic_enter(&mut g, "a", &["range"], now).unwrap();
+        let refused = |g: &mut Group, j: Join| {
+            matches!(
+                g.join(j, now, || "x".into()),
+                Err(GroupError::InconsistentProtocol(_))
+            )
+        };
+        assert!(refused(&mut g, join(None)), "a Rill member");
+        assert!(
+            refused(&mut g, classic_join(None, "connect", &["range"])),
+            "another type"
+        );
+        assert!(
+            refused(&mut g, classic_join(None, "consumer", &["sticky"])),
+            "no shared protocol"
+        );
+        assert!(!refused(
+            &mut g,
+            classic_join(None, "consumer", &["sticky", "range"])
+        ));
+        // And a Rill group refuses Kafka members.
+        let mut r = Group::default();
+        enter(&mut r, "a", now).unwrap();
+        assert!(refused(&mut r, classic_join(None, "consumer", &["range"])));
+    }
+
+    #[test]
+    fn a_leader_that_never_syncs_starts_a_new_round() {
+        let mut g = Group::default();
+        let now = Instant::now();
+        classic_enter(&mut g, "a", &["range"], now).unwrap();
+        g.try_complete(now, &counts(1)).unwrap();
+        g.tick(now + Duration::from_secs(5), &counts(1));
+        assert!(matches!(g.state(), State::AwaitingSync { .. }));
+        g.heartbeat("a", None, 1, now + Duration::from_secs(9))
+            .unwrap();
+        g.tick(now + Duration::from_secs(10), &counts(1));
+        assert!(
+            matches!(g.state(), State::Preparing { .. }),
+            "{:?}",
+            g.state()
+        );
     }
 }

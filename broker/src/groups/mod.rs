@@ -21,7 +21,10 @@ pub mod coordinator;
 pub mod offsets;
 
 use crate::topics::Topics;
-use coordinator::{Completed, GenerationRecord, Group, GroupError, Join, Joined, State};
+use coordinator::{
+    ClassicRound, Completed, GenerationRecord, Group, GroupError, Join, Joined, State,
+    SyncAssignment, Synced,
+};
 use rill_protocol::TopicName;
 use rill_protocol::messages::{
     AssignmentStrategy, GroupSummary, JoinGroupResponse, MemberInfo, TopicPartition,
@@ -35,7 +38,16 @@ use tokio::time::Instant;
 
 pub use offsets::OffsetStore;
 
-type JoinReply = Result<JoinGroupResponse, GroupError>;
+type JoinReply = Result<JoinAnswer, GroupError>;
+type SyncReply = Result<bytes::Bytes, GroupError>;
+
+/// A join's answer: what a Rill member is told, and for a Kafka member the round's leader and
+/// protocol (with every member's metadata when it is the leader).
+#[derive(Debug)]
+pub struct JoinAnswer {
+    pub response: JoinGroupResponse,
+    pub classic: Option<ClassicRound>,
+}
 
 /// How groups are bounded and paced (`[groups]` in the configuration).
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +65,8 @@ struct Slot {
     group: Group,
     /// Joins waiting for the current rebalance to complete, by member.
     waiting: HashMap<String, oneshot::Sender<JoinReply>>,
+    /// Kafka members' SyncGroups waiting for the leader's, by member.
+    syncing: HashMap<String, oneshot::Sender<SyncReply>>,
     /// Dropped from the map: whoever still holds it must look the group up again.
     retired: bool,
     /// In a cluster: the latest generation known to be recorded durably.
@@ -70,6 +84,7 @@ impl Slot {
         Slot {
             group,
             waiting: HashMap::new(),
+            syncing: HashMap::new(),
             retired: false,
             persisted: 0,
             persisting: Arc::default(),
@@ -77,7 +92,16 @@ impl Slot {
     }
 
     fn idle(&self) -> bool {
-        self.group.is_idle() && self.waiting.is_empty()
+        self.group.is_idle() && self.waiting.is_empty() && self.syncing.is_empty()
+    }
+
+    /// SyncGroups still waiting when a new round began: answered so their members rejoin.
+    fn settle_syncs(&mut self) {
+        if !matches!(self.group.state(), State::AwaitingSync { .. }) {
+            for (_, tx) in self.syncing.drain() {
+                let _ = tx.send(Err(GroupError::RebalanceInProgress));
+            }
+        }
     }
 }
 
@@ -248,13 +272,17 @@ impl Groups {
                 let Some(tx) = tx.take() else {
                     return Ok(());
                 };
+                slot.settle_syncs();
                 let now_reply = |member_id, generation, assignment, rejoin_with_id| {
-                    Ok(JoinGroupResponse {
-                        member_id,
-                        generation,
-                        assignment,
-                        heartbeat_interval_ms: heartbeat_interval(session),
-                        rejoin_with_id,
+                    Ok(JoinAnswer {
+                        response: JoinGroupResponse {
+                            member_id,
+                            generation,
+                            assignment,
+                            heartbeat_interval_ms: heartbeat_interval(session),
+                            rejoin_with_id,
+                        },
+                        classic: None,
                     })
                 };
                 match outcome {
@@ -280,6 +308,49 @@ impl Groups {
                 Ok(())
             },
             || GroupError::UnknownGroup(group.to_string()),
+        )?;
+        Ok(rx)
+    }
+
+    /// A Kafka member's SyncGroup: the receiver yields its assignment once the leader's
+    /// SyncGroup has come (at once for the leader, or when the group is stable).
+    pub fn sync(
+        &self,
+        group: &str,
+        member: &str,
+        principal: Option<&str>,
+        generation: u32,
+        assignments: Vec<SyncAssignment>,
+        now: Instant,
+    ) -> Result<oneshot::Receiver<SyncReply>, GroupError> {
+        let (tx, rx) = oneshot::channel();
+        let mut tx = Some(tx);
+        let mut assignments = Some(assignments);
+        self.with_slot(
+            group,
+            false,
+            |slot| {
+                let given = assignments.take().unwrap_or_default();
+                let outcome = slot.group.sync(member, principal, generation, given, now)?;
+                let Some(tx) = tx.take() else {
+                    return Ok(());
+                };
+                match outcome {
+                    Synced::Waiting => {
+                        slot.syncing.insert(member.to_string(), tx);
+                    }
+                    Synced::Assigned(bytes) => {
+                        let _ = tx.send(Ok(bytes));
+                        // The leader's: everyone waiting gets theirs.
+                        for (m, w) in slot.syncing.drain() {
+                            let mine = slot.group.classic_assignment(&m).cloned();
+                            let _ = w.send(Ok(mine.unwrap_or_default()));
+                        }
+                    }
+                }
+                Ok(())
+            },
+            || GroupError::UnknownMember(member.to_string()),
         )?;
         Ok(rx)
     }
@@ -316,6 +387,10 @@ impl Groups {
                 if let Some(w) = slot.waiting.remove(member) {
                     let _ = w.send(Err(GroupError::UnknownMember(member.to_string())));
                 }
+                if let Some(w) = slot.syncing.remove(member) {
+                    let _ = w.send(Err(GroupError::UnknownMember(member.to_string())));
+                }
+                slot.settle_syncs();
                 tracing::info!(group, member, "member left");
                 let counts = counts(topics, &slot.group.topics());
                 if let Some(done) = slot.group.try_complete(now, &counts) {
@@ -487,6 +562,7 @@ impl Groups {
             if let Some(done) = slot.group.try_complete(now, &counts) {
                 deliver(&name, &mut slot, done);
             }
+            slot.settle_syncs();
             if slot.idle() {
                 idle.push(name);
             }
@@ -527,7 +603,7 @@ impl Groups {
         Some(GroupView {
             state: g.state().name(),
             generation: g.generation(),
-            strategy: g.strategy(),
+            strategy: g.strategy().filter(|_| g.classic().is_none()),
             members,
             topics: g.topics(),
         })
@@ -585,12 +661,24 @@ fn deliver(group: &str, slot: &mut Slot, done: Completed) {
                     .members()
                     .get(&member)
                     .map_or(Duration::from_secs(10), |m| m.session_timeout);
-                Ok(JoinGroupResponse {
-                    member_id: member,
-                    generation: done.generation,
-                    assignment: assignment.clone(),
-                    heartbeat_interval_ms: heartbeat_interval(session),
-                    rejoin_with_id: false,
+                // The leader alone is told every member's metadata.
+                let classic = done.classic.as_ref().map(|r| ClassicRound {
+                    members: if r.leader == member {
+                        r.members.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    ..r.clone()
+                });
+                Ok(JoinAnswer {
+                    response: JoinGroupResponse {
+                        member_id: member,
+                        generation: done.generation,
+                        assignment: assignment.clone(),
+                        heartbeat_interval_ms: heartbeat_interval(session),
+                        rejoin_with_id: false,
+                    },
+                    classic,
                 })
             }
             None => Err(GroupError::UnknownMember(member)),

@@ -100,6 +100,7 @@ pub async fn join(
         topics: req.topics.into_iter().collect(),
         session_timeout: Duration::from_millis(u64::from(req.session_timeout_ms)),
         strategy: req.strategy,
+        classic: None,
     };
     let waiting = {
         // Not while an admin change is between its emptiness check and its write.
@@ -109,7 +110,7 @@ pub async fn join(
         blocking(move || c.groups.join(&c.topics, &group, join, Instant::now())).await??
     };
     let reply = tokio::select! {
-        reply = waiting => reply.map_err(|_| OpError::Group(GroupError::RebalanceInProgress))?.map_err(OpError::Group)?,
+        reply = waiting => reply.map_err(|_| OpError::Group(GroupError::RebalanceInProgress))?.map_err(OpError::Group)?.response,
         _ = ctx.shutdown.cancelled() => return Err(OpError::ShuttingDown),
     };
     // In a cluster the generation is durable before a member acts on it.

@@ -130,6 +130,7 @@ impl OpError {
                 GroupError::RebalanceInProgress => ErrorCode::RebalanceInProgress,
                 GroupError::NotAssigned { .. } => ErrorCode::NotAssigned,
                 GroupError::InconsistentStrategy { .. } => ErrorCode::InconsistentStrategy,
+                GroupError::InconsistentProtocol(_) => ErrorCode::InconsistentStrategy,
                 GroupError::NotEmpty { .. } => ErrorCode::GroupNotEmpty,
                 GroupError::UnknownGroup(_) => ErrorCode::UnknownGroup,
                 GroupError::InvalidName(_) => ErrorCode::InvalidGroupName,
