@@ -2,7 +2,7 @@
 //! from Debian's packages, and raw frames for what no well-behaved client sends.
 
 use rill_e2e::{Broker, rill};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Output, Stdio};
@@ -494,4 +494,112 @@ fn stored_codec(broker: &Broker, topic: &str, offset: u64) -> u8 {
             .unwrap();
         fetched.batches()[0].header().compression()
     })
+}
+
+/// Story: two `kcat -G` members of one group share a 4-partition topic: the group rebalances to
+/// two partitions each (client-side assignment, librdkafka's assignor), every record is read,
+/// and `rill group describe` shows the Kafka group, its members' partitions and its commits.
+#[test]
+fn two_kcat_group_members_share_a_topic() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &[]);
+    create_topic(&broker, "shared", 4);
+    let lines: Vec<String> = (0..2000).map(|i| format!("k{i}:v{i}")).collect();
+    let produced = kcat(
+        &broker,
+        &["-P", "-t", "shared", "-K:"],
+        lines.join("\n").as_bytes(),
+    );
+    assert!(produced.status.success());
+
+    // Each member's stdout lines and its "assigned" reports, as they come.
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, bool, String)>();
+    let mut members = Vec::new();
+    for n in 0..2 {
+        let mut child = Command::new("kcat")
+            .args([
+                "-b",
+                broker.kafka_addr().unwrap(),
+                "-G",
+                "sharing",
+                "shared",
+            ])
+            .args([
+                "-u", // unbuffered: lines as they are read, not when a pipe buffer fills
+                "-o",
+                "beginning",
+                "-f",
+                "%p %s\n",
+                "-X",
+                "auto.commit.interval.ms=200",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kcat is not installed (.ci/run installs Debian's kcat package)");
+        for (pipe, is_err) in [
+            (
+                Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+                false,
+            ),
+            (
+                Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
+                true,
+            ),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let _ = tx.send((n, is_err, line));
+                }
+            });
+        }
+        members.push(child);
+    }
+    let mut read: BTreeSet<String> = BTreeSet::new();
+    let mut last_assignment = [String::new(), String::new()];
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let split = |a: &[String; 2]| a.iter().all(|s| s.matches("shared [").count() == 2);
+    while read.len() < lines.len() || !split(&last_assignment) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok((n, is_err, line)) = rx.recv_timeout(left) else {
+            panic!(
+                "read {} of {}, assignments {last_assignment:?}\n{}",
+                read.len(),
+                lines.len(),
+                broker.log()
+            );
+        };
+        if is_err {
+            if let Some((_, assigned)) = line.split_once("assigned:") {
+                last_assignment[n] = assigned.to_string();
+            }
+        } else if let Some((_, kv)) = line.split_once(' ') {
+            read.insert(kv.to_string());
+        }
+    }
+    let values: BTreeSet<String> = lines
+        .iter()
+        .map(|l| l.split_once(':').unwrap().1.to_string())
+        .collect();
+    assert_eq!(read, values, "every record read (at least once)");
+
+    let described = rill(
+        Some(broker.addr()),
+        &["group", "describe", "sharing", "--json"],
+        "",
+    );
+    let d: serde_json::Value = serde_json::from_slice(&described.stdout).unwrap();
+    let owned: Vec<usize> = d["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["assignment"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(owned, vec![2, 2], "{d}");
+    for mut m in members {
+        let _ = m.kill();
+        let _ = m.wait();
+    }
 }

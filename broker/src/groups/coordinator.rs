@@ -200,7 +200,7 @@ pub struct Completed {
     pub classic: Option<ClassicRound>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ClassicRound {
     pub leader: MemberId,
     pub protocol: String,

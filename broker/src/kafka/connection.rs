@@ -229,6 +229,55 @@ fn start(
             ))
         }
         .boxed(),
+        RequestKind::FindCoordinator(req) => {
+            let listener = listener.clone();
+            async move {
+                answer(ResponseKind::FindCoordinator(
+                    super::groups::find_coordinator(ctx, &listener, req, version).await,
+                ))
+            }
+            .boxed()
+        }
+        RequestKind::JoinGroup(req) => {
+            let client = header
+                .client_id
+                .as_ref()
+                .map_or_else(|| "kafka".to_string(), |c| c.to_string());
+            async move {
+                answer(ResponseKind::JoinGroup(
+                    super::groups::join_group(ctx, req, client, version).await,
+                ))
+            }
+            .boxed()
+        }
+        RequestKind::SyncGroup(req) => async move {
+            answer(ResponseKind::SyncGroup(
+                super::groups::sync_group(ctx, req).await,
+            ))
+        }
+        .boxed(),
+        RequestKind::Heartbeat(req) => {
+            async move { answer(ResponseKind::Heartbeat(super::groups::heartbeat(&ctx, req))) }
+                .boxed()
+        }
+        RequestKind::LeaveGroup(req) => async move {
+            answer(ResponseKind::LeaveGroup(super::groups::leave_group(
+                &ctx, req,
+            )))
+        }
+        .boxed(),
+        RequestKind::OffsetCommit(req) => async move {
+            answer(ResponseKind::OffsetCommit(
+                super::groups::offset_commit(ctx, req).await,
+            ))
+        }
+        .boxed(),
+        RequestKind::OffsetFetch(req) => async move {
+            answer(ResponseKind::OffsetFetch(super::groups::offset_fetch(
+                &ctx, req, version,
+            )))
+        }
+        .boxed(),
         // `wire::decode` serves only the APIs above.
         other => {
             tracing::error!(%peer, ?api, "Kafka request decoded but not handled: {:?}", std::mem::discriminant(&other));

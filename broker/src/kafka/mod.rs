@@ -2,6 +2,7 @@
 //! groups and offsets as the Rill listener (ARCHITECTURE.md, "Kafka listener").
 
 pub mod connection;
+pub mod groups;
 pub mod handlers;
 pub mod wire;
 

@@ -23,6 +23,13 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 5),
     (ApiKey::DeleteTopics, 1, 4),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 7),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 4),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
 ];
 
 /// Produce versions below this are advertised but refused (they carry pre-v2 message sets).
@@ -205,6 +212,32 @@ pub fn api_versions(error_code: i16) -> msg::ApiVersionsResponse {
         )
 }
 
+/// The topics a "consumer" protocol member subscribes to (its JoinGroup metadata, a
+/// ConsumerProtocolSubscription led by its version), or `None` if it does not read.
+pub fn subscription_topics(metadata: &Bytes) -> Option<Vec<String>> {
+    let mut b = metadata.clone();
+    let version = b.try_get_i16().ok()?.clamp(0, 3);
+    let s = msg::ConsumerProtocolSubscription::decode(&mut b, version).ok()?;
+    Some(s.topics.iter().map(|t| t.to_string()).collect())
+}
+
+/// The partitions a "consumer" protocol assignment (SyncGroup, a ConsumerProtocolAssignment led
+/// by its version) names, or `None` if it does not read.
+pub fn assignment_partitions(assignment: &Bytes) -> Option<Vec<(String, Vec<i32>)>> {
+    if assignment.is_empty() {
+        return Some(Vec::new());
+    }
+    let mut b = assignment.clone();
+    let version = b.try_get_i16().ok()?.clamp(0, 3);
+    let a = msg::ConsumerProtocolAssignment::decode(&mut b, version).ok()?;
+    Some(
+        a.assigned_partitions
+            .into_iter()
+            .map(|tp| (tp.topic.0.to_string(), tp.partitions))
+            .collect(),
+    )
+}
+
 /// Kafka's error codes that Rill answers with.
 pub const NONE: i16 = 0;
 pub const UNKNOWN_SERVER_ERROR: i16 = -1;
@@ -241,6 +274,11 @@ pub const GROUP_ID_NOT_FOUND: i16 = 69;
 pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
 pub const GROUP_MAX_SIZE_REACHED: i16 = 81;
 pub const PRODUCER_FENCED: i16 = 90;
+pub const MEMBER_ID_REQUIRED: i16 = 79;
+pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
+pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+pub const NOT_COORDINATOR: i16 = 16;
+pub const INVALID_SESSION_TIMEOUT: i16 = 26;
 
 #[cfg(test)]
 mod tests {
