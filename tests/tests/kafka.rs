@@ -603,3 +603,76 @@ fn two_kcat_group_members_share_a_topic() {
         let _ = m.wait();
     }
 }
+
+/// Story: a service moves from a Kafka client to Rill's. The group its kcat members committed
+/// resumes as a Rill consumer group where they stopped: only what came after is read.
+#[test]
+fn a_group_committed_by_kafka_clients_resumes_as_a_rill_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &[]);
+    create_topic(&broker, "handover", 2);
+    let before: Vec<String> = (0..1000).map(|i| format!("k{i}:old{i}")).collect();
+    assert!(
+        kcat(
+            &broker,
+            &["-P", "-t", "handover", "-K:"],
+            before.join("\n").as_bytes()
+        )
+        .status
+        .success()
+    );
+    // A Kafka member reads everything and exits at the end, committing as it closes.
+    let read = kcat(
+        &broker,
+        &[
+            "-G",
+            "movers",
+            "handover",
+            "-o",
+            "beginning",
+            "-e",
+            "-f",
+            "%s\n",
+        ],
+        b"",
+    );
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    assert_eq!(text(&read).lines().count(), before.len());
+
+    let after: Vec<String> = (0..500).map(|i| format!("k{i}=new{i}")).collect();
+    let out = rill(
+        Some(broker.addr()),
+        &["produce", "handover", "--key-separator", "="],
+        &after.join("\n"),
+    );
+    assert!(out.status.success());
+    let resumed = rill(
+        Some(broker.addr()),
+        &[
+            "consume",
+            "handover",
+            "--group",
+            "movers",
+            "--idle-exit",
+            "2s",
+        ],
+        "",
+    );
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let mut got: Vec<String> = text(&resumed).lines().map(str::to_string).collect();
+    got.sort();
+    let mut want: Vec<String> = (0..500).map(|i| format!("new{i}")).collect();
+    want.sort();
+    assert_eq!(
+        got, want,
+        "exactly the records after the Kafka group's commits"
+    );
+}
