@@ -598,6 +598,38 @@ fn two_kcat_group_members_share_a_topic() {
         .map(|m| m["assignment"].as_array().unwrap().len())
         .collect();
     assert_eq!(owned, vec![2, 2], "{d}");
+
+    // And as Kafka's admin tools see it (confluent-kafka, installed by .ci/run from PyPI):
+    // ListGroups and DescribeGroups.
+    let script = r#"
+import json, sys
+from confluent_kafka.admin import AdminClient
+a = AdminClient({"bootstrap.servers": sys.argv[1]})
+listed = a.list_consumer_groups().result(timeout=30)
+d = a.describe_consumer_groups(["sharing"])["sharing"].result(timeout=30)
+print(json.dumps({
+    "listed": [[g.group_id, str(g.state)] for g in listed.valid],
+    "state": str(d.state),
+    "assignor": d.partition_assignor,
+    "members": sorted(len(m.assignment.topic_partitions) for m in d.members),
+}))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, broker.kafka_addr().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "confluent-kafka admin (pip install confluent-kafka): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        seen["listed"],
+        serde_json::json!([["sharing", "ConsumerGroupState.STABLE"]])
+    );
+    assert_eq!(seen["state"], "ConsumerGroupState.STABLE");
+    assert_eq!(seen["members"], serde_json::json!([2, 2]), "{seen}");
     for mut m in members {
         let _ = m.kill();
         let _ = m.wait();

@@ -102,6 +102,16 @@ pub enum State {
 }
 
 impl State {
+    /// Kafka's name for the state (DescribeGroups, ListGroups).
+    pub fn kafka_name(&self) -> &'static str {
+        match self {
+            State::Empty => "Empty",
+            State::Preparing { .. } => "PreparingRebalance",
+            State::AwaitingSync { .. } => "CompletingRebalance",
+            State::Stable => "Stable",
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             State::Empty => "empty",

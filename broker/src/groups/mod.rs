@@ -121,6 +121,23 @@ pub struct GroupView {
     pub topics: BTreeSet<TopicName>,
 }
 
+/// See [`Groups::describe_kafka`].
+#[derive(Debug, Clone)]
+pub struct KafkaView {
+    pub state: &'static str,
+    pub protocol_type: String,
+    pub protocol: String,
+    pub members: Vec<KafkaMember>,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaMember {
+    pub id: String,
+    pub client: String,
+    pub metadata: bytes::Bytes,
+    pub assignment: bytes::Bytes,
+}
+
 #[derive(Debug)]
 pub struct Groups {
     slots: RwLock<HashMap<String, SlotRef>>,
@@ -580,6 +597,46 @@ impl Groups {
                 }
             }
         }
+    }
+
+    /// A group as Kafka's DescribeGroups and ListGroups show it: state, protocol type ("rill"
+    /// for a group of Rill consumers), chosen protocol, and per member its client, metadata
+    /// and assignment bytes (empty for Rill members).
+    pub fn describe_kafka(&self, group: &str) -> Option<KafkaView> {
+        let slot = self.slot(group)?;
+        let slot = lock(&slot);
+        let g = &slot.group;
+        let (protocol_type, protocol) = match g.classic() {
+            Some((t, p, _)) => (t.to_string(), p.unwrap_or_default().to_string()),
+            None if g.is_empty() => (String::new(), String::new()),
+            None => (
+                "rill".to_string(),
+                g.strategy()
+                    .map(|s| format!("{s:?}").to_lowercase())
+                    .unwrap_or_default(),
+            ),
+        };
+        let members = g
+            .members()
+            .iter()
+            .map(|(id, m)| KafkaMember {
+                id: id.clone(),
+                client: m.client.clone(),
+                metadata: m
+                    .protocols
+                    .iter()
+                    .find(|(n, _)| *n == protocol)
+                    .map(|(_, b)| b.clone())
+                    .unwrap_or_default(),
+                assignment: g.classic_assignment(id).cloned().unwrap_or_default(),
+            })
+            .collect();
+        Some(KafkaView {
+            state: g.state().kafka_name(),
+            protocol_type,
+            protocol,
+            members,
+        })
     }
 
     pub fn describe(&self, group: &str) -> Option<GroupView> {

@@ -278,6 +278,18 @@ fn start(
             )))
         }
         .boxed(),
+        RequestKind::ListGroups(req) => async move {
+            answer(ResponseKind::ListGroups(super::groups::list_groups(
+                &ctx, req,
+            )))
+        }
+        .boxed(),
+        RequestKind::DescribeGroups(req) => async move {
+            answer(ResponseKind::DescribeGroups(
+                super::groups::describe_groups(&ctx, req),
+            ))
+        }
+        .boxed(),
         // `wire::decode` serves only the APIs above.
         other => {
             tracing::error!(%peer, ?api, "Kafka request decoded but not handled: {:?}", std::mem::discriminant(&other));

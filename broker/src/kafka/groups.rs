@@ -435,3 +435,72 @@ fn committed_topics(ctx: &Context, group: &str) -> Vec<(msg::TopicName, Vec<i32>
         .filter(|(_, p)| !p.is_empty())
         .collect()
 }
+
+/// ListGroups: every group with members or commits; a state filter (v4+) keeps those named.
+pub fn list_groups(ctx: &Context, req: msg::ListGroupsRequest) -> msg::ListGroupsResponse {
+    let groups = ctx
+        .groups
+        .list()
+        .into_iter()
+        .filter_map(|g| {
+            let view = ctx.groups.describe_kafka(&g.group);
+            let (state, kind) =
+                view.map_or(("Empty", String::new()), |v| (v.state, v.protocol_type));
+            let wanted = req.states_filter.is_empty()
+                || req
+                    .states_filter
+                    .iter()
+                    .any(|s| s.as_str().eq_ignore_ascii_case(state));
+            wanted.then(|| {
+                msg::list_groups_response::ListedGroup::default()
+                    .with_group_id(msg::GroupId(StrBytes::from_string(g.group)))
+                    .with_protocol_type(StrBytes::from_string(kind))
+                    .with_group_state(StrBytes::from_static_str(state))
+                    .with_group_type(StrBytes::from_static_str("classic"))
+            })
+        })
+        .collect();
+    msg::ListGroupsResponse::default().with_groups(groups)
+}
+
+/// DescribeGroups: state, protocol and members; a group never seen is "Dead", as in Kafka.
+pub fn describe_groups(
+    ctx: &Context,
+    req: msg::DescribeGroupsRequest,
+) -> msg::DescribeGroupsResponse {
+    let groups = req
+        .groups
+        .into_iter()
+        .map(|id| {
+            let described = msg::describe_groups_response::DescribedGroup::default();
+            let Some(view) = ctx.groups.describe_kafka(&id.0) else {
+                let state = if ctx.groups.offsets().groups().contains(&id.0.to_string()) {
+                    "Empty"
+                } else {
+                    "Dead"
+                };
+                return described
+                    .with_group_id(id)
+                    .with_group_state(StrBytes::from_static_str(state));
+            };
+            described
+                .with_group_id(id)
+                .with_group_state(StrBytes::from_static_str(view.state))
+                .with_protocol_type(StrBytes::from_string(view.protocol_type))
+                .with_protocol_data(StrBytes::from_string(view.protocol))
+                .with_members(
+                    view.members
+                        .into_iter()
+                        .map(|m| {
+                            msg::describe_groups_response::DescribedGroupMember::default()
+                                .with_member_id(StrBytes::from_string(m.id))
+                                .with_client_id(StrBytes::from_string(m.client))
+                                .with_member_metadata(m.metadata)
+                                .with_member_assignment(m.assignment)
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    msg::DescribeGroupsResponse::default().with_groups(groups)
+}
