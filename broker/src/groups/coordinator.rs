@@ -338,15 +338,14 @@ impl Group {
         self.classic.as_ref().and_then(|c| c.assigned.get(member))
     }
 
+    /// The longest of the members' timeouts of one kind.
+    fn longest(&self, timeout: impl Fn(&Member) -> Duration) -> Duration {
+        self.members.values().map(timeout).max().unwrap_or_default()
+    }
+
     fn begin_rebalance(&mut self, now: Instant) {
-        let longest = self
-            .members
-            .values()
-            .map(|m| m.rebalance_timeout)
-            .max()
-            .unwrap_or_default();
         self.state = State::Preparing {
-            deadline: now + longest,
+            deadline: now + self.longest(|m| m.rebalance_timeout),
         };
         self.joined.clear();
     }
@@ -595,14 +594,8 @@ impl Group {
             .map(|id| (id.clone(), Vec::new()))
             .collect();
         self.generation = self.generation.wrapping_add(1);
-        let longest = self
-            .members
-            .values()
-            .map(|m| m.session_timeout)
-            .max()
-            .unwrap_or_default();
         self.state = State::AwaitingSync {
-            deadline: now + longest,
+            deadline: now + self.longest(|m| m.session_timeout),
         };
         for m in self.members.values_mut() {
             m.last_seen = now;

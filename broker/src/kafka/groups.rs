@@ -9,9 +9,7 @@ use crate::groups::coordinator::{Classic, GroupError, Join, SyncAssignment};
 use crate::handlers::{OpError, blocking, groups as rill_groups};
 use crate::server::Context;
 use rill_protocol::TopicName;
-use rill_protocol::messages::{
-    AssignmentStrategy, CommitOffsetsRequest, FetchOffsetsRequest, TopicPartition,
-};
+use rill_protocol::messages::{AssignmentStrategy, CommitOffsetsRequest, TopicPartition};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -335,14 +333,7 @@ pub fn offset_fetch(
                             .zip(u32::try_from(p).ok())
                             .and_then(|(topic, partition)| {
                                 let tp = TopicPartition { topic, partition };
-                                let r = rill_groups::fetch_offsets(
-                                    ctx,
-                                    FetchOffsetsRequest {
-                                        group: group.to_string(),
-                                        partitions: vec![tp],
-                                    },
-                                );
-                                r.ok()?.offsets.first()?.1
+                                ctx.groups.offsets().get(group, &tp)
                             });
                         (p, committed.map_or(-1, |o| o as i64))
                     })
